@@ -1,0 +1,20 @@
+"""The one error type users see."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CostplanError(Exception):
+    """A problem with what the user gave (model, input, profile, plan, budget).
+
+    The CLI prints the message on one line and exits non-zero; the message says what was wrong and
+    what to do about it.
+    """
+
+
+def close_names(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """' Did you mean a, b?' for the candidates closest to ``name``, or '' when none is close."""
+    matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+    return f" Did you mean {', '.join(matches)}?" if matches else ""

@@ -1,0 +1,125 @@
+"""Where models come from: a spec string -> a module and an example input.
+
+Specs: a torchvision name (``resnet50``), ``hf:NAME`` (a transformer built from its config with
+random weights), ``file.py:factory`` (runs the user's code), or a saved file (TorchScript,
+``torch.export``, or a pickle, which is refused unless trusted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from costplan.errors import CostplanError, close_names
+from costplan.models import files, hf, vision
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+Shape = tuple[int, ...]
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """'fp16' -> torch.float16."""
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise CostplanError(f"unknown dtype '{name}'; use one of float32, float16, bfloat16") from None
+
+
+def parse_shapes(text: str) -> tuple[Shape, ...]:
+    """'1x3x224x224' -> ((1, 3, 224, 224),); several inputs are separated by commas."""
+    shapes = []
+    for part in text.split(","):
+        dims = part.strip().lower().split("x")
+        if not part.strip() or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise CostplanError(f"malformed input shape '{text}': give positive sizes joined by 'x', "
+                                "like 1x3x224x224 (several inputs: 1x3x32x32,1x10)")
+        shapes.append(tuple(int(d) for d in dims))
+    return tuple(shapes)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A built model with the inputs to call it with."""
+
+    module: torch.nn.Module
+    args: tuple[object, ...]
+    kwargs: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model that can be built on a device, with its example input.
+
+    ``build(device)`` returns a fresh :class:`Instance`; ``meta`` says whether building on the meta
+    device is worth trying (saved files hold real weights).
+    """
+
+    name: str
+    family: str
+    build: Callable[[str], Instance]
+    meta: bool = True
+
+
+def _cast(instance: Instance, dtype: torch.dtype) -> Instance:
+    if dtype == torch.float32:
+        return instance
+
+    def cast(x: object) -> object:
+        return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    module = instance.module.to(dtype)
+    return Instance(module, tuple(cast(a) for a in instance.args),
+                    {k: cast(v) for k, v in instance.kwargs.items()})
+
+
+def _with_batch(shapes: Sequence[Shape], batch: int | None) -> tuple[Shape, ...]:
+    if batch is None:
+        return tuple(shapes)
+    if batch <= 0:
+        raise CostplanError(f"--batch must be positive, got {batch}")
+    return tuple((batch, *s[1:]) for s in shapes)
+
+
+def resolve(spec: str, *, input_shapes: Sequence[Shape] | None = None, batch: int | None = None,
+            seq_len: int | None = None, dtype: str = "float32", trust: bool = False) -> ModelSource:
+    """Turn a model spec into a :class:`ModelSource`. Raises :class:`CostplanError` for bad specs."""
+    torch_dtype = parse_dtype(dtype)
+    if seq_len is not None and seq_len <= 0:
+        raise CostplanError(f"--seq-len must be positive, got {seq_len}")
+    source = _resolve(spec, input_shapes, batch, seq_len, trust)
+    if torch_dtype == torch.float32:
+        return source
+    return ModelSource(source.name, source.family, lambda device: _cast(source.build(device), torch_dtype),
+                       source.meta)
+
+
+def _resolve(spec: str, input_shapes: Sequence[Shape] | None, batch: int | None,
+             seq_len: int | None, trust: bool) -> ModelSource:
+    if spec.startswith("hf:"):
+        return hf.source(spec[3:], input_shapes=input_shapes, batch=batch, seq_len=seq_len)
+    if files.looks_like_file(spec):
+        shapes = _with_batch(input_shapes, batch) if input_shapes else None
+        return files.source(spec, input_shapes=shapes, batch=batch, trust=trust)
+    if spec in vision.names():
+        shapes = input_shapes or (vision.default_input(spec),)
+        return vision.source(spec, _with_batch(shapes, batch if batch is not None else
+                                               (None if input_shapes else 1)))
+    known = list(vision.names()) + [f"hf:{n}" for n in hf.names()]
+    raise CostplanError(f"unknown model '{spec}'.{close_names(spec, known)} Give a torchvision name "
+                        "(resnet50), hf:NAME (hf:bert-base), file.py:factory, or a saved model file. "
+                        "`costplan models` lists the names.")
+
+
+def instantiate(source: ModelSource, device: str) -> Instance:
+    """Build ``source`` on ``device``; construction errors of the user's own code become CostplanError."""
+    if device == "meta":
+        with torch.device("meta"):
+            return source.build("meta")
+    return source.build(device)

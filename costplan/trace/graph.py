@@ -1,0 +1,110 @@
+"""The layer graph: records of layers, and the networkx DiGraph that joins them by data flow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One node of the layer graph: a leaf module's call, or a functional op between modules.
+
+    Counts are for the whole traced batch. Bytes are bytes of the traced dtype.
+    """
+
+    name: str                      # unique node name: module qualname, 'qualname:1' for a 2nd call
+    op: str                        # 'conv2d', 'linear', 'batchnorm2d', 'add', 'matmul', ...
+    module: str | None             # qualified module name a plan keys on; None for glue ops
+    kind: str                      # 'module' (a leaf module's call) or 'function'
+    in_shapes: tuple[Shape, ...]   # activations read (parameters excluded)
+    out_shapes: tuple[Shape, ...]
+    macs: int
+    params: int                    # parameters this call reads (0 on repeat calls of a module)
+    weight_bytes: int
+    act_in_bytes: int
+    act_out_bytes: int
+    aten_ops: tuple[str, ...] = ()  # the aten ops this layer ran, in order of first use
+    attrs: Mapping[str, object] = field(default_factory=dict)  # conv/linear geometry, heads
+
+    @property
+    def bytes_moved(self) -> int:
+        """Weights read, activations read and written: the DRAM traffic of an unfused layer."""
+        return self.weight_bytes + self.act_in_bytes + self.act_out_bytes
+
+    @property
+    def reuse(self) -> float:
+        """MACs per weight: how often each weight is used. 0 for layers without weights."""
+        return self.macs / self.params if self.params else 0.0
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity in MACs per byte moved."""
+        return self.macs / self.bytes_moved if self.bytes_moved else 0.0
+
+    @property
+    def has_weights(self) -> bool:
+        return self.params > 0 and self.macs > 0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model was traced with."""
+
+    shapes: tuple[Shape, ...]
+    dtype: str
+    device: str                    # 'meta' when only shapes were used, 'cpu' for real tensors
+
+
+@dataclass
+class LayerGraph:
+    """A traced model: a DAG of :class:`Layer` records in execution order.
+
+    ``graph`` is a ``networkx.DiGraph`` whose nodes are layer names with the record under the
+    ``layer`` attribute; an edge u -> v means v reads an activation u wrote.
+    """
+
+    model: str
+    graph: nx.DiGraph
+    inputs: InputSpec
+    total_params: int              # unique parameters of the model
+    total_weight_bytes: int
+    unsupported: Mapping[str, int]  # aten op -> calls, for ops with no formula
+    module_names: frozenset[str]   # every named_modules() name, leaves and containers
+    heads: Mapping[str, int] = field(default_factory=dict)  # attention module -> head count
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    @property
+    def layers(self) -> list[Layer]:
+        """Layers in the order they ran."""
+        return [data["layer"] for _, data in self.graph.nodes(data=True)]
+
+    def layer(self, name: str) -> Layer:
+        return self.graph.nodes[name]["layer"]
+
+    def predecessors(self, name: str) -> list[str]:
+        return list(self.graph.predecessors(name))
+
+    def successors(self, name: str) -> list[str]:
+        return list(self.graph.successors(name))
+
+    @property
+    def total_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    def layers_of_module(self, module: str) -> list[Layer]:
+        """The calls of ``module`` itself, or of everything inside it for a container."""
+        prefix = module + "."
+        return [
+            layer for layer in self.layers
+            if layer.module is not None and (layer.module == module or layer.module.startswith(prefix))
+        ]

@@ -1,0 +1,295 @@
+"""Trace a torch model into a :class:`LayerGraph` by watching the aten ops of one forward pass.
+
+A ``TorchDispatchMode`` sees every aten op (on meta tensors too, so shapes are enough), and global
+module hooks say which module is running. Every op run inside a leaf module (one with no children)
+is folded into that module's node; ops run between modules (residual adds, attention matmuls,
+functional calls) become nodes of their own. Views are free and alias their input, so data-flow
+edges pass straight through reshapes and transposes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+from costplan.trace.graph import InputSpec, Layer, LayerGraph
+from costplan.trace.ops import OpKind, classify, friendly_name, op_macs
+
+_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+
+
+@dataclass
+class _NodeDraft:
+    """A layer while the trace is still filling it in."""
+
+    name: str
+    op: str
+    module: str | None
+    kind: str
+    in_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    out_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    macs: int = 0
+    params: int = 0
+    weight_bytes: int = 0
+    act_in_bytes: int = 0
+    act_out_bytes: int = 0
+    aten_ops: dict[str, None] = field(default_factory=dict)
+    attrs: dict[str, object] = field(default_factory=dict)
+    inputs_seen: set[int] = field(default_factory=set)
+    params_seen: set[str] = field(default_factory=set)
+
+    def freeze(self) -> Layer:
+        return Layer(
+            name=self.name, op=self.op, module=self.module, kind=self.kind,
+            in_shapes=tuple(self.in_shapes), out_shapes=tuple(self.out_shapes), macs=self.macs,
+            params=self.params, weight_bytes=self.weight_bytes, act_in_bytes=self.act_in_bytes,
+            act_out_bytes=self.act_out_bytes, aten_ops=tuple(self.aten_ops), attrs=dict(self.attrs),
+        )
+
+
+@dataclass
+class _Frame:
+    module: torch.nn.Module
+    name: str
+    leaf: bool
+    node: _NodeDraft | None = None
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _tensors(tree: object) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+def module_geometry(module: torch.nn.Module) -> dict[str, object]:
+    """The shape facts of a conv or linear layer that pruning and latency models need."""
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
+        return {"in_channels": module.in_channels, "out_channels": module.out_channels,
+                "groups": module.groups, "kernel_size": tuple(module.kernel_size),
+                "stride": tuple(module.stride), "transposed": module.transposed}
+    if isinstance(module, torch.nn.Linear):
+        return {"in_features": module.in_features, "out_features": module.out_features}
+    return {}
+
+
+def _weight_geometry(op: str, weight: torch.Tensor, groups: object) -> dict[str, object]:
+    """Geometry of a conv or linear that ran as a bare function (TorchScript, F.conv2d)."""
+    if op.startswith("conv") and weight.dim() >= 3:
+        g = int(groups) if isinstance(groups, int) else 1
+        return {"in_channels": int(weight.shape[1]) * g, "out_channels": int(weight.shape[0]),
+                "groups": g, "kernel_size": tuple(int(k) for k in weight.shape[2:])}
+    if op == "linear" and weight.dim() == 2:
+        # addmm reads the transposed weight (in, out)
+        return {"in_features": int(weight.shape[0]), "out_features": int(weight.shape[1])}
+    return {}
+
+
+def _param_owner(param_name: str) -> tuple[str, str]:
+    """'layer1.conv.weight' -> ('layer1.conv', 'layer1.conv'); 'attn.in_proj_weight' -> ('attn', 'attn.in_proj')."""
+    owner, _, leaf = param_name.rpartition(".")
+    if leaf in ("weight", "bias") or not owner:
+        base = owner or leaf
+    else:
+        base = f"{owner}.{leaf.removesuffix('_weight').removesuffix('_bias')}"
+    return owner or leaf, base
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.graph = nx.DiGraph()
+        self.drafts: list[_NodeDraft] = []
+        self.stack: list[_Frame] = []
+        self.calls: Counter[str] = Counter()
+        self.used_names: set[str] = set()
+        self.unsupported: Counter[str] = Counter()
+        self.producer: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.constant: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (name, is_param)
+        for name, p in model.named_parameters():
+            self.constant[p] = (name, True)
+        for name, b in model.named_buffers():
+            self.constant[b] = (name, False)
+
+    # ---- module hooks -------------------------------------------------------------------------
+    def pre_hook(self, module: torch.nn.Module, args: object) -> None:
+        name = self.names.get(id(module), type(module).__name__)
+        leaf = next(module.children(), None) is None
+        self.stack.append(_Frame(module, name, leaf))
+
+    def post_hook(self, module: torch.nn.Module, args: object, output: object) -> None:
+        if not self.stack:
+            return
+        frame = self.stack.pop()
+        if frame.node is not None:
+            outs = _tensors(output)
+            frame.node.out_shapes = [tuple(t.shape) for t in outs]
+            frame.node.act_out_bytes = sum(_nbytes(t) for t in outs)
+
+    # ---- nodes --------------------------------------------------------------------------------
+    def _unique(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used_names:
+            k += 1
+            name = f"{base}_{k}"
+        self.used_names.add(name)
+        return name
+
+    def _add(self, draft: _NodeDraft) -> _NodeDraft:
+        self.drafts.append(draft)
+        self.graph.add_node(draft.name)
+        return draft
+
+    def _leaf_node(self, frame: _Frame) -> _NodeDraft:
+        if frame.node is None:
+            calls = self.calls[frame.name]
+            self.calls[frame.name] += 1
+            name = frame.name if calls == 0 else f"{frame.name}:{calls}"
+            self.used_names.add(name)
+            draft = _NodeDraft(name=name, op=type(frame.module).__name__.lower(), module=frame.name,
+                               kind="module", attrs=module_geometry(frame.module))
+            if calls == 0:
+                params = list(frame.module.parameters())
+                draft.params = sum(p.numel() for p in params)
+                draft.weight_bytes = sum(_nbytes(p) for p in params)
+            frame.node = self._add(draft)
+        return frame.node
+
+    def _function_node(self, func: object, ins: Sequence[torch.Tensor], args: Sequence[object]) -> _NodeDraft:
+        weights = [t for t in ins if self.constant.get(t, ("", False))[1]]
+        weight = weights[0] if weights else None
+        op = friendly_name(func, tuple(weight.shape) if weight is not None else None)
+        attrs: dict[str, object] = {}
+        if weight is not None:
+            module, base = _param_owner(self.constant[weight][0])
+            groups = args[8] if op.startswith("conv") and len(args) > 8 else 1
+            attrs = _weight_geometry(op, weight, groups)
+        else:
+            scope = self.stack[-1].name if self.stack else ""
+            module, base = None, f"{scope}.{op}" if scope else op
+        return self._add(_NodeDraft(name=self._unique(base), op=op, module=module, kind="function",
+                                    attrs=attrs))
+
+    # ---- dispatch -----------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        kind = classify(func)
+        ins = _tensors((args, kwargs))
+        outs = _tensors(out)
+        if kind is OpKind.VIEW:
+            if ins:
+                self._alias(ins[0], outs)
+            return out
+        if kind is OpKind.SOURCE or not ins:
+            return out
+        frame = next((f for f in reversed(self.stack) if f.leaf), None)
+        node = self._leaf_node(frame) if frame is not None else self._function_node(func, ins, args)
+        self._read(node, ins)
+        node.macs += op_macs(func, args, out)
+        node.aten_ops[str(func)] = None
+        if kind is OpKind.UNKNOWN:
+            self.unsupported[str(func.overloadpacket)] += 1
+        if node.kind == "function":
+            node.out_shapes = [tuple(t.shape) for t in outs]
+            node.act_out_bytes = sum(_nbytes(t) for t in outs)
+        for t in outs:
+            self.producer[t] = node
+        return out
+
+    def _alias(self, source: torch.Tensor, outs: Sequence[torch.Tensor]) -> None:
+        producer = self.producer.get(source)
+        constant = self.constant.get(source)
+        for t in outs:
+            if producer is not None:
+                self.producer[t] = producer
+            if constant is not None:
+                self.constant[t] = constant
+
+    def _read(self, node: _NodeDraft, ins: Sequence[torch.Tensor]) -> None:
+        for t in ins:
+            constant = self.constant.get(t)
+            if constant is not None:
+                name, is_param = constant
+                if is_param and node.kind == "function" and name not in node.params_seen:
+                    node.params_seen.add(name)
+                    node.params += t.numel()
+                    node.weight_bytes += _nbytes(t)
+                continue
+            producer = self.producer.get(t)
+            if producer is node or id(t) in node.inputs_seen:
+                continue
+            node.inputs_seen.add(id(t))
+            node.in_shapes.append(tuple(t.shape))
+            node.act_in_bytes += _nbytes(t)
+            if producer is not None:
+                self.graph.add_edge(producer.name, node.name)
+
+
+def attention_heads(model: torch.nn.Module) -> dict[str, int]:
+    """Attention modules and their head counts, read from the usual attribute names."""
+    heads: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if "attention" not in type(module).__name__.lower() or not name:
+            continue
+        config = getattr(module, "config", None)
+        for source in (module, config):
+            count = next((getattr(source, a) for a in _HEAD_ATTRS
+                          if isinstance(getattr(source, a, None), int)), None)
+            if count:
+                heads[name] = count
+                break
+    return heads
+
+
+def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[str, object] | None = None,
+          name: str = "model") -> LayerGraph:
+    """Run ``model(*args, **kwargs)`` once under the recorder and return its layer graph.
+
+    The model runs in eval mode without gradients; on meta tensors nothing is computed or allocated.
+    Exceptions from the model's forward propagate unchanged.
+    """
+    kwargs = dict(kwargs or {})
+    recorder = _Recorder(model)
+    handles = [
+        torch.nn.modules.module.register_module_forward_pre_hook(recorder.pre_hook),
+        torch.nn.modules.module.register_module_forward_hook(recorder.post_hook),
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), recorder:
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+    graph = nx.DiGraph()
+    for draft in recorder.drafts:
+        graph.add_node(draft.name, layer=draft.freeze())
+    graph.add_edges_from(recorder.graph.edges)
+    inputs = _tensors((args, kwargs))
+    params = list(model.parameters())
+    floating = [t for t in inputs if t.is_floating_point()] or params
+    return LayerGraph(
+        model=name,
+        graph=graph,
+        inputs=InputSpec(shapes=tuple(tuple(t.shape) for t in inputs),
+                         dtype=str(floating[0].dtype).removeprefix("torch.") if floating else "float32",
+                         device=inputs[0].device.type if inputs else "cpu"),
+        total_params=sum(p.numel() for p in params),
+        total_weight_bytes=sum(_nbytes(p) for p in params),
+        unsupported=dict(recorder.unsupported),
+        module_names=frozenset(n for n, _ in model.named_modules() if n),
+        heads=attention_heads(model),
+    )
