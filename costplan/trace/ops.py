@@ -140,6 +140,9 @@ _MEMORY = {
     "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
     "_native_batch_norm_legit_functional", "native_layer_norm", "native_group_norm",
     "_fused_rms_norm", "instance_norm", "rms_norm",
+    # activations torch does not tag as pointwise
+    "hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "celu", "leaky_relu", "gelu",
+    "silu", "mish", "softplus", "prelu", "_prelu_kernel", "glu", "threshold", "log_sigmoid_forward",
     # pooling and resampling
     "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
     "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
@@ -176,15 +179,22 @@ def classify(func: object) -> OpKind:
     if packet in MAC_FORMULAS:
         return OpKind.MACS
     name = _base_name(func)
-    if getattr(func, "is_view", False) or name in _VIEWS:
+    functional = name.rstrip("_")  # in-place 'relu_' behaves as 'relu'
+    if getattr(func, "is_view", False) or functional in _VIEWS:
         return OpKind.VIEW
     if name in _SOURCES:
         return OpKind.SOURCE
-    if name in _MEMORY or name.rstrip("_") in _MEMORY:
-        return OpKind.MEMORY
-    if torch.Tag.pointwise in getattr(func, "tags", ()):
+    if name in _MEMORY or functional in _MEMORY or _is_pointwise(func, functional):
         return OpKind.MEMORY
     return OpKind.UNKNOWN
+
+
+def _is_pointwise(func: object, functional: str) -> bool:
+    """Elementwise ops carry torch's pointwise tag; some in-place variants only on their functional twin."""
+    if torch.Tag.pointwise in getattr(func, "tags", ()):
+        return True
+    twin = getattr(getattr(aten, functional, None), "default", None)
+    return twin is not None and torch.Tag.pointwise in twin.tags
 
 
 def op_macs(func: object, args: Sequence[object], out: object) -> int:
