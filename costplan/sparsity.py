@@ -65,7 +65,7 @@ def check_plan(graph: LayerGraph, plan: Plan) -> None:
             raise CostplanError(f"the plan prunes heads of '{name}', which is not an attention module "
                                 f"with a known head count; attention modules: "
                                 f"{', '.join(list(graph.heads)[:5]) or 'none'}")
-        if lp.pattern.kind != "head" and not any(l.has_weights or l.params for l in graph.layers_of_module(name)):
+        if lp.pattern.kind != "head" and not any(l.weights_read for l in graph.layers_of_module(name)):
             raise CostplanError(f"the plan prunes '{name}', which has no weights to prune")
 
 

@@ -126,13 +126,13 @@ def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
         else:
             module, example = _load_saved(spec, trust)
         if input_shapes:
-            return Instance(module.eval(), _zeros(input_shapes, device))
+            return Instance(module, _zeros(input_shapes, device))
         if example is None:
             raise CostplanError(f"{spec}: give the input shape with --input, e.g. --input 1x3x224x224")
         args, kwargs = _as_call(example)
         if batch is not None:
             args = tuple(a.expand(batch, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor) else a
                          for a in args)
-        return Instance(module.eval(), args, kwargs)
+        return Instance(module, args, kwargs)
 
     return ModelSource(spec, "file", build, meta=is_factory)

@@ -24,8 +24,9 @@ class Layer:
     in_shapes: tuple[Shape, ...]   # activations read (parameters excluded)
     out_shapes: tuple[Shape, ...]
     macs: int
-    params: int                    # parameters this call reads (0 on repeat calls of a module)
-    weight_bytes: int
+    params: int                    # parameters first read here (each parameter belongs to one layer)
+    weights_read: int              # parameters this call reads, shared or tied ones included
+    weight_bytes: int              # bytes of the parameters this call reads
     act_in_bytes: int
     act_out_bytes: int
     aten_ops: tuple[str, ...] = ()  # the aten ops this layer ran, in order of first use
@@ -38,8 +39,8 @@ class Layer:
 
     @property
     def reuse(self) -> float:
-        """MACs per weight: how often each weight is used. 0 for layers without weights."""
-        return self.macs / self.params if self.params else 0.0
+        """MACs per weight read: how often each weight is used. 0 for layers without weights."""
+        return self.macs / self.weights_read if self.weights_read else 0.0
 
     @property
     def intensity(self) -> float:
@@ -48,7 +49,7 @@ class Layer:
 
     @property
     def has_weights(self) -> bool:
-        return self.params > 0 and self.macs > 0
+        return self.weights_read > 0 and self.macs > 0
 
 
 @dataclass(frozen=True)

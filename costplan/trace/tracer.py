@@ -25,6 +25,19 @@ from costplan.trace.ops import OpKind, classify, friendly_name, op_macs
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
 
 
+def _meta_batch_norm(x: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shapes of an eval-mode batch norm: torch's meta kernel decomposes it in Python, 3 ms a call."""
+    channels = x.shape[1] if x.dim() > 1 else 0
+    return torch.empty_like(x), x.new_empty((channels,)), x.new_empty((channels,))
+
+
+# Shape-only stand-ins for meta kernels that are slow; they return what the real ones would.
+_FAST_META = {
+    torch.ops.aten.native_batch_norm.default: _meta_batch_norm,
+    torch.ops.aten._native_batch_norm_legit_no_training.default: _meta_batch_norm,
+}
+
+
 @dataclass
 class _NodeDraft:
     """A layer while the trace is still filling it in."""
@@ -37,6 +50,7 @@ class _NodeDraft:
     out_shapes: list[tuple[int, ...]] = field(default_factory=list)
     macs: int = 0
     params: int = 0
+    weights_read: int = 0
     weight_bytes: int = 0
     act_in_bytes: int = 0
     act_out_bytes: int = 0
@@ -49,7 +63,7 @@ class _NodeDraft:
         return Layer(
             name=self.name, op=self.op, module=self.module, kind=self.kind,
             in_shapes=tuple(self.in_shapes), out_shapes=tuple(self.out_shapes), macs=self.macs,
-            params=self.params, weight_bytes=self.weight_bytes, act_in_bytes=self.act_in_bytes,
+            params=self.params, weights_read=self.weights_read, weight_bytes=self.weight_bytes, act_in_bytes=self.act_in_bytes,
             act_out_bytes=self.act_out_bytes, aten_ops=tuple(self.aten_ops), attrs=dict(self.attrs),
         )
 
@@ -113,9 +127,11 @@ class _Recorder(TorchDispatchMode):
         self.calls: Counter[str] = Counter()
         self.used_names: set[str] = set()
         self.unsupported: Counter[str] = Counter()
+        self.attributed: set[int] = set()  # ids of parameters already owned by a layer
         self.producer: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.constant: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (name, is_param)
-        for name, p in model.named_parameters():
+        self.param_by_name = dict(model.named_parameters())
+        for name, p in self.param_by_name.items():
             self.constant[p] = (name, True)
         for name, b in model.named_buffers():
             self.constant[b] = (name, False)
@@ -157,10 +173,8 @@ class _Recorder(TorchDispatchMode):
             self.used_names.add(name)
             draft = _NodeDraft(name=name, op=type(frame.module).__name__.lower(), module=frame.name,
                                kind="module", attrs=module_geometry(frame.module))
-            if calls == 0:
-                params = list(frame.module.parameters())
-                draft.params = sum(p.numel() for p in params)
-                draft.weight_bytes = sum(_nbytes(p) for p in params)
+            for p in frame.module.parameters():
+                self._read_param(draft, p)
             frame.node = self._add(draft)
         return frame.node
 
@@ -182,7 +196,11 @@ class _Recorder(TorchDispatchMode):
     # ---- dispatch -----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        fast = _FAST_META.get(func)
+        if fast is not None and not kwargs and args[0].is_meta:
+            out = fast(*args)
+        else:
+            out = func(*args, **kwargs)
         kind = classify(func)
         ins = _tensors((args, kwargs))
         outs = _tensors(out)
@@ -215,6 +233,19 @@ class _Recorder(TorchDispatchMode):
             if constant is not None:
                 self.constant[t] = constant
 
+    def _read_param(self, node: _NodeDraft, p: torch.Tensor) -> None:
+        node.weights_read += p.numel()
+        node.weight_bytes += _nbytes(p)
+        key = id(self._base(p))
+        if key not in self.attributed:
+            self.attributed.add(key)
+            node.params += p.numel()
+
+    def _base(self, t: torch.Tensor) -> torch.Tensor:
+        """The parameter a view of a parameter came from (views of one parameter share its owner)."""
+        name = self.constant.get(t, (None,))[0]
+        return self.param_by_name.get(name, t)
+
     def _read(self, node: _NodeDraft, ins: Sequence[torch.Tensor]) -> None:
         for t in ins:
             constant = self.constant.get(t)
@@ -222,8 +253,7 @@ class _Recorder(TorchDispatchMode):
                 name, is_param = constant
                 if is_param and node.kind == "function" and name not in node.params_seen:
                     node.params_seen.add(name)
-                    node.params += t.numel()
-                    node.weight_bytes += _nbytes(t)
+                    self._read_param(node, t)
                 continue
             producer = self.producer.get(t)
             if producer is node or id(t) in node.inputs_seen:
@@ -251,6 +281,13 @@ def attention_heads(model: torch.nn.Module) -> dict[str, int]:
     return heads
 
 
+def _set_training(model: torch.nn.Module, training: bool) -> None:
+    try:
+        model.train(training)
+    except NotImplementedError:  # torch.export modules have a fixed mode
+        pass
+
+
 def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[str, object] | None = None,
           name: str = "model") -> LayerGraph:
     """Run ``model(*args, **kwargs)`` once under the recorder and return its layer graph.
@@ -265,14 +302,14 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
         torch.nn.modules.module.register_module_forward_hook(recorder.post_hook),
     ]
     was_training = model.training
-    model.eval()
+    _set_training(model, False)
     try:
         with torch.no_grad(), recorder:
             model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        _set_training(model, was_training)
 
     graph = nx.DiGraph()
     for draft in recorder.drafts:

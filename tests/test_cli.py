@@ -1,0 +1,183 @@
+"""The costplan command: output formats, model sources, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from costplan.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in this process (torch is imported once) and capture what it prints."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed entry point for real: what a user's shell sees."""
+    return subprocess.run([sys.executable, "-m", "costplan.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_help_imports_no_torch() -> None:
+    code = "import sys, costplan.cli as c; c.build_parser(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_json_report_follows_contract(capsys) -> None:
+    assert main(["analyze", "resnet50", "--batch", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "resnet50"
+    assert report["input"] == {"shape": [2, 3, 224, 224], "dtype": "float32"}
+    assert report["hardware"] is None and report["totals"]["latency_ms"] is None
+    assert report["totals"]["macs"] == 2 * 4_089_184_256
+    assert report["totals"]["params"] == report["totals"]["nonzero_params"] == 25_557_032
+    assert report["totals"]["weight_bytes"] == 25_557_032 * 4
+    layer = report["layers"][0]
+    for key in ("name", "op", "macs", "params", "reuse", "intensity", "latency_ms", "bound"):
+        assert key in layer
+    assert layer["name"] == "conv1" and layer["op"] == "conv2d"
+    assert report["unsupported"] == []
+
+
+def test_csv_and_table(tmp_path, capsys) -> None:
+    out = tmp_path / "r.csv"
+    assert main(["analyze", "mobilenet_v2", "--csv", "-o", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("name,op,module,macs") and len(lines) > 100
+    assert main(["analyze", "resnet50", "--top", "3", "--depth", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "4.09 G" in text and "25.6 M" in text and "layer3.0" in text
+
+
+def test_plan_option(tmp_path, capsys) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": {"fc": {"sparsity": 0.5, "pattern": "2:4"}}}))
+    assert main(["analyze", "resnet50", "--plan", str(plan), "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    assert totals["macs"] - totals["effective_macs"] == 1_024_000
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["analyze", "resnet5"], ["unknown model 'resnet5'", "resnet50"]),
+    (["analyze", "hf:bert-bas"], ["hf:bert-base"]),
+    (["analyze", "resnet50", "--input", "1x3xabc"], ["malformed input shape"]),
+    (["analyze", "missing.py:build"], ["no such file: missing.py"]),
+    (["analyze", "missing.pt"], ["no such file"]),
+    (["analyze", "resnet50", "--dtype", "fp8"], ["unknown dtype"]),
+    (["analyze", "resnet50", "--plan", "nope.json"], ["no such plan file"]),
+    (["analyze", "resnet50", "--input", "1x3x8"], ["forward failed", "1x3x8"]),
+])
+def test_bad_input_is_one_line(args: list[str], fragments: list[str]) -> None:
+    assert_clean_error(run(*args), *fragments)
+
+
+def test_errors_from_a_real_process() -> None:
+    assert_clean_error(run_process("analyze", "resnet5"), "unknown model")
+    ok = run_process("analyze", "resnet18", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["totals"]["macs"] == 1_814_073_344
+
+
+def test_bad_plan_names_layers(tmp_path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": {"layer1.0.conv9": {"sparsity": 0.5}}}))
+    assert_clean_error(run("analyze", "resnet50", "--plan", str(plan)), "layer1.0.conv9", "lacks")
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+TINY_MACS = 8 * 30 * 30 * 27 + 16
+
+
+@pytest.fixture()
+def factory_file(tmp_path):
+    path = tmp_path / "my_models.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 8, 3)
+                self.fc = torch.nn.Linear(8, 2)
+            def forward(self, x):
+                return self.fc(self.conv(x).mean((2, 3)))
+        def build_net():
+            return Net()
+        def with_example():
+            return Net(), torch.zeros(1, 3, 32, 32)
+        def broken():
+            raise RuntimeError("no GPU here")
+    """))
+    return path
+
+
+def _macs(result: subprocess.CompletedProcess[str]) -> int:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["totals"]["macs"]
+
+
+def test_factory_file(factory_file) -> None:
+    assert _macs(run("analyze", f"{factory_file}:build_net", "--input", "1x3x32x32", "--json")) == TINY_MACS
+    assert _macs(run("analyze", f"{factory_file}:with_example", "--json")) == TINY_MACS
+    assert_clean_error(run("analyze", f"{factory_file}:build_net"), "--input")
+    assert_clean_error(run("analyze", f"{factory_file}:buildnet"), "build_net")
+    assert_clean_error(run("analyze", f"{factory_file}:broken", "--input", "1x3x32x32"), "no GPU here")
+
+
+def test_torchscript_and_export_files(tmp_path) -> None:
+    model, x = Tiny().eval(), torch.zeros(1, 3, 32, 32)
+    torch.jit.save(torch.jit.trace(model, x), tmp_path / "tiny.pt")
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "tiny.pt2")
+    result = run("analyze", str(tmp_path / "tiny.pt"), "--input", "1x3x32x32", "--json")
+    assert _macs(result) == TINY_MACS
+    # functional ops are named after the parameters they read, so plans keyed on modules still apply
+    assert {l["name"] for l in json.loads(result.stdout)["layers"] if l["macs"]} == {"conv", "fc"}
+    assert _macs(run("analyze", str(tmp_path / "tiny.pt2"), "--json")) == TINY_MACS
+
+
+def test_pickles_need_trust(tmp_path) -> None:
+    torch.save(Tiny(), tmp_path / "whole.pt")
+    torch.save(Tiny().state_dict(), tmp_path / "weights.pt")
+    assert_clean_error(run("analyze", str(tmp_path / "whole.pt"), "--input", "1x3x32x32"), "--trust-pickle")
+    assert_clean_error(run("analyze", str(tmp_path / "weights.pt"), "--input", "1x3x32x32"), "state_dict")
+    trusted = run("analyze", str(tmp_path / "whole.pt"), "--input", "1x3x32x32", "--trust-pickle", "--json")
+    assert _macs(trusted) == TINY_MACS
+
+
+def test_llama_7b_on_meta_allocates_no_weights() -> None:
+    code = ("import resource, costplan; r = costplan.analyze('hf:llama-7b', seq_len=128); "
+            "print(r.totals['params'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    params, rss_kb = map(int, out.stdout.split())
+    assert params == 6_738_415_616
+    assert rss_kb < 3 * 1024 * 1024  # 27 GB of fp32 weights never materialise

@@ -1,0 +1,132 @@
+"""MAC and parameter counts against published figures and against torch's own FlopCounterMode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from costplan.api import analyze, load_graph
+from costplan.models import instantiate, resolve
+from costplan.trace import trace
+from tests.conftest import TwoConvs, graph_of
+
+# (MACs, params) from the issue; the torchvision/HF parameter counts are the published ones.
+PINNED = {
+    "resnet50": (4_089_184_256, 25_557_032),
+    "mobilenet_v2": (300_774_272, 3_504_872),
+    "vgg16": (15_470_264_320, 138_357_544),
+    "hf:bert-base": (11_174_215_680, 109_482_240),
+}
+
+
+@pytest.mark.parametrize("spec", PINNED)
+def test_published_counts(spec: str) -> None:
+    graph = graph_of(spec)
+    assert (graph.total_macs, graph.total_params) == PINNED[spec]
+
+
+@pytest.mark.parametrize("spec,params", [
+    ("hf:bert-large", 335_141_888), ("hf:gpt2", 124_439_808), ("hf:vit-base", 86_389_248),
+    ("hf:llama-7b", 6_738_415_616),
+])
+def test_published_transformer_params(spec: str, params: int) -> None:
+    assert graph_of(spec).total_params == params
+
+
+def test_bert_attention_matmuls_are_layers(bert_graph) -> None:
+    """Q K^T and A V are nodes of their own: 12 heads x 128 x 128 x 64 MACs each."""
+    matmuls = [l for l in bert_graph.layers if l.op == "matmul" and l.module is None
+               and l.name.startswith("encoder.layer.0.")]
+    assert [l.macs for l in matmuls] == [12 * 128 * 128 * 64] * 2
+
+
+def test_reuse_table_layers() -> None:
+    """Issue 2's table: same MACs, params 147,456 vs 589,824, so reuse 784 vs 196."""
+    report = analyze(TwoConvs(), input="1x64x56x56")
+    rows = {r.name: r for r in report.layers}
+    assert rows["layer0"].macs == rows["layer1"].macs == 115_605_504
+    assert (rows["layer0"].params, rows["layer1"].params) == (147_456, 589_824)
+    assert (rows["layer0"].reuse, rows["layer1"].reuse) == (784.0, 196.0)
+    assert rows["layer1"].act_out_bytes == 14 * 14 * 256 * 4
+
+
+# Every model must agree with FlopCounterMode / 2 within 0.1%, attribute every parameter to a
+# layer, and leave no op unaccounted for. The full torchvision zoo passes (benchmarks/zoo_check.py);
+# this is a spread of architectures that runs in seconds.
+ZOO = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "inception_v3", "vit_b_16",
+       "swin_t", "convnext_tiny", "regnet_y_400mf", "shufflenet_v2_x0_5", "squeezenet1_0",
+       "hf:bert-base", "hf:gpt2", "hf:vit-base", "hf:distilbert", "hf:llama-7b"]
+
+
+@pytest.mark.parametrize("spec", ZOO)
+def test_agrees_with_flop_counter_mode(spec: str) -> None:
+    source = resolve(spec)
+    graph = graph_of(spec)
+    inst = instantiate(source, graph.inputs.device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        inst.module(*inst.args, **inst.kwargs)
+    reference = counter.get_total_flops() / 2
+    assert graph.total_macs == pytest.approx(reference, rel=1e-3)
+    assert sum(l.params for l in graph.layers) == graph.total_params
+    assert not graph.unsupported
+
+
+def test_builds_on_meta_and_falls_back_to_real_tensors() -> None:
+    assert graph_of("hf:llama-7b").inputs.device == "meta"
+    assert graph_of("regnet_y_400mf").inputs.device == "cpu"  # its constructor needs real data
+
+
+def test_fvcore_cross_check_on_real_weights() -> None:
+    """fvcore counts one MAC as one 'flop' for conv and linear; it needs real tensors."""
+    from fvcore.nn import FlopCountAnalysis
+    import torchvision
+
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 224, 224)
+    by_op = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).by_operator()
+    graph = trace(model, (x,))
+    ours = sum(l.macs for l in graph.layers if l.op in ("conv2d", "linear"))
+    assert ours == by_op["conv"] + by_op["linear"]
+
+
+def test_batch_scales_macs_not_params() -> None:
+    one, eight = graph_of("resnet18"), graph_of("resnet18", batch=8)
+    assert eight.total_macs == 8 * one.total_macs
+    assert eight.total_params == one.total_params
+    assert eight.inputs.shapes == ((8, 3, 224, 224),)
+
+
+def test_fp16_halves_bytes() -> None:
+    fp32, fp16 = graph_of("resnet18"), graph_of("resnet18", dtype="fp16")
+    assert fp16.total_weight_bytes * 2 == fp32.total_weight_bytes
+    assert fp16.inputs.dtype == "float16"
+    assert fp16.total_macs == fp32.total_macs
+
+
+def test_op_without_formula_is_reported() -> None:
+    class Spectral(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(9, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.fft.rfft(x).abs())
+
+    report = analyze(Spectral(), input="2x16")
+    assert report.totals["macs"] == 2 * 9 * 4
+    assert "aten._fft_r2c" in report.unsupported
+    assert {"op": "aten._fft_r2c", "count": 1} in report.to_dict()["unsupported"]
+
+
+def test_shared_leaf_module_calls_are_separate_nodes(resnet50_graph) -> None:
+    names = [l.name for l in resnet50_graph.layers if l.module == "layer1.0.relu"]
+    assert names == ["layer1.0.relu", "layer1.0.relu:1", "layer1.0.relu:2"]
+
+
+def test_trace_leaves_module_state_alone() -> None:
+    model = TwoConvs().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_graph(model, input="1x64x8x8")
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
