@@ -8,9 +8,11 @@ from collections.abc import Sequence
 import torch
 
 from costplan.errors import CostplanError
+from costplan.hardware import Estimate, HardwareProfile, estimate, load_profile
 from costplan.models import Instance, ModelSource, instantiate, parse_shapes, resolve
 from costplan.planfile import Plan, load_plan
 from costplan.report import Report, build_report
+from costplan.sparsity import apply_plan
 from costplan.trace import LayerGraph, trace
 
 Shape = tuple[int, ...]
@@ -76,10 +78,41 @@ def _plan(plan: Plan | str | os.PathLike[str] | None) -> Plan | None:
     return load_plan(plan) if isinstance(plan, (str, os.PathLike)) else plan
 
 
-def analyze(model: ModelLike | LayerGraph, *, plan: Plan | str | None = None, **kwargs: object) -> Report:
-    """Per-layer MACs, parameters, bytes and reuse of ``model``, under ``plan`` if given.
+def _profile(hw: HardwareProfile | str | os.PathLike[str]) -> HardwareProfile:
+    return hw if isinstance(hw, HardwareProfile) else load_profile(hw)
 
-    ``kwargs`` go to :func:`load_graph` (input, batch, seq_len, dtype, trust_pickle, example_inputs).
+
+QUANTISED = ("int8",)  # precisions a model is not traced in: bytes are rescaled from float32
+
+
+def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
+                     dtype: str | None = None) -> Estimate:
+    """Per-layer roofline latency of ``graph`` on ``hw`` under ``plan`` (seconds, joules)."""
+    return estimate(graph, _profile(hw), apply_plan(graph, _plan(plan)), dtype)
+
+
+def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None = None,
+            plan: Plan | str | None = None, dtype: str = "float32", **kwargs: object) -> Report:
+    """Per-layer MACs, parameters, bytes and reuse of ``model``, under ``plan`` if given, and with
+    ``hw`` (a profile name, path or HardwareProfile) each layer's roofline latency and bound.
+
+    ``dtype`` is the precision (float32, float16, bfloat16, or int8, which traces in float32 and
+    rescales bytes); ``kwargs`` go to :func:`load_graph` (input, batch, seq_len, trust_pickle, ...).
     """
-    graph = model if isinstance(model, LayerGraph) else load_graph(model, **kwargs)  # type: ignore[arg-type]
-    return build_report(graph, _plan(plan))
+    trace_dtype = "float32" if dtype in QUANTISED else dtype
+    graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=trace_dtype, **kwargs)  # type: ignore[arg-type]
+    parsed = _plan(plan)
+    if hw is None:
+        return build_report(graph, parsed)
+    profile = _profile(hw)
+    est = estimate(graph, profile, apply_plan(graph, parsed), dtype)
+    latency = {
+        name: (l.latency_s * 1e3, l.bound, {
+            "compute_ms": l.compute_s * 1e3, "memory_ms": l.memory_s * 1e3, "overhead_ms": l.overhead_s * 1e3,
+            "attained": round(l.attained, 4), "dram_bytes": round(l.dram_bytes),
+            "energy_mj": None if l.energy_j is None else l.energy_j * 1e3, "sparse_kernel": l.sparse_path,
+        }) for name, l in est.layers.items()
+    }
+    totals = {"precision": est.precision, "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
+              "energy_mj": None if est.energy_j is None else est.energy_j * 1e3}
+    return build_report(graph, parsed, hardware=profile.name, latency=latency, extra_totals=totals)

@@ -28,7 +28,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", metavar="SHAPE", help="input shape(s), e.g. 1x3x224x224 (comma-separated for several)")
     p.add_argument("--batch", type=_positive_int, help="batch size (replaces the first dimension)")
     p.add_argument("--seq-len", type=_positive_int, help="sequence length for hf: text models (default 128)")
-    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
+    p.add_argument("--dtype", default="float32",
+                   help="float32, float16, bfloat16, or int8 (traced in float32, bytes at 1 per element)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a pickled model with torch.load(weights_only=False): runs code in the file")
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Trace MODEL into a layer graph and report where its work and weights are.")
     _model_args(a)
     a.add_argument("--plan", metavar="FILE", help="plan JSON: report effective MACs and non-zero params under it")
+    a.add_argument("--hw", metavar="PROFILE[,PROFILE...]",
+                   help="estimate latency on these hardware profiles (names from `costplan profiles`, or .toml paths)")
     out = a.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="write the report as JSON")
     out.add_argument("--csv", action="store_true", help="write the per-layer rows as CSV")
@@ -54,6 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--depth", type=_positive_int, metavar="D", help="group layers by the first D parts of their names")
 
     sub.add_parser("models", help="list the model names costplan can build")
+
+    pr = sub.add_parser("profiles", help="list hardware profiles, or show one")
+    pr.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    pr.add_argument("name", nargs="?", help="profile name or .toml path (with show)")
+
+    c = sub.add_parser("calibrate", help="fit a hardware profile of this machine's CPU by microbenchmarks",
+                       description="Time GEMMs, convolutions, memory copies and tiny ops on this CPU and write a "
+                                   "profile that --hw accepts. Takes about a minute.")
+    c.add_argument("-o", "--output", metavar="FILE", default="local.toml", help="profile to write (default local.toml)")
+    c.add_argument("--name", default="local", help="the profile's name (default local)")
+    c.add_argument("--quick", action="store_true", help="fewer shapes and repeats (seconds, less accurate)")
+
+    m = sub.add_parser("measure", help="time the real model on this CPU, per layer and total, beside the prediction",
+                       description="Run MODEL with random weights on this machine's CPU (warm-up, repeats, "
+                                   "median) and print measured against predicted latency per layer and in total.")
+    _model_args(m)
+    m.add_argument("--hw", required=True, metavar="PROFILE", help="profile to predict with, e.g. local.toml from calibrate")
+    m.add_argument("--plan", metavar="FILE", help="a plan: predict under it (the model is measured as given)")
+    m.add_argument("--repeat", type=_positive_int, default=10, help="timed runs (default 10)")
+    m.add_argument("--warmup", type=_positive_int, default=3, help="untimed runs first (default 3)")
+    m.add_argument("--top", type=_positive_int, metavar="N", help="show only the N slowest layers")
+    m.add_argument("--json", action="store_true", help="write the comparison as JSON")
+    m.add_argument("-o", "--output", metavar="FILE", help="write JSON here instead of stdout")
     return parser
 
 
@@ -67,24 +93,81 @@ def _write(text: str, path: str | None) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from costplan.api import analyze
+    from costplan.api import QUANTISED, analyze, load_graph
 
-    report = analyze(args.model, plan=args.plan, input=args.input, batch=args.batch,
-                     seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle)
+    profiles = [h.strip() for h in args.hw.split(",") if h.strip()] if args.hw else [None]
+    trace_dtype = "float32" if args.dtype in QUANTISED else args.dtype
+    graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
+                       dtype=trace_dtype, trust_pickle=args.trust_pickle)
+    reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype) for hw in profiles]
     if args.json:
-        _write(report.to_json(), args.output)
+        import json
+
+        text = reports[0].to_json() if len(reports) == 1 else \
+            json.dumps({"reports": [r.to_dict() for r in reports]}, indent=2) + "\n"
+        _write(text, args.output)
         return 0
     if args.csv:
-        _write(report.to_csv(), args.output)
+        _write("".join(r.to_csv() for r in reports), args.output)
         return 0
+    from costplan.render import compare_table, report_table, totals_text
+
+    console = _console()
+    if len(reports) == 1:
+        console.print(report_table(reports[0], top=args.top, depth=args.depth))
+        console.print(totals_text(reports[0]))
+    else:
+        console.print(compare_table(reports, top=args.top, depth=args.depth))
+    return 0
+
+
+def _console():  # noqa: ANN202
     from rich.console import Console
 
-    from costplan.render import report_table, totals_text
-
     # piped output keeps whole layer names on one line rather than folding them at 80 columns
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-    console.print(report_table(report, top=args.top, depth=args.depth))
-    console.print(totals_text(report))
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from costplan.hardware import list_profiles, load_profile
+    from costplan.render import profile_table
+
+    if args.action == "show":
+        if not args.name:
+            from costplan.errors import CostplanError
+
+            raise CostplanError("name the profile: costplan profiles show rtx3090")
+        _console().print(profile_table([load_profile(args.name)], detail=True))
+        return 0
+    _console().print(profile_table([load_profile(n) for n in list_profiles()]))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from costplan.hardware.calibrate import calibrate, profile_toml
+    from costplan.planfile import write_atomic
+
+    result = calibrate(name=args.name, quick=args.quick)
+    write_atomic(args.output, profile_toml(result))
+    _console().print(f"wrote {args.output}: {result.summary()}")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from costplan.measure import measure
+
+    comparison = measure(args.model, hw=args.hw, plan=args.plan, input=args.input, batch=args.batch,
+                         seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle,
+                         repeat=args.repeat, warmup=args.warmup)
+    if args.json:
+        _write(comparison.to_json(), args.output)
+        return 0
+    from costplan.render import measure_table
+
+    table, summary = measure_table(comparison, top=args.top)
+    console = _console()
+    console.print(table)
+    console.print(summary)
     return 0
 
 
@@ -97,7 +180,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "models": cmd_models}
+COMMANDS = {"analyze": cmd_analyze, "models": cmd_models, "profiles": cmd_profiles,
+            "calibrate": cmd_calibrate, "measure": cmd_measure}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

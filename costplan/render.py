@@ -37,6 +37,8 @@ def report_table(report: Report, top: int | None = None, depth: int | None = Non
     table.add_column("intensity\nMAC/byte", justify="right")
     table.add_column("act. out", justify="right")
     if report.hardware:
+        table.add_column("x ridge", justify="right")
+        table.add_column("% peak", justify="right")
         table.add_column("latency ms", justify="right")
         table.add_column("bound")
     for r in select_rows(report, top, depth):
@@ -49,7 +51,11 @@ def report_table(report: Report, top: int | None = None, depth: int | None = Non
         cells += [f"{r.reuse:,.0f}" if r.params and r.macs else "-",
                   f"{r.intensity:.1f}" if r.macs else "-", bytes_(r.act_out_bytes)]
         if report.hardware:
-            cells += [f"{r.latency_ms:.4f}" if r.latency_ms is not None else "-", r.bound or "-"]
+            ridge = report.totals.get("ridge_macs_per_byte") or 0.0
+            attained = r.extra.get("attained")
+            cells += [f"{r.intensity / ridge:.2f}" if r.macs and ridge else "-",
+                      f"{attained:.0%}" if attained else "-",
+                      f"{r.latency_ms:.4f}" if r.latency_ms is not None else "-", r.bound or "-"]
         table.add_row(*cells)
     return table
 
@@ -64,7 +70,14 @@ def totals_text(report: Report) -> Text:
         text.append(f"\nunder plan  MACs {si(t['effective_macs'])} ({t['effective_macs'] / t['macs']:.1%})  "
                     f"non-zero params {si(t['nonzero_params'])} ({t['nonzero_params'] / t['params']:.1%})")
     if t.get("latency_ms") is not None:
-        text.append(f"\nlatency {t['latency_ms']:.3f} ms on {report.hardware}")
+        bounds: dict[str, float] = {}
+        for r in report.layers:
+            bounds[r.bound or "-"] = bounds.get(r.bound or "-", 0.0) + (r.latency_ms or 0.0)
+        split = ", ".join(f"{b} {ms / t['latency_ms']:.0%}" for b, ms in sorted(bounds.items(), key=lambda kv: -kv[1]) if ms)
+        text.append(f"\nlatency {t['latency_ms']:.3f} ms on {report.hardware} at {t['precision']} ({split} of it); "
+                    f"ridge point {t['ridge_macs_per_byte']:.1f} MAC/byte")
+        if t.get("energy_mj") is not None:
+            text.append(f"\nenergy {t['energy_mj']:.2f} mJ per inference (estimate)")
     if report.traced_on != "meta":
         text.append(f"\ntraced with real tensors on {report.traced_on} (the model needs data to build or run)",
                     style="dim")
@@ -72,3 +85,54 @@ def totals_text(report: Report) -> Text:
         ops = ", ".join(f"{op} x{n}" for op, n in report.unsupported.items())
         text.append(f"\nops without a MAC formula (counted as 0 MACs): {ops}", style="yellow")
     return text
+
+
+def compare_table(reports: list[Report], top: int | None = None, depth: int | None = None) -> Table:
+    """One model on several devices: latency and bound per layer, side by side."""
+    first = reports[0]
+    table = Table(title=f"{first.model}: latency by device (ms, bound)", title_justify="left", header_style="bold")
+    table.add_column("layer", overflow="fold", min_width=12)
+    table.add_column("op")
+    table.add_column("MACs", justify="right")
+    for r in reports:
+        table.add_column(f"{r.hardware}\n{r.totals['precision']}", justify="right")
+    by_device = [{row.name: row for row in select_rows(r, None, depth)} for r in reports]
+    rows = select_rows(first, None, depth)
+    if top:
+        worst = sorted(rows, key=lambda row: max((d[row.name].latency_ms or 0.0) / (r.totals["latency_ms"] or 1.0)
+                                               for d, r in zip(by_device, reports)), reverse=True)[:top]
+        keep = {row.name for row in worst}
+        rows = [row for row in rows if row.name in keep]
+    for row in rows:
+        cells = [row.name, row.op, si(row.macs) if row.macs else "-"]
+        for d in by_device:
+            cell = d[row.name]
+            cells.append(f"{cell.latency_ms:.4f} {(cell.bound or '-')[:3]}")
+        table.add_row(*cells)
+    table.add_section()
+    table.add_row("total", "", si(first.totals["macs"]), *[f"{r.totals['latency_ms']:.3f}" for r in reports])
+    if all(r.totals.get("energy_mj") is not None for r in reports):
+        table.add_row("energy mJ", "", "", *[f"{r.totals['energy_mj']:.2f}" for r in reports])
+    return table
+
+
+def profile_table(profiles: list, detail: bool = False) -> Table:  # list[HardwareProfile]
+    """Hardware profiles: peak per dtype, bandwidth, ridge point, what sparsity they exploit."""
+    table = Table(title="hardware profiles", title_justify="left", header_style="bold")
+    for col in ("name", "kind", "peak TMAC/s", "GB/s", "on-chip MB", "ridge MAC/B", "exploits"):
+        table.add_column(col, justify="left" if col in ("name", "kind", "exploits") else "right")
+    for p in profiles:
+        peaks = ", ".join(f"{d} {v / 1e12:.3g}" for d, v in p.peak_macs.items())
+        exploits = ", ".join(
+            f"{pat} ({'compute x' + format(s.compute_speedup, 'g') if s.compute_speedup > 1 else ''}"
+            f"{'+' if s.compute_speedup > 1 and s.compressed_weights else ''}"
+            f"{'compressed weights' if s.compressed_weights else ''})"
+            for pat, s in p.sparsity.items() if s.useful) or "none (channel/head only)"
+        table.add_row(p.name, p.kind, peaks, f"{p.bandwidth / 1e9:g}", f"{p.onchip_bytes / 1e6:g}",
+                      f"{p.ridge(p.default_dtype):.1f}", exploits)
+    if detail and profiles:
+        p = profiles[0]
+        table.caption = (f"{p.description}. efficiency {dict(p.efficiency)}, memory {p.memory_efficiency:g}, "
+                         f"half-utilisation at {p.half_util_macs:.3g} MACs, {p.per_op_s * 1e6:g} us per op, "
+                         f"fuses elementwise: {p.fuse_elementwise}. Source: {p.source}")
+    return table

@@ -28,6 +28,7 @@ class Effective:
     out_keep: float = 1.0
     density: float = 1.0           # kept fraction of weights inside the (possibly smaller) shape
     plan: LayerPlan | None = None
+    shape_scale: float = 1.0       # kept fraction of the dense shape's MACs and weights
 
 
 def _width(layer: Layer) -> int | None:
@@ -96,7 +97,8 @@ def apply_plan(graph: LayerGraph, plan: Plan | None) -> dict[str, Effective]:
         in_keep = max((out[p].out_keep for p in preds), default=1.0)
         key, lp = entries.get(layer.name, (None, None))
         if not layer.has_weights:
-            out[layer.name] = Effective(layer.macs * in_keep, layer.params * in_keep, in_keep, in_keep)
+            out[layer.name] = Effective(layer.macs * in_keep, layer.params * in_keep, in_keep, in_keep,
+                                        shape_scale=in_keep)
             continue
         own, density = 1.0, 1.0
         if lp is not None and lp.pattern.elementwise:
@@ -113,7 +115,7 @@ def apply_plan(graph: LayerGraph, plan: Plan | None) -> dict[str, Effective]:
         weight = min(_weight_numel(layer), layer.params)
         bias = layer.params - weight
         params = weight * scale * density + bias * out_keep
-        out[layer.name] = Effective(layer.macs * scale * density, params, in_keep, out_keep, density, lp)
+        out[layer.name] = Effective(layer.macs * scale * density, params, in_keep, out_keep, density, lp, scale)
     return out
 
 

@@ -230,3 +230,16 @@ def friendly_name(func: object, weight_shape: Shape | None = None) -> str:
     if name.startswith("_scaled_dot_product"):
         return "attention"
     return _FRIENDLY.get(name, name.rstrip("_"))
+
+
+def is_elementwise(aten_op: str) -> bool:
+    """Whether 'aten.relu_.default' (an op as a Layer records it) is elementwise or a batch norm:
+    work a compiler folds into the kernel that produced its input."""
+    parts = aten_op.split(".")
+    packet = getattr(aten, parts[1], None) if len(parts) == 3 else None
+    func = getattr(packet, parts[2], None) if packet is not None else None
+    if func is None:
+        return False
+    name = parts[1].rstrip("_")
+    return "batch_norm" in name or (classify(func) is OpKind.MEMORY and _is_pointwise(func, name)) or \
+        name in ("hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu")

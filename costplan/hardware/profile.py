@@ -1,0 +1,226 @@
+"""Hardware profiles: devices as data (``hwprofiles/*.toml``), validated into frozen records.
+
+A profile states peak throughput per dtype, memory bandwidth, on-chip memory, per-op overhead,
+attainable efficiency per op class, how each sparsity pattern is exploited, and optionally energy.
+A bad profile fails with the file, the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from costplan.errors import CostplanError, close_names
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+OP_CLASSES = ("conv", "depthwise", "gemm")
+
+
+@dataclass(frozen=True)
+class SparsitySupport:
+    """How a device exploits one sparsity pattern.
+
+    Compute MACs scale by max(density, 1 / compute_speedup) and run at ``efficiency`` of the dense
+    rate; with ``compressed_weights`` only non-zeros are read, plus ``index_bits`` of metadata per
+    non-zero (per block for block patterns). Below ``min_sparsity`` the device runs dense kernels.
+    """
+
+    compute_speedup: float = 1.0
+    efficiency: float = 1.0
+    compressed_weights: bool = False
+    index_bits: float = 0.0
+    min_sparsity: float = 0.0
+    dtypes: tuple[str, ...] = ()     # empty: every dtype
+
+    def applies_to(self, dtype: str) -> bool:
+        return not self.dtypes or dtype in self.dtypes
+
+    @property
+    def useful(self) -> bool:
+        """Whether this pattern can make anything faster on the device."""
+        return self.compute_speedup > 1.0 or self.compressed_weights
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One device. Throughput in MAC/s, bandwidth in bytes/s, sizes in bytes, times in seconds."""
+
+    name: str
+    kind: str                         # gpu | cpu | npu | fpga
+    description: str
+    peak_macs: Mapping[str, float]    # dtype -> dense MAC/s
+    bandwidth: float                  # DRAM bytes/s
+    onchip_bytes: float               # cache / SRAM that holds activations between layers
+    efficiency: Mapping[str, float]   # op class -> attainable share of peak on large shapes
+    memory_efficiency: float          # attainable share of bandwidth
+    half_util_macs: float             # an op this size attains half its class's efficiency
+    per_op_s: float                   # launch / dispatch overhead per layer
+    fuse_elementwise: bool            # norms and activations fold into the producing kernel
+    weights_on_chip: bool             # weights stay on chip when the whole model fits
+    default_dtype: str
+    sparsity: Mapping[str, SparsitySupport] = field(default_factory=dict)
+    energy_pj_per_mac: Mapping[str, float] = field(default_factory=dict)
+    energy_pj_per_dram_byte: float | None = None
+    threads: int | None = None
+    source: str = ""                  # the file it came from
+
+    def precision(self, dtype: str) -> str:
+        """The dtype the device runs a model traced in ``dtype`` at (its default if unsupported)."""
+        return dtype if dtype in self.peak_macs else self.default_dtype
+
+    def ridge(self, dtype: str) -> float:
+        """Ridge point in MACs per byte: below it a layer is bandwidth-bound."""
+        return self.peak_macs[self.precision(dtype)] / self.bandwidth
+
+    def support(self, pattern: str, dtype: str) -> SparsitySupport | None:
+        """How ``pattern`` ('unstructured', '2:4', '4x1', ...) is exploited at ``dtype``, if at all."""
+        entry = self.sparsity.get(pattern)
+        if entry is None and "x" in pattern:
+            entry = self.sparsity.get("block")
+        if entry is None and ":" in pattern:
+            entry = self.sparsity.get("N:M")
+        return entry if entry is not None and entry.applies_to(dtype) else None
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("costplan"))) / "hwprofiles"
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped with costplan."""
+    return sorted(p.stem for p in _builtin_dir().glob("*.toml"))
+
+
+def _path_for(name: str) -> Path:
+    if os.path.sep in name or name.endswith(".toml") or os.path.exists(name):
+        path = Path(name)
+        if not path.is_file():
+            raise CostplanError(f"no such hardware profile file: {name}")
+        return path
+    path = _builtin_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise CostplanError(f"unknown hardware profile '{name}'.{close_names(name, list_profiles())} "
+                            f"Profiles: {', '.join(list_profiles())}; or give a path to a .toml file")
+    return path
+
+
+class _Fields:
+    """Typed access to a TOML table that names the file and field in every error."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, prefix: str = "") -> None:
+        self.data, self.where, self.prefix = data, where, prefix
+
+    def fail(self, key: str, problem: str) -> CostplanError:
+        return CostplanError(f"{self.where}: field '{self.prefix}{key}' {problem}")
+
+    def number(self, key: str, default: float | None = None, *, low: float = 0.0, high: float | None = None,
+               positive: bool = False) -> float:
+        if key not in self.data:
+            if default is None:
+                raise self.fail(key, "is missing")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"must be a number, not {value!r}")
+        if value < low or (positive and value <= 0) or (high is not None and value > high):
+            bound = f"in ({low}, {high}]" if high is not None else ("positive" if positive else f">= {low}")
+            raise self.fail(key, f"must be {bound}, got {value}")
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, not {value!r}")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(key, "is missing" if value is None else f"must be a string, not {value!r}")
+        return value
+
+    def table(self, key: str, required: bool = True) -> _Fields:
+        value = self.data.get(key)
+        if value is None and not required:
+            return _Fields({}, self.where, f"{self.prefix}{key}.")
+        if not isinstance(value, dict):
+            raise self.fail(key, "is missing" if value is None else "must be a table")
+        return _Fields(value, self.where, f"{self.prefix}{key}.")
+
+    def dtype_numbers(self, key: str, required: bool = True) -> dict[str, float]:
+        table = self.table(key, required)
+        for dtype in table.data:
+            if dtype not in DTYPE_BYTES:
+                raise table.fail(dtype, f"is not a dtype; use {', '.join(DTYPE_BYTES)}")
+        return {dtype: table.number(dtype, positive=True) for dtype in table.data}
+
+
+def _sparsity(fields: _Fields) -> dict[str, SparsitySupport]:
+    out = {}
+    for pattern in fields.data:
+        f = fields.table(pattern)
+        dtypes = f.data.get("dtypes", [])
+        if not isinstance(dtypes, list) or any(d not in DTYPE_BYTES for d in dtypes):
+            raise f.fail("dtypes", f"must be a list of {', '.join(DTYPE_BYTES)}")
+        out[pattern] = SparsitySupport(
+            compute_speedup=f.number("compute_speedup", 1.0, low=1.0),
+            efficiency=f.number("efficiency", 1.0, high=1.0, positive=True),
+            compressed_weights=f.flag("compressed_weights", False),
+            index_bits=f.number("index_bits", 0.0),
+            min_sparsity=f.number("min_sparsity", 0.0, high=1.0),
+            dtypes=tuple(dtypes),
+        )
+    return out
+
+
+def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
+    """Validate the TOML tables of a profile; ``where`` names the file in errors."""
+    f = _Fields(data, where)
+    peak = f.dtype_numbers("peak_tflops")
+    if not peak:
+        raise f.fail("peak_tflops", "names no dtype")
+    memory, eff, overhead = f.table("memory"), f.table("efficiency"), f.table("overhead")
+    default_dtype = f.text("default_dtype", "float32" if "float32" in peak else next(iter(peak)))
+    if default_dtype not in peak:
+        raise f.fail("default_dtype", f"'{default_dtype}' has no peak_tflops entry")
+    energy = f.table("energy", required=False)
+    threads = f.data.get("threads")
+    if threads is not None and (not isinstance(threads, int) or threads <= 0):
+        raise f.fail("threads", f"must be a positive integer, got {threads!r}")
+    return HardwareProfile(
+        name=f.text("name"),
+        kind=f.text("kind", "gpu"),
+        description=f.text("description", ""),
+        peak_macs={d: v * 1e12 / 2 for d, v in peak.items()},  # vendors quote FLOPS = 2 x MACs
+        bandwidth=memory.number("bandwidth_gbs", positive=True) * 1e9,
+        onchip_bytes=memory.number("onchip_mb", 0.0) * 1e6,
+        efficiency={c: eff.number(c, 1.0, high=1.0, positive=True) for c in OP_CLASSES},
+        memory_efficiency=eff.number("memory", 1.0, high=1.0, positive=True),
+        half_util_macs=eff.number("half_util_macs", 0.0),
+        per_op_s=overhead.number("per_op_us", 0.0) * 1e-6,
+        fuse_elementwise=overhead.flag("fuse_elementwise", False),
+        weights_on_chip=memory.flag("weights_on_chip", False),
+        default_dtype=default_dtype,
+        sparsity=_sparsity(f.table("sparsity", required=False)),
+        energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
+        energy_pj_per_dram_byte=energy.number("pj_per_dram_byte", positive=True) if "pj_per_dram_byte" in energy.data else None,
+        threads=threads,
+        source=where,
+    )
+
+
+def load_profile(name: str | os.PathLike[str]) -> HardwareProfile:
+    """A shipped profile by name (``rtx3090``) or a profile file by path."""
+    path = _path_for(str(name))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CostplanError(f"{path}: not valid TOML: {exc}") from None
+    return parse_profile(data, str(path))

@@ -1,0 +1,164 @@
+"""Roofline latency per layer: compute time against memory time, plus per-op overhead.
+
+Compute time is the MACs left after what the device exploits of a layer's sparsity, over the
+throughput attainable for the op's class and size. Memory time is the bytes that must cross DRAM
+(weights, compressed where the device supports it; activations too large to stay on chip) over the
+attainable bandwidth. Elementwise layers that a device fuses into their producer cost nothing extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from costplan.hardware.profile import DTYPE_BYTES, HardwareProfile
+from costplan.planfile import Pattern
+from costplan.sparsity import Effective
+from costplan.trace.graph import Layer, LayerGraph
+from costplan.trace.ops import is_elementwise
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    """One layer's predicted time on one device. Seconds, MACs, bytes and joules."""
+
+    latency_s: float
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+    bound: str                     # compute | memory | overhead | fused
+    exec_macs: float               # MACs the device actually executes
+    dram_bytes: float
+    attained: float                # executed MAC rate as a share of the device's peak
+    energy_j: float | None
+    sparse_path: bool = False      # whether the device's sparse kernel beat its dense one
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per-layer latency of a graph on a profile; totals in seconds and joules."""
+
+    profile: HardwareProfile
+    precision: str
+    layers: Mapping[str, LayerLatency]
+
+    @property
+    def latency_s(self) -> float:
+        return sum(l.latency_s for l in self.layers.values())
+
+    @property
+    def energy_j(self) -> float | None:
+        values = [l.energy_j for l in self.layers.values()]
+        return None if any(v is None for v in values) else sum(values)  # type: ignore[misc]
+
+
+def op_class(layer: Layer) -> str | None:
+    """'conv', 'depthwise' or 'gemm' for layers with MACs; None for memory-only layers."""
+    if layer.macs == 0:
+        return None
+    a = layer.attrs
+    if layer.op.startswith("conv"):
+        groups = int(a.get("groups", 1))
+        return "depthwise" if groups > 1 and groups == a.get("in_channels") else "conv"
+    return "gemm"
+
+
+def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, precision: str) -> float:
+    """MACs over the attainable rate: peak x class efficiency x a saturating size utilisation."""
+    if macs <= 0 or klass is None:
+        return 0.0
+    half = profile.half_util_macs
+    utilisation = macs / (macs + half) if half > 0 else 1.0
+    return macs / (profile.peak_macs[precision] * profile.efficiency[klass] * utilisation)
+
+
+def activation_traffic(nbytes: float, profile: HardwareProfile) -> float:
+    """Activation bytes that go to DRAM: a tensor that fits in half the on-chip memory stays there."""
+    return nbytes if nbytes > profile.onchip_bytes / 2 else 0.0
+
+
+def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compressed: bool,
+                  index_bits: float, element: float) -> float:
+    if not compressed or pattern is None:
+        return numel * element
+    stored = numel * density
+    per_index = pattern.n * pattern.m if pattern.kind == "block" else 1
+    return stored * element + stored / per_index * index_bits / 8
+
+
+def _roofline(macs: float, weight_bytes: float, act_bytes: float, klass: str | None,
+              profile: HardwareProfile, precision: str, overhead: float) -> tuple[float, float, float, str]:
+    compute = compute_seconds(macs, klass, profile, precision)
+    memory = (weight_bytes + act_bytes) / (profile.bandwidth * profile.memory_efficiency)
+    latency = max(compute, memory) + overhead
+    if overhead > max(compute, memory):
+        bound = "overhead"
+    else:
+        bound = "compute" if compute >= memory else "memory"
+    return latency, compute, memory, bound
+
+
+def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precision: str, *,
+                  byte_scale: float = 1.0, weights_cached: bool = False) -> LayerLatency:
+    """Latency of one layer under its plan entry. ``byte_scale`` converts traced bytes to the
+    precision's; ``weights_cached`` says the whole model's weights sit on chip."""
+    peak = profile.peak_macs[precision]
+    if profile.fuse_elementwise and layer.macs == 0 and layer.aten_ops and all(map(is_elementwise, layer.aten_ops)):
+        return LayerLatency(0.0, 0.0, 0.0, 0.0, "fused", 0.0, 0.0, 0.0, 0.0 if _has_energy(profile, precision) else None)
+    klass = op_class(layer)
+    element = DTYPE_BYTES[precision]
+    weights = 0.0 if weights_cached else layer.weights_read * eff.shape_scale
+    act = activation_traffic(layer.act_in_bytes * eff.in_keep * byte_scale, profile) + \
+        activation_traffic(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
+    shape_macs = layer.macs * eff.shape_scale
+    overhead = profile.per_op_s
+
+    best = _roofline(shape_macs, weights * element, act, klass, profile, precision, overhead)
+    exec_macs, dram, sparse = shape_macs, weights * element + act, False
+    plan = eff.plan
+    if plan is not None and plan.pattern.elementwise and eff.density < 1.0:
+        support = profile.support(str(plan.pattern), precision)
+        if support is not None and plan.sparsity >= support.min_sparsity:
+            factor = 1.0
+            if support.compute_speedup > 1.0:
+                factor = max(eff.density, 1.0 / support.compute_speedup) / support.efficiency
+            w = _weight_bytes(weights, eff.density, plan.pattern, support.compressed_weights,
+                              support.index_bits, element)
+            candidate = _roofline(shape_macs * factor, w, act, klass, profile, precision, overhead)
+            if candidate[0] < best[0]:
+                best, exec_macs, dram, sparse = candidate, shape_macs * min(factor, 1.0), w + act, True
+    latency, compute, memory, bound = best
+    return LayerLatency(
+        latency_s=latency, compute_s=compute, memory_s=memory, overhead_s=overhead, bound=bound,
+        exec_macs=exec_macs, dram_bytes=dram,
+        attained=exec_macs / (latency * peak) if latency > 0 else 0.0,
+        energy_j=_energy(profile, precision, exec_macs, dram), sparse_path=sparse,
+    )
+
+
+def _has_energy(profile: HardwareProfile, precision: str) -> bool:
+    return precision in profile.energy_pj_per_mac and profile.energy_pj_per_dram_byte is not None
+
+
+def _energy(profile: HardwareProfile, precision: str, macs: float, dram_bytes: float) -> float | None:
+    if not _has_energy(profile, precision):
+        return None
+    return (macs * profile.energy_pj_per_mac[precision] + dram_bytes * profile.energy_pj_per_dram_byte) * 1e-12
+
+
+def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
+             dtype: str | None = None) -> Estimate:
+    """Latency of every layer of ``graph`` under ``effective`` (from ``sparsity.apply_plan``).
+
+    ``dtype`` is the precision asked for (default: the traced dtype); a device that lacks it runs its
+    default precision, and bytes are rescaled from the traced dtype to it.
+    """
+    traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
+    precision = profile.precision(dtype or traced)
+    byte_scale = DTYPE_BYTES[precision] / DTYPE_BYTES[traced]
+    weight_total = sum(l.params * effective[l.name].shape_scale * effective[l.name].density
+                       for l in graph.layers) * DTYPE_BYTES[precision]
+    cached = profile.weights_on_chip and weight_total <= profile.onchip_bytes
+    layers = {l.name: layer_latency(l, effective[l.name], profile, precision, byte_scale=byte_scale,
+                                    weights_cached=cached) for l in graph.layers}
+    return Estimate(profile, precision, layers)
