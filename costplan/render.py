@@ -136,3 +136,26 @@ def profile_table(profiles: list, detail: bool = False) -> Table:  # list[Hardwa
                          f"half-utilisation at {p.half_util_macs:.3g} MACs, {p.per_op_s * 1e6:g} us per op, "
                          f"fuses elementwise: {p.fuse_elementwise}. Source: {p.source}")
     return table
+
+
+def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # Comparison
+    """Per-layer predicted against measured latency, and a summary line."""
+    c = comparison
+    shape = ", ".join("x".join(map(str, s)) for s in c.input_shapes)
+    table = Table(title=f"{c.model}  input {shape}: predicted ({c.hardware}) vs measured on this machine",
+                  title_justify="left", header_style="bold")
+    for col in ("layer", "op", "bound", "predicted ms", "measured ms", "error"):
+        table.add_column(col, justify="right" if col.endswith(("ms", "error")) else "left")
+    rows = list(c.layers)
+    if top:
+        keep = {id(r) for r in sorted(rows, key=lambda r: r.measured_ms, reverse=True)[:top]}
+        rows = [r for r in rows if id(r) in keep]
+    for r in rows:
+        error = f"{r.predicted_ms / r.measured_ms - 1:+.0%}" if r.measured_ms > 0 else "-"
+        table.add_row(r.name, r.op, r.bound, f"{r.predicted_ms:.4f}", f"{r.measured_ms:.4f}", error)
+    text = Text()
+    text.append("total  ", style="bold")
+    text.append(f"predicted {c.predicted_ms:.3f} ms, measured {c.measured_ms:.3f} ms (median of "
+                f"{len(c.measured_runs_ms)}), error {c.error:+.1%}; {c.unattributed_ms:.3f} ms of the "
+                "measurement is framework time between layers")
+    return table, text

@@ -9,6 +9,7 @@ edges pass straight through reshapes and transposes.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class _NodeDraft:
     attrs: dict[str, object] = field(default_factory=dict)
     inputs_seen: set[int] = field(default_factory=set)
     params_seen: set[str] = field(default_factory=set)
+    seconds: float = 0.0           # wall time of this layer's kernels, when the trace runs for real
 
     def freeze(self) -> Layer:
         return Layer(
@@ -197,10 +199,12 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         fast = _FAST_META.get(func)
+        start = time.perf_counter()
         if fast is not None and not kwargs and args[0].is_meta:
             out = fast(*args)
         else:
             out = func(*args, **kwargs)
+        elapsed = time.perf_counter() - start
         kind = classify(func)
         ins = _tensors((args, kwargs))
         outs = _tensors(out)
@@ -213,6 +217,7 @@ class _Recorder(TorchDispatchMode):
         frame = next((f for f in reversed(self.stack) if f.leaf), None)
         node = self._leaf_node(frame) if frame is not None else self._function_node(func, ins, args)
         self._read(node, ins)
+        node.seconds += elapsed
         node.macs += op_macs(func, args, out)
         node.aten_ops[str(func)] = None
         if kind is OpKind.UNKNOWN:
@@ -289,11 +294,13 @@ def _set_training(model: torch.nn.Module, training: bool) -> None:
 
 
 def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[str, object] | None = None,
-          name: str = "model") -> LayerGraph:
+          name: str = "model", timings: dict[str, float] | None = None) -> LayerGraph:
     """Run ``model(*args, **kwargs)`` once under the recorder and return its layer graph.
 
     The model runs in eval mode without gradients; on meta tensors nothing is computed or allocated.
-    Exceptions from the model's forward propagate unchanged.
+    With real tensors, ``timings`` (if given) receives each layer's kernel wall time in seconds: the
+    time inside its aten ops, without the Python between them. Exceptions from the model's forward
+    propagate unchanged.
     """
     kwargs = dict(kwargs or {})
     recorder = _Recorder(model)
@@ -311,6 +318,8 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
             h.remove()
         _set_training(model, was_training)
 
+    if timings is not None:
+        timings.update({draft.name: draft.seconds for draft in recorder.drafts})
     graph = nx.DiGraph()
     for draft in recorder.drafts:
         graph.add_node(draft.name, layer=draft.freeze())

@@ -1,0 +1,196 @@
+"""Fit a hardware profile of the local CPU by microbenchmarks.
+
+GEMMs over sizes give the attainable peak and how throughput saturates with size (a curve fitted
+with scipy); convolutions and depthwise convolutions give their efficiency against that curve; a
+large copy gives memory bandwidth; a tiny module call gives the per-op overhead of eager PyTorch.
+The profile describes this machine running eager PyTorch at float32 with its current thread count.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import curve_fit
+
+GEMM_SIZES = (32, 64, 128, 256, 384, 512, 768, 1024, 1536)
+CONV_SHAPES = (  # (channels, spatial, kernel): ResNet-like stages
+    (64, 56, 3), (128, 28, 3), (256, 14, 3), (512, 7, 3), (256, 56, 1), (1024, 14, 1),
+)
+DEPTHWISE_SHAPES = ((96, 56), (192, 28), (384, 14), (960, 7))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the microbenchmarks found. Rates in MAC/s, bandwidth in bytes/s, times in seconds."""
+
+    name: str
+    peak_macs: float
+    half_util_macs: float
+    conv_efficiency: float
+    depthwise_efficiency: float
+    bandwidth: float
+    per_op_s: float
+    onchip_bytes: int
+    threads: int
+    cpu: str
+    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, MAC/s)
+
+    def summary(self) -> str:
+        return (f"peak {self.peak_macs / 1e9:.1f} GMAC/s (half at {self.half_util_macs:.3g} MACs), conv "
+                f"{self.conv_efficiency:.0%}, depthwise {self.depthwise_efficiency:.0%}, "
+                f"{self.bandwidth / 1e9:.1f} GB/s, {self.per_op_s * 1e6:.1f} us/op, {self.threads} threads")
+
+
+def _median_seconds(fn: Callable[[], object], budget_s: float, min_runs: int = 3) -> float:
+    """Median time of ``fn`` over as many runs as fit in ``budget_s`` (at least ``min_runs``)."""
+    fn()  # warm caches and lazy initialisation
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < budget_s and len(times) < 200):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def saturating(macs: np.ndarray, peak: float, half: float) -> np.ndarray:
+    """Attained MAC/s of an op of ``macs`` MACs: peak x macs / (macs + half)."""
+    return peak * macs / (macs + half)
+
+
+def fit_saturation(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    """(peak MAC/s, half-utilisation MACs) fitted to (MACs, MAC/s) samples."""
+    macs = np.array([s[0] for s in samples])
+    rates = np.array([s[1] for s in samples])
+    (peak, half), _ = curve_fit(saturating, macs, rates, p0=(rates.max(), float(np.median(macs)) / 10),
+                                bounds=([0.0, 0.0], [rates.max() * 3, macs.max()]), maxfev=20000)
+    return float(peak), float(half)
+
+
+def _onchip_bytes() -> int:
+    """The largest CPU cache, read from sysfs (the last-level cache holds activations between ops)."""
+    sizes = []
+    for index in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")) if os.path.isdir(
+            "/sys/devices/system/cpu/cpu0/cache") else []:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1024, "M": 1024 ** 2}.get(text[-1], 1)
+        sizes.append(int(text.rstrip("KM")) * scale)
+    return max(sizes, default=8 * 1024 ** 2)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -> Calibration:
+    """Run the microbenchmarks (about a minute; seconds with ``quick``)."""
+    from rich.progress import Progress
+
+    budget = 0.05 if quick else 0.4
+    gemm_sizes = GEMM_SIZES[::2] if quick else GEMM_SIZES
+    steps: list[tuple[str, Callable[[], tuple[str, float, float]]]] = []
+
+    def gemm(n: int) -> tuple[str, float, float]:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        seconds = _median_seconds(lambda: torch.mm(a, b), budget)
+        return "gemm", n ** 3, n ** 3 / seconds
+
+    def conv(c: int, hw: int, k: int, groups: int = 1) -> tuple[str, float, float]:
+        layer = torch.nn.Conv2d(c, c, k, padding=k // 2, groups=groups, bias=False).eval()
+        x = torch.randn(1, c, hw, hw)
+        with torch.no_grad():
+            seconds = _median_seconds(lambda: layer(x), budget)
+        macs = c * hw * hw * (c // groups) * k * k
+        return ("depthwise" if groups > 1 else "conv"), macs, macs / seconds
+
+    def bandwidth() -> tuple[str, float, float]:
+        n = (16 if quick else 64) * 1024 * 1024  # floats: well past any cache
+        src, dst = torch.randn(n), torch.empty(n)
+        seconds = _median_seconds(lambda: dst.copy_(src), budget * 2)
+        return "bandwidth", 0.0, 2 * n * 4 / seconds  # read + write
+
+    def overhead() -> tuple[str, float, float]:
+        relu, x = torch.nn.ReLU(), torch.randn(1, 8)
+        with torch.no_grad():
+            seconds = _median_seconds(lambda: relu(x), budget)
+        return "overhead", 0.0, seconds
+
+    steps += [(f"GEMM {n}x{n}", lambda n=n: gemm(n)) for n in gemm_sizes]
+    steps += [(f"conv {c}x{s}x{s} k{k}", lambda c=c, s=s, k=k: conv(c, s, k)) for c, s, k in CONV_SHAPES]
+    steps += [(f"depthwise {c}x{s}x{s}", lambda c=c, s=s: conv(c, s, 3, groups=c)) for c, s in DEPTHWISE_SHAPES]
+    steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead)]
+
+    samples: dict[str, list[tuple[float, float]]] = {}
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("calibrating", total=len(steps))
+        for label, step in steps:
+            bar.update(task, description=f"calibrating: {label}")
+            kind, macs, value = step()
+            samples.setdefault(kind, []).append((macs, value))
+            bar.advance(task)
+
+    peak, half = fit_saturation(samples["gemm"])
+
+    def efficiency(kind: str) -> float:
+        ratios = [rate / float(saturating(np.array(m), peak, half)) for m, rate in samples[kind]]
+        return float(min(1.0, max(0.01, statistics.median(ratios))))
+
+    return Calibration(
+        name=name, peak_macs=peak, half_util_macs=half, conv_efficiency=efficiency("conv"),
+        depthwise_efficiency=efficiency("depthwise"), bandwidth=samples["bandwidth"][0][1],
+        per_op_s=samples["overhead"][0][1], onchip_bytes=_onchip_bytes(), threads=torch.get_num_threads(),
+        cpu=_cpu_name(), samples=samples,
+    )
+
+
+def profile_toml(c: Calibration) -> str:
+    """The calibration as a profile file that ``--hw`` accepts."""
+    today = datetime.date.today().isoformat()
+    return f"""# Measured by `costplan calibrate` on {today}: {c.cpu}, {c.threads} threads, torch {torch.__version__}.
+# Eager PyTorch at float32 on this machine; recalibrate after changing threads or hardware.
+name = "{c.name}"
+kind = "cpu"
+description = "{c.cpu} ({c.threads} threads), calibrated {today}"
+default_dtype = "float32"
+threads = {c.threads}
+
+[peak_tflops]
+float32 = {2 * c.peak_macs / 1e12:.6g}   # fitted GEMM plateau: {c.peak_macs / 1e9:.2f} GMAC/s
+
+[memory]
+bandwidth_gbs = {c.bandwidth / 1e9:.4g}   # large tensor copy, bytes read + written
+onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
+
+[efficiency]
+gemm = 1.0                  # the peak above is the GEMM plateau itself
+conv = {c.conv_efficiency:.4g}          # median of {len(c.samples.get('conv', []))} convolutions against the GEMM curve
+depthwise = {c.depthwise_efficiency:.4g}     # median of {len(c.samples.get('depthwise', []))} depthwise convolutions
+memory = 1.0                # the bandwidth above is what a copy attains
+half_util_macs = {c.half_util_macs:.4g}   # fitted: GEMM throughput = peak x MACs / (MACs + this)
+
+[overhead]
+per_op_us = {c.per_op_s * 1e6:.4g}        # an nn.ReLU call on a tiny tensor: eager dispatch per layer
+fuse_elementwise = false    # eager PyTorch runs every norm and activation as its own op
+
+[sparsity.unstructured]
+compute_speedup = 1.0       # dense kernels multiply zeros
+"""

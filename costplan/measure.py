@@ -1,0 +1,113 @@
+"""Time a real model on this machine and set the measurement beside the prediction.
+
+The total is the median wall time of plain forward passes (warm-up first). Per layer, the model runs
+under the tracer, which times each layer's aten kernels; what the totals leave over is framework time
+between kernels (Python, dispatch), reported as unattributed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from costplan.api import QUANTISED, _plan, _profile
+from costplan.errors import CostplanError
+from costplan.hardware import estimate
+from costplan.models import Instance, instantiate, resolve
+from costplan.sparsity import apply_plan
+from costplan.trace import trace
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    name: str
+    op: str
+    predicted_ms: float
+    measured_ms: float
+    bound: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Predicted against measured latency of one model on this machine, in milliseconds."""
+
+    model: str
+    hardware: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    predicted_ms: float
+    measured_ms: float
+    measured_runs_ms: tuple[float, ...]
+    layers: tuple[LayerTiming, ...]
+
+    @property
+    def error(self) -> float:
+        """Relative error of the prediction: predicted / measured - 1."""
+        return self.predicted_ms / self.measured_ms - 1.0
+
+    @property
+    def unattributed_ms(self) -> float:
+        """Measured time outside every layer's kernels (Python and dispatch between them)."""
+        return self.measured_ms - sum(l.measured_ms for l in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "hardware": self.hardware,
+                "input": {"shapes": [list(s) for s in self.input_shapes]},
+                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
+                "error": self.error, "unattributed_ms": self.unattributed_ms,
+                "measured_runs_ms": list(self.measured_runs_ms),
+                "layers": [asdict(layer) for layer in self.layers]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[float]:
+    """Seconds of each of ``repeat`` forward passes, after ``warmup`` untimed ones."""
+    module, args, kwargs = instance.module, instance.args, instance.kwargs
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeat):
+            start = time.perf_counter()
+            module(*args, **kwargs)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
+    """Median kernel seconds per layer over ``repeat`` traced runs."""
+    runs: list[dict[str, float]] = []
+    for _ in range(repeat):
+        timings: dict[str, float] = {}
+        trace(instance.module, instance.args, instance.kwargs, timings=timings)
+        runs.append(timings)
+    return {name: statistics.median(run.get(name, 0.0) for run in runs) for name in runs[0]}
+
+
+def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float32", repeat: int = 10,
+            warmup: int = 3, input: str | None = None, batch: int | None = None, seq_len: int | None = None,
+            trust_pickle: bool = False) -> Comparison:
+    """Build ``model`` with random weights on the CPU, time it, and compare with ``hw``'s prediction."""
+    if dtype in QUANTISED:
+        raise CostplanError(f"measure runs the model in PyTorch on this CPU; {dtype} is not a dtype it can run")
+    from costplan.api import _shapes
+
+    profile = _profile(hw)
+    source = resolve(model, input_shapes=_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
+                     trust=trust_pickle)
+    instance = instantiate(source, "cpu")
+    layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
+    graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
+    runs = time_forward(instance, repeat, warmup)
+    est = estimate(graph, profile, apply_plan(graph, _plan(plan)), dtype)
+    layers = tuple(LayerTiming(l.name, l.op, est.layers[l.name].latency_s * 1e3,
+                               layer_seconds.get(l.name, 0.0) * 1e3, est.layers[l.name].bound)
+                   for l in graph.layers)
+    return Comparison(model=source.name, hardware=profile.name, input_shapes=graph.inputs.shapes,
+                      predicted_ms=est.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
+                      measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers)
