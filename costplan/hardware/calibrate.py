@@ -21,9 +21,12 @@ import torch
 from scipy.optimize import curve_fit
 
 GEMM_SIZES = (32, 64, 128, 256, 384, 512, 768, 1024, 1536)
-CONV_SHAPES = (  # (channels, spatial, kernel): ResNet-like stages
-    (64, 56, 3), (128, 28, 3), (256, 14, 3), (512, 7, 3), (256, 56, 1), (1024, 14, 1),
+CONV_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # (channels, spatial) of 3x3 ResNet stages
+POINTWISE_SHAPES = (  # (in, out, spatial) of 1x1 convolutions in ResNet and MobileNet blocks
+    (144, 24, 56), (32, 192, 28), (384, 64, 14), (960, 160, 7), (64, 256, 56), (1024, 256, 14),
 )
+ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
+CHAIN = 8  # ops per chain: each reads what the previous one wrote, as layers in a network do
 DEPTHWISE_SHAPES = ((96, 56), (192, 28), (384, 14), (960, 7))
 
 
@@ -35,8 +38,10 @@ class Calibration:
     peak_macs: float
     half_util_macs: float
     conv_efficiency: float
+    pointwise_efficiency: float
     depthwise_efficiency: float
     bandwidth: float
+    onchip_bandwidth: float
     per_op_s: float
     onchip_bytes: int
     threads: int
@@ -45,8 +50,9 @@ class Calibration:
 
     def summary(self) -> str:
         return (f"peak {self.peak_macs / 1e9:.1f} GMAC/s (half at {self.half_util_macs:.3g} MACs), conv "
-                f"{self.conv_efficiency:.0%}, depthwise {self.depthwise_efficiency:.0%}, "
-                f"{self.bandwidth / 1e9:.1f} GB/s, {self.per_op_s * 1e6:.1f} us/op, {self.threads} threads")
+                f"{self.conv_efficiency:.0%}, 1x1 conv {self.pointwise_efficiency:.0%}, depthwise "
+                f"{self.depthwise_efficiency:.0%}, DRAM {self.bandwidth / 1e9:.1f} GB/s, in-cache "
+                f"{self.onchip_bandwidth / 1e9:.1f} GB/s, {self.per_op_s * 1e6:.1f} us/op, {self.threads} threads")
 
 
 def _median_seconds(fn: Callable[[], object], budget_s: float, min_runs: int = 3) -> float:
@@ -75,7 +81,13 @@ def fit_saturation(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return float(peak), float(half)
 
 
-def _onchip_bytes() -> int:
+def _onchip(samples: list[tuple[float, float]], per_op: float) -> float:
+    """Bytes/s at which norms and activations move cache-sized activations inside a network, from
+    chains of them (each op reading what the previous one wrote), less the per-op overhead."""
+    return statistics.median(nbytes / CHAIN / max(seconds - per_op, 1e-9) for nbytes, seconds in samples)
+
+
+def cache_bytes() -> int:
     """The largest CPU cache, read from sysfs (the last-level cache holds activations between ops)."""
     sizes = []
     for index in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")) if os.path.isdir(
@@ -114,13 +126,23 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
         seconds = _median_seconds(lambda: torch.mm(a, b), budget)
         return "gemm", n ** 3, n ** 3 / seconds
 
-    def conv(c: int, hw: int, k: int, groups: int = 1) -> tuple[str, float, float]:
-        layer = torch.nn.Conv2d(c, c, k, padding=k // 2, groups=groups, bias=False).eval()
+    def conv(c: int, hw: int, k: int, groups: int = 1, out: int | None = None) -> tuple[str, float, float]:
+        out = out or c
+        layer = torch.nn.Conv2d(c, out, k, padding=k // 2, groups=groups, bias=False).eval()
         x = torch.randn(1, c, hw, hw)
         with torch.no_grad():
             seconds = _median_seconds(lambda: layer(x), budget)
-        macs = c * hw * hw * (c // groups) * k * k
-        return ("depthwise" if groups > 1 else "conv"), macs, macs / seconds
+        macs = out * hw * hw * (c // groups) * k * k
+        kind = "depthwise" if groups > 1 else ("pointwise" if k == 1 else "conv")
+        return kind, macs, macs / seconds
+
+    def elementwise(c: int, hw: int) -> tuple[str, float, float]:
+        chain = torch.nn.Sequential(*[torch.nn.BatchNorm2d(c) if i % 2 == 0 else torch.nn.ReLU()
+                                      for i in range(CHAIN)]).eval()
+        x = torch.randn(1, c, hw, hw)
+        with torch.no_grad():
+            seconds = _median_seconds(lambda: chain(x), budget)
+        return "elementwise", CHAIN * 2.0 * x.numel() * 4, seconds / CHAIN  # bytes moved, seconds per op
 
     def bandwidth() -> tuple[str, float, float]:
         n = (16 if quick else 64) * 1024 * 1024  # floats: well past any cache
@@ -135,7 +157,11 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
         return "overhead", 0.0, seconds
 
     steps += [(f"GEMM {n}x{n}", lambda n=n: gemm(n)) for n in gemm_sizes]
-    steps += [(f"conv {c}x{s}x{s} k{k}", lambda c=c, s=s, k=k: conv(c, s, k)) for c, s, k in CONV_SHAPES]
+    steps += [(f"conv {c}x{s}x{s} 3x3", lambda c=c, s=s: conv(c, s, 3)) for c, s in CONV_SHAPES]
+    steps += [(f"conv {i}->{o} at {s}x{s} 1x1", lambda i=i, o=o, s=s: conv(i, s, 1, out=o))
+              for i, o, s in POINTWISE_SHAPES]
+    steps += [(f"norm/activation chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s))
+              for c, s in ELEMENTWISE_SHAPES]
     steps += [(f"depthwise {c}x{s}x{s}", lambda c=c, s=s: conv(c, s, 3, groups=c)) for c, s in DEPTHWISE_SHAPES]
     steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead)]
 
@@ -154,10 +180,13 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
         ratios = [rate / float(saturating(np.array(m), peak, half)) for m, rate in samples[kind]]
         return float(min(1.0, max(0.01, statistics.median(ratios))))
 
+    per_op = samples["overhead"][0][1]
+    dram = samples["bandwidth"][0][1]
+    onchip = _onchip(samples["elementwise"], per_op)
     return Calibration(
         name=name, peak_macs=peak, half_util_macs=half, conv_efficiency=efficiency("conv"),
-        depthwise_efficiency=efficiency("depthwise"), bandwidth=samples["bandwidth"][0][1],
-        per_op_s=samples["overhead"][0][1], onchip_bytes=_onchip_bytes(), threads=torch.get_num_threads(),
+        pointwise_efficiency=efficiency("pointwise"), depthwise_efficiency=efficiency("depthwise"),
+        bandwidth=dram, onchip_bandwidth=onchip, per_op_s=per_op, onchip_bytes=cache_bytes(), threads=torch.get_num_threads(),
         cpu=_cpu_name(), samples=samples,
     )
 
@@ -179,10 +208,12 @@ float32 = {2 * c.peak_macs / 1e12:.6g}   # fitted GEMM plateau: {c.peak_macs / 1
 [memory]
 bandwidth_gbs = {c.bandwidth / 1e9:.4g}   # large tensor copy, bytes read + written
 onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
+onchip_bandwidth_gbs = {c.onchip_bandwidth / 1e9:.4g}   # batch-norm/ReLU chains on cache-sized activations
 
 [efficiency]
 gemm = 1.0                  # the peak above is the GEMM plateau itself
-conv = {c.conv_efficiency:.4g}          # median of {len(c.samples.get('conv', []))} convolutions against the GEMM curve
+conv = {c.conv_efficiency:.4g}          # median of {len(c.samples.get('conv', []))} 3x3 convolutions against the GEMM curve
+pointwise = {c.pointwise_efficiency:.4g}     # median of {len(c.samples.get('pointwise', []))} 1x1 convolutions
 depthwise = {c.depthwise_efficiency:.4g}     # median of {len(c.samples.get('depthwise', []))} depthwise convolutions
 memory = 1.0                # the bandwidth above is what a copy attains
 half_util_macs = {c.half_util_macs:.4g}   # fitted: GEMM throughput = peak x MACs / (MACs + this)

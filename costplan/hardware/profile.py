@@ -18,7 +18,7 @@ from typing import Any
 from costplan.errors import CostplanError, close_names
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
-OP_CLASSES = ("conv", "depthwise", "gemm")
+OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm")  # pointwise = 1x1 convolutions
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class HardwareProfile:
     peak_macs: Mapping[str, float]    # dtype -> dense MAC/s
     bandwidth: float                  # DRAM bytes/s
     onchip_bytes: float               # cache / SRAM that holds activations between layers
+    onchip_bandwidth: float | None    # bytes/s for activations that stay on chip; None: free
     efficiency: Mapping[str, float]   # op class -> attainable share of peak on large shapes
     memory_efficiency: float          # attainable share of bandwidth
     half_util_macs: float             # an op this size attains half its class's efficiency
@@ -180,6 +181,12 @@ def _sparsity(fields: _Fields) -> dict[str, SparsitySupport]:
     return out
 
 
+def _efficiencies(eff: _Fields) -> dict[str, float]:
+    out = {c: eff.number(c, 1.0, high=1.0, positive=True) for c in ("conv", "depthwise", "gemm")}
+    out["pointwise"] = eff.number("pointwise", out["conv"], high=1.0, positive=True)
+    return out
+
+
 def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     """Validate the TOML tables of a profile; ``where`` names the file in errors."""
     f = _Fields(data, where)
@@ -201,7 +208,9 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         peak_macs={d: v * 1e12 / 2 for d, v in peak.items()},  # vendors quote FLOPS = 2 x MACs
         bandwidth=memory.number("bandwidth_gbs", positive=True) * 1e9,
         onchip_bytes=memory.number("onchip_mb", 0.0) * 1e6,
-        efficiency={c: eff.number(c, 1.0, high=1.0, positive=True) for c in OP_CLASSES},
+        onchip_bandwidth=memory.number("onchip_bandwidth_gbs", positive=True) * 1e9
+        if "onchip_bandwidth_gbs" in memory.data else None,
+        efficiency=_efficiencies(eff),
         memory_efficiency=eff.number("memory", 1.0, high=1.0, positive=True),
         half_util_macs=eff.number("half_util_macs", 0.0),
         per_op_s=overhead.number("per_op_us", 0.0) * 1e-6,

@@ -59,7 +59,9 @@ def op_class(layer: Layer) -> str | None:
     a = layer.attrs
     if layer.op.startswith("conv"):
         groups = int(a.get("groups", 1))
-        return "depthwise" if groups > 1 and groups == a.get("in_channels") else "conv"
+        if groups > 1 and groups == a.get("in_channels"):
+            return "depthwise"
+        return "pointwise" if all(k == 1 for k in a.get("kernel_size", (0,))) else "conv"
     return "gemm"
 
 
@@ -72,9 +74,13 @@ def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, pr
     return macs / (profile.peak_macs[precision] * profile.efficiency[klass] * utilisation)
 
 
-def activation_traffic(nbytes: float, profile: HardwareProfile) -> float:
-    """Activation bytes that go to DRAM: a tensor that fits in half the on-chip memory stays there."""
-    return nbytes if nbytes > profile.onchip_bytes / 2 else 0.0
+def activation_seconds(nbytes: float, profile: HardwareProfile) -> tuple[float, float]:
+    """(seconds, DRAM bytes) to move an activation: a tensor that fits in half the on-chip memory
+    stays there and moves at on-chip bandwidth (free where the profile gives none); a larger one
+    goes through DRAM."""
+    if nbytes > profile.onchip_bytes / 2:
+        return nbytes / (profile.bandwidth * profile.memory_efficiency), nbytes
+    return (nbytes / profile.onchip_bandwidth if profile.onchip_bandwidth else 0.0), 0.0
 
 
 def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compressed: bool,
@@ -86,10 +92,10 @@ def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compres
     return stored * element + stored / per_index * index_bits / 8
 
 
-def _roofline(macs: float, weight_bytes: float, act_bytes: float, klass: str | None,
+def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None,
               profile: HardwareProfile, precision: str, overhead: float) -> tuple[float, float, float, str]:
     compute = compute_seconds(macs, klass, profile, precision)
-    memory = (weight_bytes + act_bytes) / (profile.bandwidth * profile.memory_efficiency)
+    memory = weight_bytes / (profile.bandwidth * profile.memory_efficiency) + act_s
     latency = max(compute, memory) + overhead
     if overhead > max(compute, memory):
         bound = "overhead"
@@ -108,13 +114,14 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     klass = op_class(layer)
     element = DTYPE_BYTES[precision]
     weights = 0.0 if weights_cached else layer.weights_read * eff.shape_scale
-    act = activation_traffic(layer.act_in_bytes * eff.in_keep * byte_scale, profile) + \
-        activation_traffic(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
+    act_in_s, act_in_dram = activation_seconds(layer.act_in_bytes * eff.in_keep * byte_scale, profile)
+    act_out_s, act_out_dram = activation_seconds(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
+    act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
     shape_macs = layer.macs * eff.shape_scale
     overhead = profile.per_op_s
 
     best = _roofline(shape_macs, weights * element, act, klass, profile, precision, overhead)
-    exec_macs, dram, sparse = shape_macs, weights * element + act, False
+    exec_macs, dram, sparse = shape_macs, weights * element + act_dram, False
     plan = eff.plan
     if plan is not None and plan.pattern.elementwise and eff.density < 1.0:
         support = profile.support(str(plan.pattern), precision)
@@ -126,7 +133,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
                               support.index_bits, element)
             candidate = _roofline(shape_macs * factor, w, act, klass, profile, precision, overhead)
             if candidate[0] < best[0]:
-                best, exec_macs, dram, sparse = candidate, shape_macs * min(factor, 1.0), w + act, True
+                best, exec_macs, dram, sparse = candidate, shape_macs * min(factor, 1.0), w + act_dram, True
     latency, compute, memory, bound = best
     return LayerLatency(
         latency_s=latency, compute_s=compute, memory_s=memory, overhead_s=overhead, bound=bound,
