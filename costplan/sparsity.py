@@ -62,7 +62,7 @@ def check_plan(graph: LayerGraph, plan: Plan) -> None:
         raise CostplanError(f"the plan names {len(missing)} layer(s) that {graph.model} lacks: "
                             f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.{hint}")
     for name, lp in plan.layers.items():
-        if lp.pattern.kind == "head" and _heads_of(graph, name) is None:
+        if lp.pattern.kind == "head" and heads_of(graph, name) is None:
             raise CostplanError(f"the plan prunes heads of '{name}', which is not an attention module "
                                 f"with a known head count; attention modules: "
                                 f"{', '.join(list(graph.heads)[:5]) or 'none'}")
@@ -70,7 +70,7 @@ def check_plan(graph: LayerGraph, plan: Plan) -> None:
             raise CostplanError(f"the plan prunes '{name}', which has no weights to prune")
 
 
-def _heads_of(graph: LayerGraph, module: str) -> int | None:
+def heads_of(graph: LayerGraph, module: str) -> int | None:
     if module in graph.heads:
         return graph.heads[module]
     return next((h for m, h in graph.heads.items() if m.startswith(module + ".")), None)
@@ -85,6 +85,31 @@ def _entries(graph: LayerGraph, plan: Plan) -> dict[str, tuple[str, LayerPlan]]:
     return covered
 
 
+def layer_effective(layer: Layer, in_keep: float, lp: LayerPlan | None, heads: int | None = None) -> Effective:
+    """One layer under its plan entry ``lp``, given the kept fraction of its input channels.
+
+    ``heads`` is the head count of the attention module a 'head' entry names.
+    """
+    if not layer.has_weights:
+        return Effective(layer.macs * in_keep, layer.params * in_keep, in_keep, in_keep, shape_scale=in_keep)
+    own, density = 1.0, 1.0
+    if lp is not None and lp.pattern.elementwise:
+        density = 1.0 - lp.sparsity
+    elif lp is not None and lp.pattern.kind == "channel":
+        own = kept_fraction(_width(layer), lp.sparsity)
+    elif lp is not None and lp.pattern.kind == "head" and in_keep == 1.0:
+        # q/k/v projections lose whole heads; the output projection (its input already
+        # narrowed) keeps its outputs and only reads fewer
+        own = kept_fraction(heads, lp.sparsity)
+    a = layer.attrs
+    depthwise = int(a.get("groups", 1)) > 1 and a.get("groups") == a.get("in_channels")
+    scale, out_keep = (in_keep, in_keep) if depthwise else (in_keep * own, own)
+    weight = min(_weight_numel(layer), layer.params)
+    bias = layer.params - weight
+    params = weight * scale * density + bias * out_keep
+    return Effective(layer.macs * scale * density, params, in_keep, out_keep, density, lp, scale)
+
+
 def apply_plan(graph: LayerGraph, plan: Plan | None) -> dict[str, Effective]:
     """Effective MACs and parameters of every layer under ``plan`` (dense when None)."""
     if plan is None:
@@ -93,29 +118,10 @@ def apply_plan(graph: LayerGraph, plan: Plan | None) -> dict[str, Effective]:
     entries = _entries(graph, plan)
     out: dict[str, Effective] = {}
     for layer in graph.layers:
-        preds = graph.predecessors(layer.name)
-        in_keep = max((out[p].out_keep for p in preds), default=1.0)
+        in_keep = max((out[p].out_keep for p in graph.predecessors(layer.name)), default=1.0)
         key, lp = entries.get(layer.name, (None, None))
-        if not layer.has_weights:
-            out[layer.name] = Effective(layer.macs * in_keep, layer.params * in_keep, in_keep, in_keep,
-                                        shape_scale=in_keep)
-            continue
-        own, density = 1.0, 1.0
-        if lp is not None and lp.pattern.elementwise:
-            density = 1.0 - lp.sparsity
-        elif lp is not None and lp.pattern.kind == "channel":
-            own = kept_fraction(_width(layer), lp.sparsity)
-        elif lp is not None and lp.pattern.kind == "head" and in_keep == 1.0:
-            # q/k/v projections lose whole heads; the output projection (its input already
-            # narrowed) keeps its outputs and only reads fewer
-            own = kept_fraction(_heads_of(graph, key), lp.sparsity)
-        a = layer.attrs
-        depthwise = int(a.get("groups", 1)) > 1 and a.get("groups") == a.get("in_channels")
-        scale, out_keep = (in_keep, in_keep) if depthwise else (in_keep * own, own)
-        weight = min(_weight_numel(layer), layer.params)
-        bias = layer.params - weight
-        params = weight * scale * density + bias * out_keep
-        out[layer.name] = Effective(layer.macs * scale * density, params, in_keep, out_keep, density, lp, scale)
+        heads = heads_of(graph, key) if lp is not None and lp.pattern.kind == "head" else None
+        out[layer.name] = layer_effective(layer, in_keep, lp, heads)
     return out
 
 

@@ -94,6 +94,10 @@ def module_geometry(module: torch.nn.Module) -> dict[str, object]:
                 "stride": tuple(module.stride), "transposed": module.transposed}
     if isinstance(module, torch.nn.Linear):
         return {"in_features": module.in_features, "out_features": module.out_features}
+    weight = getattr(module, "weight", None)
+    if isinstance(getattr(module, "nf", None), int) and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        # GPT-2's Conv1D: a linear layer storing its weight as (in, out)
+        return {"in_features": int(weight.shape[0]), "out_features": module.nf, "transposed_weight": True}
     return {}
 
 
@@ -132,6 +136,7 @@ class _Recorder(TorchDispatchMode):
         self.attributed: set[int] = set()  # ids of parameters already owned by a layer
         self.producer: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.constant: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (name, is_param)
+        self.model_inputs: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensors the caller passed in
         self.param_by_name = dict(model.named_parameters())
         for name, p in self.param_by_name.items():
             self.constant[p] = (name, True)
@@ -182,7 +187,7 @@ class _Recorder(TorchDispatchMode):
 
     def _function_node(self, func: object, ins: Sequence[torch.Tensor], args: Sequence[object]) -> _NodeDraft:
         weights = [t for t in ins if self.constant.get(t, ("", False))[1]]
-        weight = weights[0] if weights else None
+        weight = max(weights, key=lambda t: t.dim()) if weights else None  # the weight, not the bias
         op = friendly_name(func, tuple(weight.shape) if weight is not None else None)
         attrs: dict[str, object] = {}
         if weight is not None:
@@ -232,11 +237,14 @@ class _Recorder(TorchDispatchMode):
     def _alias(self, source: torch.Tensor, outs: Sequence[torch.Tensor]) -> None:
         producer = self.producer.get(source)
         constant = self.constant.get(source)
+        is_input = self.model_inputs.get(source)
         for t in outs:
             if producer is not None:
                 self.producer[t] = producer
             if constant is not None:
                 self.constant[t] = constant
+            if is_input:
+                self.model_inputs[t] = True
 
     def _read_param(self, node: _NodeDraft, p: torch.Tensor) -> None:
         node.weights_read += p.numel()
@@ -263,6 +271,8 @@ class _Recorder(TorchDispatchMode):
             producer = self.producer.get(t)
             if producer is node or id(t) in node.inputs_seen:
                 continue
+            if self.model_inputs.get(t):
+                node.attrs["reads_input"] = True
             node.inputs_seen.add(id(t))
             node.in_shapes.append(tuple(t.shape))
             node.act_in_bytes += _nbytes(t)
@@ -304,6 +314,8 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
     """
     kwargs = dict(kwargs or {})
     recorder = _Recorder(model)
+    for t in _tensors((args, kwargs)):
+        recorder.model_inputs[t] = True
     handles = [
         torch.nn.modules.module.register_module_forward_pre_hook(recorder.pre_hook),
         torch.nn.modules.module.register_module_forward_hook(recorder.post_hook),
