@@ -180,6 +180,8 @@ class _Recorder(TorchDispatchMode):
             self.used_names.add(name)
             draft = _NodeDraft(name=name, op=type(frame.module).__name__.lower(), module=frame.name,
                                kind="module", attrs=module_geometry(frame.module))
+            if isinstance(getattr(frame.module, "weight", None), torch.nn.Parameter):
+                draft.attrs["weight"] = f"{frame.name}.weight" if frame.name else "weight"
             for p in frame.module.parameters():
                 self._read_param(draft, p)
             frame.node = self._add(draft)
@@ -194,6 +196,9 @@ class _Recorder(TorchDispatchMode):
             module, base = _param_owner(self.constant[weight][0])
             groups = args[8] if op.startswith("conv") and len(args) > 8 else 1
             attrs = _weight_geometry(op, weight, groups)
+            attrs["weight"] = self.constant[weight][0]
+            if op == "linear":
+                attrs["transposed_weight"] = False  # the parameter is (out, in); addmm read its transpose
         else:
             scope = self.stack[-1].name if self.stack else ""
             module, base = None, f"{scope}.{op}" if scope else op

@@ -1,0 +1,175 @@
+"""An exact solver for the planner's discrete problem, with scipy's MILP (HiGHS).
+
+Each unit (a channel group, a head group, a layer) picks exactly one option. Picking option k of
+unit u removes ``cost[u][k]`` importance. Latency is a constant, plus for each unit a term of its own
+option, plus for each consumer layer whose input width one unit sets and whose own shape another unit
+sets, a term of both choices: a multiple-choice knapsack with pairwise terms.
+
+Pairwise terms are linearised exactly: for units a and b, continuous y[c, k] >= 0 with
+sum_k y[c, k] = (x_a in class c) and sum_c y[c, k] = x_b[k]; with x binary, y is the product of the
+two choices. Options of a that leave the same width (every element-wise option keeps all channels)
+share one class, which keeps the problem small. HiGHS proves optimality to ``rel_gap``; when its time
+limit ends the search first, the best plan found is returned with the gap it had reached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Latency ``table[class_of_a[ka], kb]`` (seconds) when unit a picks ka and unit b picks kb."""
+
+    a: int
+    b: int
+    class_of_a: np.ndarray   # option of a -> class index
+    table: np.ndarray        # (classes of a, options of b)
+
+
+@dataclass(frozen=True)
+class Problem:
+    cost: Sequence[np.ndarray]     # per unit, per option: importance removed
+    unary: Sequence[np.ndarray]    # per unit, per option: latency in seconds
+    pairs: Sequence[Pair]
+    constant: float                # latency no choice changes, seconds
+
+    def latency(self, choice: Sequence[int]) -> float:
+        """Latency of one choice per unit, in seconds."""
+        total = self.constant + sum(float(u[k]) for u, k in zip(self.unary, choice))
+        return total + sum(float(p.table[p.class_of_a[choice[p.a]], choice[p.b]]) for p in self.pairs)
+
+    def removed(self, choice: Sequence[int]) -> float:
+        return sum(float(c[k]) for c, k in zip(self.cost, choice))
+
+
+@dataclass(frozen=True)
+class Solution:
+    choice: tuple[int, ...]
+    removed: float                 # importance removed
+    latency: float                 # seconds, by the problem's own arithmetic
+    gap: float                     # relative optimality gap (0: proven optimal)
+    seconds: float
+    status: str                    # optimal | time limit | greedy
+
+
+class Infeasible(Exception):
+    """No choice meets the budget."""
+
+
+def greedy(problem: Problem, budget: float) -> tuple[int, ...] | None:
+    """From all-dense, take the move that removes least importance per second saved until the budget
+    is met: a feasible plan when branch and bound finds none in its time."""
+    choice = [0] * len(problem.cost)
+    current = problem.latency(choice)
+    while current > budget:
+        best = None
+        for u, costs in enumerate(problem.cost):
+            for k in range(len(costs)):
+                trial = choice.copy()
+                trial[u] = k
+                saved = current - problem.latency(trial)
+                if saved > 1e-15:
+                    rate = (costs[k] - problem.cost[u][choice[u]]) / saved
+                    if best is None or rate < best[0]:
+                        best = (rate, u, k)
+        if best is None:
+            return None
+        choice[best[1]] = best[2]
+        current = problem.latency(choice)
+    return tuple(choice)
+
+
+def solve(problem: Problem, budget: float | None, *, minimise: str = "importance",
+          time_limit: float = 10.0, rel_gap: float = 1e-4) -> Solution:
+    """The choice that removes least importance with latency <= ``budget`` (seconds), or with
+    ``minimise='latency'`` the fastest choice. Raises :class:`Infeasible`."""
+    start = time.perf_counter()
+    n_units = len(problem.cost)
+    x_offset = np.cumsum([0] + [len(c) for c in problem.cost])
+    n_x = int(x_offset[-1])
+    y_offset = [n_x]
+    for p in problem.pairs:
+        y_offset.append(y_offset[-1] + p.table.size)
+    n_vars = y_offset[-1]
+
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    lower: list[float] = []
+    upper: list[float] = []
+
+    def add(entries: list[tuple[int, float]], lo: float, hi: float) -> None:
+        for col, val in entries:
+            rows.append(len(lower))
+            cols.append(col)
+            vals.append(val)
+        lower.append(lo)
+        upper.append(hi)
+
+    for u in range(n_units):  # one option per unit
+        add([(int(x_offset[u]) + k, 1.0) for k in range(len(problem.cost[u]))], 1.0, 1.0)
+    latency = np.zeros(n_vars)
+    for u in range(n_units):
+        latency[x_offset[u]:x_offset[u + 1]] += problem.unary[u]
+    for i, p in enumerate(problem.pairs):
+        n_classes, n_b = p.table.shape
+        base = y_offset[i]
+        for c in range(n_classes):  # sum_k y[c, k] = x_a in class c
+            members = np.flatnonzero(p.class_of_a == c)
+            add([(base + c * n_b + k, 1.0) for k in range(n_b)] +
+                [(int(x_offset[p.a]) + int(m), -1.0) for m in members], 0.0, 0.0)
+        for k in range(n_b):  # sum_c y[c, k] = x_b[k]
+            add([(base + c * n_b + k, 1.0) for c in range(n_classes)] + [(int(x_offset[p.b]) + k, -1.0)], 0.0, 0.0)
+        latency[base:base + p.table.size] += p.table.ravel()
+
+    if minimise == "latency":
+        objective = latency
+    else:
+        objective = np.zeros(n_vars)
+        objective[:n_x] = np.concatenate([np.asarray(c, dtype=float) for c in problem.cost])
+        if budget is not None:
+            # latency in units of the budget: coefficients near 1 keep HiGHS's tolerances meaningful
+            nonzero = np.flatnonzero(latency)
+            add(list(zip(nonzero.tolist(), (latency[nonzero] / budget).tolist())), -np.inf,
+                (budget - problem.constant) / budget)
+
+    matrix = coo_matrix((vals, (rows, cols)), shape=(len(lower), n_vars)).tocsr()
+    integrality = np.zeros(n_vars)
+    integrality[:n_x] = 1
+    result = milp(objective, constraints=LinearConstraint(matrix, lower, upper), integrality=integrality,
+                  bounds=Bounds(0, 1), options={"time_limit": time_limit, "mip_rel_gap": rel_gap})
+    if result.x is None:
+        if result.status == 1 and budget is not None and minimise != "latency":
+            choice = greedy(problem, budget)
+            if choice is not None:
+                return Solution(choice, problem.removed(choice), problem.latency(choice), float("nan"),
+                                time.perf_counter() - start, "greedy")
+        raise Infeasible(result.message)
+    x = result.x[:n_x]
+    choice = tuple(int(np.argmax(x[x_offset[u]:x_offset[u + 1]])) for u in range(n_units))
+    gap = float(getattr(result, "mip_gap", 0.0) or 0.0)
+    status = "optimal" if result.status == 0 else "time limit"
+    return Solution(choice, problem.removed(choice), problem.latency(choice), gap, time.perf_counter() - start,
+                    status)
+
+
+def brute_force(problem: Problem, budget: float) -> Solution:
+    """Enumerate every choice: for checking :func:`solve` on small problems."""
+    start = time.perf_counter()
+    best: tuple[float, tuple[int, ...]] | None = None
+    for choice in itertools.product(*(range(len(c)) for c in problem.cost)):
+        if problem.latency(choice) <= budget * (1 + 1e-9):
+            removed = problem.removed(choice)
+            if best is None or removed < best[0] - 1e-12:
+                best = (removed, choice)
+    if best is None:
+        raise Infeasible("no choice meets the budget")
+    return Solution(best[1], best[0], problem.latency(best[1]), 0.0, time.perf_counter() - start, "optimal")
