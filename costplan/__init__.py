@@ -13,6 +13,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "analyze": "costplan.api",
     "load_graph": "costplan.api",
+    "plan": "costplan.api",
+    "sweep": "costplan.api",
+    "estimate_latency": "costplan.api",
+    "load_profile": "costplan.hardware",
+    "list_profiles": "costplan.hardware",
+    "HardwareProfile": "costplan.hardware",
+    "Importance": "costplan.planning.importance",
     "trace": "costplan.trace",
     "LayerGraph": "costplan.trace",
     "Layer": "costplan.trace",

@@ -116,3 +116,78 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     totals = {"precision": est.precision, "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
               "energy_mj": None if est.energy_j is None else est.energy_j * 1e3}
     return build_report(graph, parsed, hardware=profile.name, latency=latency, extra_totals=totals)
+
+
+def _importance(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
+                loss_fn: object, load_kwargs: dict) -> object:
+    """Scores from real weights where they can be had: the user's module, or the spec built on the CPU."""
+    from costplan.planning.importance import Importance, magnitude_scores, taylor_scores
+
+    if isinstance(importance, Importance):
+        return importance
+    if importance == "gaussian" or isinstance(model, LayerGraph):
+        return Importance(graph)
+    if importance not in ("magnitude", "taylor"):
+        raise CostplanError(f"unknown importance '{importance}': use magnitude, taylor or gaussian")
+    if isinstance(model, torch.nn.Module):
+        module = model
+    elif graph.total_weight_bytes > 4e9:
+        return Importance(graph)  # too large to build with real weights here: Gaussian weights
+    else:
+        source = resolve(model, input_shapes=_shapes(load_kwargs.get("input")), batch=load_kwargs.get("batch"),
+                         seq_len=load_kwargs.get("seq_len"), dtype="float32",
+                         trust=bool(load_kwargs.get("trust_pickle")))
+        module = instantiate(source, "cpu").module
+    layers = [l for l in graph.layers if l.has_weights]
+    if importance == "taylor":
+        if data is None or loss_fn is None:
+            raise CostplanError("importance='taylor' needs data= (calibration batches) and loss_fn=(model, batch)")
+        return Importance(graph, taylor_scores(module, layers, data, loss_fn))  # type: ignore[arg-type]
+    return Importance(graph, magnitude_scores(module, layers))
+
+
+def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",
+         dtype: str = "float32", levels: int = 20, max_ratio: float = 0.9, exclude: Sequence[str] = (),
+         keep_ends_dense: bool = True, bounds: dict[str, tuple[float, float]] | None = None,
+         importance: object = "magnitude", data: object = None, loss_fn: object = None,
+         time_limit: float = 10.0, **kwargs: object):  # noqa: ANN201  (PlanResult)
+    """Per-layer sparsity meeting ``budget`` ('2ms', '500us', '2x') on ``hw``, removing least importance.
+
+    ``importance`` is 'magnitude' (normalised w^2 of real weights, the default), 'gaussian' (no
+    weights needed), 'taylor' (|w * grad| over ``data`` with ``loss_fn(model, batch)``) or an
+    ``Importance``. Returns a PlanResult whose ``.plan`` serialises to the plan contract.
+    """
+    from costplan.planning.planner import make_plan
+
+    trace_dtype = "float32" if dtype in QUANTISED else dtype
+    graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=trace_dtype, **kwargs)  # type: ignore[arg-type]
+    scores = _importance(graph, model, importance, data, loss_fn, dict(kwargs))
+    return make_plan(graph, _profile(hw), budget, patterns=patterns, dtype=dtype, levels=levels,
+                     max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense, bounds=bounds,
+                     importance=scores, time_limit=time_limit)  # type: ignore[arg-type]
+
+
+def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions: Sequence[float],
+          **kwargs: object) -> list:
+    """Plans at budgets of ``fractions`` of the dense latency: the latency/importance front.
+
+    Returns (fraction, PlanResult or the reason it could not be met) pairs.
+    """
+    from costplan.planning.planner import Budget
+
+    profile = _profile(hw)
+    load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle") if k in kwargs}
+    dtype = str(kwargs.get("dtype", "float32"))
+    graph = model if isinstance(model, LayerGraph) else load_graph(
+        model, dtype="float32" if dtype in QUANTISED else dtype, **load)  # type: ignore[arg-type]
+    importance = _importance(graph, model, kwargs.pop("importance", "magnitude"), kwargs.pop("data", None),
+                             kwargs.pop("loss_fn", None), load)
+    dense_ms = estimate_latency(graph, profile, None, dtype).latency_s * 1e3
+    results = []
+    for fraction in fractions:
+        try:
+            results.append((fraction, plan(graph, budget=Budget("latency", dense_ms * fraction), hw=profile,
+                                           importance=importance, **kwargs)))
+        except CostplanError as exc:
+            results.append((fraction, str(exc)))
+    return results

@@ -58,6 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the model names costplan can build")
 
+    pl = sub.add_parser("plan", help="per-layer sparsity that meets a latency budget on a device",
+                        description="Solve for per-layer sparsity ratios and patterns the device can exploit that "
+                                    "meet the budget while removing the least important weights.")
+    _model_args(pl)
+    target = pl.add_mutually_exclusive_group()
+    target.add_argument("--budget", help="latency budget: 2ms, 500us, or a speedup such as 2x")
+    target.add_argument("--speedup", help="speedup over the dense model, e.g. 2x")
+    pl.add_argument("--hw", required=True, metavar="PROFILE", help="hardware profile name or .toml path")
+    pl.add_argument("--pattern", default="auto",
+                    help="auto (every pattern the device exploits), or a comma list of channel, head, "
+                         "unstructured, N:M (2:4), RxC (4x1)")
+    pl.add_argument("--levels", type=_positive_int, default=20, help="ratio levels per group (default 20)")
+    pl.add_argument("--max-ratio", type=float, default=0.9, help="most of any layer to remove (default 0.9)")
+    pl.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layers to keep dense")
+    pl.add_argument("--ratio", action="append", default=[], metavar="LAYER=MIN:MAX",
+                    help="bound one layer's ratio, e.g. layer4.0.conv1=0:0.5 (repeatable)")
+    pl.add_argument("--prune-ends", action="store_true", help="also prune the first conv and the classifier")
+    pl.add_argument("--importance", default="magnitude", choices=["magnitude", "gaussian"],
+                    help="magnitude: normalised w^2 of the model's weights; gaussian: no weights needed")
+    pl.add_argument("--time-limit", type=float, default=10.0, help="solver time limit in seconds (default 10)")
+    pl.add_argument("-o", "--output", metavar="FILE", help="write the plan JSON here")
+    pl.add_argument("--json", action="store_true", help="print the plan JSON (or the sweep) instead of a table")
+    pl.add_argument("--export", choices=["torch-pruning", "nni", "inc"],
+                    help="print the plan as that pruner's configuration")
+    pl.add_argument("--sweep", metavar="LOW:HIGH:N",
+                    help="plan at N budgets from LOW to HIGH times the dense latency: the latency/importance front")
+
     pr = sub.add_parser("profiles", help="list hardware profiles, or show one")
     pr.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     pr.add_argument("name", nargs="?", help="profile name or .toml path (with show)")
@@ -171,6 +198,94 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounds(specs: list[str]) -> dict[str, tuple[float, float]]:
+    from costplan.errors import CostplanError
+
+    out = {}
+    for spec in specs:
+        name, _, rng = spec.partition("=")
+        lo, _, hi = rng.partition(":")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            raise CostplanError(f"--ratio '{spec}': expected LAYER=MIN:MAX, e.g. layer4.0.conv1=0:0.5") from None
+        if not 0 <= low <= high < 1:
+            raise CostplanError(f"--ratio '{spec}': need 0 <= MIN <= MAX < 1")
+        out[name] = (low, high)
+    return out
+
+
+def _fractions(text: str) -> list[float]:
+    from costplan.errors import CostplanError
+
+    try:
+        low, high, n = text.split(":")
+        low_f, high_f, count = float(low), float(high), int(n)
+    except ValueError:
+        raise CostplanError(f"--sweep '{text}': expected LOW:HIGH:N, e.g. 0.3:1.0:15") from None
+    if not (0 < low_f <= high_f and count >= 1):
+        raise CostplanError(f"--sweep '{text}': need 0 < LOW <= HIGH and N >= 1")
+    return [low_f + (high_f - low_f) * i / max(1, count - 1) for i in range(count)]
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from costplan.api import QUANTISED, load_graph, plan, sweep
+    from costplan.errors import CostplanError
+    from costplan.planning.planner import parse_budget
+
+    if not args.sweep and not (args.budget or args.speedup):
+        raise CostplanError("give --budget (2ms, 500us, 2x) or --speedup (2x), or --sweep LOW:HIGH:N")
+    budget = parse_budget(args.budget or (args.speedup if args.speedup.lower().endswith("x") else args.speedup + "x")) \
+        if (args.budget or args.speedup) else None
+    options = dict(hw=args.hw, patterns=args.pattern, dtype=args.dtype, levels=args.levels, max_ratio=args.max_ratio,
+                   exclude=[e for e in args.exclude.split(",") if e], keep_ends_dense=not args.prune_ends,
+                   bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit)
+    graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
+                       dtype="float32" if args.dtype in QUANTISED else args.dtype, trust_pickle=args.trust_pickle)
+    load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle)
+    if args.sweep:
+        from costplan.api import _importance
+
+        scores = _importance(graph, args.model, options.pop("importance"), None, None, load)
+        front = sweep(graph, fractions=_fractions(args.sweep), importance=scores, **options)
+        rows = [{"budget_fraction": round(f, 4),
+                 **({"latency_ms": r.latency_s * 1e3, "speedup": r.plan.predicted["speedup"],
+                     "importance_kept": r.plan.predicted["importance_kept"], "macs": r.plan.predicted["macs"],
+                     "params": r.plan.predicted["params"], "gap": r.solution.gap} if not isinstance(r, str)
+                    else {"unreachable": r})} for f, r in front]
+        if args.json:
+            _write(json.dumps(rows, indent=2) + "\n", args.output)
+            return 0
+        from costplan.render import sweep_table
+
+        _console().print(sweep_table(rows, graph.model, args.hw))
+        return 0
+    from costplan.api import _importance
+
+    options["importance"] = _importance(graph, args.model, options["importance"], None, None, load)
+    result = plan(graph, budget=budget, **options)
+    if args.output:
+        from costplan.planfile import save_plan
+
+        save_plan(result.plan, args.output)
+    if args.export:
+        from costplan.planning.export import export
+
+        sys.stdout.write(json.dumps(export(result.plan, args.export), indent=2) + "\n")
+        return 0
+    if args.json:
+        sys.stdout.write(json.dumps(result.plan.to_dict(), indent=2) + "\n")
+        return 0
+    from costplan.render import plan_table, plan_text
+
+    console = _console()
+    console.print(plan_table(result))
+    console.print(plan_text(result, args.output))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from costplan.models import hf, vision
 
@@ -180,7 +295,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "models": cmd_models, "profiles": cmd_profiles,
+COMMANDS = {"analyze": cmd_analyze, "plan": cmd_plan, "models": cmd_models, "profiles": cmd_profiles,
             "calibrate": cmd_calibrate, "measure": cmd_measure}
 
 

@@ -159,3 +159,49 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                 f"{len(c.measured_runs_ms)}), error {c.error:+.1%}; {c.unattributed_ms:.3f} ms of the "
                 "measurement is framework time between layers")
     return table, text
+
+
+def plan_table(result) -> Table:  # PlanResult
+    """Per pruned layer: ratio, pattern, latency before and after, bound."""
+    p = result.plan.predicted
+    table = Table(title=f"{result.graph.model} on {result.profile.name} at {result.precision}: budget "
+                        f"{result.plan.budget['latency_ms']:.3f} ms", title_justify="left", header_style="bold")
+    for col in ("layer", "pattern", "ratio", "before ms", "after ms", "bound"):
+        table.add_column(col, justify="right" if col in ("ratio", "before ms", "after ms") else "left")
+    for row in result.rows:
+        table.add_row(str(row["layer"]), str(row["pattern"]), f"{row['sparsity']:.0%}", f"{row['before_ms']:.4f}",
+                      f"{row['after_ms']:.4f}", str(row["bound"]))
+    if not result.rows:
+        table.add_row("(no layer needs pruning: the dense model meets the budget)", "", "", "", "", "")
+    return table
+
+
+def plan_text(result, path: str | None = None) -> Text:  # PlanResult
+    p = result.plan.predicted
+    solver = result.plan.extra["solver"]
+    text = Text()
+    text.append("predicted  ", style="bold")
+    text.append(f"{p['dense_latency_ms']:.3f} ms -> {p['latency_ms']:.3f} ms ({p['speedup']:.2f}x); MACs "
+                f"{si(p['dense_macs'])} -> {si(p['macs'])}; params {si(p['dense_params'])} -> {si(p['params'])}; "
+                f"importance kept {p['importance_kept']:.1%} ({result.plan.extra['importance']})")
+    gap = solver["gap"]
+    text.append(f"\nsolver  {solver['status']} (gap {gap:.2%}) in {solver['seconds']:.2f} s over "
+                f"{solver['units']} groups, {solver['options']} options; patterns {', '.join(result.plan.extra['patterns'])}"
+                if gap == gap else f"\nsolver  {solver['status']} in {solver['seconds']:.2f} s")
+    if path:
+        text.append(f"\nwrote {path}")
+    return text
+
+
+def sweep_table(rows: list, model: str, hw: str) -> Table:
+    """The latency/importance front: one row per budget."""
+    table = Table(title=f"{model} on {hw}: importance kept against latency", title_justify="left", header_style="bold")
+    for col in ("budget x dense", "latency ms", "speedup", "importance kept", "MACs", "params"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        if "unreachable" in r:
+            table.add_row(f"{r['budget_fraction']:.3f}", "unreachable", "", "", "", "")
+            continue
+        table.add_row(f"{r['budget_fraction']:.3f}", f"{r['latency_ms']:.4f}", f"{r['speedup']:.2f}x",
+                      f"{r['importance_kept']:.1%}", si(r["macs"]), si(r["params"]))
+    return table

@@ -218,3 +218,37 @@ def test_calibrate_writes_a_profile_hw_accepts(tmp_path, factory_file) -> None:
     assert {l["name"] for l in data["layers"]} >= {"conv", "fc"}
     table = run("measure", f"{factory_file}:with_example", "--hw", str(out), "--repeat", "2")
     assert "predicted" in table.stdout and "measured" in table.stdout
+
+
+def test_plan_command(tmp_path, capsys) -> None:
+    out = tmp_path / "plan.json"
+    assert main(["plan", "resnet18", "--budget", "1.3x", "--hw", "cpu-xeon", "--importance", "gaussian",
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "predicted" in text and "ms ->" in text
+    data = json.loads(out.read_text())
+    assert data["layers"] and all(v["pattern"] == "channel" for v in data["layers"].values())
+    assert main(["analyze", "resnet18", "--hw", "cpu-xeon", "--plan", str(out), "--json"]) == 0
+    analysed = json.loads(capsys.readouterr().out)["totals"]["latency_ms"]
+    assert analysed == pytest.approx(data["predicted"]["latency_ms"], rel=1e-9)
+    assert main(["plan", "resnet18", "--budget", "1.3x", "--hw", "cpu-xeon", "--importance", "gaussian",
+                 "--export", "torch-pruning"]) == 0
+    assert "pruning_ratio_dict" in json.loads(capsys.readouterr().out)
+    assert main(["plan", "resnet18", "--hw", "cpu-xeon", "--importance", "gaussian", "--sweep", "0.6:1:3",
+                 "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert [round(r["budget_fraction"], 2) for r in front] == [0.6, 0.8, 1.0]
+    assert front[0]["importance_kept"] <= front[1]["importance_kept"] <= front[2]["importance_kept"]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--budget", "2", "--hw", "rtx3090"], "unparseable budget"),
+    (["--budget", "0ms", "--hw", "rtx3090"], "must be positive"),
+    (["--budget=-1ms", "--hw", "rtx3090"], "unparseable budget"),
+    (["--budget", "2ms", "--hw", "rtx3090", "--pattern", "diagonal"], "unknown sparsity pattern"),
+    (["--budget", "2ms", "--hw", "rtx3090", "--pattern", "unstructured"], "does not speed up rtx3090"),
+    (["--budget", "0.01ms", "--hw", "rtx3090"], "lowest latency reachable"),
+    (["--hw", "rtx3090"], "give --budget"),
+])
+def test_plan_bad_input(args: list[str], fragment: str) -> None:
+    assert_clean_error(run("plan", "resnet18", "--importance", "gaussian", *args), fragment)

@@ -208,7 +208,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     peak = f.dtype_numbers("peak_tflops")
     if not peak:
         raise f.fail("peak_tflops", "names no dtype")
-    memory, eff, overhead = f.table("memory"), f.table("efficiency"), f.table("overhead")
+    memory, eff, overhead = f.table("memory"), f.table("efficiency", False), f.table("overhead", False)
     default_dtype = f.text("default_dtype", "float32" if "float32" in peak else next(iter(peak)))
     if default_dtype not in peak:
         raise f.fail("default_dtype", f"'{default_dtype}' has no peak_tflops entry")

@@ -19,9 +19,9 @@ from costplan.hardware import HardwareProfile, estimate
 from costplan.hardware.profile import DTYPE_BYTES
 from costplan.hardware.roofline import layer_latency
 from costplan.planfile import LayerPlan, Pattern, Plan, parse_pattern
-from costplan.plan.coupling import Coupling, Group, default_fixed, find_groups
-from costplan.plan.importance import Importance
-from costplan.plan.solver import Infeasible, Pair, Problem, Solution, solve
+from costplan.planning.coupling import Coupling, Group, default_fixed, find_groups
+from costplan.planning.importance import Importance
+from costplan.planning.solver import Infeasible, Pair, Problem, Solution, solve
 from costplan.sparsity import apply_plan, effective_totals, kept_fraction, layer_effective
 from costplan.trace.graph import Layer, LayerGraph
 
@@ -336,7 +336,7 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
     }
     extra = {"solver": {"method": "scipy.optimize.milp (HiGHS)", "gap": solution.gap,
                         "seconds": round(solution.seconds, 3), "units": len(units),
-                        "options": sum(len(u.options) for u in units)},
+                        "options": sum(len(u.options) for u in units), "status": solution.status},
              "importance": importance.kind, "patterns": [str(p) for p in patterns]}
     plan = Plan(layers=plan.layers, model=plan.model, hardware=plan.hardware, budget=plan.budget,
                 predicted=predicted, extra=extra)

@@ -19,7 +19,7 @@ import torch
 from scipy import stats
 
 from costplan.planfile import Pattern
-from costplan.plan.coupling import Group
+from costplan.planning.coupling import Group
 from costplan.trace.graph import Layer, LayerGraph
 
 
@@ -53,21 +53,22 @@ def taylor_scores(module: torch.nn.Module, layers: Iterable[Layer], batches: Ite
     """
     layers = list(layers)
     params = {l.name: module.get_parameter(l.attrs["weight"]) for l in layers if isinstance(l.attrs.get("weight"), str)}
-    saved = {name: (p.grad.clone() if p.grad is not None else None) for name, p in params.items()}
+    everything = list(module.parameters())
+    saved = [p.grad.clone() if p.grad is not None else None for p in everything]
     totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     was_training = module.training
     module.eval()
     try:
         for batch in batches:
-            for p in params.values():
+            for p in everything:
                 p.grad = None
             loss_fn(module, batch).backward()
             for name, p in params.items():
                 if p.grad is not None:
                     totals[name] += (p.detach() * p.grad).abs().float()
     finally:
-        for name, p in params.items():
-            p.grad = saved[name]
+        for p, grad in zip(everything, saved):
+            p.grad = grad
         module.train(was_training)
     layer_by_name = {l.name: l for l in layers}
     return {name: (t.t() if layer_by_name[name].attrs.get("transposed_weight") else t) for name, t in totals.items()}
