@@ -118,6 +118,24 @@ class Importance:
         self.scores = {name: _normalised(s) for name, s in (scores or {}).items()}
         self.heads = dict(heads or graph.heads)
         self.kind = "measured" if self.scores else "gaussian"
+        self._cumulative: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def _lowest(self, layer: str, rows: int, cols: int, count: int) -> float:
+        """Sum of the ``count`` smallest (rows x cols)-block sums of a layer's scores; each layer's
+        blocks are sorted once and their running sums reused for every ratio level."""
+        key = (layer, rows, cols)
+        if key not in self._cumulative:
+            matrix = self.scores[layer].flatten(1)
+            r, c = matrix.shape[0] - matrix.shape[0] % rows, matrix.shape[1] - matrix.shape[1] % cols
+            blocks = matrix[:r, :c].reshape(r // rows, rows, c // cols, cols).sum((1, 3)).flatten()
+            self._cumulative[key] = torch.cumsum(torch.sort(blocks).values.double(), 0)
+        cumulative = self._cumulative[key]
+        count = min(count, cumulative.numel())
+        return float(cumulative[count - 1]) if count > 0 else 0.0
+
+    def _blocks(self, layer: str, rows: int, cols: int) -> int:
+        shape = self.scores[layer].flatten(1).shape
+        return (shape[0] // rows) * (shape[1] // cols)
 
     def _channel_scores(self, group: Group) -> torch.Tensor | None:
         """Per output channel (or head) sums of the members' normalised scores."""
@@ -150,7 +168,7 @@ class Importance:
         if pattern.kind == "unstructured":
             if scores is None:
                 return gaussian_unstructured(sparsity)
-            return _lowest_share(scores, math.floor(sparsity * scores.numel()))
+            return self._lowest(layer, 1, 1, math.floor(sparsity * scores.numel()))
         if pattern.kind == "nm":
             if scores is None:
                 return gaussian_nm(pattern.n, pattern.m)
@@ -162,8 +180,5 @@ class Importance:
             r, c = pattern.n, pattern.m
             if scores is None:
                 return gaussian_unstructured(sparsity, r * c)
-            matrix = scores.flatten(1)
-            rows, cols = matrix.shape[0] - matrix.shape[0] % r, matrix.shape[1] - matrix.shape[1] % c
-            blocks = matrix[:rows, :cols].reshape(rows // r, r, cols // c, c).sum((1, 3))
-            return _lowest_share(blocks, math.floor(sparsity * blocks.numel()))
+            return self._lowest(layer, r, c, math.floor(sparsity * self._blocks(layer, r, c)))
         raise ValueError(f"not an element-wise pattern: {pattern}")
