@@ -19,7 +19,7 @@ Shape = tuple[int, ...]
 ModelLike = str | torch.nn.Module
 
 
-def _shapes(input: str | Sequence[int] | Sequence[Sequence[int]] | None) -> tuple[Shape, ...] | None:
+def as_shapes(input: str | Sequence[int] | Sequence[Sequence[int]] | None) -> tuple[Shape, ...] | None:
     if input is None:
         return None
     if isinstance(input, str):
@@ -63,22 +63,22 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
     """
     if isinstance(model, torch.nn.Module):
         if example_inputs is None:
-            shapes = _shapes(input)
+            shapes = as_shapes(input)
             if shapes is None:
                 raise CostplanError("give example_inputs or input= (a shape) to trace a module")
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             example_inputs = tuple(torch.zeros(s, device=device) for s in shapes)
         return trace(model, tuple(example_inputs), name=type(model).__name__)
-    source = resolve(model, input_shapes=_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
+    source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
                      trust=trust_pickle)
     return _trace_source(source)
 
 
-def _plan(plan: Plan | str | os.PathLike[str] | None) -> Plan | None:
+def as_plan(plan: Plan | str | os.PathLike[str] | None) -> Plan | None:
     return load_plan(plan) if isinstance(plan, (str, os.PathLike)) else plan
 
 
-def _profile(hw: HardwareProfile | str | os.PathLike[str]) -> HardwareProfile:
+def as_profile(hw: HardwareProfile | str | os.PathLike[str]) -> HardwareProfile:
     return hw if isinstance(hw, HardwareProfile) else load_profile(hw)
 
 
@@ -88,7 +88,7 @@ QUANTISED = ("int8",)  # precisions a model is not traced in: bytes are rescaled
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
                      dtype: str | None = None) -> Estimate:
     """Per-layer roofline latency of ``graph`` on ``hw`` under ``plan`` (seconds, joules)."""
-    return estimate(graph, _profile(hw), apply_plan(graph, _plan(plan)), dtype)
+    return estimate(graph, as_profile(hw), apply_plan(graph, as_plan(plan)), dtype)
 
 
 def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None = None,
@@ -101,10 +101,10 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     """
     trace_dtype = "float32" if dtype in QUANTISED else dtype
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=trace_dtype, **kwargs)  # type: ignore[arg-type]
-    parsed = _plan(plan)
+    parsed = as_plan(plan)
     if hw is None:
         return build_report(graph, parsed)
-    profile = _profile(hw)
+    profile = as_profile(hw)
     est = estimate(graph, profile, apply_plan(graph, parsed), dtype)
     latency = {
         name: (l.latency_s * 1e3, l.bound, {
@@ -118,7 +118,7 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     return build_report(graph, parsed, hardware=profile.name, latency=latency, extra_totals=totals)
 
 
-def _importance(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
+def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
                 loss_fn: object, load_kwargs: dict) -> object:
     """Scores from real weights where they can be had: the user's module, or the spec built on the CPU."""
     from costplan.planning.importance import Importance, magnitude_scores, taylor_scores
@@ -134,7 +134,7 @@ def _importance(graph: LayerGraph, model: ModelLike | LayerGraph, importance: ob
     elif graph.total_weight_bytes > 4e9:
         return Importance(graph)  # too large to build with real weights here: Gaussian weights
     else:
-        source = resolve(model, input_shapes=_shapes(load_kwargs.get("input")), batch=load_kwargs.get("batch"),
+        source = resolve(model, input_shapes=as_shapes(load_kwargs.get("input")), batch=load_kwargs.get("batch"),
                          seq_len=load_kwargs.get("seq_len"), dtype="float32",
                          trust=bool(load_kwargs.get("trust_pickle")))
         module = instantiate(source, "cpu").module
@@ -161,8 +161,8 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
 
     trace_dtype = "float32" if dtype in QUANTISED else dtype
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=trace_dtype, **kwargs)  # type: ignore[arg-type]
-    scores = _importance(graph, model, importance, data, loss_fn, dict(kwargs))
-    return make_plan(graph, _profile(hw), budget, patterns=patterns, dtype=dtype, levels=levels,
+    scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
+    return make_plan(graph, as_profile(hw), budget, patterns=patterns, dtype=dtype, levels=levels,
                      max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense, bounds=bounds,
                      importance=scores, time_limit=time_limit)  # type: ignore[arg-type]
 
@@ -175,12 +175,12 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
     """
     from costplan.planning.planner import Budget
 
-    profile = _profile(hw)
+    profile = as_profile(hw)
     load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle") if k in kwargs}
     dtype = str(kwargs.get("dtype", "float32"))
     graph = model if isinstance(model, LayerGraph) else load_graph(
         model, dtype="float32" if dtype in QUANTISED else dtype, **load)  # type: ignore[arg-type]
-    importance = _importance(graph, model, kwargs.pop("importance", "magnitude"), kwargs.pop("data", None),
+    importance = importance_for(graph, model, kwargs.pop("importance", "magnitude"), kwargs.pop("data", None),
                              kwargs.pop("loss_fn", None), load)
     dense_ms = estimate_latency(graph, profile, None, dtype).latency_s * 1e3
     results = []

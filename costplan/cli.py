@@ -246,9 +246,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                        dtype="float32" if args.dtype in QUANTISED else args.dtype, trust_pickle=args.trust_pickle)
     load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle)
     if args.sweep:
-        from costplan.api import _importance
+        from costplan.api import importance_for
 
-        scores = _importance(graph, args.model, options.pop("importance"), None, None, load)
+        scores = importance_for(graph, args.model, options.pop("importance"), None, None, load)
         front = sweep(graph, fractions=_fractions(args.sweep), importance=scores, **options)
         rows = [{"budget_fraction": round(f, 4),
                  **({"latency_ms": r.latency_s * 1e3, "speedup": r.plan.predicted["speedup"],
@@ -262,9 +262,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         _console().print(sweep_table(rows, graph.model, args.hw))
         return 0
-    from costplan.api import _importance
+    from costplan.api import importance_for
 
-    options["importance"] = _importance(graph, args.model, options["importance"], None, None, load)
+    options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
     result = plan(graph, budget=budget, **options)
     if args.output:
         from costplan.planfile import save_plan

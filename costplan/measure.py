@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from costplan.api import QUANTISED, _plan, _profile
+from costplan.api import QUANTISED, as_plan, as_profile
 from costplan.errors import CostplanError
 from costplan.hardware import estimate
 from costplan.models import Instance, instantiate, resolve
@@ -95,16 +95,16 @@ def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float
     """Build ``model`` with random weights on the CPU, time it, and compare with ``hw``'s prediction."""
     if dtype in QUANTISED:
         raise CostplanError(f"measure runs the model in PyTorch on this CPU; {dtype} is not a dtype it can run")
-    from costplan.api import _shapes
+    from costplan.api import as_shapes
 
-    profile = _profile(hw)
-    source = resolve(model, input_shapes=_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
+    profile = as_profile(hw)
+    source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
                      trust=trust_pickle)
     instance = instantiate(source, "cpu")
     layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
     graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
     runs = time_forward(instance, repeat, warmup)
-    est = estimate(graph, profile, apply_plan(graph, _plan(plan)), dtype)
+    est = estimate(graph, profile, apply_plan(graph, as_plan(plan)), dtype)
     layers = tuple(LayerTiming(l.name, l.op, est.layers[l.name].latency_s * 1e3,
                                layer_seconds.get(l.name, 0.0) * 1e3, est.layers[l.name].bound)
                    for l in graph.layers)

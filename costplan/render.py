@@ -163,7 +163,6 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
 
 def plan_table(result) -> Table:  # PlanResult
     """Per pruned layer: ratio, pattern, latency before and after, bound."""
-    p = result.plan.predicted
     table = Table(title=f"{result.graph.model} on {result.profile.name} at {result.precision}: budget "
                         f"{result.plan.budget['latency_ms']:.3f} ms", title_justify="left", header_style="bold")
     for col in ("layer", "pattern", "ratio", "before ms", "after ms", "bound"):
