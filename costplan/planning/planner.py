@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from costplan.errors import CostplanError
-from costplan.hardware import HardwareProfile, estimate
+from costplan.hardware import Estimate, HardwareProfile, estimate
 from costplan.hardware.profile import DTYPE_BYTES
 from costplan.hardware.roofline import layer_latency
 from costplan.planfile import LayerPlan, Pattern, Plan, parse_pattern
@@ -306,7 +306,8 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
                         bounds=bounds)
     importance = importance or Importance(graph)
     problem = build_problem(graph, coupling, units, _Tables(graph, profile, precision), importance)
-    dense_s = estimate(graph, profile, apply_plan(graph, None), dtype).latency_s
+    dense = estimate(graph, profile, apply_plan(graph, None), dtype)
+    dense_s = dense.latency_s
     target = budget.seconds(dense_s)
     try:
         solution = solve(problem, target, time_limit=time_limit)
@@ -317,15 +318,15 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     meta = dict(model=graph.model, hardware=profile.name,
                 budget={"latency_ms": round(target * 1e3, 6), **({"speedup": budget.value} if budget.kind == "speedup" else {})})
     plan = plan_from_choice(graph, units, choice, **meta)
-    return _finish(graph, profile, precision, plan, solution, units, dense_s, dtype, importance, pattern_list)
+    return _finish(graph, profile, precision, plan, solution, units, dense, dtype, importance, pattern_list)
 
 
 def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: Plan, solution: Solution,
-            units: Sequence[Unit], dense_s: float, dtype: str | None, importance: Importance,
+            units: Sequence[Unit], dense: Estimate, dtype: str | None, importance: Importance,
             patterns: Sequence[Pattern]) -> PlanResult:
     effective = apply_plan(graph, plan)
     est = estimate(graph, profile, effective, dtype)
-    dense = estimate(graph, profile, apply_plan(graph, None), dtype)
+    dense_s = dense.latency_s
     macs, params = effective_totals(graph, effective)
     scored = sum(len(u.layers) for u in units)
     predicted = {
