@@ -85,6 +85,11 @@ def as_profile(hw: HardwareProfile | str | os.PathLike[str]) -> HardwareProfile:
 QUANTISED = ("int8",)  # precisions a model is not traced in: bytes are rescaled from float32
 
 
+def traced_dtype(dtype: str) -> str:
+    """The dtype to trace a model in for a precision: quantised ones trace in float32."""
+    return "float32" if dtype in QUANTISED else dtype
+
+
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
                      dtype: str | None = None) -> Estimate:
     """Per-layer roofline latency of ``graph`` on ``hw`` under ``plan`` (seconds, joules)."""
@@ -99,8 +104,7 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     ``dtype`` is the precision (float32, float16, bfloat16, or int8, which traces in float32 and
     rescales bytes); ``kwargs`` go to :func:`load_graph` (input, batch, seq_len, trust_pickle, ...).
     """
-    trace_dtype = "float32" if dtype in QUANTISED else dtype
-    graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=trace_dtype, **kwargs)  # type: ignore[arg-type]
+    graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     parsed = as_plan(plan)
     if hw is None:
         return build_report(graph, parsed)
@@ -159,8 +163,7 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     """
     from costplan.planning.planner import make_plan
 
-    trace_dtype = "float32" if dtype in QUANTISED else dtype
-    graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=trace_dtype, **kwargs)  # type: ignore[arg-type]
+    graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
     return make_plan(graph, as_profile(hw), budget, patterns=patterns, dtype=dtype, levels=levels,
                      max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense, bounds=bounds,
@@ -179,7 +182,7 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
     load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle") if k in kwargs}
     dtype = str(kwargs.get("dtype", "float32"))
     graph = model if isinstance(model, LayerGraph) else load_graph(
-        model, dtype="float32" if dtype in QUANTISED else dtype, **load)  # type: ignore[arg-type]
+        model, dtype=traced_dtype(dtype), **load)  # type: ignore[arg-type]
     importance = importance_for(graph, model, kwargs.pop("importance", "magnitude"), kwargs.pop("data", None),
                              kwargs.pop("loss_fn", None), load)
     dense_ms = estimate_latency(graph, profile, None, dtype).latency_s * 1e3

@@ -120,12 +120,11 @@ def _write(text: str, path: str | None) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from costplan.api import QUANTISED, analyze, load_graph
+    from costplan.api import analyze, load_graph, traced_dtype
 
     profiles = [h.strip() for h in args.hw.split(",") if h.strip()] if args.hw else [None]
-    trace_dtype = "float32" if args.dtype in QUANTISED else args.dtype
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       dtype=trace_dtype, trust_pickle=args.trust_pickle)
+                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle)
     reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype) for hw in profiles]
     if args.json:
         import json
@@ -231,7 +230,7 @@ def _fractions(text: str) -> list[float]:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from costplan.api import QUANTISED, load_graph, plan, sweep
+    from costplan.api import importance_for, load_graph, plan, sweep, traced_dtype
     from costplan.errors import CostplanError
     from costplan.planning.planner import parse_budget
 
@@ -243,13 +242,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                    exclude=[e for e in args.exclude.split(",") if e], keep_ends_dense=not args.prune_ends,
                    bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       dtype="float32" if args.dtype in QUANTISED else args.dtype, trust_pickle=args.trust_pickle)
+                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle)
     load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle)
+    options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
     if args.sweep:
-        from costplan.api import importance_for
-
-        scores = importance_for(graph, args.model, options.pop("importance"), None, None, load)
-        front = sweep(graph, fractions=_fractions(args.sweep), importance=scores, **options)
+        front = sweep(graph, fractions=_fractions(args.sweep), **options)
         rows = [{"budget_fraction": round(f, 4),
                  **({"latency_ms": r.latency_s * 1e3, "speedup": r.plan.predicted["speedup"],
                      "importance_kept": r.plan.predicted["importance_kept"], "macs": r.plan.predicted["macs"],
@@ -262,9 +259,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         _console().print(sweep_table(rows, graph.model, args.hw))
         return 0
-    from costplan.api import importance_for
-
-    options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
     result = plan(graph, budget=budget, **options)
     if args.output:
         from costplan.planfile import save_plan

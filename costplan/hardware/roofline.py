@@ -156,19 +156,33 @@ def _energy(profile: HardwareProfile, precision: str, macs: float, dram_bytes: f
     return (macs * profile.energy_pj_per_mac[precision] + dram_bytes * profile.energy_pj_per_dram_byte) * 1e-12
 
 
-def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
-             dtype: str | None = None) -> Estimate:
-    """Latency of every layer of ``graph`` under ``effective`` (from ``sparsity.apply_plan``).
+@dataclass(frozen=True)
+class Context:
+    """What every layer of one estimate shares: the precision the device runs, the factor from
+    traced bytes to that precision's, and whether the whole model's weights sit on chip."""
 
-    ``dtype`` is the precision asked for (default: the traced dtype); a device that lacks it runs its
-    default precision, and bytes are rescaled from the traced dtype to it.
-    """
+    precision: str
+    byte_scale: float
+    weights_cached: bool
+
+
+def context(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
+            dtype: str | None = None) -> Context:
+    """``dtype`` is the precision asked for (default: the traced dtype); a device that lacks it runs
+    its default precision, and bytes are rescaled from the traced dtype to it."""
     traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
     precision = profile.precision(dtype or traced)
-    byte_scale = DTYPE_BYTES[precision] / DTYPE_BYTES[traced]
     weight_total = sum(l.params * effective[l.name].shape_scale * effective[l.name].density
                        for l in graph.layers) * DTYPE_BYTES[precision]
-    cached = profile.weights_on_chip and weight_total <= profile.onchip_bytes
-    layers = {l.name: layer_latency(l, effective[l.name], profile, precision, byte_scale=byte_scale,
-                                    weights_cached=cached) for l in graph.layers}
-    return Estimate(profile, precision, layers)
+    return Context(precision, DTYPE_BYTES[precision] / DTYPE_BYTES[traced],
+                   profile.weights_on_chip and weight_total <= profile.onchip_bytes)
+
+
+def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
+             dtype: str | None = None) -> Estimate:
+    """Latency of every layer of ``graph`` under ``effective`` (from ``sparsity.apply_plan``) at
+    precision ``dtype`` (see :func:`context`)."""
+    ctx = context(graph, profile, effective, dtype)
+    layers = {l.name: layer_latency(l, effective[l.name], profile, ctx.precision, byte_scale=ctx.byte_scale,
+                                    weights_cached=ctx.weights_cached) for l in graph.layers}
+    return Estimate(profile, ctx.precision, layers)

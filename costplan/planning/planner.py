@@ -16,8 +16,7 @@ import numpy as np
 
 from costplan.errors import CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate
-from costplan.hardware.profile import DTYPE_BYTES
-from costplan.hardware.roofline import layer_latency
+from costplan.hardware.roofline import context, layer_latency
 from costplan.planfile import LayerPlan, Pattern, Plan, parse_pattern
 from costplan.planning.coupling import Coupling, Group, default_fixed, find_groups
 from costplan.planning.importance import Importance
@@ -204,18 +203,16 @@ def build_units(graph: LayerGraph, coupling: Coupling, patterns: Sequence[Patter
 class _Tables:
     """Latency of each layer for each (input width, own option), from the shared roofline."""
 
-    def __init__(self, graph: LayerGraph, profile: HardwareProfile, precision: str) -> None:
-        traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
-        self.profile, self.precision = profile, precision
-        self.byte_scale = DTYPE_BYTES[precision] / DTYPE_BYTES[traced]
-        dense_weights = sum(l.params for l in graph.layers) * DTYPE_BYTES[precision]
-        self.cached = profile.weights_on_chip and dense_weights <= profile.onchip_bytes
+    def __init__(self, graph: LayerGraph, profile: HardwareProfile, dtype: str | None) -> None:
+        # the dense model's context: whether weights fit on chip is not a per-layer term
+        self.profile = profile
+        self.ctx = context(graph, profile, apply_plan(graph, None), dtype)
 
     def latency(self, layer: Layer, in_keep: float, option: Option | None, heads: int | None) -> float:
         lp = option.layer_plan() if option is not None else None
         eff = layer_effective(layer, in_keep, lp, heads)
-        return layer_latency(layer, eff, self.profile, self.precision, byte_scale=self.byte_scale,
-                             weights_cached=self.cached).latency_s
+        return layer_latency(layer, eff, self.profile, self.ctx.precision, byte_scale=self.ctx.byte_scale,
+                             weights_cached=self.ctx.weights_cached).latency_s
 
 
 def build_problem(graph: LayerGraph, coupling: Coupling, units: Sequence[Unit], tables: _Tables,
@@ -297,15 +294,15 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     unknown = [k for k in [*exclude, *bounds] if k not in graph.module_names and k not in graph.graph]
     if unknown:
         raise CostplanError(f"no layer named {', '.join(unknown)} in {graph.model}")
-    traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
-    precision = profile.precision(dtype or traced)
+    tables = _Tables(graph, profile, dtype)
+    precision = tables.ctx.precision
     excluded = [*exclude, *(default_fixed(graph) if keep_ends_dense else [])]
     coupling = find_groups(graph, excluded)
     pattern_list = candidate_patterns(patterns, profile, precision, coupling)
     units = build_units(graph, coupling, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
                         bounds=bounds)
     importance = importance or Importance(graph)
-    problem = build_problem(graph, coupling, units, _Tables(graph, profile, precision), importance)
+    problem = build_problem(graph, coupling, units, tables, importance)
     dense = estimate(graph, profile, apply_plan(graph, None), dtype)
     dense_s = dense.latency_s
     target = budget.seconds(dense_s)
