@@ -31,12 +31,6 @@ class Effective:
     shape_scale: float = 1.0       # kept fraction of the dense shape's MACs and weights
 
 
-def _width(layer: Layer) -> int | None:
-    attrs = layer.attrs
-    width = attrs.get("out_channels", attrs.get("out_features"))
-    return int(width) if width else None
-
-
 def kept_fraction(total: int | None, sparsity: float) -> float:
     """Kept share of ``total`` units after removing ``sparsity`` of them (at least one stays)."""
     if not total:
@@ -96,14 +90,12 @@ def layer_effective(layer: Layer, in_keep: float, lp: LayerPlan | None, heads: i
     if lp is not None and lp.pattern.elementwise:
         density = 1.0 - lp.sparsity
     elif lp is not None and lp.pattern.kind == "channel":
-        own = kept_fraction(_width(layer), lp.sparsity)
+        own = kept_fraction(layer.width, lp.sparsity)
     elif lp is not None and lp.pattern.kind == "head" and in_keep == 1.0:
         # q/k/v projections lose whole heads; the output projection (its input already
         # narrowed) keeps its outputs and only reads fewer
         own = kept_fraction(heads, lp.sparsity)
-    a = layer.attrs
-    depthwise = int(a.get("groups", 1)) > 1 and a.get("groups") == a.get("in_channels")
-    scale, out_keep = (in_keep, in_keep) if depthwise else (in_keep * own, own)
+    scale, out_keep = (in_keep, in_keep) if layer.depthwise else (in_keep * own, own)
     weight = min(_weight_numel(layer), layer.params)
     bias = layer.params - weight
     params = weight * scale * density + bias * out_keep

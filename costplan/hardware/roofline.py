@@ -58,8 +58,7 @@ def op_class(layer: Layer) -> str | None:
         return None
     a = layer.attrs
     if layer.op.startswith("conv"):
-        groups = int(a.get("groups", 1))
-        if groups > 1 and groups == a.get("in_channels"):
+        if layer.depthwise:
             return "depthwise"
         return "pointwise" if all(k == 1 for k in a.get("kernel_size", (0,))) else "conv"
     return "gemm"

@@ -50,15 +50,7 @@ class Coupling:
 
 def is_producer(layer: Layer) -> bool:
     """A layer that sets the width of its output: a conv or linear that is not depthwise."""
-    a = layer.attrs
-    if not layer.has_weights or not ("out_channels" in a or "out_features" in a):
-        return False
-    groups = int(a.get("groups", 1))
-    return not (groups > 1 and groups == a.get("in_channels"))
-
-
-def _width(layer: Layer) -> int:
-    return int(layer.attrs.get("out_channels", layer.attrs.get("out_features", 0)))
+    return layer.has_weights and layer.width is not None and not layer.depthwise
 
 
 def find_groups(graph: LayerGraph, fixed_layers: Iterable[str] = ()) -> Coupling:
@@ -97,7 +89,7 @@ def find_groups(graph: LayerGraph, fixed_layers: Iterable[str] = ()) -> Coupling
         attention = _attention_module(graph, members)
         kind = "head" if attention and not tied else "channel"
         name = attention if kind == "head" else members[0].module or members[0].name
-        width = graph.heads[attention] if kind == "head" else _width(members[0])
+        width = graph.heads[attention] if kind == "head" else members[0].width
         reason = ("its channels reach the model output, input or a fixed-width parameter" if tied
                   else f"{frozen_by} is excluded" if frozen_by else "")
         groups[name] = Group(name, kind, tuple(m.name for m in members), width, bool(tied or frozen_by), reason)

@@ -51,6 +51,18 @@ class Layer:
     def has_weights(self) -> bool:
         return self.weights_read > 0 and self.macs > 0
 
+    @property
+    def depthwise(self) -> bool:
+        """A convolution with one group per input channel: its outputs are its inputs' channels."""
+        groups = int(self.attrs.get("groups", 1))
+        return groups > 1 and groups == self.attrs.get("in_channels")
+
+    @property
+    def width(self) -> int | None:
+        """Output channels (conv) or features (linear); None for other layers."""
+        width = self.attrs.get("out_channels", self.attrs.get("out_features"))
+        return int(width) if width else None
+
 
 @dataclass(frozen=True)
 class InputSpec:
