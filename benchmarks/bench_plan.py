@@ -1,6 +1,6 @@
 """Does the planner beat the obvious? Importance kept at equal predicted latency.
 
-    python benchmarks/bench_plan.py [--speedup 1.5]
+    python benchmarks/bench_plan.py [--speedup 1.5] [--solvers]
 
 For ResNet-50 and BERT-base (seq 128) on rtx3090, cpu-xeon and edge-npu, at a budget of the dense
 latency / speedup, compare the share of (layer-normalised) importance kept by
@@ -90,10 +90,47 @@ def global_magnitude(graph, hw, groups, importance, module, budget_s) -> float |
     return None if f is None else kept_share(importance, groups, kept_at(f))
 
 
+def solver_times(spec: str = "resnet50", levels: int = 20) -> None:
+    """The exact solvers side by side on the planner's own problem: the Pareto-front programme
+    against scipy's MILP (HiGHS, 10 s limit), same problem, same budget."""
+    from costplan.hardware import load_profile
+    from costplan.planning.planner import _Tables, build_problem, build_units, candidate_patterns
+    from costplan.planning.solver import solve
+
+    graph = load_graph(spec)
+    importance = Importance(graph)
+    print(f"\nsolver time, {spec}, {levels} ratio levels per group (seconds; removed = importance removed)")
+    print(f"{'hardware':10s} {'budget':>8s} {'units':>5s} {'options':>7s} {'fronts s':>9s} {'milp s':>7s} "
+          f"{'milp status':>12s} {'milp gap':>8s} {'removed (fronts / milp)':>24s}")
+    for hw in ("rtx3090", "cpu-xeon", "edge-npu"):
+        profile = load_profile(hw)
+        tables = _Tables(graph, profile, None)
+        excluded = default_fixed(graph)
+        coupling = find_groups(graph, excluded)
+        patterns = candidate_patterns("auto", profile, tables.ctx.precision, coupling)
+        units = build_units(graph, coupling, patterns, levels=levels, max_ratio=0.9, excluded=excluded, bounds={})
+        problem = build_problem(graph, coupling, units, tables, importance)
+        dense = problem.latency([0] * len(units))
+        fastest = solve(problem, None, minimise="latency").latency
+        for speedup in (1.2, 1.4, 2.0):
+            if dense / speedup < fastest:
+                print(f"{hw:10s} {f'/{speedup}':>8s}  unreachable (fastest is /{dense / fastest:.2f})")
+                continue
+            f = solve(problem, dense / speedup, method="fronts")
+            m = solve(problem, dense / speedup, method="milp")
+            print(f"{hw:10s} {f'/{speedup}':>8s} {len(units):5d} {sum(len(u.options) for u in units):7d} "
+                  f"{f.seconds:9.2f} {m.seconds:7.2f} {m.status:>12s} {m.gap:8.2%} "
+                  f"{f'{f.removed:.4f} / {m.removed:.4f}':>24s}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speedup", type=float, default=1.3)
+    parser.add_argument("--solvers", action="store_true", help="only time the exact solvers on ResNet-50")
     args = parser.parse_args()
+    if args.solvers:
+        solver_times()
+        return
     print(f"budget: dense latency / {args.speedup}; importance kept (higher is better)\n")
     print(f"{'model':14s} {'hardware':10s} {'budget ms':>9s} {'costplan':>9s} {'uniform':>9s} {'global':>9s} "
           f"{'patterns':>24s} {'solver':>16s}")
@@ -118,6 +155,7 @@ def main() -> None:
             fmt = lambda v: "unreach." if v is None else f"{v:.1%}"  # noqa: E731
             print(f"{spec:14s} {hw:10s} {budget * 1e3:9.3f} {ours:>9s} {fmt(u):>9s} {fmt(g):>9s} {patterns:>24s} "
                   f"{solver:>16s}", flush=True)
+    solver_times()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import costplan
 from costplan.api import analyze, estimate_latency, load_graph
@@ -18,7 +21,7 @@ from costplan.planning.export import export
 from costplan.planning.importance import Importance, gaussian_nm, gaussian_unstructured
 from costplan.planning.planner import (_Tables, build_problem, build_units, candidate_patterns, parse_budget,
                                        plan_from_choice)
-from costplan.planning.solver import brute_force, solve
+from costplan.planning.solver import Infeasible, Pair, Problem, brute_force, solve
 from tests.conftest import SmallCNN, graph_of
 
 
@@ -79,8 +82,9 @@ TOY = parse_profile({
 }, "toy")
 
 
+@pytest.mark.parametrize("method", ["fronts", "milp"])
 @pytest.mark.parametrize("fraction", [0.45, 0.6, 0.75, 0.9])
-def test_solver_matches_brute_force(fraction: float) -> None:
+def test_solver_matches_brute_force(fraction: float, method: str) -> None:
     graph = load_graph(SmallCNN(), input="1x3x16x16")
     coupling = find_groups(graph, [])
     patterns = candidate_patterns("auto", TOY, "float32", coupling)
@@ -89,12 +93,93 @@ def test_solver_matches_brute_force(fraction: float) -> None:
     assert len(problem.pairs) >= 2  # producer/consumer terms are exercised
     dense = problem.latency([0] * len(units))
     best = brute_force(problem, dense * fraction)
-    found = solve(problem, dense * fraction, rel_gap=1e-9)
+    found = solve(problem, dense * fraction, rel_gap=1e-9, method=method)
     assert found.removed == pytest.approx(best.removed, abs=1e-9)
     assert found.latency <= dense * fraction * (1 + 1e-9)
     # the problem's arithmetic is analyze's arithmetic
     plan = plan_from_choice(graph, units, found.choice)
     assert estimate_latency(graph, TOY, plan).latency_s == pytest.approx(found.latency, rel=1e-12)
+
+
+def staged_problem(seed: int, hubs: int = 3, options: int = 3, blocks: int = 2) -> Problem:
+    """A random problem shaped like a residual network: a chain of stage groups (hubs), each with
+    blocks of two inner units between it and (for the first block) the previous stage."""
+    rng = np.random.default_rng(seed)
+    n_units = hubs * (1 + 2 * blocks) + 1
+    cost = [np.concatenate([[0.0], np.sort(rng.uniform(0, 1, options - 1))]) for _ in range(n_units)]
+    unary = [np.sort(rng.uniform(0, 1, options))[::-1].copy() for _ in range(n_units)]
+    pairs = []
+
+    def pair(a: int, b: int) -> None:
+        classes = rng.integers(0, 2, options)
+        classes[0] = 0
+        classes = np.unique(classes, return_inverse=True)[1]
+        pairs.append(Pair(a, b, classes, rng.uniform(0, 1, (classes.max() + 1, options))))
+
+    for h in range(hubs):
+        for b in range(blocks):
+            inner = hubs + 2 * (h * blocks + b)
+            source = h - 1 if b == 0 and h > 0 else h
+            pair(source, inner)          # the block's first conv reads the stage (or the previous one)
+            pair(inner, inner + 1)
+            pair(inner + 1, h)           # its last conv writes the stage
+        if h > 0:
+            pair(h - 1, h)               # the downsampling shortcut
+    return Problem(cost, unary, pairs, float(rng.uniform(0, 1)))  # the last unit stands alone
+
+
+def every_choice(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Latency and importance removed of every choice at once (an array axis per unit)."""
+    n = len(problem.cost)
+
+    def along(axes: tuple[int, ...], table: np.ndarray) -> np.ndarray:
+        if len(axes) == 2 and axes[0] > axes[1]:
+            axes, table = axes[::-1], table.T
+        shape = [1] * n
+        for a, size in zip(axes, table.shape):
+            shape[a] = size
+        return table.reshape(shape)
+
+    latency = sum(along((u,), v) for u, v in enumerate(problem.unary)) + problem.constant
+    cost = sum(along((u,), c) for u, c in enumerate(problem.cost))
+    for q in problem.pairs:
+        latency = latency + along((q.a, q.b), q.table[q.class_of_a])
+    return latency, cost
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), fraction=st.floats(0.0, 1.0))
+def test_fronts_are_exact_on_staged_problems(seed: int, fraction: float) -> None:
+    problem = staged_problem(seed, hubs=2, options=3, blocks=2)   # 3^11 choices
+    latency, cost = every_choice(problem)
+    fastest = solve(problem, None, minimise="latency", method="fronts")
+    assert fastest.latency == pytest.approx(latency.min(), rel=1e-12)
+    budget = latency.min() + fraction * (latency.max() - latency.min())
+    found = solve(problem, budget, method="fronts")
+    assert found.status == "optimal"
+    assert found.removed == pytest.approx(cost[latency <= budget].min(), abs=1e-9)
+    assert found.latency <= budget * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fronts_agree_with_the_milp_on_larger_problems(seed: int) -> None:
+    problem = staged_problem(seed, hubs=4, options=6, blocks=3)
+    dense = problem.latency([0] * len(problem.cost))
+    fastest = solve(problem, None, minimise="latency").latency
+    budget = (dense + fastest) / 2
+    fronts, milp = solve(problem, budget, method="fronts"), solve(problem, budget, method="milp", rel_gap=1e-9)
+    assert milp.status == "optimal"
+    assert fronts.removed == pytest.approx(milp.removed, rel=1e-6, abs=1e-9)
+    with pytest.raises(Infeasible):
+        solve(problem, fastest * 0.99, method="fronts")
+
+
+def test_resnet50_with_20_levels_plans_exactly_in_seconds(resnet50_graph) -> None:
+    for hw, budget in [("rtx3090", "0.8ms"), ("cpu-xeon", "1.3x")]:
+        result = costplan.plan(resnet50_graph, budget=budget, hw=hw, levels=20)
+        solver = result.plan.extra["solver"]
+        assert solver["status"] == "optimal" and solver["gap"] == 0.0
+        assert solver["seconds"] < 5.0, (hw, solver)
 
 
 def test_analyze_reproduces_the_planned_latency(tmp_path) -> None:

@@ -103,10 +103,15 @@ def _normalised(scores: torch.Tensor) -> torch.Tensor:
     return scores / total if total > 0 else torch.full_like(scores, 1.0 / max(1, scores.numel()))
 
 
+def _sorted(values: torch.Tensor) -> np.ndarray:
+    # numpy's vectorised sort is about 10x torch's on CPU for millions of scores
+    return np.sort(values.detach().flatten().cpu().float().numpy())
+
+
 def _lowest_share(values: torch.Tensor, count: int) -> float:
     if count <= 0:
         return 0.0
-    return float(torch.sort(values.flatten()).values[:count].sum())
+    return float(_sorted(values)[:count].astype(np.float64).sum())
 
 
 class Importance:
@@ -118,7 +123,7 @@ class Importance:
         self.scores = {name: _normalised(s) for name, s in (scores or {}).items()}
         self.heads = dict(heads or graph.heads)
         self.kind = "measured" if self.scores else "gaussian"
-        self._cumulative: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._cumulative: dict[tuple[str, int, int], np.ndarray] = {}
 
     def _lowest(self, layer: str, rows: int, cols: int, count: int) -> float:
         """Sum of the ``count`` smallest (rows x cols)-block sums of a layer's scores; each layer's
@@ -128,9 +133,9 @@ class Importance:
             matrix = self.scores[layer].flatten(1)
             r, c = matrix.shape[0] - matrix.shape[0] % rows, matrix.shape[1] - matrix.shape[1] % cols
             blocks = matrix[:r, :c].reshape(r // rows, rows, c // cols, cols).sum((1, 3)).flatten()
-            self._cumulative[key] = torch.cumsum(torch.sort(blocks).values.double(), 0)
+            self._cumulative[key] = np.cumsum(_sorted(blocks), dtype=np.float64)
         cumulative = self._cumulative[key]
-        count = min(count, cumulative.numel())
+        count = min(count, cumulative.size)
         return float(cumulative[count - 1]) if count > 0 else 0.0
 
     def _blocks(self, layer: str, rows: int, cols: int) -> int:

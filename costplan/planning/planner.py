@@ -332,7 +332,7 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
         "precision": precision, "importance_removed": solution.removed,
         "importance_kept": 1.0 - solution.removed / scored if scored else 1.0,
     }
-    extra = {"solver": {"method": "scipy.optimize.milp (HiGHS)", "gap": solution.gap,
+    extra = {"solver": {"method": solution.method, "gap": solution.gap,
                         "seconds": round(solution.seconds, 3), "units": len(units),
                         "options": sum(len(u.options) for u in units), "status": solution.status},
              "importance": importance.kind, "patterns": [str(p) for p in patterns]}

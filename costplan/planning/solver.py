@@ -1,4 +1,5 @@
-"""An exact solver for the planner's discrete problem, with scipy's MILP (HiGHS).
+"""Exact solvers for the planner's discrete problem: Pareto fronts where the structure allows
+(:mod:`costplan.planning.pareto`), else scipy's MILP (HiGHS).
 
 Each unit (a channel group, a head group, a layer) picks exactly one option. Picking option k of
 unit u removes ``cost[u][k]`` importance. Latency is a constant, plus for each unit a term of its own
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
+
+from costplan.planning.pareto import fronts_solve
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Solution:
     gap: float                     # relative optimality gap (0: proven optimal)
     seconds: float
     status: str                    # optimal | time limit | greedy
+    method: str = "scipy.optimize.milp (HiGHS)"
 
 
 class Infeasible(Exception):
@@ -88,10 +92,30 @@ def greedy(problem: Problem, budget: float) -> tuple[int, ...] | None:
 
 
 def solve(problem: Problem, budget: float | None, *, minimise: str = "importance",
-          time_limit: float = 10.0, rel_gap: float = 1e-4) -> Solution:
+          time_limit: float = 10.0, rel_gap: float = 1e-4, method: str = "auto") -> Solution:
     """The choice that removes least importance with latency <= ``budget`` (seconds), or with
-    ``minimise='latency'`` the fastest choice. Raises :class:`Infeasible`."""
+    ``minimise='latency'`` the fastest choice. Raises :class:`Infeasible`.
+
+    ``method='auto'`` uses the exact Pareto-front programme (:mod:`costplan.planning.pareto`) when the
+    problem decomposes into hubs and blocks (residual stages do), else the MILP; ``'fronts'`` or
+    ``'milp'`` force one."""
     start = time.perf_counter()
+    if method not in ("auto", "fronts", "milp"):
+        raise ValueError(f"unknown method {method!r}")
+    if method != "milp" and (budget is not None or minimise == "latency"):
+        choice = fronts_solve(problem, None if minimise == "latency" else budget)
+        if choice is False:
+            raise Infeasible("no choice meets the budget")
+        if choice is not None:
+            return Solution(choice, problem.removed(choice), problem.latency(choice), 0.0,
+                            time.perf_counter() - start, "optimal", "Pareto-front dynamic programme")
+        if method == "fronts":
+            raise ValueError("the problem does not decompose into hubs and blocks")
+    return _milp(problem, budget, minimise=minimise, time_limit=time_limit, rel_gap=rel_gap, start=start)
+
+
+def _milp(problem: Problem, budget: float | None, *, minimise: str, time_limit: float, rel_gap: float,
+          start: float) -> Solution:
     n_units = len(problem.cost)
     x_offset = np.cumsum([0] + [len(c) for c in problem.cost])
     n_x = int(x_offset[-1])
