@@ -194,3 +194,28 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
         except CostplanError as exc:
             results.append((fraction, str(exc)))
     return results
+
+
+def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, criterion: str = "magnitude",
+          compact: bool = True, input: str | Sequence | None = None, example_inputs: Sequence[object] | None = None,
+          graph: LayerGraph | None = None, source: str | None = None) -> torch.nn.Module:
+    """One-shot pruning of ``model`` (a module, left unchanged, or a spec such as ``resnet50``) to
+    ``plan`` by a weight-only ``criterion``; with ``compact`` the physically smaller model, else the
+    masked copy with the masks folded in. For gradual pruning in a training loop use :class:`Pruner`."""
+    import copy
+
+    from costplan.pruning.pruner import Pruner
+
+    if isinstance(model, torch.nn.Module):
+        model = copy.deepcopy(model)
+    pruner = Pruner(model, plan, criterion=criterion, input=input, example_inputs=example_inputs, graph=graph,
+                    source=source)
+    if pruner.criterion.needs_grad:
+        raise CostplanError(f"criterion '{criterion}' needs gradients: use costplan.Pruner in a training loop")
+    pruner.prune()
+    if compact:
+        return pruner.compact()
+    folded = pruner.remove()
+    folded._costplan = {"source": pruner.source, "edits": {},
+                        "input": [list(shape) for shape in pruner.graph.inputs.shapes]}
+    return folded

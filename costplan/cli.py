@@ -107,6 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--top", type=_positive_int, metavar="N", help="show only the N slowest layers")
     m.add_argument("--json", action="store_true", help="write the comparison as JSON")
     m.add_argument("-o", "--output", metavar="FILE", help="write JSON here instead of stdout")
+    pn = sub.add_parser("prune", help="prune a model to a plan (one shot, or in a training loop) and save it",
+                        description="Prune MODEL to the plan's ratios and write the compacted model (weights plus "
+                                    "an architecture description; load it with costplan.load). Without --train: "
+                                    "one shot, weight magnitude. With --train FILE.py:FUNCTION: FUNCTION() returns "
+                                    "a loader of (inputs, targets) batches, or (loader, loss_fn(model, batch)); "
+                                    "the pruner prunes gradually while training with SGD.")
+    _model_args(pn)
+    pn.add_argument("--plan", required=True, metavar="FILE", help="plan JSON (from `costplan plan -o`)")
+    pn.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the pruned model (.pt)")
+    pn.add_argument("--criterion", default="magnitude",
+                    help="magnitude (L1), l2, random; with --train also gradient, taylor, movement, snip_momentum")
+    pn.add_argument("--scope", default="local", choices=("local", "global"), help="per-layer ratios or one ranking")
+    pn.add_argument("--train", metavar="FILE.py:FUNCTION", help="training data (runs that file: your own code)")
+    pn.add_argument("--steps", type=_positive_int, default=1000, help="training steps with --train (default 1000)")
+    pn.add_argument("--lr", type=float, default=0.01, help="SGD learning rate with --train (default 0.01)")
+    pn.add_argument("--frequency", type=_positive_int, help="prune every N steps (default steps/20)")
+    pn.add_argument("--decay", default="cube", choices=("cube", "exp", "cos", "linear"),
+                    help="how sparsity rises (default cube, as AGP)")
+    pn.add_argument("--no-compact", action="store_true", help="keep the dense shapes (zeros stay in place)")
     return parser
 
 
@@ -280,6 +299,92 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from costplan.api import load_graph
+    from costplan.errors import CostplanError
+    from costplan.models import instantiate, resolve
+    from costplan.planfile import load_plan
+    from costplan.pruning.pruner import Pruner
+    from costplan.pruning.saving import save
+    from costplan.pruning.schedule import Schedule
+
+    plan = load_plan(args.plan)
+    source = resolve(args.model, input_shapes=_shapes(args.input), batch=args.batch, seq_len=args.seq_len,
+                     trust=args.trust_pickle)
+    instance = instantiate(source, "cpu")
+    graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
+                       trust_pickle=args.trust_pickle)
+    steps = args.steps if args.train else 0
+    end = max(0, int(steps * 0.75))       # the last quarter fine-tunes at the final sparsity
+    schedule = Schedule(0, end, args.frequency or max(1, end // 20), args.decay) if args.train else None
+    model = instance.module
+    pruner = Pruner(model, plan, criterion=args.criterion, schedule=schedule, scope=args.scope, graph=graph,
+                    source=args.model)
+    if args.train:
+        _train(pruner, model, args.train, steps, args.lr)
+    else:
+        if pruner.criterion.needs_grad:
+            raise CostplanError(f"criterion '{args.criterion}' needs gradients: give --train FILE.py:FUNCTION")
+        pruner.prune()
+    small = pruner.remove() if args.no_compact else pruner.compact()
+    if args.no_compact:
+        small._costplan = {"source": args.model, "edits": {}}
+    save(small, args.output)
+    after = sum(p.numel() for p in small.parameters())
+    zeros = sum(int((p == 0).sum()) for p in small.parameters())
+    console = _console()
+    console.print(f"pruned {len(pruner.elements)} layer(s) element-wise and {len(pruner.groups)} channel/head "
+                  f"group(s) of {graph.model}" + (f" over {steps} training steps" if args.train else " (one shot)"))
+    console.print(f"parameters {graph.total_params:,} -> {after:,} ({zeros:,} zeros); wrote {args.output}")
+    return 0
+
+
+def _shapes(text: str | None):  # noqa: ANN202
+    from costplan.models import parse_shapes
+
+    return parse_shapes(text) if text else None
+
+
+def _train(pruner, model, spec: str, steps: int, lr: float) -> None:  # noqa: ANN001
+    """SGD with the pruner's hooks over the user's loader, cycling it, with a progress bar."""
+    import torch
+    from rich.progress import Progress
+
+    from costplan.errors import CostplanError
+    from costplan.models.files import load_callable
+
+    path, _, name = spec.rpartition(":")
+    if not path.endswith(".py") or not name:
+        raise CostplanError(f"--train wants FILE.py:FUNCTION, got '{spec}'")
+    made = load_callable(path, name)()
+    loader, loss_fn = made if isinstance(made, tuple) else (made, None)
+    if loss_fn is None:
+        def loss_fn(m, batch):  # noqa: ANN001, ANN202
+            x, y = batch
+            return torch.nn.functional.cross_entropy(m(x), y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    pruner.on_train_begin()
+    batches = iter(loader)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("pruning while training", total=steps)
+        for step in range(steps):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                batch = next(batches)
+            pruner.on_step_begin(step)
+            loss_fn(model, batch).backward()
+            pruner.on_before_optimizer_step()
+            optimizer.step()
+            optimizer.zero_grad()
+            pruner.on_after_optimizer_step()
+            progress.advance(task)
+    pruner.on_train_end()
+    model.eval()
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from costplan.models import hf, vision
 
@@ -290,7 +395,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"analyze": cmd_analyze, "plan": cmd_plan, "models": cmd_models, "profiles": cmd_profiles,
-            "calibrate": cmd_calibrate, "measure": cmd_measure}
+            "calibrate": cmd_calibrate, "measure": cmd_measure, "prune": cmd_prune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,7 @@ def _as_call(example: object) -> tuple[tuple[object, ...], dict[str, object]]:
     raise CostplanError(f"cannot call a model with an example input of type {type(example).__name__}")
 
 
-def _load_factory(path: str, name: str):  # noqa: ANN202
+def load_callable(path: str, name: str):  # noqa: ANN202
     if not os.path.isfile(path):
         raise CostplanError(f"no such file: {path}")
     module_name = f"_costplan_user_{abs(hash(os.path.abspath(path)))}"
@@ -107,7 +107,7 @@ def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
     is_factory = ".py:" in spec
     if is_factory:
         path, _, name = spec.rpartition(":")
-        factory = _load_factory(path, name)
+        factory = load_callable(path, name)
     elif spec.endswith(".py"):
         raise CostplanError(f"name the function that builds the model: {spec}:FUNCTION")
     else:
