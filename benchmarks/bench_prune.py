@@ -1,0 +1,133 @@
+"""Measured is what counts: plans made for this CPU, pruned and compacted, then timed.
+
+    python benchmarks/bench_prune.py                 # calibrates this CPU first (about 15 s)
+    python benchmarks/bench_prune.py --hw local.toml # or a profile from `costplan calibrate`
+
+1. ResNet-18 and ResNet-50 (batch 1, 224x224): channel plans for the calibrated local profile at
+   budgets of 80%, 65% and 50% of the dense model's predicted latency; one-shot magnitude pruning
+   and compaction with costplan; the plan's predicted latency against the measured latency of the
+   compacted model (and the dense one), timed round-robin so the machine's drift hits all alike.
+   Goal: within 15%.
+2. Against Torch-Pruning: the same per-layer channel ratios on ResNet-50 (costplan's plan exported
+   with `--export torch-pruning`), pruned by Torch-Pruning's MetaPruner with L2 magnitude; time to
+   prune and compact, parameters and measured latency of the result, as ratios to costplan's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+import torchvision
+
+import costplan
+from costplan.hardware import estimate, load_profile
+from costplan.hardware.calibrate import calibrate, profile_toml
+from costplan.models import Instance
+from costplan.planning.export import torch_pruning
+from costplan.sparsity import apply_plan
+
+warnings.filterwarnings("ignore")
+
+
+def timed_round_robin(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int, repeat: int) -> dict[str, float]:
+    """Median seconds per forward of each model, interleaving models round by round."""
+    samples: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            for _ in range(3):
+                m(x)
+        for _ in range(rounds):
+            for name, m in models.items():
+                for _ in range(repeat):
+                    start = time.perf_counter()
+                    m(x)
+                    samples[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hw", help="profile TOML; default: calibrate this CPU now")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    if args.hw:
+        profile = load_profile(args.hw)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "local.toml")
+            with open(path, "w") as f:
+                f.write(profile_toml(calibrate(progress=False)))
+            profile = load_profile(path)
+    x = torch.randn(1, 3, 224, 224)
+    print(f"profile {profile.name}; batch 1, 224x224; one-shot L1 magnitude, compacted\n")
+    print(f"{'model':10s} {'budget':>7s} {'params':>10s} {'predicted ms':>12s} {'measured ms':>11s} "
+          f"{'error':>7s} {'pred. speedup':>13s} {'meas. speedup':>13s} {'met':>4s}")
+    errors = []
+    plans = {}
+    for name in ("resnet18", "resnet50"):
+        torch.manual_seed(0)
+        dense = getattr(torchvision.models, name)().eval()
+        graph = costplan.load_graph(name)
+        dense_pred = estimate(graph, profile, apply_plan(graph, None)).latency_s
+        variants, predicted = {"dense": dense}, {"dense": dense_pred}
+        for fraction in (0.8, 0.65, 0.5):
+            result = costplan.plan(graph, budget=f"{dense_pred * fraction * 1e3}ms", hw=profile, patterns="channel")
+            plans[(name, fraction)] = result.plan
+            variants[f"{fraction:.0%}"] = costplan.prune(dense, result.plan, graph=graph, source=name).eval()
+            predicted[f"{fraction:.0%}"] = result.latency_s
+        measured = timed_round_robin(variants, x, args.rounds, args.repeat)
+        for key, model in variants.items():
+            err = predicted[key] / measured[key] - 1
+            if key != "dense":
+                errors.append(abs(err))
+            met = "" if key == "dense" else ("yes" if measured[key] <= predicted[key] * 1.0 else "no")
+            print(f"{name:10s} {key:>7s} {n_params(model):10,d} {predicted[key] * 1e3:12.2f} {measured[key] * 1e3:11.2f} "
+                  f"{err:+7.1%} {predicted['dense'] / predicted[key]:13.2f} {measured['dense'] / measured[key]:13.2f} "
+                  f"{met:>4s}")
+    print(f"\npruned variants: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%} (goal 15%)")
+
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        print("\ntorch-pruning is not installed (pip install 'costplan[bench]'): comparison skipped")
+        return
+    print("\nagainst Torch-Pruning on resnet50 (same per-layer channel ratios; ratio = Torch-Pruning / costplan)")
+    print(f"{'budget':>7s} {'costplan s':>10s} {'TP s':>7s} {'ratio':>6s} {'costplan params':>15s} {'TP params':>10s} "
+          f"{'costplan ms':>11s} {'TP ms':>7s} {'ratio':>6s}")
+    torch.manual_seed(0)
+    dense = torchvision.models.resnet50().eval()
+    graph = costplan.load_graph("resnet50")
+    for fraction in (0.8, 0.65, 0.5):
+        plan = plans[("resnet50", fraction)]
+        start = time.perf_counter()
+        ours = costplan.prune(dense, plan, graph=graph, source="resnet50").eval()
+        ours_s = time.perf_counter() - start
+        theirs = copy.deepcopy(dense)
+        start = time.perf_counter()
+        ratios = torch_pruning(plan)["pruning_ratio_dict"]
+        pruner = tp.pruner.MetaPruner(theirs, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio_dict={theirs.get_submodule(k): v for k, v in ratios.items()},
+                                      pruning_ratio=0.0, ignored_layers=[theirs.fc], global_pruning=False)
+        pruner.step()
+        tp_s = time.perf_counter() - start
+        measured = timed_round_robin({"ours": ours, "tp": theirs.eval()}, x, args.rounds, args.repeat)
+        print(f"{fraction:>7.0%} {ours_s:10.2f} {tp_s:7.2f} {tp_s / ours_s:6.2f} {n_params(ours):15,d} "
+              f"{n_params(theirs):10,d} {measured['ours'] * 1e3:11.2f} {measured['tp'] * 1e3:7.2f} "
+              f"{measured['tp'] / measured['ours']:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
