@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-o", "--output", metavar="FILE", help="write JSON/CSV here instead of stdout")
     a.add_argument("--top", type=_positive_int, metavar="N", help="show only the N heaviest layers")
     a.add_argument("--depth", type=_positive_int, metavar="D", help="group layers by the first D parts of their names")
+    a.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the roofline (layers as points) and the per-layer latency breakdown (needs --hw)")
 
     sub.add_parser("models", help="list the model names costplan can build")
 
@@ -141,10 +143,24 @@ def _write(text: str, path: str | None) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from costplan.api import analyze, load_graph, traced_dtype
 
+    from costplan.errors import CostplanError
+
     profiles = [h.strip() for h in args.hw.split(",") if h.strip()] if args.hw else [None]
+    if args.plot and not args.hw:
+        raise CostplanError("--plot draws the model on a device's roofline: give --hw (e.g. --hw rtx3090)")
+    if args.plot:
+        from costplan.plots import pyplot
+
+        pyplot()   # fail on a missing matplotlib before tracing
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle)
     reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype) for hw in profiles]
+    if args.plot:
+        from costplan.api import estimate_latency
+        from costplan.plots import analysis_figure
+
+        analysis_figure(graph, [estimate_latency(graph, hw, args.plan, args.dtype) for hw in profiles], args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         import json
 

@@ -252,3 +252,10 @@ def test_plan_command(tmp_path, capsys) -> None:
 ])
 def test_plan_bad_input(args: list[str], fragment: str) -> None:
     assert_clean_error(run("plan", "resnet18", "--importance", "gaussian", *args), fragment)
+
+
+def test_plot_draws_a_png(tmp_path) -> None:
+    out = tmp_path / "roofline.png"
+    assert main(["analyze", "resnet18", "--hw", "rtx3090,edge-npu", "--plot", str(out), "--top", "2"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert main(["analyze", "resnet18", "--plot", str(tmp_path / "x.png")]) == 2      # needs --hw
