@@ -29,7 +29,6 @@ import torchvision
 import costplan
 from costplan.hardware import estimate, load_profile
 from costplan.hardware.calibrate import calibrate, profile_toml
-from costplan.models import Instance
 from costplan.planning.export import torch_pruning
 from costplan.sparsity import apply_plan
 

@@ -87,7 +87,7 @@ def data() -> tuple[torch.Tensor, ...]:
     return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int):  # noqa: ANN201
+def batches(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=g)
@@ -118,7 +118,7 @@ def train_dense(x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
 
 
 def fine_tune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
-              on_step=None, pruner=None) -> None:  # noqa: ANN001
+              on_step=None, pruner=None) -> None:
     """SGD with distillation (T=4, half KL, half cross-entropy); the pruner's hooks if given."""
     opt = torch.optim.SGD(student.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
     student.train()
@@ -161,13 +161,13 @@ def measure(models: dict[str, nn.Module], rounds: int = 7, repeat: int = 5) -> d
     return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
 
 
-def uniform_plan(graph, ratio: float) -> Plan:  # noqa: ANN001
+def uniform_plan(graph, ratio: float) -> Plan:
     groups = find_groups(graph, default_fixed(graph)).prunable()
     layers = {graph.layer(m).module: {"sparsity": ratio, "pattern": "channel"} for g in groups for m in g.members}
     return Plan.from_dict({"layers": layers})
 
 
-def bisect(fits, lo: float = 0.0, hi: float = 0.9, steps: int = 14) -> float:  # noqa: ANN001
+def bisect(fits, lo: float = 0.0, hi: float = 0.9, steps: int = 14) -> float:
     """The largest x in [lo, hi] for which fits(x) is False ... the smallest with fits(x) True."""
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -217,7 +217,7 @@ def main() -> None:
             continue
         # costplan's plan, then one uniform ratio at the same predicted latency
         target_s = result.latency_s
-        ratio = bisect(lambda r: costplan.estimate_latency(graph, profile, uniform_plan(graph, r)).latency_s <= target_s)
+        ratio = bisect(lambda r, t=target_s: costplan.estimate_latency(graph, profile, uniform_plan(graph, r)).latency_s <= t)
         for name, plan in (("costplan", result.plan), ("uniform", uniform_plan(graph, ratio))):
             student = copy.deepcopy(dense)
             pruner = costplan.Pruner(student, plan, criterion="taylor", schedule=schedule, graph=graph)
@@ -227,7 +227,7 @@ def main() -> None:
         macs = costplan.load_graph(results["costplan"][0], input=INPUT).total_macs
         example = torch.randn(1, 1, 16, 16)
 
-        def tp_pruner(model: nn.Module, r: float, iterative: int = 1):  # noqa: ANN202
+        def tp_pruner(model: nn.Module, r: float, iterative: int = 1, example: torch.Tensor = example):
             return tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
                                         pruning_ratio=r, global_pruning=True, iterative_steps=iterative,
                                         ignored_layers=[model.fc, model.stem[0]])
@@ -237,12 +237,12 @@ def main() -> None:
             tp_pruner(m, r).step()
             return costplan.load_graph(m, input=INPUT).total_macs
 
-        r_tp = bisect(lambda r: tp_macs(r) <= macs)
+        r_tp = bisect(lambda r, target=macs: tp_macs(r) <= target)
         student = copy.deepcopy(dense)
         pruner = tp_pruner(student, r_tp, iterative=5)
         tp_steps = set(np.linspace(0, end, 5).astype(int).tolist())
         fine_tune(student, dense, xtr, ytr, args.ft_epochs,
-                  on_step=lambda step: pruner.step() if step in tp_steps else None)
+                  on_step=lambda step, p=pruner, at=tp_steps: p.step() if step in at else None)
         tp_graph = costplan.load_graph(student, input=INPUT)
         results["torch-pruning"] = (student.eval(), costplan.estimate_latency(tp_graph, profile).latency_s * 1e3)
         measured = measure({"dense": dense, **{k: v[0] for k, v in results.items()}})

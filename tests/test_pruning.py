@@ -3,6 +3,7 @@ bad input, DDP and the Hugging Face callback."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -43,7 +44,7 @@ def randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
 def test_schedules_rise_and_end_exactly_at_the_target(start, length, frequency, decay, target) -> None:
     s = Schedule(start, start + length, frequency, decay)
     values = [s.sparsity(t, target) for t in range(start + length + 5)]
-    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))
+    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(values))
     assert values[start + length] == target and values[-1] == target
     assert s.sparsity(start - 1, target) == 0.0 if start else True
     assert s.is_pruning_step(start + length) and s.is_pruning_step(start)

@@ -13,19 +13,19 @@ def trainer_callback(pruner: Pruner) -> Any:
     from transformers import TrainerCallback
 
     class CostplanPruning(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_train_begin(self, args, state, control, **kwargs):
             pruner.on_train_begin()
 
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_begin(self, args, state, control, **kwargs):
             pruner.on_step_begin(state.global_step)
 
-        def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
             pruner.on_before_optimizer_step()
 
-        def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_optimizer_step(self, args, state, control, **kwargs):
             pruner.on_after_optimizer_step()
 
-        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_train_end(self, args, state, control, **kwargs):
             pruner.on_train_end()
 
     return CostplanPruning()

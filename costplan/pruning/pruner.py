@@ -241,4 +241,4 @@ class Pruner:
         return small
 
 
-__all__ = ["Pruner", "Schedule", "ElementTarget", "GroupTarget"]
+__all__ = ["ElementTarget", "GroupTarget", "Pruner", "Schedule"]
