@@ -273,3 +273,11 @@ def test_taylor_importance_through_the_api() -> None:
     assert result.plan.extra["importance"] == "measured" and result.plan.layers
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing modified
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_problem_with_nothing_to_choose() -> None:
+    empty = Problem([], [], [], 1e-3)
+    assert solve(empty, 2e-3, method="fronts").choice == ()
+    assert solve(empty, None, minimise="latency", method="fronts").choice == ()
+    with pytest.raises(Infeasible):
+        solve(empty, 0.5e-3, method="fronts")

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import networkx as nx
 import numpy as np
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ class Piece:
 
     scope: Key
     per: dict[Key, Front]
-
-    def fronts(self) -> list[Front]:
-        return list(self.per.values())
 
 
 class _Records:
@@ -121,21 +119,11 @@ def _neighbours(problem: Problem) -> list[set[int]]:
 
 
 def _components(nb: list[set[int]], hubs: set[int]) -> list[list[int]]:
-    seen: set[int] = set()
-    out = []
-    for u in range(len(nb)):
-        if u in hubs or u in seen:
-            continue
-        comp, stack = [], [u]
-        seen.add(u)
-        while stack:
-            v = stack.pop()
-            comp.append(v)
-            for w in nb[v] - hubs - seen:
-                seen.add(w)
-                stack.append(w)
-        out.append(sorted(comp))
-    return out
+    """Connected sets of the units that are not hubs."""
+    graph = nx.Graph()
+    graph.add_nodes_from(u for u in range(len(nb)) if u not in hubs)
+    graph.add_edges_from((u, v) for u in graph for v in nb[u] if v not in hubs)
+    return [sorted(c) for c in nx.connected_components(graph)]
 
 
 def _block_tables(problem: Problem, comp: list[int], sep: list[int], chosen: dict[int, np.ndarray]
@@ -190,17 +178,15 @@ def pieces_of(problem: Problem, records: _Records) -> tuple[list[Piece], set[int
     hubs = {u for u in range(len(problem.cost)) if len(nb[u]) > 2}
     pieces: list[Piece] = []
 
-    def points(i: int, lat: np.ndarray, cost: np.ndarray, assignments: list, keys: list[Key]) -> Piece:
+    def points(scope: Key, lat: np.ndarray, cost: np.ndarray, assignments: list, keys: list[Key]) -> Piece:
         """A piece of one point per hub choice."""
-        refs = records.leaves(assignments)
-        return Piece(scopes[i], {key: Front(lat[j:j + 1], cost[j:j + 1], refs[j:j + 1], frozenset([i]))
-                                 for j, key in enumerate(keys)})
+        refs, i = records.leaves(assignments), len(pieces)
+        return Piece(scope, {key: Front(lat[j:j + 1], cost[j:j + 1], refs[j:j + 1], frozenset([i]))
+                             for j, key in enumerate(keys)})
 
-    scopes: list[Key] = []
     for h in sorted(hubs):
-        scopes.append((h,))
         n = len(problem.cost[h])
-        pieces.append(points(len(pieces), np.asarray(problem.unary[h], float), np.asarray(problem.cost[h], float),
+        pieces.append(points((h,), np.asarray(problem.unary[h], float), np.asarray(problem.cost[h], float),
                              [((h, k),) for k in range(n)], [(k,) for k in range(n)]))
     for comp in _components(nb, hubs):
         sep = sorted({w for v in comp for w in nb[v] if w in hubs})
@@ -210,7 +196,6 @@ def pieces_of(problem: Problem, records: _Records) -> tuple[list[Piece], set[int
         combos = np.stack(np.unravel_index(np.arange(int(np.prod(sizes[len(sep):]))), sizes[len(sep):]), 1)
         assignments = [tuple(zip(comp, c)) for c in combos.tolist()]
         i = len(pieces)
-        scopes.append(tuple(sep))
         # hub options the block cannot tell apart (all element-wise options keep every channel)
         # share one front
         classes = [_classes(problem, h, set(comp)) for h in sep]
@@ -232,9 +217,8 @@ def pieces_of(problem: Problem, records: _Records) -> tuple[list[Piece], set[int
     for q in problem.pairs:   # hub-hub terms
         if q.a in hubs and q.b in hubs:
             full = q.table[q.class_of_a]
-            scopes.append((q.a, q.b))
             keys = list(np.ndindex(*full.shape))
-            pieces.append(points(len(pieces), full.ravel(), np.zeros(full.size), [()] * full.size, keys))
+            pieces.append(points((q.a, q.b), full.ravel(), np.zeros(full.size), [()] * full.size, keys))
     return pieces, hubs
 
 
@@ -361,8 +345,8 @@ class _Lagrangian:
     """The budget moved into the objective: importance + lam x latency, minimised by elimination on
     scalars. Its maximum over lam is a lower bound on the optimum (the LP bound of the MILP)."""
 
-    def __init__(self, pieces: Sequence[Piece], sizes: dict[int, int], order: list, cap: float) -> None:
-        self.pieces, self.sizes, self.order, self.cap = pieces, sizes, order, cap
+    def __init__(self, pieces: Sequence[Piece], sizes: dict[int, int], order: list) -> None:
+        self.pieces, self.sizes, self.order = pieces, sizes, order
         self.hubs = [h for h, _ in order]
         self.scopes = [p.scope for p in pieces]
         self.stacked = []
@@ -390,26 +374,27 @@ class _Lagrangian:
     def total(self, minima: list[np.ndarray]) -> float:
         return eliminate_scalars(self.scopes, minima, {h: self.sizes[h] for h in self.hubs}, self.order)
 
-    def dual(self, lam: float) -> float:
-        return self.total(self.minima(lam)) - lam * self.cap
+    def dual(self, lam: float, cap: float) -> float:
+        """The bound at ``lam`` for a latency allowance of ``cap`` seconds."""
+        return self.total(self.minima(lam)) - lam * cap
 
-    def maximise(self) -> tuple[float, float]:
+    def maximise(self, cap: float) -> tuple[float, float]:
         """The multiplier (importance per second) with the highest bound, and the bound."""
         lo, hi = -12.0, 12.0          # log10(lam): golden-section search, the dual being concave
         g = (np.sqrt(5) - 1) / 2
         a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        fa, fb = self.dual(10.0 ** a), self.dual(10.0 ** b)
+        fa, fb = self.dual(10.0 ** a, cap), self.dual(10.0 ** b, cap)
         for _ in range(40):
             if fa < fb:
                 lo, a, fa = a, b, fb
                 b = lo + g * (hi - lo)
-                fb = self.dual(10.0 ** b)
+                fb = self.dual(10.0 ** b, cap)
             else:
                 hi, b, fb = b, a, fa
                 a = hi - g * (hi - lo)
-                fa = self.dual(10.0 ** a)
+                fa = self.dual(10.0 ** a, cap)
         best = (10.0 ** a, fa) if fa >= fb else (10.0 ** b, fb)
-        zero = self.dual(0.0)
+        zero = self.dual(0.0, cap)
         return (0.0, zero) if zero >= best[1] else best
 
     def hub_marginals(self, lam: float) -> dict[int, np.ndarray]:
@@ -426,13 +411,13 @@ class _Lagrangian:
             out[h] = np.array(values)
         return out
 
-    def prune(self, lam: float, upper: float, marginals: dict[int, np.ndarray]
+    def prune(self, lam: float, upper: float, marginals: dict[int, np.ndarray], cap: float
               ) -> tuple[list[Piece], np.ndarray, np.ndarray]:
         """The pieces without the points no plan removing at most ``upper`` importance can use (a
         point's Lagrangian bound is its own value over its piece's best at its hub choice, plus the
         best full choice that takes those hubs), and each piece's least latency and Lagrangian value."""
         minima = self.minima(lam)
-        limit = upper + lam * self.cap
+        limit = upper + lam * cap
         best = self.total(minima)
         out, lat_floor, lag_floor = [], [], []
         for piece, mins, (keys, lat, cost, _, _) in zip(self.pieces, minima, self.stacked):
@@ -471,21 +456,21 @@ def fronts_solve(problem: Problem, budget: float | None) -> tuple[int, ...] | No
     if built is None:
         return None
     pieces, hubs = built
+    if not pieces:   # nothing to choose: the constant latency meets the budget or nothing does
+        return False if budget is not None and problem.constant > budget * (1 + 1e-12) else tuple([0] * n)
     order = elimination_order([p.scope for p in pieces], hubs)
     if order is None:
         return None
-    lagrangian = _Lagrangian(pieces, sizes, order, np.inf if budget is None else budget - problem.constant)
+    lagrangian = _Lagrangian(pieces, sizes, order)
     fastest = lagrangian.total(lagrangian.minima(0.0, latency_only=True))
-    if budget is None:
-        return fronts_solve(problem, problem.constant + fastest * (1 + 1e-9))
-    cap = budget - problem.constant
+    cap = fastest * (1 + 1e-9) if budget is None else budget - problem.constant
     if fastest > cap * (1 + 1e-12):
         return False
-    lam, lower = lagrangian.maximise()
+    lam, lower = lagrangian.maximise(cap)
     marginals = lagrangian.hub_marginals(lam)
     upper = lower + 1e-3 * abs(lower) + 1e-12
     while True:
-        kept, lat_floor, lag_floor = lagrangian.prune(lam, upper, marginals)
+        kept, lat_floor, lag_floor = lagrangian.prune(lam, upper, marginals, cap)
         total = _Fronts(records, cap, lam, upper + lam * cap, lat_floor, lag_floor).eliminate(kept, order)
         ok = np.flatnonzero(total.latency <= cap * (1 + 1e-12))
         wider = lower + 2 * (upper - lower) + 1e-9
