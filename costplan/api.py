@@ -215,7 +215,4 @@ def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, 
     pruner.prune()
     if compact:
         return pruner.compact()
-    folded = pruner.remove()
-    folded._costplan = {"source": pruner.source, "edits": {},
-                        "input": [list(shape) for shape in pruner.graph.inputs.shapes]}
-    return folded
+    return pruner.remove()

@@ -343,8 +343,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise CostplanError(f"criterion '{args.criterion}' needs gradients: give --train FILE.py:FUNCTION")
         pruner.prune()
     small = pruner.remove() if args.no_compact else pruner.compact()
-    if args.no_compact:
-        small._costplan = {"source": args.model, "edits": {}}
     save(small, args.output)
     after = sum(p.numel() for p in small.parameters())
     zeros = sum(int((p == 0).sum()) for p in small.parameters())

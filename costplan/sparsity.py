@@ -31,11 +31,16 @@ class Effective:
     shape_scale: float = 1.0       # kept fraction of the dense shape's MACs and weights
 
 
+def kept_count(total: int, sparsity: float) -> int:
+    """Units kept of ``total`` after removing ``sparsity`` of them (at least one stays)."""
+    return max(1, round(total * (1.0 - sparsity)))
+
+
 def kept_fraction(total: int | None, sparsity: float) -> float:
     """Kept share of ``total`` units after removing ``sparsity`` of them (at least one stays)."""
     if not total:
         return 1.0 - sparsity
-    return max(1, round(total * (1.0 - sparsity))) / total
+    return kept_count(total, sparsity) / total
 
 
 def _weight_numel(layer: Layer) -> int:

@@ -7,17 +7,14 @@ cores read them.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch.nn.utils import parametrize
 
 from costplan.planfile import Pattern
-
-
-def kept_count(total: int, sparsity: float) -> int:
-    """Units kept of ``total`` after removing ``sparsity`` (at least one): the planner's rounding."""
-    return max(1, round(total * (1.0 - sparsity)))
+from costplan.sparsity import kept_count
 
 
 def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
@@ -30,7 +27,12 @@ def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
 
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep all but the floor(sparsity x numel) lowest-scoring weights."""
-    return ~_lowest(scores, math.floor(sparsity * scores.numel())).view(scores.shape)
+    return drop_lowest(scores, math.floor(sparsity * scores.numel()))
+
+
+def drop_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep all but the ``count`` lowest-scoring entries."""
+    return ~_lowest(scores, count).view(scores.shape)
 
 
 def _nm_rows(scores: torch.Tensor) -> torch.Tensor:
@@ -134,3 +136,10 @@ def detach_all(model: torch.nn.Module) -> None:
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+def folded_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with its masks folded in; ``model`` keeps them."""
+    out = copy.deepcopy(model)
+    detach_all(out)
+    return out

@@ -19,7 +19,6 @@ after it is computed, so all ranks prune the same weights.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 
@@ -30,9 +29,19 @@ from costplan.errors import CostplanError
 from costplan.planfile import Plan, load_plan
 from costplan.pruning.compact import rows_of, shrink
 from costplan.pruning.criteria import Criterion, make_criterion
-from costplan.pruning.masks import Mask, attach, channel_keep, detach_all, elementwise_mask, original
+from costplan.pruning.masks import (
+    Mask,
+    attach,
+    channel_keep,
+    detach_all,
+    drop_lowest,
+    elementwise_mask,
+    folded_copy,
+    original,
+)
 from costplan.pruning.schedule import Schedule
 from costplan.pruning.targets import ElementTarget, GroupTarget, targets_of
+from costplan.sparsity import kept_count
 from costplan.trace.graph import LayerGraph
 
 SCOPES = ("local", "global")
@@ -149,7 +158,7 @@ class Pruner:
         if shared:
             flat = torch.cat([scores[e.module].flatten().float() for e in shared])
             total = sum(int(e.sparsity * progress * scores[e.module].numel()) for e in shared)
-            threshold_mask = elementwise_mask(flat, shared[0].pattern, total / max(1, flat.numel()))
+            threshold_mask = drop_lowest(flat, total)
             offset = 0
             for e in shared:
                 n = scores[e.module].numel()
@@ -159,7 +168,7 @@ class Pruner:
             if e not in shared:
                 self._set((e.module, "weight"), elementwise_mask(scores[e.module], e.pattern, e.sparsity * progress))
 
-    def _group_scores(self, inner: nn.Module, target: GroupTarget, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _group_scores(self, target: GroupTarget, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per channel (or head): each member's row sums, normalised by the member's total, summed."""
         total = torch.zeros(target.width, dtype=torch.float64)
         for name in target.members:
@@ -170,10 +179,10 @@ class Pruner:
         return total
 
     def _prune_groups(self, inner: nn.Module, scores: dict[str, torch.Tensor], progress: float) -> None:
-        per_group = {t: self._group_scores(inner, t, scores) for t in self.groups}
+        per_group = {t: self._group_scores(t, scores) for t in self.groups}
         if self.scope == "global" and self.groups:
             ranked = torch.cat(list(per_group.values()))
-            removed = sum(t.width - max(1, round(t.width * (1 - t.sparsity * progress))) for t in self.groups)
+            removed = sum(t.width - kept_count(t.width, t.sparsity * progress) for t in self.groups)
             cut = torch.sort(ranked).values[removed - 1] if removed > 0 else -float("inf")
             keep = {t: torch.nonzero(s > cut).flatten() for t, s in per_group.items()}
             keep = {t: k if len(k) else torch.argmax(per_group[t]).view(1) for t, k in keep.items()}
@@ -222,10 +231,13 @@ class Pruner:
         return {k: 1.0 - float(v.float().mean()) for k, v in self.masks().items()}
 
     def remove(self) -> nn.Module:
-        """Fold the masks into the weights (zeros stay) and drop the parametrizations; the model."""
-        detach_all(_unwrap(self.model))
+        """Fold the masks into the weights (zeros stay) and drop the parametrizations; the model,
+        described for :func:`costplan.save` (its shapes unchanged)."""
+        inner = _unwrap(self.model)
+        detach_all(inner)
         self._masks.clear()
         self._begun = False
+        self._describe(inner, {})
         return self.model
 
     def compact(self) -> nn.Module:
@@ -233,12 +245,14 @@ class Pruner:
         zeros left in place. The pruner's model is not changed."""
         if self.groups and not self.kept:
             raise CostplanError("nothing to compact yet: the schedule has not pruned (call prune() or step on)")
-        small = copy.deepcopy(_unwrap(self.model))
-        detach_all(small)
-        edits = shrink(small, self.kept)
-        small._costplan = {"source": self.source, "edits": edits,   # what costplan.save records
-                           "input": [list(shape) for shape in self.graph.inputs.shapes]}
+        small = folded_copy(_unwrap(self.model))
+        self._describe(small, shrink(small, self.kept))
         return small
+
+    def _describe(self, model: nn.Module, edits: dict) -> None:
+        """What costplan.save records to rebuild ``model``: the spec, the shape edits, the input."""
+        model._costplan = {"source": self.source, "edits": edits,
+                           "input": [list(shape) for shape in self.graph.inputs.shapes]}
 
 
 __all__ = ["ElementTarget", "GroupTarget", "Pruner", "Schedule"]

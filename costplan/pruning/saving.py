@@ -17,6 +17,7 @@ from torch import nn
 
 from costplan.errors import CostplanError
 from costplan.pruning.compact import apply_edits
+from costplan.pruning.masks import folded_copy
 
 FORMAT = "costplan-model/1"
 
@@ -36,24 +37,13 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
     description = describe(model)
     state = model.state_dict()
     if any(".parametrizations." in k for k in state):   # still masked: store the masked weights
-        model = _folded(model)
-        state = model.state_dict()
+        state = folded_copy(model).state_dict()
     payload = {"costplan": FORMAT, "description": json.dumps(description),
                "state_dict": {k: v.detach().cpu() for k, v in state.items()}}
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".costplan-{os.getpid()}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-
-
-def _folded(model: nn.Module) -> nn.Module:
-    import copy
-
-    from costplan.pruning.masks import detach_all
-
-    out = copy.deepcopy(model)
-    detach_all(out)
-    return out
 
 
 def load(path: str | os.PathLike[str], *, trust_code: bool = False) -> nn.Module:
