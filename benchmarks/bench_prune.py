@@ -19,7 +19,6 @@ import argparse
 import copy
 import os
 import statistics
-import tempfile
 import time
 import warnings
 
@@ -28,7 +27,9 @@ import torchvision
 
 import costplan
 from costplan.hardware import estimate, load_profile
-from costplan.hardware.calibrate import calibrate, profile_toml
+from costplan.hardware.calibrate import calibrate
+from costplan.measure import time_round_robin
+from costplan.models import Instance
 from costplan.planning.export import torch_pruning
 from costplan.sparsity import apply_plan
 
@@ -37,18 +38,8 @@ warnings.filterwarnings("ignore")
 
 def timed_round_robin(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int, repeat: int) -> dict[str, float]:
     """Median seconds per forward of each model, interleaving models round by round."""
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            for _ in range(3):
-                m(x)
-        for _ in range(rounds):
-            for name, m in models.items():
-                for _ in range(repeat):
-                    start = time.perf_counter()
-                    m(x)
-                    samples[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    runs = time_round_robin({k: Instance(m, (x,)) for k, m in models.items()}, rounds, repeat, warmup=3)
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -62,14 +53,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    if args.hw:
-        profile = load_profile(args.hw)
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "local.toml")
-            with open(path, "w") as f:
-                f.write(profile_toml(calibrate(progress=False)))
-            profile = load_profile(path)
+    profile = load_profile(args.hw) if args.hw else calibrate(progress=False).profile()
     x = torch.randn(1, 3, 224, 224)
     print(f"profile {profile.name}; batch 1, 224x224; one-shot L1 magnitude, compacted\n")
     print(f"{'model':10s} {'budget':>7s} {'params':>10s} {'predicted ms':>12s} {'measured ms':>11s} "

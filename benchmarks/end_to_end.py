@@ -25,7 +25,6 @@ import argparse
 import copy
 import os
 import statistics
-import tempfile
 import time
 import warnings
 
@@ -38,7 +37,9 @@ from torch import nn
 
 import costplan
 from costplan.hardware import load_profile
-from costplan.hardware.calibrate import calibrate, profile_toml
+from costplan.hardware.calibrate import calibrate
+from costplan.measure import time_round_robin
+from costplan.models import Instance
 from costplan.planfile import Plan
 from costplan.planning.coupling import default_fixed, find_groups
 
@@ -148,18 +149,8 @@ def fine_tune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.
 def measure(models: dict[str, nn.Module], rounds: int = 7, repeat: int = 5) -> dict[str, float]:
     """Median ms per batch-32 forward, models interleaved round by round (the VM's speed drifts)."""
     x = torch.randn(BATCH, 1, 16, 16)
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            for _ in range(5):
-                m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                for _ in range(repeat):
-                    t = time.perf_counter()
-                    m(x)
-                    samples[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    runs = time_round_robin({k: Instance(m, (x,)) for k, m in models.items()}, rounds, repeat, warmup=5)
+    return {k: statistics.median(v) * 1e3 for k, v in runs.items()}
 
 
 def uniform_plan(graph, ratio: float) -> Plan:
@@ -190,14 +181,7 @@ def main() -> None:
     dense = train_dense(xtr, ytr, args.epochs)
     print(f"dense DigitsNet: test accuracy {accuracy(dense, xte, yte):.2%} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
-    if args.hw:
-        profile = load_profile(args.hw)
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "local.toml")
-            with open(path, "w") as f:
-                f.write(profile_toml(calibrate(progress=False)))
-            profile = load_profile(path)
+    profile = load_profile(args.hw) if args.hw else calibrate(progress=False).profile()
     graph = costplan.load_graph(dense, input=INPUT)
     dense_ms = measure({"dense": dense})["dense"]
     predicted_dense = costplan.estimate_latency(graph, profile).latency_s * 1e3

@@ -16,10 +16,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 
@@ -28,8 +26,8 @@ from scipy.stats import kendalltau
 
 from costplan.api import load_graph
 from costplan.hardware import estimate, load_profile
-from costplan.hardware.calibrate import calibrate, profile_toml
-from costplan.measure import time_forward
+from costplan.hardware.calibrate import calibrate
+from costplan.measure import time_forward, time_round_robin
 from costplan.models import Instance, instantiate, resolve
 from costplan.planfile import Plan
 from costplan.sparsity import apply_plan
@@ -82,13 +80,8 @@ def ranking(profile, repeat: int) -> None:
         predicted.append(estimate(dense, profile, apply_plan(dense, plan)).latency_s * 1e3)
     # round-robin over the variants, so that the machine's drift weighs on all of them alike
     instances = [Instance(pruned_resnet50(keep), (torch.randn(1, 3, 224, 224),)) for keep in keeps]
-    runs: list[list[float]] = [[] for _ in keeps]
-    for inst in instances:
-        time_forward(inst, repeat=1, warmup=1)
-    for _ in range(repeat):
-        for i, inst in enumerate(instances):
-            runs[i].append(time_forward(inst, repeat=1, warmup=0)[0] * 1e3)
-    measured = [statistics.median(r) for r in runs]
+    runs = time_round_robin(dict(enumerate(instances)), rounds=repeat)
+    measured = [statistics.median(runs[i]) * 1e3 for i in range(len(keeps))]
     print(f"  {'inner width kept':>16s} {'predicted':>10s} {'measured':>10s} {'error':>8s}")
     for keep, p, m in zip(keeps, predicted, measured):
         print(f"  {keep:16.3f} {p:10.2f} {m:10.2f} {p / m - 1:+8.1%}", flush=True)
@@ -133,10 +126,7 @@ def main() -> int:
     else:
         result = calibrate()
         print(f"calibrated: {result.summary()}")
-        path = os.path.join(tempfile.mkdtemp(), "local.toml")
-        with open(path, "w") as f:
-            f.write(profile_toml(result))
-        profile = load_profile(path)
+        profile = result.profile()
     zoo(profile, [int(b) for b in args.batches.split(",")], args.repeat)
     ranking(profile, max(args.repeat, 7))
     bert_gpu_sanity()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,6 +78,19 @@ def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return times
+
+
+def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each forward pass of each instance, ``repeat`` runs of each in turn for ``rounds``
+    rounds after ``warmup`` untimed runs of each: a machine whose speed drifts weighs on all alike."""
+    for instance in instances.values():
+        time_forward(instance, repeat=0, warmup=warmup)
+    runs: dict[str, list[float]] = {name: [] for name in instances}
+    for _ in range(rounds):
+        for name, instance in instances.items():
+            runs[name] += time_forward(instance, repeat=repeat, warmup=0)
+    return runs
 
 
 def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:

@@ -213,3 +213,15 @@ def test_plan_effects_feed_latency(resnet50_graph) -> None:
     dense, pruned = estimate_latency(resnet50_graph, "rtx3090"), estimate_latency(resnet50_graph, "rtx3090", plan)
     assert pruned.layers["layer1.0.conv2"].latency_s < dense.layers["layer1.0.conv2"].latency_s
     assert eff["layer1.0.conv2"].in_keep == 0.5
+
+
+def test_a_calibration_is_the_profile_its_file_gives(tmp_path) -> None:
+    from costplan.hardware import load_profile
+    from costplan.hardware.calibrate import calibrate, profile_toml
+
+    result = calibrate(quick=True, progress=False)
+    path = tmp_path / "local.toml"
+    path.write_text(profile_toml(result))
+    direct, loaded = result.profile(), load_profile(path)
+    assert {k: v for k, v in vars(direct).items() if k != "source"} == \
+        {k: v for k, v in vars(loaded).items() if k != "source"}

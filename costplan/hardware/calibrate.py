@@ -13,12 +13,15 @@ import os
 import platform
 import statistics
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.optimize import least_squares
+
+from costplan.hardware.profile import HardwareProfile, parse_profile
 
 GEMM_SHAPES = (  # (rows, in, out) of F.linear: square GEMMs, transformer and classifier layers
     (64, 64, 64), (128, 128, 128), (256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
@@ -51,6 +54,10 @@ class Calibration:
     threads: int
     cpu: str
     samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, MAC/s)
+
+    def profile(self) -> HardwareProfile:
+        """The calibration as a profile, exactly as ``--hw`` would read the file :func:`profile_toml` writes."""
+        return parse_profile(tomllib.loads(profile_toml(self)), f"calibration of {self.cpu}")
 
     def summary(self) -> str:
         classes = ", ".join(f"{k} {v:.0%} (half at {self.half_util_macs[k]:.2g})" for k, v in self.efficiency.items())
