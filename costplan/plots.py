@@ -8,6 +8,7 @@ same thing. Needs matplotlib (``pip install 'costplan[plot]'``).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
 
-        if not os.environ.get("MPLBACKEND") and "ipykernel" not in __import__("sys").modules:
+        if not os.environ.get("MPLBACKEND") and "ipykernel" not in sys.modules:   # a file, not a window
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -77,8 +78,9 @@ def latency_bars(ax: Any, graph: LayerGraph, estimate: Estimate, *, top: int = 2
     ax.set_xlabel("predicted latency (ms)")
     ax.set_title(f"{graph.model} on {estimate.profile.name}: {estimate.latency_s * 1e3:.3f} ms, top {len(rows)} layers")
     ax.tick_params(axis="y", labelsize=6)
-    handles = [__import__("matplotlib.patches", fromlist=["Patch"]).Patch(color=c, label=b)
-               for b, c in BOUND_COLOURS.items() if b in {r[2] for r in rows}]
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=b) for b, c in BOUND_COLOURS.items() if b in {r[2] for r in rows}]
     ax.legend(handles=handles, fontsize=7, loc="lower right", title="bound", title_fontsize=7)
 
 
