@@ -9,6 +9,7 @@ The profile describes this machine running eager PyTorch at float32 with its cur
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -23,19 +24,91 @@ from scipy.optimize import least_squares
 
 from costplan.hardware.profile import HardwareProfile, parse_profile
 
-GEMM_SHAPES = (  # (rows, in, out) of F.linear: square GEMMs, transformer and classifier layers
-    (64, 64, 64), (128, 128, 128), (256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
-    (128, 768, 768), (128, 768, 3072), (128, 3072, 768), (50, 768, 768), (1024, 768, 768),
-    (8, 2048, 1000), (384, 768, 768),
-)
-CONV_SHAPES = ((16, 112), (32, 56), (64, 56), (128, 28), (256, 14), (512, 7))  # (channels, spatial), 3x3
-POINTWISE_SHAPES = (  # (in, out, spatial) of 1x1 convolutions in MobileNet and ResNet blocks
-    (16, 96, 112), (144, 24, 56), (32, 192, 28), (384, 64, 14), (576, 160, 7),
-    (64, 256, 56), (512, 128, 28), (1024, 256, 14), (2048, 512, 7),
-)
-DEPTHWISE_SHAPES = ((32, 112), (96, 56), (144, 56), (192, 28), (384, 14), (960, 7))
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
+POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
 CHAIN = 8  # ops per chain: each reads what the previous one wrote, as layers in a network do
+WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048)
+MAX_ACTIVATION = 2 ** 21  # floats (8 MB): the largest input or output a sampled layer may have
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One sampled layer: a convolution (``kernel`` >= 1) or a linear layer (``kernel`` 0, ``spatial``
+    its rows). Widths are multiples of 8, as pruned layers' should be."""
+
+    kind: str          # gemm | conv | pointwise | depthwise
+    cin: int
+    cout: int
+    spatial: int
+    kernel: int = 0
+    stride: int = 1
+
+    @property
+    def rows(self) -> int:
+        return self.spatial if self.kernel == 0 else math.ceil(self.spatial / self.stride) ** 2
+
+    @property
+    def reduction(self) -> int:
+        return self.cin if self.kind != "depthwise" else self.kernel ** 2
+
+    @property
+    def reduction_full(self) -> int:
+        return self.cin * max(self.kernel, 1) ** 2 if self.kind != "depthwise" else self.kernel ** 2
+
+    @property
+    def macs(self) -> int:
+        return self.rows * self.cout * self.reduction_full
+
+    @property
+    def weight_bytes(self) -> int:
+        return 4 * self.cout * self.reduction_full
+
+    @property
+    def activation_bytes(self) -> tuple[int, int]:
+        inputs = self.cin * (self.spatial if self.kernel == 0 else self.spatial ** 2)
+        return 4 * inputs, 4 * self.rows * self.cout
+
+
+def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
+    """``count`` layers of one op class drawn as networks have them (seeded): widths multiples of 8
+    from 8 to 2048, 7x7 to 112x112 maps, stride 1 or 2, batch 1; GEMMs of 1 to 1024 rows."""
+    rng = np.random.default_rng(seed)
+    out: list[Shape] = []
+    while len(out) < count:
+        cin, cout = (int(w) for w in rng.choice(WIDTHS, 2))
+        stride = int(rng.choice((1, 1, 2)))
+        spatial = int(rng.choice((7, 14, 28, 56, 112)))
+        if kind == "gemm":
+            shape = Shape(kind, cin, cout, int(rng.choice((1, 8, 32, 64, 128, 256, 512, 1024))))
+        elif kind == "depthwise":
+            shape = Shape(kind, cout, cout, spatial, int(rng.choice((3, 3, 5))), stride)
+        else:
+            shape = Shape(kind, cin, cout, spatial, 3 if kind == "conv" else 1, stride)
+        inputs, outputs = shape.activation_bytes
+        if 2e5 <= shape.macs <= 4e8 and max(inputs, outputs) <= 4 * MAX_ACTIVATION:
+            out.append(shape)
+    return out
+
+
+def _module(shape: Shape) -> tuple[torch.nn.Module, torch.Tensor]:
+    if shape.kind == "gemm":
+        return torch.nn.Linear(shape.cin, shape.cout), torch.randn(shape.spatial, shape.cin)
+    groups = shape.cin if shape.kind == "depthwise" else 1
+    layer = torch.nn.Conv2d(shape.cin, shape.cout, shape.kernel, stride=shape.stride, padding=shape.kernel // 2,
+                            groups=groups, bias=False)
+    return layer, torch.randn(1, shape.cin, shape.spatial, shape.spatial)
+
+
+@dataclass(frozen=True)
+class ClassFit:
+    """One op class fitted to its sampled layers: seconds = max(MACs / (rate x utilisation), memory
+    seconds) + per-op overhead + ``fixed_s``, utilisation = product of d / (d + half) over the GEMM
+    dimensions (rows, outputs, reduction)."""
+
+    rate: float                            # MAC/s plateau
+    half_dims: tuple[float, float, float]  # rows, outputs, reduction at half the plateau
+    fixed_s: float                         # seconds per call beyond the generic per-op overhead
+    median_error: float                    # median |predicted / measured - 1| over the samples
 
 
 @dataclass(frozen=True)
@@ -44,25 +117,29 @@ class Calibration:
 
     name: str
     peak_macs: float
-    half_util_macs: dict[str, float]   # op class -> MACs at half that class's plateau
-    efficiency: dict[str, float]       # op class -> plateau over the GEMM plateau
+    half_util_macs: dict[str, float]   # op class -> MACs at half that class's plateau (shapeless GEMMs)
+    efficiency: dict[str, float]       # op class -> plateau over the peak
+    fits: dict[str, ClassFit]
     bandwidth: float
     onchip_bandwidth: float
     transcendental_bandwidth: float
+    pooling_bandwidth: float
     per_op_s: float
     onchip_bytes: int
     threads: int
+    channel_multiple: int
     cpu: str
-    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, MAC/s)
+    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, seconds)
 
     def profile(self) -> HardwareProfile:
         """The calibration as a profile, exactly as ``--hw`` would read the file :func:`profile_toml` writes."""
         return parse_profile(tomllib.loads(profile_toml(self)), f"calibration of {self.cpu}")
 
     def summary(self) -> str:
-        classes = ", ".join(f"{k} {v:.0%} (half at {self.half_util_macs[k]:.2g})" for k, v in self.efficiency.items())
-        return (f"GEMM peak {self.peak_macs / 1e9:.1f} GMAC/s; {classes}; DRAM {self.bandwidth / 1e9:.1f} GB/s, in-cache "
-                f"{self.onchip_bandwidth / 1e9:.1f} GB/s, GELU/softmax {self.transcendental_bandwidth / 1e9:.1f} GB/s, {self.per_op_s * 1e6:.1f} us/op, {self.threads} threads")
+        classes = ", ".join(f"{k} {v.rate / 1e9:.1f} GMAC/s (fit {v.median_error:.0%})" for k, v in self.fits.items())
+        return (f"plateaus {classes}; DRAM {self.bandwidth / 1e9:.1f} GB/s, in-cache {self.onchip_bandwidth / 1e9:.1f} GB/s, "
+                f"GELU/softmax {self.transcendental_bandwidth / 1e9:.1f} GB/s, pooling {self.pooling_bandwidth / 1e9:.2f} GB/s, "
+                f"{self.per_op_s * 1e6:.1f} us/op, channels in multiples of {self.channel_multiple}, {self.threads} threads")
 
 
 def _median_seconds(fn: Callable[[], object], budget_s: float, min_runs: int = 5) -> float:
@@ -100,6 +177,33 @@ def fit_saturation(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return float(fit.x[0]), float(fit.x[1])
 
 
+def _memory_seconds(shapes: list[Shape], bandwidth: float, onchip_bandwidth: float, onchip_bytes: float) -> np.ndarray:
+    """Weights from DRAM, activations in cache or DRAM: the roofline's memory side
+    (:func:`costplan.hardware.roofline.activation_seconds`) for each sampled shape."""
+    def activation(nbytes: float) -> float:
+        return nbytes / bandwidth if nbytes > onchip_bytes / 2 else nbytes / onchip_bandwidth
+    return np.array([s.weight_bytes / bandwidth + sum(map(activation, s.activation_bytes)) for s in shapes])
+
+
+def fit_class(shapes: list[Shape], seconds: list[float], memory_s: np.ndarray, per_op: float) -> ClassFit:
+    """Fit :class:`ClassFit` to timed shapes on log time with a soft-L1 loss: one shape timed while
+    the machine was busy does not drag the whole fit."""
+    macs = np.array([s.macs for s in shapes], dtype=float)
+    dims = np.array([(s.rows, s.cout, s.reduction) for s in shapes], dtype=float)
+    measured = np.array(seconds)
+    top = float((macs / measured).max())
+
+    def predict(p: np.ndarray) -> np.ndarray:
+        u = np.prod(dims / (dims + p[1:4]), axis=1)
+        return np.maximum(macs / (p[0] * top * u), memory_s) + per_op + p[4] * 1e-6
+
+    fit = least_squares(lambda p: np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0),
+                        loss="soft_l1", f_scale=0.1, bounds=([0.3, 0, 0, 0, 0], [5.0, 1e5, 1e4, 1e4, 1e3]))
+    error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
+    rows, outputs, reduction = (float(v) for v in fit.x[1:4])
+    return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error)
+
+
 def _onchip(samples: list[tuple[float, float]], per_op: float) -> float:
     """Bytes/s at which norms and activations move cache-sized activations inside a network, from
     chains of them (each op reading what the previous one wrote), less the per-op overhead."""
@@ -132,37 +236,43 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -> Calibration:
-    """Run the microbenchmarks (about a minute; seconds with ``quick``)."""
+def channel_multiple() -> int:
+    """Float32 lanes of the widest vector unit PyTorch uses here: kernels tile channels by it."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if "512" in capability else 8 if "AVX" in capability else 4
+
+
+def calibrate(name: str = "local", quick: bool = False, progress: bool = True, seed: int = 0) -> Calibration:
+    """Run the microbenchmarks (about a minute; 15 s with ``quick``). Layer shapes are sampled
+    with ``seed``."""
     from rich.progress import Progress
 
-    budget = 0.05 if quick else 0.4
-    gemm_shapes = GEMM_SHAPES[::2] if quick else GEMM_SHAPES
+    budget = 0.05 if quick else 0.25
+    per_class = 12 if quick else 48
+    classes = ("gemm", "conv", "pointwise", "depthwise")
+    shapes = {kind: sample_shapes(kind, per_class, seed + i) for i, kind in enumerate(classes)}
     steps: list[tuple[str, Callable[[], tuple[str, float, float]]]] = []
 
-    def gemm(m: int, k: int, n: int) -> tuple[str, float, float]:
-        x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
-        with torch.no_grad():
-            seconds = _median_seconds(lambda: torch.nn.functional.linear(x, w, b), budget)
-        return "gemm", m * k * n, m * k * n / seconds
-
-    def conv(c: int, hw: int, k: int, groups: int = 1, out: int | None = None) -> tuple[str, float, float]:
-        out = out or c
-        layer = torch.nn.Conv2d(c, out, k, padding=k // 2, groups=groups, bias=False).eval()
-        x = torch.randn(1, c, hw, hw)
-        with torch.no_grad():
-            seconds = _median_seconds(lambda: layer(x), budget)
-        macs = out * hw * hw * (c // groups) * k * k
-        kind = "depthwise" if groups > 1 else ("pointwise" if k == 1 else "conv")
-        return kind, macs, macs / seconds
+    def layer(shape: Shape) -> tuple[str, float, float]:
+        module, x = _module(shape)
+        module.eval()
+        with torch.inference_mode():
+            seconds = _median_seconds(lambda: module(x), budget)
+        return shape.kind, shape.macs, seconds
 
     def elementwise(c: int, hw: int, kind: str = "elementwise") -> tuple[str, float, float]:
         ops = (torch.nn.BatchNorm2d(c), torch.nn.ReLU()) if kind == "elementwise" else (torch.nn.GELU(), torch.nn.Softmax(1))
         chain = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval()
         x = torch.randn(1, c, hw, hw)
-        with torch.no_grad():
+        with torch.inference_mode():
             seconds = _median_seconds(lambda: chain(x), budget)
         return kind, CHAIN * 2.0 * x.numel() * 4, seconds / CHAIN  # bytes moved, seconds per op
+
+    def pooling(c: int, hw: int) -> tuple[str, float, float]:
+        pool, x = torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)
+        with torch.inference_mode():
+            seconds = _median_seconds(lambda: pool(x), budget)
+        return "pooling", 4.0 * x.numel() * 1.25, seconds  # bytes read + written (a quarter as many)
 
     def bandwidth() -> tuple[str, float, float]:
         n = (16 if quick else 64) * 1024 * 1024  # floats: well past any cache
@@ -176,45 +286,57 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True) -
             seconds = _median_seconds(lambda: relu(x), budget)
         return "overhead", 0.0, seconds
 
-    steps += [(f"linear {m}x{k}->{n}", lambda m=m, k=k, n=n: gemm(m, k, n)) for m, k, n in gemm_shapes]
-    steps += [(f"conv {c}x{s}x{s} 3x3", lambda c=c, s=s: conv(c, s, 3)) for c, s in CONV_SHAPES]
-    steps += [(f"conv {i}->{o} at {s}x{s} 1x1", lambda i=i, o=o, s=s: conv(i, s, 1, out=o))
-              for i, o, s in POINTWISE_SHAPES]
+    steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead)]
     steps += [(f"norm/activation chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s))
               for c, s in ELEMENTWISE_SHAPES]
     steps += [(f"GELU/softmax chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s, "transcendental"))
               for c, s in ELEMENTWISE_SHAPES[1::2]]
-    steps += [(f"depthwise {c}x{s}x{s} 3x3", lambda c=c, s=s: conv(c, s, 3, groups=c)) for c, s in DEPTHWISE_SHAPES]
-    steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead)]
+    steps += [(f"max-pool {c}x{s}x{s}", lambda c=c, s=s: pooling(c, s)) for c, s in POOLING_SHAPES]
+    for kind in classes:
+        steps += [(f"{kind} {s.cin}->{s.cout} at {s.spatial}", lambda s=s: layer(s)) for s in shapes[kind]]
 
     samples: dict[str, list[tuple[float, float]]] = {}
+    # a large block allocated and freed first, as a running network's would be: glibc then serves
+    # later outputs from its heap instead of mapping fresh pages for each (10x on small convs)
+    warm = torch.empty(MAX_ACTIVATION * 4)
+    warm.fill_(0.0)
+    del warm
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrating", total=len(steps))
         for label, step in steps:
             bar.update(task, description=f"calibrating: {label}")
-            kind, macs, value = step()
-            samples.setdefault(kind, []).append((macs, value))
+            kind, size, value = step()
+            samples.setdefault(kind, []).append((size, value))
             bar.advance(task)
 
-    peak, half_gemm = fit_saturation(samples["gemm"])
-    efficiency, half = {"gemm": 1.0}, {"gemm": half_gemm}
-    for kind in ("conv", "pointwise", "depthwise"):
-        plateau, half[kind] = fit_saturation(samples[kind])
-        efficiency[kind] = float(min(1.0, max(0.005, plateau / peak)))
     per_op = samples["overhead"][0][1]
     dram = samples["bandwidth"][0][1]
     onchip = _onchip(samples["elementwise"], per_op)
     transcendental = _onchip(samples["transcendental"], per_op)
+    pooling_bw = statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])
+    onchip_bytes = cache_bytes()
+    fits = {}
+    for kind in classes:
+        memory = _memory_seconds(shapes[kind], dram, onchip, onchip_bytes)
+        fits[kind] = fit_class(shapes[kind], [t for _, t in samples[kind]], memory, per_op)
+    peak = max(f.rate for f in fits.values())
+    _, half_gemm = fit_saturation([(m, m / t) for m, t in samples["gemm"]])
     return Calibration(
-        name=name, peak_macs=peak, half_util_macs=half, efficiency=efficiency,
-        bandwidth=dram, onchip_bandwidth=onchip, transcendental_bandwidth=transcendental, per_op_s=per_op, onchip_bytes=cache_bytes(), threads=torch.get_num_threads(),
-        cpu=_cpu_name(), samples=samples,
+        name=name, peak_macs=peak, half_util_macs={"gemm": half_gemm},
+        efficiency={k: float(min(1.0, max(0.005, f.rate / peak))) for k, f in fits.items()}, fits=fits,
+        bandwidth=dram, onchip_bandwidth=onchip, transcendental_bandwidth=transcendental,
+        pooling_bandwidth=pooling_bw, per_op_s=per_op, onchip_bytes=onchip_bytes, threads=torch.get_num_threads(),
+        channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
     )
 
 
 def profile_toml(c: Calibration) -> str:
     """The calibration as a profile file that ``--hw`` accepts."""
     today = datetime.date.today().isoformat()
+    def dims(kind: str) -> str:
+        return "[" + ", ".join(f"{v:.4g}" for v in c.fits[kind].half_dims) + "]"
+    def count(kind: str) -> int:
+        return len(c.samples.get(kind, []))
     return f"""# Measured by `costplan calibrate` on {today}: {c.cpu}, {c.threads} threads, torch {torch.__version__}.
 # Eager PyTorch at float32 on this machine; recalibrate after changing threads or hardware.
 name = "{c.name}"
@@ -222,27 +344,33 @@ kind = "cpu"
 description = "{c.cpu} ({c.threads} threads), calibrated {today}"
 default_dtype = "float32"
 threads = {c.threads}
+channel_multiple = {c.channel_multiple}   # float32 lanes of {torch.backends.cpu.get_cpu_capability()}: kernels tile channels by it
 
 [peak_tflops]
-float32 = {2 * c.peak_macs / 1e12:.6g}   # fitted GEMM plateau: {c.peak_macs / 1e9:.2f} GMAC/s
+float32 = {2 * c.peak_macs / 1e12:.6g}   # fastest class's fitted plateau: {c.peak_macs / 1e9:.2f} GMAC/s
 
 [memory]
 bandwidth_gbs = {c.bandwidth / 1e9:.4g}   # large tensor copy, bytes read + written
 onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
 onchip_bandwidth_gbs = {c.onchip_bandwidth / 1e9:.4g}   # batch-norm/ReLU chains on cache-sized activations
 transcendental_gbs = {c.transcendental_bandwidth / 1e9:.4g}     # GELU/softmax chains: per-element math, not bandwidth, bounds them
+pooling_gbs = {c.pooling_bandwidth / 1e9:.4g}     # 3x3 stride-2 max-pools: window loops, not bandwidth, bound them
 
 [efficiency]
-# Each class's throughput = peak x efficiency x MACs / (MACs + half_util_macs), fitted to its shapes.
-gemm = 1.0                  # the peak above is the GEMM plateau itself
-conv = {c.efficiency["conv"]:.4g}          # 3x3 convolutions, {len(c.samples.get('conv', []))} shapes
-pointwise = {c.efficiency["pointwise"]:.4g}     # 1x1 convolutions, {len(c.samples.get('pointwise', []))} shapes
-depthwise = {c.efficiency["depthwise"]:.4g}     # depthwise 3x3 convolutions, {len(c.samples.get('depthwise', []))} shapes
+# Each class's rate = peak x efficiency x utilisation, utilisation = product over the GEMM the layer
+# runs (rows = output pixels or tokens, outputs = channels written, reduction = MACs per output)
+# of d / (d + half_util_dims), fitted to layers sampled as networks have them.
+gemm = {c.efficiency["gemm"]:.4g}          # linear layers, {count("gemm")} shapes, fit's median error {c.fits["gemm"].median_error:.0%}
+conv = {c.efficiency["conv"]:.4g}          # 3x3 convolutions, {count("conv")} shapes, {c.fits["conv"].median_error:.0%}
+pointwise = {c.efficiency["pointwise"]:.4g}     # 1x1 convolutions, {count("pointwise")} shapes, {c.fits["pointwise"].median_error:.0%}
+depthwise = {c.efficiency["depthwise"]:.4g}     # depthwise convolutions, {count("depthwise")} shapes, {c.fits["depthwise"].median_error:.0%}
 memory = 1.0                # the bandwidth above is what a copy attains
-half_util_macs = {{ {", ".join(f"{k} = {v:.4g}" for k, v in c.half_util_macs.items())} }}
+half_util_macs = {{ gemm = {c.half_util_macs["gemm"]:.4g} }}   # matmuls without a layer shape (attention)
+half_util_dims = {{ {", ".join(f"{k} = {dims(k)}" for k in c.fits)} }}
 
 [overhead]
 per_op_us = {c.per_op_s * 1e6:.4g}        # an nn.ReLU call on a tiny tensor: eager dispatch per layer
+per_class_us = {{ {", ".join(f"{k} = {f.fixed_s * 1e6:.4g}" for k, f in c.fits.items())} }}   # fitted: oneDNN setup, weight reorders
 fuse_elementwise = false    # eager PyTorch runs every norm and activation as its own op
 
 [sparsity.unstructured]

@@ -69,6 +69,12 @@ class HardwareProfile:
     energy_pj_per_mac: Mapping[str, float] = field(default_factory=dict)
     energy_pj_per_dram_byte: float | None = None
     threads: int | None = None
+    # op class -> (rows, outputs, reduction) at which the class attains half its rate in that
+    # dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
+    half_util_dims: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class -> fixed cost per call
+    pooling_bandwidth: float | None = None  # bytes/s (read + written) of max/avg pooling windows
+    channel_multiple: int = 1         # channel counts the kernels run best at: SIMD width, MMA tile
     source: str = ""                  # the file it came from
 
     def precision(self, dtype: str) -> str:
@@ -202,6 +208,28 @@ def _half_util(eff: _Fields) -> dict[str, float]:
     return {c: shared for c in OP_CLASSES}
 
 
+def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
+    """``half_util_dims`` is a table by op class of [rows, outputs, reduction], each >= 0."""
+    table = eff.table("half_util_dims", required=False)
+    out = {}
+    for key, value in table.data.items():
+        if key not in OP_CLASSES:
+            raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+        if (not isinstance(value, list) or len(value) != 3
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value)):
+            raise table.fail(key, f"must be three numbers >= 0 [rows, outputs, reduction], not {value!r}")
+        out[key] = (float(value[0]), float(value[1]), float(value[2]))
+    return out
+
+
+def _per_class(overhead: _Fields) -> dict[str, float]:
+    table = overhead.table("per_class_us", required=False)
+    for key in table.data:
+        if key not in OP_CLASSES:
+            raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+    return {key: table.number(key) * 1e-6 for key in table.data}
+
+
 def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     """Validate the TOML tables of a profile; ``where`` names the file in errors."""
     f = _Fields(data, where)
@@ -214,8 +242,11 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         raise f.fail("default_dtype", f"'{default_dtype}' has no peak_tflops entry")
     energy = f.table("energy", required=False)
     threads = f.data.get("threads")
-    if threads is not None and (not isinstance(threads, int) or threads <= 0):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise f.fail("threads", f"must be a positive integer, got {threads!r}")
+    multiple = f.data.get("channel_multiple", 1)
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0:
+        raise f.fail("channel_multiple", f"must be a positive integer, got {multiple!r}")
     return HardwareProfile(
         name=f.text("name"),
         kind=f.text("kind", "gpu"),
@@ -238,6 +269,10 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
         energy_pj_per_dram_byte=energy.number("pj_per_dram_byte", positive=True) if "pj_per_dram_byte" in energy.data else None,
         threads=threads,
+        half_util_dims=_half_util_dims(eff),
+        per_class_s=_per_class(overhead),
+        pooling_bandwidth=memory.number("pooling_gbs", positive=True) * 1e9 if "pooling_gbs" in memory.data else None,
+        channel_multiple=multiple,
         source=where,
     )
 

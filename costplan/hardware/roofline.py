@@ -8,6 +8,7 @@ attainable bandwidth. Elementwise layers that a device fuses into their producer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from costplan.hardware.profile import DTYPE_BYTES, HardwareProfile
 from costplan.planfile import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph
-from costplan.trace.ops import is_elementwise, is_transcendental
+from costplan.trace.ops import is_elementwise, is_pooling, is_transcendental
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,72 @@ def op_class(layer: Layer) -> str | None:
     return "gemm"
 
 
-def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, precision: str) -> float:
-    """MACs over the attainable rate: peak x class efficiency x a saturating size utilisation."""
+@dataclass(frozen=True)
+class Dims:
+    """A layer as the GEMM its kernel runs: ``rows`` (output pixels or tokens), ``outputs``
+    (channels or features it writes), ``reduction`` (MACs per output), after the plan and any padding."""
+
+    rows: float
+    outputs: float
+    reduction: float
+    padding: float = 1.0           # MACs run over MACs needed, from widths rounded up to the multiple
+
+
+def _padded(width: float, dense: int, multiple: int) -> float:
+    """Kernels tile channels by ``multiple``; a width pruned off a multiple the dense layer had runs
+    as the next multiple up. A dense width that never was a multiple (RGB input) keeps its own kernel."""
+    if multiple <= 1 or dense % multiple:
+        return width
+    return math.ceil(round(width, 6) / multiple) * multiple
+
+
+def dims(layer: Layer, eff: Effective, multiple: int = 1) -> Dims | None:
+    """The GEMM shape of a convolution or linear layer under its plan; None for other layers."""
+    a = layer.attrs
+    if layer.macs <= 0:
+        return None
+    if "out_channels" in a and "in_channels" in a:
+        cin, cout, groups = int(a["in_channels"]), int(a["out_channels"]), int(a.get("groups", 1))
+        window = math.prod(a.get("kernel_size", (1,)))  # type: ignore[arg-type]
+        if layer.depthwise:
+            rows = layer.macs / (cout * window)
+            return Dims(rows, cout * eff.in_keep, window)
+        rows = layer.macs / (cout * cin // groups * window)
+        outputs, inputs = cout * eff.out_keep, cin * eff.in_keep
+        padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
+        padding = padded_out * padded_in / (outputs * inputs)
+        return Dims(rows, padded_out, padded_in / groups * window, padding)
+    if "out_features" in a and "in_features" in a:
+        cin, cout = int(a["in_features"]), int(a["out_features"])
+        rows = layer.macs / (cin * cout)
+        outputs, inputs = cout * eff.out_keep, cin * eff.in_keep
+        padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
+        return Dims(rows, padded_out, padded_in, padded_out * padded_in / (outputs * inputs))
+    return None
+
+
+def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwareProfile) -> float:
+    """Share of the class's plateau rate an op attains: per GEMM dimension where the profile
+    gives ``half_util_dims`` and the layer has a shape, else by its MAC count."""
+    halves = profile.half_util_dims.get(klass)
+    if halves is not None and shape is not None:
+        u = 1.0
+        for size, half in zip((shape.rows, shape.outputs, shape.reduction), halves):
+            u *= size / (size + half) if size > 0 else 0.0
+        return u
+    half = profile.half_util_macs[klass]
+    return macs / (macs + half) if half > 0 else 1.0
+
+
+def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, precision: str,
+                    shape: Dims | None = None) -> float:
+    """MACs (padded to the kernels' channel multiple) over the attainable rate: peak x class
+    efficiency x utilisation (see :func:`utilisation`)."""
     if macs <= 0 or klass is None:
         return 0.0
-    half = profile.half_util_macs[klass]
-    utilisation = macs / (macs + half) if half > 0 else 1.0
-    return macs / (profile.peak_macs[precision] * profile.efficiency[klass] * utilisation)
+    run = macs * (shape.padding if shape is not None else 1.0)
+    u = utilisation(run, shape, klass, profile)
+    return run / (profile.peak_macs[precision] * profile.efficiency[klass] * u) if u > 0 else 0.0
 
 
 def activation_seconds(nbytes: float, profile: HardwareProfile) -> tuple[float, float]:
@@ -91,9 +151,9 @@ def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compres
     return stored * element + stored / per_index * index_bits / 8
 
 
-def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None,
+def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None, shape: Dims | None,
               profile: HardwareProfile, precision: str, overhead: float) -> tuple[float, float, float, str]:
-    compute = compute_seconds(macs, klass, profile, precision)
+    compute = compute_seconds(macs, klass, profile, precision, shape)
     memory = weight_bytes / (profile.bandwidth * profile.memory_efficiency) + act_s
     latency = max(compute, memory) + overhead
     if overhead > max(compute, memory):
@@ -119,10 +179,14 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     if profile.transcendental_bandwidth and layer.macs == 0 and any(map(is_transcendental, layer.aten_ops)):
         moved = (layer.act_in_bytes * eff.in_keep + layer.act_out_bytes * eff.out_keep) * byte_scale
         act = max(act, moved / profile.transcendental_bandwidth)
+    if profile.pooling_bandwidth and layer.macs == 0 and any(map(is_pooling, layer.aten_ops)):
+        moved = (layer.act_in_bytes * eff.in_keep + layer.act_out_bytes * eff.out_keep) * byte_scale
+        act = max(act, moved / profile.pooling_bandwidth)
     shape_macs = layer.macs * eff.shape_scale
-    overhead = profile.per_op_s
+    shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
+    overhead = profile.per_op_s + (profile.per_class_s.get(klass, 0.0) if klass is not None else 0.0)
 
-    best = _roofline(shape_macs, weights * element, act, klass, profile, precision, overhead)
+    best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead)
     exec_macs, dram, sparse = shape_macs, weights * element + act_dram, False
     plan = eff.plan
     if plan is not None and plan.pattern.elementwise and eff.density < 1.0:
@@ -133,7 +197,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
                 factor = max(eff.density, 1.0 / support.compute_speedup) / support.efficiency
             w = _weight_bytes(weights, eff.density, plan.pattern, support.compressed_weights,
                               support.index_bits, element)
-            candidate = _roofline(shape_macs * factor, w, act, klass, profile, precision, overhead)
+            candidate = _roofline(shape_macs * factor, w, act, klass, shape, profile, precision, overhead)
             if candidate[0] < best[0]:
                 best, exec_macs, dram, sparse = candidate, shape_macs * min(factor, 1.0), w + act_dram, True
     latency, compute, memory, bound = best

@@ -147,11 +147,26 @@ def _elementwise_options(layers: Sequence[Layer], patterns: Sequence[Pattern], r
     return options
 
 
-def _structured_options(group: Group, ratios: Sequence[float], max_ratio: float) -> list[Option]:
-    """Channel ratio levels, or for heads every whole number of heads up to ``max_ratio``."""
+def aligned_ratios(width: int, ratios: Sequence[float], multiple: int) -> list[float]:
+    """``ratios`` moved to the nearest ones that keep a multiple of ``multiple`` channels (at least
+    one multiple), where ``width`` itself is a multiple: the widths a device's kernels tile without
+    padding. Other widths keep ``ratios``."""
+    if multiple <= 1 or width % multiple or width <= multiple:
+        return list(ratios)
+    least = width * (1.0 - max(ratios, default=0.0)) - 1e-9  # never past the largest ratio asked for
+    kept = {max(multiple, round(width * (1.0 - r) / multiple) * multiple) for r in ratios}
+    kept = {k if k >= least else k + multiple for k in kept}
+    return [1.0 - k / width for k in sorted(kept, reverse=True) if k < width]
+
+
+def _structured_options(group: Group, ratios: Sequence[float], max_ratio: float, multiple: int = 1) -> list[Option]:
+    """Channel ratio levels (kept counts aligned to ``multiple``), or for heads every whole number of
+    heads up to ``max_ratio``."""
     if group.kind == "head":
         ratios = [(group.width - h) / group.width for h in range(group.width - 1, 0, -1)]
         ratios = [r for r in ratios if r <= max_ratio + 1e-9]
+    else:
+        ratios = aligned_ratios(group.width, ratios, multiple)
     seen, options = set(), []
     for r in ratios:
         keep = kept_fraction(group.width, r)
@@ -169,9 +184,10 @@ def _bounded(options: Iterable[Option], layers: Sequence[Layer], bounds: Mapping
 
 
 def build_units(graph: LayerGraph, coupling: Coupling, patterns: Sequence[Pattern], *, levels: int, max_ratio: float,
-                excluded: Iterable[str], bounds: Mapping[str, tuple[float, float]]) -> list[Unit]:
-    """Units and their options: a prunable group takes a structured ratio or one element-wise
-    option for all its members; other layers take element-wise options alone."""
+                excluded: Iterable[str], bounds: Mapping[str, tuple[float, float]], channel_multiple: int = 1) -> list[Unit]:
+    """Units and their options: a prunable group takes a structured ratio (kept channels a multiple
+    of ``channel_multiple``) or one element-wise option for all its members; other layers take
+    element-wise options alone."""
     ratios = _levels(max_ratio, levels)
     kinds = {p.kind for p in patterns}
     elementwise = [p for p in patterns if p.elementwise]
@@ -179,7 +195,7 @@ def build_units(graph: LayerGraph, coupling: Coupling, patterns: Sequence[Patter
     units, covered = [], set()
     for group in coupling.prunable():
         members = [graph.layer(m) for m in group.members]
-        options = _structured_options(group, ratios, max_ratio) if group.kind in kinds else []
+        options = _structured_options(group, ratios, max_ratio, channel_multiple) if group.kind in kinds else []
         if elementwise and all(m.kind == "module" for m in members):
             options += _elementwise_options(members, elementwise, ratios)
         if options:
@@ -300,7 +316,7 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     coupling = find_groups(graph, excluded)
     pattern_list = candidate_patterns(patterns, profile, precision, coupling)
     units = build_units(graph, coupling, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
-                        bounds=bounds)
+                        bounds=bounds, channel_multiple=profile.channel_multiple)
     importance = importance or Importance(graph)
     problem = build_problem(graph, coupling, units, tables, importance)
     dense = estimate(graph, profile, apply_plan(graph, None), dtype)

@@ -254,3 +254,14 @@ def is_transcendental(aten_op: str) -> bool:
     slower than memory bandwidth alone would allow."""
     parts = aten_op.split(".")
     return len(parts) == 3 and parts[1].rstrip("_") in _TRANSCENDENTAL
+
+
+_POOLING = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+            "avg_pool1d", "avg_pool2d", "avg_pool3d"}
+
+
+def is_pooling(aten_op: str) -> bool:
+    """Whether 'aten.max_pool2d_with_indices.default' slides a pooling window: on CPUs these run
+    far slower than the bytes they move (adaptive pooling, a plain reduction, is not one)."""
+    parts = aten_op.split(".")
+    return len(parts) == 3 and parts[1] in _POOLING
