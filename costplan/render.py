@@ -132,9 +132,12 @@ def profile_table(profiles: list, detail: bool = False) -> Table:  # list[Hardwa
                       f"{p.ridge(p.default_dtype):.1f}", exploits)
     if detail and profiles:
         p = profiles[0]
+        dims = f", per dimension (rows, outputs, reduction) {dict(p.half_util_dims)}" if p.half_util_dims else ""
+        extra = f" + {', '.join(f'{k} {v * 1e6:.3g}' for k, v in p.per_class_s.items())} us by class" if p.per_class_s else ""
         table.caption = (f"{p.description}. efficiency {dict(p.efficiency)}, memory {p.memory_efficiency:g}, "
-                         f"half-utilisation at {dict(p.half_util_macs)} MACs, {p.per_op_s * 1e6:g} us per op, "
-                         f"fuses elementwise: {p.fuse_elementwise}. Source: {p.source}")
+                         f"half-utilisation at {dict(p.half_util_macs)} MACs{dims}, {p.per_op_s * 1e6:g} us per op{extra}, "
+                         f"channels in multiples of {p.channel_multiple}, fuses elementwise: {p.fuse_elementwise}. "
+                         f"Source: {p.source}")
     return table
 
 

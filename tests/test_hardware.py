@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +12,7 @@ from costplan.api import analyze, estimate_latency, load_graph
 from costplan.errors import CostplanError
 from costplan.hardware import list_profiles, load_profile
 from costplan.hardware.profile import parse_profile
-from costplan.hardware.roofline import layer_latency
+from costplan.hardware.roofline import dims, layer_latency
 from costplan.planfile import Plan
 from costplan.sparsity import Effective, apply_plan
 from tests.conftest import graph_of
@@ -70,6 +72,54 @@ def test_linear_layer_by_hand() -> None:
         assert lat.bound == bound
 
 
+def _conv_layer(cin: int = 64, cout: int = 128, size: int = 56):
+    import torch
+
+    return load_graph(torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), input=f"1x{cin}x{size}x{size}").layers[0]
+
+
+def test_gemm_dimensions_of_a_pruned_conv_by_hand() -> None:
+    """Conv 64->128, 3x3 at 56x56: 3136 rows; keeping 48 inputs and 64 outputs leaves a
+    3136 x 64 x (48 x 9) GEMM. Keeping 44.8 inputs (70%) runs as 48: padding 48 / 44.8."""
+    layer = _conv_layer()
+    shape = dims(layer, Effective(0, 0, in_keep=0.75, out_keep=0.5), multiple=8)
+    assert (shape.rows, shape.outputs, shape.reduction, shape.padding) == (3136, 64, 432, 1.0)
+    padded = dims(layer, Effective(0, 0, in_keep=0.7, out_keep=0.5), multiple=8)
+    assert padded.reduction == 48 * 9 and padded.padding == pytest.approx(48 / 44.8)
+    assert dims(layer, Effective(0, 0, in_keep=0.7, out_keep=0.5), multiple=1).reduction == pytest.approx(44.8 * 9)
+    rgb = load_graph(__import__("torch").nn.Conv2d(3, 64, 7, stride=2, padding=3), input="1x3x224x224").layers[0]
+    assert dims(rgb, Effective(0, 0), multiple=8).padding == 1.0  # a width that never was a multiple keeps its kernel
+
+
+def test_per_dimension_utilisation_by_hand() -> None:
+    """Where a profile gives half_util_dims, compute = MACs / (peak x eff x prod d / (d + half)):
+    a 3136 x 128 x 576 conv with halves (64, 16, 32) on 1e12 MAC/s at 50% efficiency."""
+    layer = _conv_layer()
+    data = {**TOY, "efficiency": {**TOY["efficiency"], "half_util_dims": {"conv": [64, 16, 32]}},
+            "overhead": {"per_op_us": 1.0, "per_class_us": {"conv": 20.0}}}
+    profile = parse_profile(data, "toy")
+    u = 3136 / (3136 + 64) * 128 / (128 + 16) * 576 / (576 + 32)
+    lat = layer_latency(layer, Effective(layer.macs, layer.params), profile, "float32")
+    assert lat.compute_s == pytest.approx(layer.macs / (1e12 * 0.5 * u))
+    assert lat.overhead_s == pytest.approx(21e-6)
+    assert lat.latency_s == pytest.approx(max(lat.compute_s, lat.memory_s) + 21e-6)
+    # halving the outputs costs more than half the time: the thinner GEMM runs slower
+    half = layer_latency(layer, Effective(layer.macs / 2, 0, out_keep=0.5, shape_scale=0.5), profile, "float32")
+    assert half.compute_s == pytest.approx(layer.macs / 2 / (1e12 * 0.5 * u * (64 / 80) / (128 / 144)))
+    assert half.compute_s > lat.compute_s / 2
+
+
+def test_pooling_moves_at_its_calibrated_rate() -> None:
+    import torch
+
+    graph = load_graph(torch.nn.MaxPool2d(3, 2, 1), input="1x64x112x112")
+    layer = graph.layers[0]
+    profile = parse_profile({**TOY, "memory": {**TOY["memory"], "pooling_gbs": 1.0}}, "toy")
+    lat = layer_latency(layer, Effective(0, 0), profile, "float32")
+    assert lat.memory_s == pytest.approx((64 * 112 * 112 + 64 * 56 * 56) * 4 / 1e9)
+    assert layer_latency(layer, Effective(0, 0), parse_profile(TOY, "toy"), "float32").memory_s < lat.memory_s / 10
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda d: d["memory"].pop("bandwidth_gbs"), "field 'memory.bandwidth_gbs' is missing"),
     (lambda d: d["memory"].update(bandwidth_gbs="fast"), "must be a number"),
@@ -78,6 +128,10 @@ def test_linear_layer_by_hand() -> None:
     (lambda d: d["efficiency"].update(gemm=1.5), "field 'efficiency.gemm' must be in"),
     (lambda d: d.update(sparsity={"2:4": {"compute_speedup": 0.5}}), "sparsity.2:4.compute_speedup"),
     (lambda d: d.pop("name"), "field 'name' is missing"),
+    (lambda d: d.update(channel_multiple=0), "field 'channel_multiple' must be a positive integer"),
+    (lambda d: d["efficiency"].update(half_util_dims={"conv": [1, 2]}), "efficiency.half_util_dims.conv' must be three"),
+    (lambda d: d["efficiency"].update(half_util_dims={"fft": [1, 2, 3]}), "'efficiency.half_util_dims.fft' is not an op class"),
+    (lambda d: d["overhead"].update(per_class_us={"conv": -1}), "'overhead.per_class_us.conv' must be >= 0"),
 ])
 def test_bad_profiles_name_file_and_field(tmp_path, change, message) -> None:
     import copy
@@ -190,7 +244,8 @@ def test_int8_rescales_bytes(resnet50_graph) -> None:
     assert fc.extra["dram_bytes"] < 2048 * 1000 * 2
 
 
-PROFILES = SHIPPED
+CALIBRATED = str(Path(__file__).parent / "data" / "avx2-calibrated.toml")
+PROFILES = [*SHIPPED, CALIBRATED]
 PATTERNS = ["unstructured", "2:4", "4x1", "channel"]
 
 
@@ -225,3 +280,23 @@ def test_a_calibration_is_the_profile_its_file_gives(tmp_path) -> None:
     direct, loaded = result.profile(), load_profile(path)
     assert {k: v for k, v in vars(direct).items() if k != "source"} == \
         {k: v for k, v in vars(loaded).items() if k != "source"}
+
+
+def test_calibration_fit_recovers_known_parameters() -> None:
+    """Timings made by the model itself (rate 50 GMAC/s, halves 40/24/16, 30 us fixed) with 5%
+    noise on a third of them: the fit finds the parameters and the calibrated prediction matches
+    the roofline's for the same layer."""
+    import numpy as np
+
+    from costplan.hardware.calibrate import _memory_seconds, fit_class, sample_shapes
+
+    shapes = sample_shapes("conv", 48, seed=3)
+    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
+    u = np.array([s.rows / (s.rows + 40) * s.cout / (s.cout + 24) * s.reduction / (s.reduction + 16) for s in shapes])
+    seconds = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u), memory) + 5e-6 + 30e-6
+    seconds[::3] *= 1.05
+    fit = fit_class(shapes, list(seconds), memory, per_op=5e-6)
+    assert fit.rate == pytest.approx(50e9, rel=0.05)
+    assert fit.half_dims == pytest.approx((40, 24, 16), rel=0.25)
+    assert fit.fixed_s == pytest.approx(30e-6, rel=0.25)
+    assert fit.median_error < 0.03

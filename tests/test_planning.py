@@ -281,3 +281,31 @@ def test_a_problem_with_nothing_to_choose() -> None:
     assert solve(empty, None, minimise="latency", method="fronts").choice == ()
     with pytest.raises(Infeasible):
         solve(empty, 0.5e-3, method="fronts")
+
+
+def test_channel_levels_keep_multiples_of_the_device_tile() -> None:
+    from costplan.planning.planner import aligned_ratios
+
+    ratios = [0.1 * i for i in range(1, 10)]
+    for width in (64, 256, 2048):
+        aligned = aligned_ratios(width, ratios, 8)
+        kept = [round(width * (1 - r)) for r in aligned]
+        assert all(k % 8 == 0 and 8 <= k < width for k in kept) and len(set(kept)) == len(kept)
+        assert max(aligned) <= max(ratios) + 1e-9
+    assert aligned_ratios(26, ratios, 8) == ratios  # a width that is not a multiple keeps its levels
+    assert aligned_ratios(8, ratios, 8) == []        # one tile: nothing to remove in whole tiles
+
+
+def test_plans_for_a_profile_with_a_channel_multiple_keep_whole_tiles() -> None:
+    from pathlib import Path
+
+    from costplan.api import plan
+    from costplan.sparsity import kept_count
+
+    profile = str(Path(__file__).parent / "data" / "avx2-calibrated.toml")
+    graph = graph_of("resnet18")
+    result = plan(graph, budget="1.6x", hw=profile, patterns="channel")
+    widths = {l.module: l.width for l in graph.layers if l.width}
+    assert result.plan.layers
+    for name, entry in result.plan.layers.items():
+        assert kept_count(widths[name], entry.sparsity) % 8 == 0, name

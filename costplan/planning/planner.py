@@ -150,8 +150,8 @@ def _elementwise_options(layers: Sequence[Layer], patterns: Sequence[Pattern], r
 def aligned_ratios(width: int, ratios: Sequence[float], multiple: int) -> list[float]:
     """``ratios`` moved to the nearest ones that keep a multiple of ``multiple`` channels (at least
     one multiple), where ``width`` itself is a multiple: the widths a device's kernels tile without
-    padding. Other widths keep ``ratios``."""
-    if multiple <= 1 or width % multiple or width <= multiple:
+    padding. Other widths keep ``ratios``; a width of one multiple has nothing to remove."""
+    if multiple <= 1 or width % multiple:
         return list(ratios)
     least = width * (1.0 - max(ratios, default=0.0)) - 1e-9  # never past the largest ratio asked for
     kept = {max(multiple, round(width * (1.0 - r) / multiple) * multiple) for r in ratios}
