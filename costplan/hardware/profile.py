@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from costplan.errors import CostplanError, close_names
+from costplan.trace.ops import RATED_KINDS
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm")  # pointwise = 1x1 convolutions
@@ -57,7 +58,6 @@ class HardwareProfile:
     bandwidth: float                  # DRAM bytes/s
     onchip_bytes: float               # cache / SRAM that holds activations between layers
     onchip_bandwidth: float | None    # bytes/s for activations that stay on chip; None: free
-    transcendental_bandwidth: float | None  # bytes/s of ops like GELU, softmax where they are slower
     efficiency: Mapping[str, float]   # op class -> attainable share of peak on large shapes
     memory_efficiency: float          # attainable share of bandwidth
     half_util_macs: Mapping[str, float]  # op class -> an op this size attains half its efficiency
@@ -73,7 +73,9 @@ class HardwareProfile:
     # dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
     half_util_dims: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class -> fixed cost per call
-    pooling_bandwidth: float | None = None  # bytes/s (read + written) of max/avg pooling windows
+    # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,
+    # softmax), 'pooling' (max/avg windows), 'norm' (batch/layer/group norm); see ops.rated_kind
+    rated_bandwidth: Mapping[str, float] = field(default_factory=dict)
     channel_multiple: int = 1         # channel counts the kernels run best at: SIMD width, MMA tile
     source: str = ""                  # the file it came from
 
@@ -256,8 +258,6 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         onchip_bytes=memory.number("onchip_mb", 0.0) * 1e6,
         onchip_bandwidth=memory.number("onchip_bandwidth_gbs", positive=True) * 1e9
         if "onchip_bandwidth_gbs" in memory.data else None,
-        transcendental_bandwidth=memory.number("transcendental_gbs", positive=True) * 1e9
-        if "transcendental_gbs" in memory.data else None,
         efficiency=_efficiencies(eff),
         memory_efficiency=eff.number("memory", 1.0, high=1.0, positive=True),
         half_util_macs=_half_util(eff),
@@ -271,7 +271,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         threads=threads,
         half_util_dims=_half_util_dims(eff),
         per_class_s=_per_class(overhead),
-        pooling_bandwidth=memory.number("pooling_gbs", positive=True) * 1e9 if "pooling_gbs" in memory.data else None,
+        rated_bandwidth={kind: memory.number(f"{kind}_gbs", positive=True) * 1e9
+                         for kind in RATED_KINDS if f"{kind}_gbs" in memory.data},
         channel_multiple=multiple,
         source=where,
     )

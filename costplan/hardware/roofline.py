@@ -16,7 +16,7 @@ from costplan.hardware.profile import DTYPE_BYTES, HardwareProfile
 from costplan.planfile import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph
-from costplan.trace.ops import is_elementwise, is_pooling, is_transcendental
+from costplan.trace.ops import is_elementwise, rated_kind
 
 
 @dataclass(frozen=True)
@@ -176,12 +176,10 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     act_in_s, act_in_dram = activation_seconds(layer.act_in_bytes * eff.in_keep * byte_scale, profile)
     act_out_s, act_out_dram = activation_seconds(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
-    if profile.transcendental_bandwidth and layer.macs == 0 and any(map(is_transcendental, layer.aten_ops)):
+    rated = {rated_kind(op) for op in layer.aten_ops} & profile.rated_bandwidth.keys() if layer.macs == 0 else set()
+    if rated:
         moved = (layer.act_in_bytes * eff.in_keep + layer.act_out_bytes * eff.out_keep) * byte_scale
-        act = max(act, moved / profile.transcendental_bandwidth)
-    if profile.pooling_bandwidth and layer.macs == 0 and any(map(is_pooling, layer.aten_ops)):
-        moved = (layer.act_in_bytes * eff.in_keep + layer.act_out_bytes * eff.out_keep) * byte_scale
-        act = max(act, moved / profile.pooling_bandwidth)
+        act = max(act, moved / min(profile.rated_bandwidth[k] for k in rated))
     shape_macs = layer.macs * eff.shape_scale
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
     overhead = profile.per_op_s + (profile.per_class_s.get(klass, 0.0) if klass is not None else 0.0)

@@ -247,21 +247,22 @@ def is_elementwise(aten_op: str) -> bool:
 
 _TRANSCENDENTAL = {"gelu", "silu", "sigmoid", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
                    "_softmax", "_safe_softmax", "_log_softmax", "log_sigmoid_forward", "pow", "rsqrt"}
-
-
-def is_transcendental(aten_op: str) -> bool:
-    """Whether 'aten.gelu.default' computes a transcendental per element: on CPUs such ops run
-    slower than memory bandwidth alone would allow."""
-    parts = aten_op.split(".")
-    return len(parts) == 3 and parts[1].rstrip("_") in _TRANSCENDENTAL
-
-
 _POOLING = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
             "avg_pool1d", "avg_pool2d", "avg_pool3d"}
+_NORM = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+         "native_layer_norm", "native_group_norm"}
+RATED_KINDS = ("transcendental", "pooling", "norm")
 
 
-def is_pooling(aten_op: str) -> bool:
-    """Whether 'aten.max_pool2d_with_indices.default' slides a pooling window: on CPUs these run
-    far slower than the bytes they move (adaptive pooling, a plain reduction, is not one)."""
+def rated_kind(aten_op: str) -> str | None:
+    """The kind of memory-only op that CPUs run slower than its bytes would allow, with a rate of
+    its own in a profile: 'transcendental' (GELU, softmax: math per element), 'pooling' (max/avg
+    windows; adaptive pooling, a plain reduction, is not one) or 'norm' (batch/layer/group norm:
+    statistics and a per-channel loop). None for other ops."""
     parts = aten_op.split(".")
-    return len(parts) == 3 and parts[1] in _POOLING
+    if len(parts) != 3:
+        return None
+    name = parts[1]
+    if name.rstrip("_") in _TRANSCENDENTAL:
+        return "transcendental"
+    return "pooling" if name in _POOLING else "norm" if name in _NORM else None
