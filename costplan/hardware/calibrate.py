@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, nnls
 
 from costplan.hardware.profile import HardwareProfile, parse_profile
 
@@ -70,16 +70,25 @@ class Shape:
         return 4 * inputs, 4 * self.rows * self.cout
 
 
+def _width(value: float) -> int:
+    return int(min(2048, max(8, round(value / 8) * 8)))
+
+
 def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
-    """``count`` layers of one op class drawn as networks have them (seeded): widths multiples of 8
-    from 8 to 2048, 7x7 to 112x112 maps, stride 1 or 2 (1x1: stride 1), batch 1; GEMMs of 1 to 1024 rows."""
+    """``count`` layers of one op class drawn as networks have them (seeded), batch 1. Convolutions:
+    a 7x7 to 112x112 map, a width about 64 x 56 / side (channels grow as maps shrink) scaled by
+    1/4 to 3 for pruned and wide layers, the output width 1/4 to 4 times the input's (bottlenecks,
+    expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1). GEMMs: 1 to 1024 rows,
+    independent widths from 8 to 2048."""
     rng = np.random.default_rng(seed)
     out: list[Shape] = []
     while len(out) < count:
-        cin, cout = (int(w) for w in rng.choice(WIDTHS, 2))
         stride = int(rng.choice((1, 1, 2)))
         spatial = int(rng.choice((7, 14, 28, 56, 112)))
+        cin = _width(64 * 56 / spatial * 2 ** rng.uniform(-2, 1.5))
+        cout = _width(cin * float(rng.choice((0.25, 0.5, 1, 1, 2, 4))))
         if kind == "gemm":
+            cin, cout = (int(w) for w in rng.choice(WIDTHS, 2))
             shape = Shape(kind, cin, cout, int(rng.choice((1, 8, 32, 64, 128, 256, 512, 1024))))
         elif kind == "depthwise":
             shape = Shape(kind, cout, cout, spatial, int(rng.choice((3, 3, 5))), stride)
@@ -126,6 +135,7 @@ class Calibration:
     bandwidth: float
     onchip_bandwidth: float
     rated_bandwidth: dict[str, float]  # 'transcendental' | 'pooling' | 'norm' -> bytes/s
+    norm_fixed_s: float                # a batch norm's cost per call beyond the per-op overhead
     per_op_s: float
     onchip_bytes: int
     threads: int
@@ -209,6 +219,15 @@ def fit_class(shapes: list[Shape], seconds: list[float], memory_s: np.ndarray, p
     return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error)
 
 
+def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:
+    """(fixed seconds, bytes/s) of ``seconds - per_op = fixed + bytes / rate`` over (bytes, seconds)
+    samples, both non-negative (scipy's NNLS)."""
+    nbytes = np.array([b for b, _ in samples])
+    seconds = np.array([t for _, t in samples]) - per_op
+    (fixed, per_byte), _ = nnls(np.column_stack([np.ones_like(nbytes), nbytes]), seconds)
+    return float(fixed), 1.0 / max(float(per_byte), 1e-15)
+
+
 def _onchip(samples: list[tuple[float, float]], per_op: float) -> float:
     """Bytes/s at which memory-only ops (activations, norms, GELU) move cache-sized activations
     inside a network, from chains of them (each op reading what the previous one wrote), less the per-op overhead."""
@@ -266,13 +285,25 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
         return shape.kind, shape.macs, seconds
 
     def elementwise(c: int, hw: int, kind: str = "elementwise") -> tuple[str, float, float]:
-        ops = {"elementwise": (torch.nn.ReLU(),), "norm": (torch.nn.BatchNorm2d(c),),
-               "transcendental": (torch.nn.GELU(), torch.nn.Softmax(1))}[kind]
+        ops = {"elementwise": (torch.nn.ReLU(),), "transcendental": (torch.nn.GELU(), torch.nn.Softmax(1))}[kind]
         chain = torch.nn.Sequential(*[ops[i % len(ops)] for i in range(CHAIN)]).eval()
         x = torch.randn(1, c, hw, hw)
         with torch.inference_mode():
             seconds = _median_seconds(lambda: chain(x), budget)
         return kind, CHAIN * 2.0 * x.numel() * 4, seconds / CHAIN  # bytes moved, seconds per op
+
+    def norm(c: int, hw: int) -> tuple[str, float, float]:
+        # timed right after the convolution that writes its input, as in a network: a batch norm
+        # reading a convolution's fresh output runs 1.5-3x slower than one re-reading its own input
+        conv, bn = torch.nn.Conv2d(64, c, 1, bias=False).eval(), torch.nn.BatchNorm2d(c).eval()
+        x, times = torch.randn(1, 64, hw, hw), []
+        with torch.inference_mode():
+            for _ in range(max(5, int(budget / 0.002))):
+                y = conv(x)
+                start = time.perf_counter()
+                bn(y)
+                times.append(time.perf_counter() - start)
+        return "norm", 2.0 * c * hw * hw * 4, statistics.median(times[1:])
 
     def pooling(c: int, hw: int) -> tuple[str, float, float]:
         pool, x = torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)
@@ -294,8 +325,7 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
 
     steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead)]
     steps += [(f"ReLU chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s)) for c, s in ELEMENTWISE_SHAPES]
-    steps += [(f"batch-norm chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s, "norm"))
-              for c, s in (NORM_SHAPES[::2] if quick else NORM_SHAPES)]
+    steps += [(f"batch norm {c}x{s}x{s}", lambda c=c, s=s: norm(c, s)) for c, s in (NORM_SHAPES[::2] if quick else NORM_SHAPES)]
     steps += [(f"GELU/softmax chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s, "transcendental"))
               for c, s in ELEMENTWISE_SHAPES[1::2]]
     steps += [(f"max-pool {c}x{s}x{s}", lambda c=c, s=s: pooling(c, s)) for c, s in POOLING_SHAPES]
@@ -307,7 +337,7 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
     samples: dict[str, list[tuple[float, float]]] = {}
     # a large block allocated and freed first, as a running network's would be: glibc then serves
     # later outputs from its heap instead of mapping fresh pages for each (10x on small convs)
-    warm = torch.empty(MAX_ACTIVATION * 4)
+    warm = torch.empty(MAX_ACTIVATION * 2)  # 16 MB: glibc adapts its threshold only to blocks under 32 MB
     warm.fill_(0.0)
     del warm
     with Progress(transient=True, disable=not progress) as bar:
@@ -321,7 +351,8 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
     per_op = samples["overhead"][0][1]
     dram = samples["bandwidth"][0][1]
     onchip = _onchip(samples["elementwise"], per_op)
-    rated = {"transcendental": _onchip(samples["transcendental"], per_op), "norm": _onchip(samples["norm"], per_op),
+    norm_fixed, norm_bandwidth = fit_linear(samples["norm"], per_op)
+    rated = {"transcendental": _onchip(samples["transcendental"], per_op), "norm": norm_bandwidth,
              "pooling": statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])}
     onchip_bytes = cache_bytes()
     fits = {}
@@ -335,7 +366,7 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
     return Calibration(
         name=name, peak_macs=peak, half_util_macs={"gemm": half_gemm},
         efficiency={k: float(min(1.0, max(0.005, f.rate / peak))) for k, f in fits.items()}, fits=fits,
-        bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, per_op_s=per_op, onchip_bytes=onchip_bytes, threads=torch.get_num_threads(),
+        bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, norm_fixed_s=norm_fixed, per_op_s=per_op, onchip_bytes=onchip_bytes, threads=torch.get_num_threads(),
         channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
     )
 
@@ -364,7 +395,7 @@ bandwidth_gbs = {c.bandwidth / 1e9:.4g}   # large tensor copy, bytes read + writ
 onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
 onchip_bandwidth_gbs = {c.onchip_bandwidth / 1e9:.4g}   # ReLU chains on cache-sized activations
 transcendental_gbs = {c.rated_bandwidth["transcendental"] / 1e9:.4g}     # GELU/softmax chains: per-element math, not bandwidth, bounds them
-norm_gbs = {c.rated_bandwidth["norm"] / 1e9:.4g}     # batch-norm chains at ResNet shapes: a per-channel loop
+norm_gbs = {c.rated_bandwidth["norm"] / 1e9:.4g}     # batch norms right after a convolution, ResNet shapes (+ per_class_us.norm per call)
 pooling_gbs = {c.rated_bandwidth["pooling"] / 1e9:.4g}     # 3x3 stride-2 max-pools: window loops, not bandwidth, bound them
 
 [efficiency]
@@ -381,7 +412,7 @@ half_util_dims = {{ {", ".join(f"{k} = {dims(k)}" for k in c.fits)} }}
 
 [overhead]
 per_op_us = {c.per_op_s * 1e6:.4g}        # an nn.ReLU call on a tiny tensor: eager dispatch per layer
-per_class_us = {{ {", ".join(f"{k} = {f.fixed_s * 1e6:.4g}" for k, f in c.fits.items())} }}   # fitted: oneDNN setup, weight reorders
+per_class_us = {{ {", ".join(f"{k} = {f.fixed_s * 1e6:.4g}" for k, f in c.fits.items())}, norm = {c.norm_fixed_s * 1e6:.4g} }}   # fitted: oneDNN setup, weight reorders
 fuse_elementwise = false    # eager PyTorch runs every norm and activation as its own op
 
 [sparsity.unstructured]

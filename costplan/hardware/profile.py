@@ -72,7 +72,7 @@ class HardwareProfile:
     # op class -> (rows, outputs, reduction) at which the class attains half its rate in that
     # dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
     half_util_dims: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
-    per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class -> fixed cost per call
+    per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class or rated kind -> fixed cost per call
     # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,
     # softmax), 'pooling' (max/avg windows), 'norm' (batch/layer/group norm); see ops.rated_kind
     rated_bandwidth: Mapping[str, float] = field(default_factory=dict)
@@ -227,8 +227,8 @@ def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
 def _per_class(overhead: _Fields) -> dict[str, float]:
     table = overhead.table("per_class_us", required=False)
     for key in table.data:
-        if key not in OP_CLASSES:
-            raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+        if key not in (*OP_CLASSES, *RATED_KINDS):
+            raise table.fail(key, f"is not an op class; use {', '.join((*OP_CLASSES, *RATED_KINDS))}")
     return {key: table.number(key) * 1e-6 for key in table.data}
 
 

@@ -182,7 +182,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         act = max(act, moved / min(profile.rated_bandwidth[k] for k in rated))
     shape_macs = layer.macs * eff.shape_scale
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
-    overhead = profile.per_op_s + (profile.per_class_s.get(klass, 0.0) if klass is not None else 0.0)
+    overhead = profile.per_op_s + sum(profile.per_class_s.get(k, 0.0) for k in ({klass} | rated) if k is not None)
 
     best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead)
     exec_macs, dram, sparse = shape_macs, weights * element + act_dram, False
