@@ -300,3 +300,22 @@ def test_calibration_fit_recovers_known_parameters() -> None:
     assert fit.half_dims == pytest.approx((40, 24, 16), rel=0.25)
     assert fit.fixed_s == pytest.approx(30e-6, rel=0.25)
     assert fit.median_error < 0.03
+
+
+def test_batch_norm_costs_a_fixed_part_and_its_bytes() -> None:
+    """fit_linear recovers 40 us + bytes / 25 GB/s; a profile with those figures prices a batch norm
+    on 64x56x56 (0.8 MB in, 0.8 MB out) at per-op + 40 us + 1.6 MB / 25 GB/s."""
+    import torch
+
+    from costplan.hardware.calibrate import fit_linear
+
+    samples = [(b, 5e-6 + 40e-6 + b / 25e9) for b in (0.4e6, 1.6e6, 6.4e6, 3.2e6)]
+    fixed, rate = fit_linear(samples, per_op=5e-6)
+    assert fixed == pytest.approx(40e-6) and rate == pytest.approx(25e9)
+    profile = parse_profile({**TOY, "memory": {**TOY["memory"], "norm_gbs": 25.0},
+                             "overhead": {"per_op_us": 1.0, "per_class_us": {"norm": 40.0}}}, "toy")
+    layer = load_graph(torch.nn.BatchNorm2d(64).eval(), input="1x64x56x56").layers[0]
+    lat = layer_latency(layer, Effective(0, layer.params), profile, "float32")
+    nbytes = 2 * 64 * 56 * 56 * 4
+    assert lat.memory_s == pytest.approx(layer.weights_read * 4 / 1e11 + nbytes / 25e9)  # norm rate, not 1e11
+    assert lat.latency_s == pytest.approx(41e-6 + lat.memory_s)

@@ -176,10 +176,11 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     act_in_s, act_in_dram = activation_seconds(layer.act_in_bytes * eff.in_keep * byte_scale, profile)
     act_out_s, act_out_dram = activation_seconds(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
-    rated = {rated_kind(op) for op in layer.aten_ops} & profile.rated_bandwidth.keys() if layer.macs == 0 else set()
-    if rated:
+    rated = {rated_kind(op) for op in layer.aten_ops} - {None} if layer.macs == 0 else set()
+    rates = [profile.rated_bandwidth[k] for k in rated if k in profile.rated_bandwidth]
+    if rates:
         moved = (layer.act_in_bytes * eff.in_keep + layer.act_out_bytes * eff.out_keep) * byte_scale
-        act = max(act, moved / min(profile.rated_bandwidth[k] for k in rated))
+        act = max(act, moved / min(rates))
     shape_macs = layer.macs * eff.shape_scale
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
     overhead = profile.per_op_s + sum(profile.per_class_s.get(k, 0.0) for k in ({klass} | rated) if k is not None)
