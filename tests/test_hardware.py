@@ -132,6 +132,7 @@ def test_pooling_moves_at_its_calibrated_rate() -> None:
     (lambda d: d["efficiency"].update(half_util_dims={"conv": [1, 2]}), "efficiency.half_util_dims.conv' must be three"),
     (lambda d: d["efficiency"].update(half_util_dims={"fft": [1, 2, 3]}), "'efficiency.half_util_dims.fft' is not an op class"),
     (lambda d: d["overhead"].update(per_class_us={"conv": -1}), "'overhead.per_class_us.conv' must be >= 0"),
+    (lambda d: d["memory"].update(first_touch_gbs=2.0), "must be given together"),
 ])
 def test_bad_profiles_name_file_and_field(tmp_path, change, message) -> None:
     import copy
@@ -319,3 +320,20 @@ def test_batch_norm_costs_a_fixed_part_and_its_bytes() -> None:
     nbytes = 2 * 64 * 56 * 56 * 4
     assert lat.memory_s == pytest.approx(layer.weights_read * 4 / 1e11 + nbytes / 25e9)  # norm rate, not 1e11
     assert lat.latency_s == pytest.approx(41e-6 + lat.memory_s)
+
+
+def test_outputs_over_the_fresh_page_size_pay_for_first_touch() -> None:
+    """A 1x1 conv writing 8x96x112x112 floats (38.5 MB, over 32 MiB) faults its pages in at
+    2 GB/s on a profile that says so; the same conv at batch 4 (19.3 MB) and an in-place ReLU do not."""
+    import torch
+
+    data = {**TOY, "memory": {**TOY["memory"], "fresh_output_mb": 33.554432, "first_touch_gbs": 2.0}}
+    profile, plain = parse_profile(data, "toy"), parse_profile(TOY, "toy")
+    for batch, fresh in ((8, True), (4, False)):
+        layer = load_graph(torch.nn.Conv2d(16, 96, 1, bias=False), input=f"{batch}x16x112x112").layers[0]
+        eff = Effective(layer.macs, layer.params)
+        extra = layer_latency(layer, eff, profile, "float32").memory_s - layer_latency(layer, eff, plain, "float32").memory_s
+        assert extra == pytest.approx(batch * 96 * 112 * 112 * 4 / 2e9 if fresh else 0.0)
+    relu = load_graph(torch.nn.ReLU(inplace=True), input="8x96x112x112").layers[0]
+    assert relu.aten_ops == ("aten.relu_.default",)
+    assert layer_latency(relu, Effective(0, 0), profile, "float32") == layer_latency(relu, Effective(0, 0), plain, "float32")

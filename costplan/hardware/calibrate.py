@@ -30,6 +30,7 @@ POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) 
 CHAIN = 8  # ops per chain: each reads what the previous one wrote, as layers in a network do
 WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048)
 MAX_ACTIVATION = 2 ** 21  # floats (8 MB): the largest input or output a sampled layer may have
+FRESH_OUTPUT_BYTES = 32 * 2 ** 20  # glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class Calibration:
     onchip_bandwidth: float
     rated_bandwidth: dict[str, float]  # 'transcendental' | 'pooling' | 'norm' -> bytes/s
     norm_fixed_s: float                # a batch norm's cost per call beyond the per-op overhead
+    first_touch_bandwidth: float | None  # bytes/s of faulting in fresh pages; None where it costs nothing
     per_op_s: float
     onchip_bytes: int
     threads: int
@@ -317,13 +319,22 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
         seconds = _median_seconds(lambda: dst.copy_(src), budget * 2)
         return "bandwidth", 0.0, 2 * n * 4 / seconds  # read + write
 
+    def first_touch() -> tuple[str, float, float]:
+        # glibc maps blocks over 32 MiB afresh on every allocation, whatever was freed before: a layer
+        # writing such an output first faults in every page of it
+        n = (FRESH_OUTPUT_BYTES + 16 * 2 ** 20) // 4
+        kept = torch.empty(n)
+        fresh = _median_seconds(lambda: torch.empty(n).fill_(1.0), budget)
+        reused = _median_seconds(lambda: kept.fill_(1.0), budget)
+        return "first_touch", 4.0 * n, max(fresh - reused, 0.0)
+
     def overhead() -> tuple[str, float, float]:
         relu, x = torch.nn.ReLU(), torch.randn(1, 8)
         with torch.no_grad():
             seconds = _median_seconds(lambda: relu(x), budget)
         return "overhead", 0.0, seconds
 
-    steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead)]
+    steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead), ("fresh pages", first_touch)]
     steps += [(f"ReLU chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s)) for c, s in ELEMENTWISE_SHAPES]
     steps += [(f"batch norm {c}x{s}x{s}", lambda c=c, s=s: norm(c, s)) for c, s in (NORM_SHAPES[::2] if quick else NORM_SHAPES)]
     steps += [(f"GELU/softmax chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s, "transcendental"))
@@ -352,6 +363,8 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
     dram = samples["bandwidth"][0][1]
     onchip = _onchip(samples["elementwise"], per_op)
     norm_fixed, norm_bandwidth = fit_linear(samples["norm"], per_op)
+    touched, touch_s = samples["first_touch"][0]
+    first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
     rated = {"transcendental": _onchip(samples["transcendental"], per_op), "norm": norm_bandwidth,
              "pooling": statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])}
     onchip_bytes = cache_bytes()
@@ -366,7 +379,7 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
     return Calibration(
         name=name, peak_macs=peak, half_util_macs={"gemm": half_gemm},
         efficiency={k: float(min(1.0, max(0.005, f.rate / peak))) for k, f in fits.items()}, fits=fits,
-        bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, norm_fixed_s=norm_fixed, per_op_s=per_op, onchip_bytes=onchip_bytes, threads=torch.get_num_threads(),
+        bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, norm_fixed_s=norm_fixed, first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes, threads=torch.get_num_threads(),
         channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
     )
 
@@ -378,6 +391,9 @@ def profile_toml(c: Calibration) -> str:
         return "[" + ", ".join(f"{v:.4g}" for v in c.fits[kind].half_dims) + "]"
     def count(kind: str) -> int:
         return len(c.samples.get(kind, []))
+    first_touch = "" if c.first_touch_bandwidth is None else (
+        f"\nfresh_output_mb = {FRESH_OUTPUT_BYTES / 1e6:.4g}   # outputs over 32 MiB: glibc maps fresh pages for them on every call"
+        f"\nfirst_touch_gbs = {c.first_touch_bandwidth / 1e9:.4g}    # faulting those pages in: a fresh 48 MiB fill less a reused one")
     return f"""# Measured by `costplan calibrate` on {today}: {c.cpu}, {c.threads} threads, torch {torch.__version__}.
 # Eager PyTorch at float32 on this machine; recalibrate after changing threads or hardware.
 name = "{c.name}"
@@ -396,7 +412,7 @@ onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
 onchip_bandwidth_gbs = {c.onchip_bandwidth / 1e9:.4g}   # ReLU chains on cache-sized activations
 transcendental_gbs = {c.rated_bandwidth["transcendental"] / 1e9:.4g}     # GELU/softmax chains: per-element math, not bandwidth, bounds them
 norm_gbs = {c.rated_bandwidth["norm"] / 1e9:.4g}     # batch norms right after a convolution, ResNet shapes (+ per_class_us.norm per call)
-pooling_gbs = {c.rated_bandwidth["pooling"] / 1e9:.4g}     # 3x3 stride-2 max-pools: window loops, not bandwidth, bound them
+pooling_gbs = {c.rated_bandwidth["pooling"] / 1e9:.4g}     # 3x3 stride-2 max-pools: window loops, not bandwidth, bound them{first_touch}
 
 [efficiency]
 # Each class's rate = peak x efficiency x utilisation, utilisation = product over the GEMM the layer

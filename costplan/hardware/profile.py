@@ -77,6 +77,10 @@ class HardwareProfile:
     # softmax), 'pooling' (max/avg windows), 'norm' (batch/layer/group norm); see ops.rated_kind
     rated_bandwidth: Mapping[str, float] = field(default_factory=dict)
     channel_multiple: int = 1         # channel counts the kernels run best at: SIMD width, MMA tile
+    # outputs larger than this many bytes get freshly mapped pages on every call (glibc mmaps blocks
+    # over 32 MiB however often they are freed) and pay for first touching them at first_touch_bandwidth
+    fresh_output_bytes: float | None = None
+    first_touch_bandwidth: float | None = None
     source: str = ""                  # the file it came from
 
     def precision(self, dtype: str) -> str:
@@ -246,6 +250,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     threads = f.data.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise f.fail("threads", f"must be a positive integer, got {threads!r}")
+    if ("fresh_output_mb" in memory.data) != ("first_touch_gbs" in memory.data):
+        raise memory.fail("first_touch_gbs", "and 'memory.fresh_output_mb' must be given together")
     multiple = f.data.get("channel_multiple", 1)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0:
         raise f.fail("channel_multiple", f"must be a positive integer, got {multiple!r}")
@@ -274,6 +280,9 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         rated_bandwidth={kind: memory.number(f"{kind}_gbs", positive=True) * 1e9
                          for kind in RATED_KINDS if f"{kind}_gbs" in memory.data},
         channel_multiple=multiple,
+        fresh_output_bytes=memory.number("fresh_output_mb", positive=True) * 1e6 if "fresh_output_mb" in memory.data else None,
+        first_touch_bandwidth=memory.number("first_touch_gbs", positive=True) * 1e9
+        if "first_touch_gbs" in memory.data else None,
         source=where,
     )
 

@@ -142,6 +142,15 @@ def activation_seconds(nbytes: float, profile: HardwareProfile) -> tuple[float, 
     return (nbytes / profile.onchip_bandwidth if profile.onchip_bandwidth else 0.0), 0.0
 
 
+def first_touch_seconds(layer: Layer, out_bytes: float, profile: HardwareProfile) -> float:
+    """Seconds to fault in fresh pages for an output over the profile's ``fresh_output_bytes``
+    (0 for ops that write in place, like ``relu_``, and on profiles without the figures)."""
+    if (not profile.fresh_output_bytes or not profile.first_touch_bandwidth or out_bytes <= profile.fresh_output_bytes
+            or (layer.aten_ops and all(op.split(".")[1].endswith("_") for op in layer.aten_ops if op.count(".") == 2))):
+        return 0.0
+    return out_bytes / profile.first_touch_bandwidth
+
+
 def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compressed: bool,
                   index_bits: float, element: float) -> float:
     if not compressed or pattern is None:
@@ -176,6 +185,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     act_in_s, act_in_dram = activation_seconds(layer.act_in_bytes * eff.in_keep * byte_scale, profile)
     act_out_s, act_out_dram = activation_seconds(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
+    act += first_touch_seconds(layer, layer.act_out_bytes * eff.out_keep * byte_scale, profile)
     rated = {rated_kind(op) for op in layer.aten_ops} - {None} if layer.macs == 0 else set()
     rates = [profile.rated_bandwidth[k] for k in rated if k in profile.rated_bandwidth]
     if rates:
