@@ -388,7 +388,7 @@ def profile_toml(c: Calibration) -> str:
     """The calibration as a profile file that ``--hw`` accepts."""
     today = datetime.date.today().isoformat()
     def dims(kind: str) -> str:
-        return "[" + ", ".join(f"{v:.4g}" for v in c.fits[kind].half_dims) + "]"
+        return "[" + ", ".join(f"{v:.4g}" if v >= 1e-3 else "0" for v in c.fits[kind].half_dims) + "]"  # fits' 1e-17 is 0
     def count(kind: str) -> int:
         return len(c.samples.get(kind, []))
     first_touch = "" if c.first_touch_bandwidth is None else (
