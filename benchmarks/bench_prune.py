@@ -42,6 +42,14 @@ def timed_round_robin(models: dict[str, torch.nn.Module], x: torch.Tensor, round
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
+def machine_speed() -> float:
+    """Median seconds of a fixed 3x3 convolution (64 channels, 56x56): timed right after calibrating
+    and after each model's rounds, it shows how far the machine drifted from its calibration."""
+    conv, x = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval(), torch.randn(1, 64, 56, 56)
+    runs = time_round_robin({"ref": Instance(conv, (x,))}, rounds=25, warmup=3)["ref"]
+    return statistics.median(runs)
+
+
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -54,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     profile = load_profile(args.hw) if args.hw else calibrate(progress=False).profile()
+    reference = machine_speed()
     x = torch.randn(1, 3, 224, 224)
     print(f"profile {profile.name}; batch 1, 224x224; one-shot L1 magnitude, compacted\n")
     print(f"{'model':10s} {'budget':>7s} {'params':>10s} {'predicted ms':>12s} {'measured ms':>11s} "
@@ -72,6 +81,7 @@ def main() -> None:
             variants[f"{fraction:.0%}"] = costplan.prune(dense, result.plan, graph=graph, source=name).eval()
             predicted[f"{fraction:.0%}"] = result.latency_s
         measured = timed_round_robin(variants, x, args.rounds, args.repeat)
+        drift = machine_speed() / reference - 1
         for key, model in variants.items():
             err = predicted[key] / measured[key] - 1
             pred_speedup, meas_speedup = predicted["dense"] / predicted[key], measured["dense"] / measured[key]
@@ -81,6 +91,7 @@ def main() -> None:
             print(f"{name:10s} {key:>7s} {n_params(model):10,d} {predicted[key] * 1e3:12.2f} {measured[key] * 1e3:11.2f} "
                   f"{err:+7.1%} {pred_speedup:13.2f} {meas_speedup:13.2f} "
                   f"{'' if key == 'dense' else format(pred_speedup / meas_speedup - 1, '+.1%'):>13s}")
+        print(f"{'':10s} (a reference convolution ran {drift:+.0%} slower than right after calibrating)")
     print(f"\npruned variants: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%} (goal 15%); "
           f"speedup over dense (drift of the machine since calibrating cancels): median |error| "
           f"{statistics.median(speedup_errors):.1%}, max {max(speedup_errors):.1%}")
