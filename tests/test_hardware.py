@@ -337,3 +337,17 @@ def test_outputs_over_the_fresh_page_size_pay_for_first_touch() -> None:
     relu = load_graph(torch.nn.ReLU(inplace=True), input="8x96x112x112").layers[0]
     assert relu.aten_ops == ("aten.relu_.default",)
     assert layer_latency(relu, Effective(0, 0), profile, "float32") == layer_latency(relu, Effective(0, 0), plain, "float32")
+
+
+def test_calibration_shapes_are_the_gemms_the_roofline_sees() -> None:
+    """The fit's half-dimensions are read back by roofline.dims: both must count rows, outputs and
+    reduction (inputs x kernel window) alike, or a 3x3 conv's reduction half is off by 9x."""
+    from costplan.hardware.calibrate import _module, sample_shapes
+
+    for kind in ("gemm", "conv", "pointwise", "depthwise"):
+        for shape in sample_shapes(kind, 4, seed=7):
+            module, x = _module(shape)
+            layer = next(l for l in load_graph(module, input="x".join(map(str, x.shape))).layers if l.macs)
+            seen = dims(layer, Effective(layer.macs, layer.params))
+            assert (seen.rows, seen.outputs, seen.reduction) == (shape.rows, shape.cout, shape.reduction), shape
+            assert layer.macs == shape.macs

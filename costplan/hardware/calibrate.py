@@ -51,19 +51,16 @@ class Shape:
 
     @property
     def reduction(self) -> int:
-        return self.cin if self.kind != "depthwise" else self.kernel ** 2
-
-    @property
-    def reduction_full(self) -> int:
+        """MACs per output, as :func:`costplan.hardware.roofline.dims` counts them: inputs x window."""
         return self.cin * max(self.kernel, 1) ** 2 if self.kind != "depthwise" else self.kernel ** 2
 
     @property
     def macs(self) -> int:
-        return self.rows * self.cout * self.reduction_full
+        return self.rows * self.cout * self.reduction
 
     @property
     def weight_bytes(self) -> int:
-        return 4 * self.cout * self.reduction_full
+        return 4 * self.cout * self.reduction
 
     @property
     def activation_bytes(self) -> tuple[int, int]:
