@@ -23,6 +23,7 @@ import torch
 from scipy.optimize import least_squares, nnls
 
 from costplan.hardware.profile import HardwareProfile, parse_profile
+from costplan.hardware.roofline import activation_cost
 
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
@@ -189,10 +190,9 @@ def fit_saturation(samples: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def _memory_seconds(shapes: list[Shape], bandwidth: float, onchip_bandwidth: float, onchip_bytes: float) -> np.ndarray:
-    """Weights from DRAM, activations in cache or DRAM: the roofline's memory side
-    (:func:`costplan.hardware.roofline.activation_seconds`) for each sampled shape."""
+    """Weights from DRAM, activations in cache or DRAM: the roofline's memory side for each sampled shape."""
     def activation(nbytes: float) -> float:
-        return nbytes / bandwidth if nbytes > onchip_bytes / 2 else nbytes / onchip_bandwidth
+        return activation_cost(nbytes, bandwidth, onchip_bytes, onchip_bandwidth)[0]
     return np.array([s.weight_bytes / bandwidth + sum(map(activation, s.activation_bytes)) for s in shapes])
 
 
@@ -228,8 +228,8 @@ def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float
 
 
 def _onchip(samples: list[tuple[float, float]], per_op: float) -> float:
-    """Bytes/s at which memory-only ops (activations, norms, GELU) move cache-sized activations
-    inside a network, from chains of them (each op reading what the previous one wrote), less the per-op overhead."""
+    """Bytes/s at which memory-only ops (ReLU, GELU/softmax) move cache-sized activations inside a
+    network, from chains of them (each op reading what the previous one wrote), less the per-op overhead."""
     return statistics.median(nbytes / CHAIN / max(seconds - per_op, 1e-9) for nbytes, seconds in samples)
 
 

@@ -148,6 +148,10 @@ class _Fields:
             raise self.fail(key, f"must be {bound}, got {value}")
         return float(value)
 
+    def optional(self, key: str, scale: float = 1.0) -> float | None:
+        """A positive number times ``scale`` (units: GB/s -> bytes/s), or None when the key is absent."""
+        return self.number(key, positive=True) * scale if key in self.data else None
+
     def flag(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
@@ -262,8 +266,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         peak_macs={d: v * 1e12 / 2 for d, v in peak.items()},  # vendors quote FLOPS = 2 x MACs
         bandwidth=memory.number("bandwidth_gbs", positive=True) * 1e9,
         onchip_bytes=memory.number("onchip_mb", 0.0) * 1e6,
-        onchip_bandwidth=memory.number("onchip_bandwidth_gbs", positive=True) * 1e9
-        if "onchip_bandwidth_gbs" in memory.data else None,
+        onchip_bandwidth=memory.optional("onchip_bandwidth_gbs", 1e9),
         efficiency=_efficiencies(eff),
         memory_efficiency=eff.number("memory", 1.0, high=1.0, positive=True),
         half_util_macs=_half_util(eff),
@@ -273,16 +276,15 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         default_dtype=default_dtype,
         sparsity=_sparsity(f.table("sparsity", required=False)),
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
-        energy_pj_per_dram_byte=energy.number("pj_per_dram_byte", positive=True) if "pj_per_dram_byte" in energy.data else None,
+        energy_pj_per_dram_byte=energy.optional("pj_per_dram_byte"),
         threads=threads,
         half_util_dims=_half_util_dims(eff),
         per_class_s=_per_class(overhead),
         rated_bandwidth={kind: memory.number(f"{kind}_gbs", positive=True) * 1e9
                          for kind in RATED_KINDS if f"{kind}_gbs" in memory.data},
         channel_multiple=multiple,
-        fresh_output_bytes=memory.number("fresh_output_mb", positive=True) * 1e6 if "fresh_output_mb" in memory.data else None,
-        first_touch_bandwidth=memory.number("first_touch_gbs", positive=True) * 1e9
-        if "first_touch_gbs" in memory.data else None,
+        fresh_output_bytes=memory.optional("fresh_output_mb", 1e6),
+        first_touch_bandwidth=memory.optional("first_touch_gbs", 1e9),
         source=where,
     )
 

@@ -16,7 +16,7 @@ from costplan.hardware.profile import DTYPE_BYTES, HardwareProfile
 from costplan.planfile import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph
-from costplan.trace.ops import is_elementwise, rated_kind
+from costplan.trace.ops import is_elementwise, rated_kind, writes_in_place
 
 
 @dataclass(frozen=True)
@@ -93,20 +93,15 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1) -> Dims | None:
         cin, cout, groups = int(a["in_channels"]), int(a["out_channels"]), int(a.get("groups", 1))
         window = math.prod(a.get("kernel_size", (1,)))  # type: ignore[arg-type]
         if layer.depthwise:
-            rows = layer.macs / (cout * window)
-            return Dims(rows, cout * eff.in_keep, window)
-        rows = layer.macs / (cout * cin // groups * window)
-        outputs, inputs = cout * eff.out_keep, cin * eff.in_keep
-        padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
-        padding = padded_out * padded_in / (outputs * inputs)
-        return Dims(rows, padded_out, padded_in / groups * window, padding)
-    if "out_features" in a and "in_features" in a:
-        cin, cout = int(a["in_features"]), int(a["out_features"])
-        rows = layer.macs / (cin * cout)
-        outputs, inputs = cout * eff.out_keep, cin * eff.in_keep
-        padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
-        return Dims(rows, padded_out, padded_in, padded_out * padded_in / (outputs * inputs))
-    return None
+            return Dims(layer.macs / (cout * window), cout * eff.in_keep, window)
+    elif "out_features" in a and "in_features" in a:
+        cin, cout, groups, window = int(a["in_features"]), int(a["out_features"]), 1, 1
+    else:
+        return None
+    outputs, inputs = cout * eff.out_keep, cin * eff.in_keep
+    padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
+    return Dims(layer.macs / (cout * cin // groups * window), padded_out, padded_in / groups * window,
+                padded_out * padded_in / (outputs * inputs))
 
 
 def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwareProfile) -> float:
@@ -133,20 +128,26 @@ def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, pr
     return run / (profile.peak_macs[precision] * profile.efficiency[klass] * u) if u > 0 else 0.0
 
 
+def activation_cost(nbytes: float, dram: float, onchip_bytes: float, onchip: float | None) -> tuple[float, float]:
+    """(seconds, DRAM bytes) to move an activation of ``nbytes``: a tensor that fits in half the
+    ``onchip_bytes`` stays there and moves at ``onchip`` bytes/s (free when None); a larger one goes
+    through DRAM at ``dram`` bytes/s."""
+    if nbytes > onchip_bytes / 2:
+        return nbytes / dram, nbytes
+    return (nbytes / onchip if onchip else 0.0), 0.0
+
+
 def activation_seconds(nbytes: float, profile: HardwareProfile) -> tuple[float, float]:
-    """(seconds, DRAM bytes) to move an activation: a tensor that fits in half the on-chip memory
-    stays there and moves at on-chip bandwidth (free where the profile gives none); a larger one
-    goes through DRAM."""
-    if nbytes > profile.onchip_bytes / 2:
-        return nbytes / (profile.bandwidth * profile.memory_efficiency), nbytes
-    return (nbytes / profile.onchip_bandwidth if profile.onchip_bandwidth else 0.0), 0.0
+    """:func:`activation_cost` on ``profile``: its attainable DRAM bandwidth and on-chip memory."""
+    return activation_cost(nbytes, profile.bandwidth * profile.memory_efficiency, profile.onchip_bytes,
+                           profile.onchip_bandwidth)
 
 
 def first_touch_seconds(layer: Layer, out_bytes: float, profile: HardwareProfile) -> float:
     """Seconds to fault in fresh pages for an output over the profile's ``fresh_output_bytes``
     (0 for ops that write in place, like ``relu_``, and on profiles without the figures)."""
     if (not profile.fresh_output_bytes or not profile.first_touch_bandwidth or out_bytes <= profile.fresh_output_bytes
-            or (layer.aten_ops and all(op.split(".")[1].endswith("_") for op in layer.aten_ops if op.count(".") == 2))):
+            or (layer.aten_ops and all(map(writes_in_place, layer.aten_ops)))):
         return 0.0
     return out_bytes / profile.first_touch_bandwidth
 
@@ -182,15 +183,16 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     klass = op_class(layer)
     element = DTYPE_BYTES[precision]
     weights = 0.0 if weights_cached else layer.weights_read * eff.shape_scale
-    act_in_s, act_in_dram = activation_seconds(layer.act_in_bytes * eff.in_keep * byte_scale, profile)
-    act_out_s, act_out_dram = activation_seconds(layer.act_out_bytes * eff.out_keep * byte_scale, profile)
+    in_bytes = layer.act_in_bytes * eff.in_keep * byte_scale
+    out_bytes = layer.act_out_bytes * eff.out_keep * byte_scale
+    act_in_s, act_in_dram = activation_seconds(in_bytes, profile)
+    act_out_s, act_out_dram = activation_seconds(out_bytes, profile)
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
-    act += first_touch_seconds(layer, layer.act_out_bytes * eff.out_keep * byte_scale, profile)
+    act += first_touch_seconds(layer, out_bytes, profile)
     rated = {rated_kind(op) for op in layer.aten_ops} - {None} if layer.macs == 0 else set()
     rates = [profile.rated_bandwidth[k] for k in rated if k in profile.rated_bandwidth]
     if rates:
-        moved = (layer.act_in_bytes * eff.in_keep + layer.act_out_bytes * eff.out_keep) * byte_scale
-        act = max(act, moved / min(rates))
+        act = max(act, (in_bytes + out_bytes) / min(rates))
     shape_macs = layer.macs * eff.shape_scale
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
     overhead = profile.per_op_s + sum(profile.per_class_s.get(k, 0.0) for k in ({klass} | rated) if k is not None)

@@ -266,3 +266,10 @@ def rated_kind(aten_op: str) -> str | None:
     if name.rstrip("_") in _TRANSCENDENTAL:
         return "transcendental"
     return "pooling" if name in _POOLING else "norm" if name in _NORM else None
+
+
+def writes_in_place(aten_op: str) -> bool:
+    """Whether 'aten.relu_.default' writes into its input (an in-place op: trailing underscore)
+    rather than a fresh output tensor."""
+    parts = aten_op.split(".")
+    return len(parts) == 3 and parts[1].endswith("_") and not parts[1].endswith("__")
