@@ -17,6 +17,7 @@ _EXPORTS = {
     "sweep": "costplan.api",
     "estimate_latency": "costplan.api",
     "prune": "costplan.api",
+    "uniform_plan": "costplan.api",
     "Pruner": "costplan.pruning.pruner",
     "Schedule": "costplan.pruning.schedule",
     "save": "costplan.pruning.saving",

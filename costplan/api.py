@@ -9,7 +9,8 @@ import torch
 
 from costplan.errors import CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate, load_profile
-from costplan.models import Instance, ModelSource, instantiate, parse_shapes, resolve
+from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, traced_dtype
+from costplan.models import Instance, ModelSource, instantiate, resolve
 from costplan.planfile import Plan, load_plan
 from costplan.report import Report, build_report
 from costplan.sparsity import apply_plan
@@ -17,16 +18,6 @@ from costplan.trace import LayerGraph, trace
 
 Shape = tuple[int, ...]
 ModelLike = str | torch.nn.Module
-
-
-def as_shapes(input: str | Sequence[int] | Sequence[Sequence[int]] | None) -> tuple[Shape, ...] | None:
-    if input is None:
-        return None
-    if isinstance(input, str):
-        return parse_shapes(input)
-    if all(isinstance(d, int) for d in input):
-        return (tuple(input),)  # type: ignore[arg-type]
-    return tuple(tuple(s) for s in input)  # type: ignore[union-attr]
 
 
 def _describe(instance: Instance) -> str:
@@ -74,22 +65,6 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
     return _trace_source(source)
 
 
-def as_plan(plan: Plan | str | os.PathLike[str] | None) -> Plan | None:
-    return load_plan(plan) if isinstance(plan, (str, os.PathLike)) else plan
-
-
-def as_profile(hw: HardwareProfile | str | os.PathLike[str]) -> HardwareProfile:
-    return hw if isinstance(hw, HardwareProfile) else load_profile(hw)
-
-
-QUANTISED = ("int8",)  # precisions a model is not traced in: bytes are rescaled from float32
-
-
-def traced_dtype(dtype: str) -> str:
-    """The dtype to trace a model in for a precision: quantised ones trace in float32."""
-    return "float32" if dtype in QUANTISED else dtype
-
-
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
                      dtype: str | None = None) -> Estimate:
     """Per-layer roofline latency of ``graph`` on ``hw`` under ``plan`` (seconds, joules)."""
@@ -123,9 +98,10 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
 
 
 def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
-                loss_fn: object, load_kwargs: dict) -> object:
-    """Scores from real weights where they can be had: the user's module, or the spec built on the CPU."""
-    from costplan.planning.importance import Importance, magnitude_scores, taylor_scores
+                   loss_fn: object, load_kwargs: dict) -> object:
+    """Scores from real weights where they can be had: the user's module, or the spec built on the CPU
+    (with its initial weights, drawn from a fixed seed so the same command gives the same plan)."""
+    from costplan.planning.importance import Importance, magnitude_scores, scored_params, taylor_scores
 
     if isinstance(importance, Importance):
         return importance
@@ -141,13 +117,15 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
         source = resolve(model, input_shapes=as_shapes(load_kwargs.get("input")), batch=load_kwargs.get("batch"),
                          seq_len=load_kwargs.get("seq_len"), dtype="float32",
                          trust=bool(load_kwargs.get("trust_pickle")))
-        module = instantiate(source, "cpu").module
-    layers = [l for l in graph.layers if l.has_weights]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = instantiate(source, "cpu").module
+    params = scored_params(graph)
     if importance == "taylor":
         if data is None or loss_fn is None:
             raise CostplanError("importance='taylor' needs data= (calibration batches) and loss_fn=(model, batch)")
-        return Importance(graph, taylor_scores(module, layers, data, loss_fn))  # type: ignore[arg-type]
-    return Importance(graph, magnitude_scores(module, layers))
+        return Importance(graph, taylor_scores(module, params, data, loss_fn))  # type: ignore[arg-type]
+    return Importance(graph, magnitude_scores(module, params))
 
 
 def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",
@@ -172,11 +150,9 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
 
 def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions: Sequence[float],
           **kwargs: object) -> list:
-    """Plans at budgets of ``fractions`` of the dense latency: the latency/importance front.
-
-    Returns (fraction, PlanResult or the reason it could not be met) pairs.
-    """
-    from costplan.planning.planner import Budget
+    """Plans at budgets of ``fractions`` of the dense latency: the latency/importance front, as
+    :class:`~costplan.planning.planner.SweepPoint` records (a plan, or why none meets that budget)."""
+    from costplan.planning.planner import Budget, SweepPoint
 
     profile = as_profile(hw)
     load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle") if k in kwargs}
@@ -184,32 +160,49 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
     graph = model if isinstance(model, LayerGraph) else load_graph(
         model, dtype=traced_dtype(dtype), **load)  # type: ignore[arg-type]
     importance = importance_for(graph, model, kwargs.pop("importance", "magnitude"), kwargs.pop("data", None),
-                             kwargs.pop("loss_fn", None), load)
+                                kwargs.pop("loss_fn", None), load)
     dense_ms = estimate_latency(graph, profile, None, dtype).latency_s * 1e3
-    results = []
+    points = []
     for fraction in fractions:
         try:
-            results.append((fraction, plan(graph, budget=Budget("latency", dense_ms * fraction), hw=profile,
-                                           importance=importance, **kwargs)))
+            points.append(SweepPoint(fraction, plan(graph, budget=Budget("latency", dense_ms * fraction), hw=profile,
+                                                    importance=importance, **kwargs)))
         except CostplanError as exc:
-            results.append((fraction, str(exc)))
-    return results
+            points.append(SweepPoint(fraction, None, str(exc)))
+    return points
+
+
+def uniform_plan(model: ModelLike | LayerGraph, pattern: str, sparsity: float, *, keep_ends_dense: bool = True,
+                 exclude: Sequence[str] = (), **kwargs: object) -> Plan:
+    """One ``sparsity`` for every group (channel, head) or weight (element-wise patterns) ``pattern``
+    can prune: the baseline a plan is compared with. ``kwargs`` go to :func:`load_graph`."""
+    from costplan.planning.units import uniform_plan as build
+
+    graph = model if isinstance(model, LayerGraph) else load_graph(model, **kwargs)  # type: ignore[arg-type]
+    return build(graph, pattern, sparsity, keep_ends_dense=keep_ends_dense, exclude=exclude)
 
 
 def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, criterion: str = "magnitude",
           compact: bool = True, input: str | Sequence | None = None, example_inputs: Sequence[object] | None = None,
-          graph: LayerGraph | None = None, source: str | None = None) -> torch.nn.Module:
-    """One-shot pruning of ``model`` (a module, left unchanged, or a spec such as ``resnet50``) to
-    ``plan`` by a weight-only ``criterion``; with ``compact`` the physically smaller model, else the
-    masked copy with the masks folded in. For gradual pruning in a training loop use :class:`Pruner`."""
+          graph: LayerGraph | None = None, source: str | None = None, **load: object) -> torch.nn.Module:
+    """One-shot pruning of ``model`` (a module, left unchanged, or a spec such as ``resnet50``, built
+    with its initial weights on the CPU) to ``plan`` by a weight-only ``criterion``; with ``compact``
+    the physically smaller model, else the masked copy with the masks folded in. For gradual pruning in
+    a training loop use :class:`Pruner`."""
     import copy
 
     from costplan.pruning.pruner import Pruner
 
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, str):
+        instance = instantiate(resolve(model, input_shapes=as_shapes(input), **load), "cpu")  # type: ignore[arg-type]
+        source = source or model
+        model, example_inputs = instance.module, example_inputs or instance.args
+        if instance.kwargs:
+            graph = graph or trace(model, instance.args, instance.kwargs, name=source)
+    else:
         model = copy.deepcopy(model)
-    pruner = Pruner(model, plan, criterion=criterion, input=input, example_inputs=example_inputs, graph=graph,
-                    source=source)
+    pruner = Pruner(model, plan, criterion=criterion, input=as_shapes(input), example_inputs=example_inputs,
+                    graph=graph, source=source)
     if pruner.criterion.needs_grad:
         raise CostplanError(f"criterion '{criterion}' needs gradients: use costplan.Pruner in a training loop")
     pruner.prune()

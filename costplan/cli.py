@@ -281,18 +281,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle)
     options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
     if args.sweep:
-        front = sweep(graph, fractions=_fractions(args.sweep), **options)
-        rows = [{"budget_fraction": round(f, 4),
-                 **({"latency_ms": r.latency_s * 1e3, "speedup": r.plan.predicted["speedup"],
-                     "importance_kept": r.plan.predicted["importance_kept"], "macs": r.plan.predicted["macs"],
-                     "params": r.plan.predicted["params"], "gap": r.solution.gap} if not isinstance(r, str)
-                    else {"unreachable": r})} for f, r in front]
-        if args.json:
-            _write(json.dumps(rows, indent=2) + "\n", args.output)
-            return 0
-        from costplan.render import sweep_table
+        from costplan.render import sweep_rows, sweep_table
 
-        _console().print(sweep_table(rows, graph.model, args.hw))
+        front = sweep(graph, fractions=_fractions(args.sweep), **options)
+        if args.json:
+            _write(json.dumps(sweep_rows(front), indent=2) + "\n", args.output)
+            return 0
+        _console().print(sweep_table(front, graph.model, args.hw))
         return 0
     result = plan(graph, budget=budget, **options)
     if args.output:

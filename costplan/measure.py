@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from costplan.api import QUANTISED, as_plan, as_profile
+from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes
 from costplan.errors import CostplanError
 from costplan.hardware import estimate
 from costplan.models import Instance, instantiate, resolve
@@ -109,7 +109,6 @@ def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float
     """Build ``model`` with random weights on the CPU, time it, and compare with ``hw``'s prediction."""
     if dtype in QUANTISED:
         raise CostplanError(f"measure runs the model in PyTorch on this CPU; {dtype} is not a dtype it can run")
-    from costplan.api import as_shapes
 
     profile = as_profile(hw)
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,

@@ -6,10 +6,11 @@ Only ``layers`` is required; a hand-written plan is a valid plan.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,36 @@ class Pattern:
     def elementwise(self) -> bool:
         """True where zeros stay inside a dense shape (the layer keeps its size)."""
         return self.kind in ELEMENTWISE_KINDS
+
+    def fits(self, shape: Sequence[int]) -> str | None:
+        """Why this element-wise pattern cannot apply to a weight of ``shape`` (outputs, inputs, ...),
+        or None. N:M groups run along the inputs, as sparse tensor cores read them."""
+        if self.kind == "nm" and (len(shape) < 2 or shape[1] % self.m):
+            width = shape[1] if len(shape) > 1 else shape[0]
+            return f"{self} needs an input width that is a multiple of {self.m}, not {width}"
+        if self.kind == "block":
+            rows, cols = shape[0], math.prod(shape[1:])
+            if rows < self.n or cols < self.m:
+                return f"{self} blocks do not fit a {rows}x{cols} weight"
+        return None
+
+    def kept(self, shape: Sequence[int], sparsity: float) -> int:
+        """Weights of a ``shape`` weight this element-wise pattern keeps at ``sparsity``: the count its
+        masks (costplan.pruning.masks) leave, so analysis and pruning agree exactly."""
+        numel = math.prod(shape)
+        if sparsity <= 0 or numel == 0:
+            return numel
+        if self.kind == "unstructured":
+            return numel - math.floor(sparsity * numel)
+        if self.kind == "nm":
+            groups = numel // self.m
+            chosen = round(min(1.0, sparsity / (1.0 - self.n / self.m)) * groups)
+            return numel - chosen * (self.m - self.n)
+        if self.kind == "block":
+            rows, cols = shape[0], numel // shape[0]
+            blocks = (rows // self.n) * (cols // self.m)
+            return numel - math.floor(sparsity * blocks) * self.n * self.m
+        raise ValueError(f"not an element-wise pattern: {self}")
 
 
 def parse_pattern(text: str) -> Pattern:

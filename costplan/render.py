@@ -171,8 +171,8 @@ def plan_table(result) -> Table:  # PlanResult
     for col in ("layer", "pattern", "ratio", "before ms", "after ms", "bound"):
         table.add_column(col, justify="right" if col in ("ratio", "before ms", "after ms") else "left")
     for row in result.rows:
-        table.add_row(str(row["layer"]), str(row["pattern"]), f"{row['sparsity']:.0%}", f"{row['before_ms']:.4f}",
-                      f"{row['after_ms']:.4f}", str(row["bound"]))
+        table.add_row(row.layer, row.pattern, f"{row.sparsity:.0%}", f"{row.before_ms:.4f}", f"{row.after_ms:.4f}",
+                      row.bound)
     if not result.rows:
         table.add_row("(no layer needs pruning: the dense model meets the budget)", "", "", "", "", "")
     return table
@@ -180,27 +180,43 @@ def plan_table(result) -> Table:  # PlanResult
 
 def plan_text(result, path: str | None = None) -> Text:  # PlanResult
     p = result.plan.predicted
-    solver = result.plan.extra["solver"]
+    solver = result.solver
     text = Text()
     text.append("predicted  ", style="bold")
     text.append(f"{p['dense_latency_ms']:.3f} ms -> {p['latency_ms']:.3f} ms ({p['speedup']:.2f}x); MACs "
                 f"{si(p['dense_macs'])} -> {si(p['macs'])}; params {si(p['dense_params'])} -> {si(p['params'])}; "
-                f"importance kept {p['importance_kept']:.1%} ({result.plan.extra['importance']})")
-    gap = solver["gap"]
-    text.append(f"\nsolver  {solver['status']} (gap {gap:.2%}) in {solver['seconds']:.2f} s over "
-                f"{solver['units']} groups, {solver['options']} options; patterns {', '.join(result.plan.extra['patterns'])}"
-                if gap == gap else f"\nsolver  {solver['status']} in {solver['seconds']:.2f} s")
+                f"importance kept {p['importance_kept']:.1%} ({result.importance})")
+    gap = "" if solver.gap is None else f" (gap {solver.gap:.2%})"
+    text.append(f"\nsolver  {solver.status.value}{gap} in {solver.seconds:.2f} s over {solver.units} groups, "
+                f"{solver.options} options; patterns {', '.join(result.patterns)}")
+    for warning in result.warnings:
+        text.append("\nwarning  ", style="bold yellow")
+        text.append(warning)
     if path:
         text.append(f"\nwrote {path}")
     return text
 
 
-def sweep_table(rows: list, model: str, hw: str) -> Table:
+def sweep_rows(points: list) -> list[dict]:
+    """A sweep's points (SweepPoint) as JSON rows."""
+    rows = []
+    for pt in points:
+        if pt.result is None:
+            rows.append({"budget_fraction": round(pt.fraction, 4), "unreachable": pt.unreachable})
+            continue
+        p = pt.result.plan.predicted
+        rows.append({"budget_fraction": round(pt.fraction, 4), "latency_ms": pt.result.latency_s * 1e3,
+                     "speedup": p["speedup"], "importance_kept": p["importance_kept"], "macs": p["macs"],
+                     "params": p["params"], "status": pt.result.solver.status.value, "gap": pt.result.solver.gap})
+    return rows
+
+
+def sweep_table(points: list, model: str, hw: str) -> Table:
     """The latency/importance front: one row per budget."""
     table = Table(title=f"{model} on {hw}: importance kept against latency", title_justify="left", header_style="bold")
     for col in ("budget x dense", "latency ms", "speedup", "importance kept", "MACs", "params"):
         table.add_column(col, justify="right")
-    for r in rows:
+    for r in sweep_rows(points):
         if "unreachable" in r:
             table.add_row(f"{r['budget_fraction']:.3f}", "unreachable", "", "", "", "")
             continue

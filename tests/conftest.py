@@ -54,3 +54,40 @@ class SmallCNN(torch.nn.Module):
         x = torch.relu(self.bn2(self.conv2(x)))
         x = self.conv3(self.dw(x)) + x
         return self.fc(x.mean((2, 3)))
+
+
+def whole_groups(graph, entries: dict[str, tuple[float, str]]) -> dict[str, dict]:
+    """Plan layers from per-module choices, a structured choice given to every member of its group (the
+    plan a user must write: coupled layers get one ratio). Structured choices on layers no prunable group
+    holds are dropped."""
+    from costplan.trace.groups import structure_of
+
+    structure = structure_of(graph)
+    layers: dict[str, dict] = {}
+    for name, (sparsity, pattern) in sorted(entries.items(), key=lambda e: e[1][1] in ("channel", "head")):
+        if pattern not in ("channel", "head"):
+            layers[name] = {"sparsity": sparsity, "pattern": pattern}
+            continue
+        group = structure.groups.get(structure.member_of.get(name, ""))
+        if group is None or not group.prunable or group.kind != pattern:
+            continue
+        for member in ([group.name] if pattern == "head" else group.members):
+            layers[member] = {"sparsity": sparsity, "pattern": pattern}
+    return layers
+
+
+def applied(graph, layers):
+    """``apply_plan`` for generated plans (a Plan, or its layers as dicts): a plan refused only because a
+    pattern does not fit a layer's (pruned) shape is discarded (hypothesis.assume), any other refusal
+    fails the test."""
+    from hypothesis import assume
+
+    from costplan.errors import CostplanError
+    from costplan.planfile import Plan
+    from costplan.sparsity import apply_plan
+
+    try:
+        return apply_plan(graph, layers if isinstance(layers, Plan) else Plan.from_dict({"layers": layers}))
+    except CostplanError as exc:
+        assume("cannot take" not in str(exc))
+        raise

@@ -12,7 +12,7 @@ from costplan.api import analyze, load_graph
 from costplan.errors import CostplanError
 from costplan.planfile import Plan, load_plan, parse_pattern, save_plan
 from costplan.sparsity import apply_plan, effective_totals
-from tests.conftest import SmallCNN, TwoConvs, graph_of
+from tests.conftest import SmallCNN, TwoConvs, applied, graph_of, whole_groups
 
 
 def plan(**layers: tuple[float, str]) -> Plan:
@@ -42,13 +42,21 @@ def test_channel_pruning_shrinks_consumers_by_hand() -> None:
 
 
 def test_channel_pruning_through_depthwise_and_residual() -> None:
-    """conv2's kept width flows through bn2 and the depthwise conv; the residual add keeps it."""
+    """conv2's channels pass the depthwise conv and meet conv3's at the add: one group. Pruned together,
+    the depthwise conv, conv3 (both sides) and fc's input shrink; naming conv2 alone is refused."""
     graph = load_graph(SmallCNN(), input="1x3x8x8")
-    eff = apply_plan(graph, plan(conv2=(0.25, "channel")))
+    eff = apply_plan(graph, plan(conv2=(0.25, "channel"), conv3=(0.25, "channel")))
+    assert eff["conv2"].macs == graph.layer("conv2").macs * 0.75
     assert eff["dw"].macs == graph.layer("dw").macs * 0.75
-    assert eff["conv3"].macs == graph.layer("conv3").macs * 0.75
-    assert eff["conv3"].out_keep == 1.0
-    assert eff["fc"].macs == graph.layer("fc").macs  # the add's wider (unpruned) branch wins
+    assert eff["conv3"].macs == graph.layer("conv3").macs * 0.75 * 0.75
+    assert eff["conv3"].out_keep == 0.75 and eff["conv3"].in_keep == 0.75
+    assert eff["fc"].macs == graph.layer("fc").macs * 0.75
+    with pytest.raises(CostplanError, match=r"'conv2' shares its output channels with 'conv3'"):
+        apply_plan(graph, plan(conv2=(0.25, "channel")))
+    with pytest.raises(CostplanError, match=r"different ratios"):
+        apply_plan(graph, plan(conv2=(0.25, "channel"), conv3=(0.5, "channel")))
+    with pytest.raises(CostplanError, match=r"channels of 'fc' cannot be removed: they reach the model's output"):
+        apply_plan(graph, plan(fc=(0.5, "channel")))
 
 
 def test_bert_heads_shrink_projections_and_attention(bert_graph) -> None:
@@ -127,12 +135,11 @@ PATTERNS = ["unstructured", "2:4", "4x1", "channel"]
 def test_more_sparsity_never_adds_work(layers, layer, extra) -> None:
     """Raising one layer's sparsity never raises effective MACs or non-zero params."""
     graph = _small_graph()
-    layers = {k: {"sparsity": s, "pattern": p} for k, (s, p) in layers.items()}
-    base = layers.get(layer, {"sparsity": 0.0, "pattern": "unstructured"})
+    base = layers.get(layer, (0.0, "unstructured"))
     more = dict(layers)
-    more[layer] = {"sparsity": max(base["sparsity"], min(0.95, base["sparsity"] + extra)), "pattern": base["pattern"]}
-    low = effective_totals(graph, apply_plan(graph, Plan.from_dict({"layers": layers})))
-    high = effective_totals(graph, apply_plan(graph, Plan.from_dict({"layers": more})))
+    more[layer] = (max(base[0], min(0.95, base[0] + extra)), base[1])
+    low = effective_totals(graph, applied(graph, whole_groups(graph, layers)))
+    high = effective_totals(graph, applied(graph, whole_groups(graph, more)))
     assert high[0] <= low[0] and high[1] <= low[1]
     assert high[0] <= graph.total_macs and high[1] <= graph.total_params
 

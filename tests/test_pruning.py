@@ -90,8 +90,8 @@ def test_unstructured_and_blocks() -> None:
 # ---- criteria and masks through training ---------------------------------------------------------
 
 def small_plan(pattern: str, sparsity: float) -> Plan:
-    layers = ["conv2", "conv3"] if pattern != "channel" else ["conv2"]
-    return Plan.from_dict({"layers": {n: {"sparsity": sparsity, "pattern": pattern} for n in layers}})
+    """conv2 and conv3: element-wise each, or (channel) their one group, coupled by SmallCNN's residual add."""
+    return Plan.from_dict({"layers": {n: {"sparsity": sparsity, "pattern": pattern} for n in ("conv2", "conv3")}})
 
 
 @pytest.mark.parametrize("criterion", sorted(set(CRITERIA) - {"snip-momentum", "magnitude"}))
@@ -120,6 +120,9 @@ def test_training_reaches_the_plan_and_masked_weights_stay_zero(criterion: str, 
     if pattern == "channel":
         assert achieved["conv2.weight"] == pytest.approx(0.5)
         assert achieved["bn2.bias"] == pytest.approx(0.5)      # the norm after it follows
+        assert achieved["dw.weight"] == pytest.approx(0.5)     # so does the depthwise conv
+        assert achieved["conv3.weight"] == pytest.approx(0.75)  # its rows, and its columns reading dw
+        assert achieved["fc.weight"] == pytest.approx(0.5)     # the classifier's columns
     else:
         assert achieved["conv2.weight"] == pytest.approx(0.5, abs=0.02)
     folded = pruner.remove()
@@ -239,6 +242,10 @@ def test_loading_a_file_built_model_needs_trust(tmp_path) -> None:
     ({"conv9": {"sparsity": 0.5}, "fc2": {"sparsity": 0.5}}, "lacks: conv9, fc2"),
     ({"conv1": {"sparsity": 0.5, "pattern": "2:4"}}, "multiple of 4, not 3"),
     ({"fc": {"sparsity": 0.5, "pattern": "channel"}}, "cannot be removed"),
+    ({"conv2": {"sparsity": 0.5, "pattern": "channel"}}, "'conv2' shares its output channels with 'conv3'"),
+    ({"conv2": {"sparsity": 0.5, "pattern": "channel"}, "conv3": {"sparsity": 0.25, "pattern": "channel"}},
+     "different ratios"),
+    ({"conv1": {"sparsity": 0.5, "pattern": "head"}}, "not an attention module"),
 ])
 def test_bad_plans_fail_before_touching_weights(layers, message) -> None:
     model = SmallCNN()
@@ -266,14 +273,18 @@ import costplan
 from costplan.pruning.schedule import Schedule
 from tests.conftest import SmallCNN
 from tests.test_pruning import small_plan
+from costplan.pruning.criteria import Random
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[2]}", rank=rank, world_size=2)
 torch.manual_seed(0)
 model = SmallCNN()
-pruner = costplan.Pruner(model, small_plan(sys.argv[3], 0.5), criterion=sys.argv[4], input="1x3x8x8",
+# scores differ by rank, so ranks agree only if the pruner broadcasts rank 0's masks
+criterion = Random(seed=rank) if sys.argv[4] == "random-by-rank" else sys.argv[4]
+pruner = costplan.Pruner(model, small_plan(sys.argv[3], 0.5), criterion=criterion, input="1x3x8x8",
                          schedule=Schedule(1, 5, 1))
 pruner.on_train_begin()
-ddp = torch.nn.parallel.DistributedDataParallel(model)
+# DDP would copy rank 0's buffers (the masks) on every forward: keep it from hiding a missing broadcast
+ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
 torch.manual_seed(100 + rank)   # each rank sees different data
 for step in range(6):
@@ -283,12 +294,12 @@ for step in range(6):
     pruner.on_before_optimizer_step()
     opt.step(); opt.zero_grad()
     pruner.on_after_optimizer_step()
-torch.save(pruner.masks(), sys.argv[5] + f".{rank}")
+torch.save({"masks": pruner.masks(), "kept": pruner.kept}, sys.argv[5] + f".{rank}")
 dist.destroy_process_group()
 """
 
 
-@pytest.mark.parametrize("pattern, criterion", [("unstructured", "taylor"), ("channel", "random")])
+@pytest.mark.parametrize("pattern, criterion", [("unstructured", "random-by-rank"), ("channel", "random-by-rank")])
 def test_ddp_ranks_agree_on_masks(tmp_path, pattern: str, criterion: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -300,9 +311,11 @@ def test_ddp_ranks_agree_on_masks(tmp_path, pattern: str, criterion: str) -> Non
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(port), pattern, criterion, str(out)],
                               cwd=os.getcwd(), env=env) for r in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    m0, m1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    m0, m1 = r0["masks"], r1["masks"]
     assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
     assert any((m == 0).any() for m in m0.values())
+    assert r0["kept"].keys() == r1["kept"].keys() and all(torch.equal(r0["kept"][k], r1["kept"][k]) for k in r0["kept"])
 
 
 def test_hugging_face_trainer_callback(tmp_path) -> None:
@@ -340,7 +353,8 @@ def test_prune_command_one_shot_and_with_training(tmp_path) -> None:
         "    return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))"
         " for _ in range(3)]\n")
     plan = tmp_path / "plan.json"
-    plan.write_text('{"layers": {"conv2": {"sparsity": 0.5, "pattern": "channel"}}}')
+    plan.write_text('{"layers": {"conv2": {"sparsity": 0.5, "pattern": "channel"}, '
+                    '"conv3": {"sparsity": 0.5, "pattern": "channel"}}}')
     model = f"{tmp_path / 'net.py'}:build"
     out = tmp_path / "small.pt"
     assert main(["prune", model, "--plan", str(plan), "-o", str(out)]) == 0
@@ -355,6 +369,6 @@ def test_prune_command_one_shot_and_with_training(tmp_path) -> None:
 def test_a_layer_that_reads_and_writes_its_own_group() -> None:
     torch.manual_seed(0)
     model = randomise_norms(SmallCNN())
-    plan = Plan.from_dict({"layers": {"conv2": {"sparsity": 0.5, "pattern": "channel"}}})
+    plan = small_plan("channel", 0.5)
     small = compare(model, plan, {"x": torch.randn(2, 3, 8, 8)}, input="1x3x8x8")
     assert (small.conv3.in_channels, small.conv3.out_channels, small.fc.in_features) == (16, 16, 16)

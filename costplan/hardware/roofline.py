@@ -193,7 +193,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     rates = [profile.rated_bandwidth[k] for k in rated if k in profile.rated_bandwidth]
     if rates:
         act = max(act, (in_bytes + out_bytes) / min(rates))
-    shape_macs = layer.macs * eff.shape_scale
+    shape_macs = eff.shape_macs if eff.shape_macs is not None else eff.macs / eff.density if eff.density else 0.0
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
     overhead = profile.per_op_s + sum(profile.per_class_s.get(k, 0.0) for k in ({klass} | rated) if k is not None)
 
@@ -246,8 +246,7 @@ def context(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str,
     its default precision, and bytes are rescaled from the traced dtype to it."""
     traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
     precision = profile.precision(dtype or traced)
-    weight_total = sum(l.params * effective[l.name].shape_scale * effective[l.name].density
-                       for l in graph.layers) * DTYPE_BYTES[precision]
+    weight_total = sum(effective[l.name].params for l in graph.layers) * DTYPE_BYTES[precision]
     return Context(precision, DTYPE_BYTES[precision] / DTYPE_BYTES[traced],
                    profile.weights_on_chip and weight_total <= profile.onchip_bytes)
 

@@ -12,36 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from costplan.coerce import parse_shapes, torch_dtype
 from costplan.errors import CostplanError, close_names
 from costplan.models import files, hf, vision
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
 Shape = tuple[int, ...]
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    """'fp16' -> torch.float16."""
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise CostplanError(f"unknown dtype '{name}'; use one of float32, float16, bfloat16") from None
-
-
-def parse_shapes(text: str) -> tuple[Shape, ...]:
-    """'1x3x224x224' -> ((1, 3, 224, 224),); several inputs are separated by commas."""
-    shapes = []
-    for part in text.split(","):
-        dims = part.strip().lower().split("x")
-        if not part.strip() or not all(d.isdigit() and int(d) > 0 for d in dims):
-            raise CostplanError(f"malformed input shape '{text}': give positive sizes joined by 'x', "
-                                "like 1x3x224x224 (several inputs: 1x3x32x32,1x10)")
-        shapes.append(tuple(int(d) for d in dims))
-    return tuple(shapes)
 
 
 @dataclass(frozen=True)
@@ -90,13 +65,13 @@ def _with_batch(shapes: Sequence[Shape], batch: int | None) -> tuple[Shape, ...]
 def resolve(spec: str, *, input_shapes: Sequence[Shape] | None = None, batch: int | None = None,
             seq_len: int | None = None, dtype: str = "float32", trust: bool = False) -> ModelSource:
     """Turn a model spec into a :class:`ModelSource`. Raises :class:`CostplanError` for bad specs."""
-    torch_dtype = parse_dtype(dtype)
+    dtype_ = torch_dtype(dtype)
     if seq_len is not None and seq_len <= 0:
         raise CostplanError(f"--seq-len must be positive, got {seq_len}")
     source = _resolve(spec, input_shapes, batch, seq_len, trust)
-    if torch_dtype == torch.float32:
+    if dtype_ == torch.float32:
         return source
-    return ModelSource(source.name, source.family, lambda device: _cast(source.build(device), torch_dtype),
+    return ModelSource(source.name, source.family, lambda device: _cast(source.build(device), dtype_),
                        source.meta)
 
 
@@ -123,3 +98,6 @@ def instantiate(source: ModelSource, device: str) -> Instance:
         with torch.device("meta"):
             return source.build("meta")
     return source.build(device)
+
+
+__all__ = ["Instance", "ModelSource", "instantiate", "parse_shapes", "resolve"]

@@ -19,43 +19,45 @@ import torch
 from scipy import stats
 
 from costplan.planfile import Pattern
-from costplan.planning.coupling import Group
-from costplan.trace.graph import Layer, LayerGraph
+from costplan.trace.graph import LayerGraph
+from costplan.trace.groups import PrunableGroup, structure_of, unit_scores
 
 
-def weight_of(module: torch.nn.Module, layer: Layer) -> torch.Tensor | None:
-    """The layer's weight as (out, in, ...), or None if it has no named weight."""
-    name = layer.attrs.get("weight")
-    if not isinstance(name, str):
-        return None
-    try:
-        weight = module.get_parameter(name)
-    except AttributeError:
-        return None
-    return weight.detach().t() if layer.attrs.get("transposed_weight") else weight.detach()
+def scored_params(graph: LayerGraph) -> list[str]:
+    """The parameters importance reads: every conv/linear weight, and the rows the prunable groups'
+    members write (an LSTM's gate weights)."""
+    names = [l.attrs["weight"] for l in graph.layers if l.has_weights and isinstance(l.attrs.get("weight"), str)]
+    names += [s.param for g in structure_of(graph).prunable() for s in g.slices if s.role == "out" and s.tensor != "bias"
+              and not s.tensor.startswith("bias")]
+    return list(dict.fromkeys(names))
 
 
-def magnitude_scores(module: torch.nn.Module, layers: Iterable[Layer]) -> dict[str, torch.Tensor]:
-    """w^2 per weight, for each layer that has a weight."""
+def magnitude_scores(module: torch.nn.Module, params: Iterable[str]) -> dict[str, torch.Tensor]:
+    """w^2 per weight element, keyed by parameter name (in the parameter's own layout)."""
     out = {}
-    for layer in layers:
-        w = weight_of(module, layer)
-        if w is not None and not w.is_meta:
-            out[layer.name] = w.float().pow(2)
+    for name in params:
+        try:
+            w = module.get_parameter(name)
+        except AttributeError:
+            continue
+        if not w.is_meta:
+            out[name] = w.detach().float().pow(2)
     return out
 
 
-def taylor_scores(module: torch.nn.Module, layers: Iterable[Layer], batches: Iterable[object],
+def taylor_scores(module: torch.nn.Module, params: Iterable[str], batches: Iterable[object],
                   loss_fn: Callable[[torch.nn.Module, object], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """|w * dL/dw| summed over ``batches``; ``loss_fn(module, batch)`` returns a scalar loss.
-
-    Gradients are accumulated into copies: the module's own ``.grad`` fields are restored after.
-    """
-    layers = list(layers)
-    params = {l.name: module.get_parameter(l.attrs["weight"]) for l in layers if isinstance(l.attrs.get("weight"), str)}
+    """|w * dL/dw| summed over ``batches``, keyed by parameter name; ``loss_fn(module, batch)`` returns
+    a scalar loss. Gradients are accumulated into copies: the module's own ``.grad`` fields are restored."""
+    wanted = {}
+    for name in params:
+        try:
+            wanted[name] = module.get_parameter(name)
+        except AttributeError:
+            continue
     everything = list(module.parameters())
     saved = [p.grad.clone() if p.grad is not None else None for p in everything]
-    totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in wanted.items()}
     was_training = module.training
     module.eval()
     try:
@@ -63,15 +65,14 @@ def taylor_scores(module: torch.nn.Module, layers: Iterable[Layer], batches: Ite
             for p in everything:
                 p.grad = None
             loss_fn(module, batch).backward()
-            for name, p in params.items():
+            for name, p in wanted.items():
                 if p.grad is not None:
                     totals[name] += (p.detach() * p.grad).abs().float()
     finally:
         for p, grad in zip(everything, saved):
             p.grad = grad
         module.train(was_training)
-    layer_by_name = {l.name: l for l in layers}
-    return {name: (t.t() if layer_by_name[name].attrs.get("transposed_weight") else t) for name, t in totals.items()}
+    return totals
 
 
 # ---- Gaussian weights: closed forms -------------------------------------------------------------
@@ -115,18 +116,25 @@ def _lowest_share(values: torch.Tensor, count: int) -> float:
 
 
 class Importance:
-    """Removed-importance of every choice the planner can make, from scores or Gaussian weights."""
+    """Removed-importance of every choice the planner can make, from scores or Gaussian weights.
+
+    ``scores`` are per-element scores keyed by parameter name, in the parameter's own layout."""
 
     def __init__(self, graph: LayerGraph, scores: Mapping[str, torch.Tensor] | None = None,
                  heads: Mapping[str, int] | None = None) -> None:
         self.graph = graph
-        self.scores = {name: _normalised(s) for name, s in (scores or {}).items()}
+        self.raw = dict(scores or {})
+        transposed = {l.attrs["weight"] for l in graph.layers if l.attrs.get("transposed_weight")
+                      and isinstance(l.attrs.get("weight"), str)}
+        # element-wise patterns read weights as (outputs, inputs, ...), each normalised to sum to one
+        self.scores = {name: _normalised(s.t() if name in transposed else s) for name, s in self.raw.items()}
         self.heads = dict(heads or graph.heads)
         self.kind = "measured" if self.scores else "gaussian"
         self._cumulative: dict[tuple[str, int, int], np.ndarray] = {}
+        self._units: dict[str, np.ndarray | None] = {}
 
     def _lowest(self, layer: str, rows: int, cols: int, count: int) -> float:
-        """Sum of the ``count`` smallest (rows x cols)-block sums of a layer's scores; each layer's
+        """Sum of the ``count`` smallest (rows x cols)-block sums of a weight's scores; each weight's
         blocks are sorted once and their running sums reused for every ratio level."""
         key = (layer, rows, cols)
         if key not in self._cumulative:
@@ -142,38 +150,27 @@ class Importance:
         shape = self.scores[layer].flatten(1).shape
         return (shape[0] // rows) * (shape[1] // cols)
 
-    def _channel_scores(self, group: Group) -> torch.Tensor | None:
-        """Per output channel (or head) sums of the members' normalised scores."""
-        if not all(m in self.scores for m in group.members):
-            return None
-        total: torch.Tensor | None = None
-        for member in group.members:
-            per_row = self.scores[member].flatten(1).sum(1)
-            if group.kind == "head":
-                chunks = 3 if len(group.members) == 1 else 1  # a fused q/k/v projection
-                if per_row.numel() % (chunks * group.width):
-                    return None
-                per_row = per_row.view(chunks, group.width, -1).sum((0, 2))
-            total = per_row if total is None else total + per_row
-        return total
-
-    def removed_structured(self, group: Group, kept: int) -> float:
-        """Importance removed when ``group`` keeps ``kept`` of its ``width`` channels or heads."""
+    def removed_structured(self, group: PrunableGroup, kept: int) -> float:
+        """Importance removed when ``group`` keeps ``kept`` of its ``width`` units (channels or heads):
+        the lowest units by :func:`costplan.trace.groups.unit_scores`, the ranking the pruner uses."""
         removed = group.width - kept
-        per_group = self._channel_scores(group)
-        if per_group is None:
+        if group.name not in self._units:
+            units = unit_scores(group, self.raw) if self.raw else None
+            self._units[group.name] = None if units is None else np.cumsum(np.sort(units.numpy()))
+        cumulative = self._units[group.name]
+        if cumulative is None:
             return len(group.members) * removed / group.width
-        return _lowest_share(per_group, removed)
+        return float(cumulative[removed - 1]) if removed > 0 else 0.0
 
-    def removed_elementwise(self, layer: str, pattern: Pattern, sparsity: float) -> float:
-        """Importance removed from ``layer`` by ``pattern`` at ``sparsity``."""
+    def removed_elementwise(self, weight: str, pattern: Pattern, sparsity: float) -> float:
+        """Importance removed from the weight ``weight`` (a parameter name) by ``pattern`` at ``sparsity``."""
         if sparsity <= 0:
             return 0.0
-        scores = self.scores.get(layer)
+        scores = self.scores.get(weight)
         if pattern.kind == "unstructured":
             if scores is None:
                 return gaussian_unstructured(sparsity)
-            return self._lowest(layer, 1, 1, math.floor(sparsity * scores.numel()))
+            return self._lowest(weight, 1, 1, math.floor(sparsity * scores.numel()))
         if pattern.kind == "nm":
             if scores is None:
                 return gaussian_nm(pattern.n, pattern.m)
@@ -185,5 +182,5 @@ class Importance:
             r, c = pattern.n, pattern.m
             if scores is None:
                 return gaussian_unstructured(sparsity, r * c)
-            return self._lowest(layer, r, c, math.floor(sparsity * self._blocks(layer, r, c)))
+            return self._lowest(weight, r, c, math.floor(sparsity * self._blocks(weight, r, c)))
         raise ValueError(f"not an element-wise pattern: {pattern}")

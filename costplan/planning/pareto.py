@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import numpy as np
 
+from costplan.planning.problem import Infeasible, NotDecomposable
+
 if TYPE_CHECKING:
-    from costplan.planning.solver import Problem
+    from costplan.planning.problem import Problem
 
 MAX_BLOCK = 1_000_000   # option combinations x hub choices enumerated at once for one block
 Key = tuple[int, ...]
@@ -441,10 +443,11 @@ class _Lagrangian:
         return out, np.array(lat_floor), np.array(lag_floor)
 
 
-def fronts_solve(problem: Problem, budget: float | None) -> tuple[int, ...] | None | bool:
-    """The optimal choice (least importance removed within ``budget`` seconds, or with ``budget``
-    None the least latency); False when no choice meets the budget; None when the problem's
-    structure does not suit this method (the MILP then solves it)."""
+def fronts_solve(problem: Problem, budget: float | None) -> tuple[int, ...]:
+    """The optimal choice: least importance removed within ``budget`` seconds, or with ``budget``
+    None the least latency. Raises :class:`Infeasible` when no choice meets the budget and
+    :class:`NotDecomposable` when the problem's structure does not suit this method (the MILP then
+    solves it)."""
     n = len(problem.cost)
     sizes = {u: len(c) for u, c in enumerate(problem.cost)}
     if budget is None:
@@ -454,18 +457,20 @@ def fronts_solve(problem: Problem, budget: float | None) -> tuple[int, ...] | No
     records = _Records()
     built = pieces_of(problem, records)
     if built is None:
-        return None
+        raise NotDecomposable("a block too large to enumerate")
     pieces, hubs = built
     if not pieces:   # nothing to choose: the constant latency meets the budget or nothing does
-        return False if budget is not None and problem.constant > budget * (1 + 1e-12) else tuple([0] * n)
+        if budget is not None and problem.constant > budget * (1 + 1e-12):
+            raise Infeasible("the latency no choice changes exceeds the budget")
+        return tuple([0] * n)
     order = elimination_order([p.scope for p in pieces], hubs)
     if order is None:
-        return None
+        raise NotDecomposable("its hubs form a cycle")
     lagrangian = _Lagrangian(pieces, sizes, order)
     fastest = lagrangian.total(lagrangian.minima(0.0, latency_only=True))
     cap = fastest * (1 + 1e-9) if budget is None else budget - problem.constant
     if fastest > cap * (1 + 1e-12):
-        return False
+        raise Infeasible("no choice meets the budget")
     lam, lower = lagrangian.maximise(cap)
     marginals = lagrangian.hub_marginals(lam)
     upper = lower + 1e-3 * abs(lower) + 1e-12

@@ -1,30 +1,40 @@
 """Per-layer sparsity that meets a latency budget while removing the least importance.
 
-The planner turns a layer graph into the solver's discrete problem: units (channel groups, head
-groups, single layers) with options (ratio levels of the patterns the device can exploit), each
-option's importance removed, and latency tables from the same roofline ``costplan analyze`` uses,
-so that ``analyze --plan`` reproduces the planner's prediction.
+The planner turns a layer graph into the solver's discrete problem: units (:mod:`costplan.planning.units`)
+with options, each option's importance removed, and latency tables from the same roofline and the same
+layer arithmetic (:func:`costplan.sparsity.layer_effective`) ``costplan analyze`` uses. A layer's latency
+is a term of the (at most two) units whose choices change its shapes. The rare layer that depends on
+more (a convolution reading a concatenation of three groups) is tabulated against its two largest
+influences; the chosen plan is then re-estimated exactly and, if that misses the budget, re-solved
+against a tighter one, so the prediction reported is ``analyze --plan``'s.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from costplan.errors import CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate
 from costplan.hardware.roofline import context, layer_latency
-from costplan.planfile import LayerPlan, Pattern, Plan, parse_pattern
-from costplan.planning.coupling import Coupling, Group, default_fixed, find_groups
+from costplan.planfile import LayerPlan, Pattern, Plan
 from costplan.planning.importance import Importance
-from costplan.planning.solver import Infeasible, Pair, Problem, Solution, solve
-from costplan.sparsity import apply_plan, effective_totals, kept_fraction, layer_effective
+from costplan.planning.problem import Infeasible, Pair, Problem, Solution, SolverStatus
+from costplan.planning.solver import solve
+from costplan.planning.units import (
+    Option,
+    Unit,
+    build_units,
+    candidate_patterns,
+    default_fixed,
+    plan_from_choice,
+)
+from costplan.sparsity import apply_plan, effective_totals, layer_effective, resolve, weight_param
 from costplan.trace.graph import Layer, LayerGraph
-
-STRUCTURED = ("channel", "head")
+from costplan.trace.groups import Structure, structure_of
 
 
 @dataclass(frozen=True)
@@ -57,27 +67,34 @@ def parse_budget(text: str) -> Budget:
 
 
 @dataclass(frozen=True)
-class Option:
-    """One choice for a unit: keep it dense, or prune with a pattern at a ratio."""
+class SolverInfo:
+    """How the plan was solved."""
 
-    pattern: Pattern | None          # None: dense
-    sparsity: float = 0.0
-    keep: float = 1.0                # kept fraction of the unit's output channels (heads)
+    method: str
+    status: SolverStatus
+    gap: float | None              # relative optimality gap: 0 when proven optimal, None when unknown
+    seconds: float
+    units: int
+    options: int
+    approximated: int = 0          # layers depending on more than two choices, tabulated on two
 
-    def layer_plan(self) -> LayerPlan | None:
-        return None if self.pattern is None else LayerPlan(self.sparsity, self.pattern)
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["seconds"] = round(self.seconds, 3)
+        return d
 
 
 @dataclass(frozen=True)
-class Unit:
-    name: str
-    group: Group | None              # None: a single layer pruned element-wise
-    layers: tuple[str, ...]
-    options: tuple[Option, ...]
+class PlanRow:
+    """One pruned plan entry: its layers' latency before and after (milliseconds)."""
 
-    @property
-    def structured(self) -> bool:
-        return any(o.pattern is not None and o.pattern.kind in STRUCTURED for o in self.options)
+    layer: str
+    pattern: str
+    sparsity: float
+    before_ms: float
+    after_ms: float
+    bound: str
 
 
 @dataclass(frozen=True)
@@ -89,208 +106,97 @@ class PlanResult:
     profile: HardwareProfile
     precision: str
     dense_latency_s: float
-    latency_s: float
+    latency_s: float               # the plan's latency as analyze --plan predicts it
     solution: Solution
+    solver: SolverInfo
     units: tuple[Unit, ...]
-    rows: tuple[Mapping[str, object], ...] = field(default_factory=tuple)
+    rows: tuple[PlanRow, ...]
+    importance: str                # 'measured' or 'gaussian'
+    patterns: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
-# ---- options ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepPoint:
+    """One budget of a sweep: its plan, or why none meets it."""
 
-def candidate_patterns(spec: str, profile: HardwareProfile, precision: str, coupling: Coupling) -> list[Pattern]:
-    """The patterns to plan with: 'auto' is every pattern the device turns into time."""
-    has = {kind: any(g.kind == kind for g in coupling.prunable()) for kind in STRUCTURED}
-    if spec.strip().lower() == "auto":
-        patterns = [Pattern(kind) for kind in STRUCTURED if has[kind]]
-        for text in ("2:4", "unstructured", "4x1"):
-            support = profile.support(text, precision)
-            if support is not None and support.useful:
-                patterns.append(parse_pattern(text))
-        return patterns
-    patterns = [parse_pattern(p) for p in spec.split(",") if p.strip()]
-    if not patterns:
-        raise CostplanError("--pattern names no pattern")
-    for p in patterns:
-        if p.kind in STRUCTURED:
-            if not has[p.kind]:
-                what = "attention heads it can prune" if p.kind == "head" else "channels it can prune"
-                raise CostplanError(f"the model has no {what} (its groups are tied to the input or output)")
-            continue
-        support = profile.support(str(p), precision)
-        if support is None or not support.useful:
-            usable = [t for t in ("2:4", "unstructured", "4x1") if (s := profile.support(t, precision)) and s.useful]
-            why = "its dense kernels multiply the zeros" if support is not None else "it has no kernels for it"
-            raise CostplanError(
-                f"{p} sparsity does not speed up {profile.name} at {precision} ({why}); patterns it can use: "
-                f"channel, head{', ' + ', '.join(usable) if usable else ''}")
-    return patterns
+    fraction: float
+    result: PlanResult | None
+    unreachable: str | None = None
 
 
-def _levels(max_ratio: float, levels: int) -> list[float]:
-    return [float(r) for r in np.linspace(0.0, max_ratio, levels)[1:]]
-
-
-def _fits_nm(layer: Layer, m: int) -> bool:
-    width = layer.attrs.get("in_channels", layer.attrs.get("in_features"))
-    groups = int(layer.attrs.get("groups", 1))
-    return bool(width) and (int(width) // groups) % m == 0
-
-
-def _elementwise_options(layers: Sequence[Layer], patterns: Sequence[Pattern], ratios: Sequence[float]) -> list[Option]:
-    options = []
-    for p in patterns:
-        if p.kind == "nm":
-            if all(_fits_nm(l, p.m) for l in layers):
-                options.append(Option(p, 1.0 - p.n / p.m))
-        elif p.elementwise:
-            options += [Option(p, r) for r in ratios]
-    return options
-
-
-def aligned_ratios(width: int, ratios: Sequence[float], multiple: int) -> list[float]:
-    """``ratios`` moved to the nearest ones that keep a multiple of ``multiple`` channels (at least
-    one multiple), where ``width`` itself is a multiple: the widths a device's kernels tile without
-    padding. Other widths keep ``ratios``; a width of one multiple has nothing to remove."""
-    if multiple <= 1 or width % multiple:
-        return list(ratios)
-    least = width * (1.0 - max(ratios, default=0.0)) - 1e-9  # never past the largest ratio asked for
-    kept = {max(multiple, round(width * (1.0 - r) / multiple) * multiple) for r in ratios}
-    kept = {k if k >= least else k + multiple for k in kept}
-    return [1.0 - k / width for k in sorted(kept, reverse=True) if k < width]
-
-
-def _structured_options(group: Group, ratios: Sequence[float], max_ratio: float, multiple: int = 1) -> list[Option]:
-    """Channel ratio levels (kept counts aligned to ``multiple``), or for heads every whole number of
-    heads up to ``max_ratio``."""
-    if group.kind == "head":
-        ratios = [(group.width - h) / group.width for h in range(group.width - 1, 0, -1)]
-        ratios = [r for r in ratios if r <= max_ratio + 1e-9]
-    else:
-        ratios = aligned_ratios(group.width, ratios, multiple)
-    seen, options = set(), []
-    for r in ratios:
-        keep = kept_fraction(group.width, r)
-        if keep < 1.0 and keep not in seen:
-            seen.add(keep)
-            options.append(Option(Pattern(group.kind), r, keep))
-    return options
-
-
-def _bounded(options: Iterable[Option], layers: Sequence[Layer], bounds: Mapping[str, tuple[float, float]]) -> list[Option]:
-    limits = [bounds[k] for l in layers for k in (l.name, l.module) if k in bounds]
-    low = max((lo for lo, _ in limits), default=0.0)
-    high = min((hi for _, hi in limits), default=1.0)
-    return [o for o in options if low - 1e-9 <= o.sparsity <= high + 1e-9]
-
-
-def build_units(graph: LayerGraph, coupling: Coupling, patterns: Sequence[Pattern], *, levels: int, max_ratio: float,
-                excluded: Iterable[str], bounds: Mapping[str, tuple[float, float]], channel_multiple: int = 1) -> list[Unit]:
-    """Units and their options: a prunable group takes a structured ratio (kept channels a multiple
-    of ``channel_multiple``) or one element-wise option for all its members; other layers take
-    element-wise options alone."""
-    ratios = _levels(max_ratio, levels)
-    kinds = {p.kind for p in patterns}
-    elementwise = [p for p in patterns if p.elementwise]
-    excluded = set(excluded)
-    units, covered = [], set()
-    for group in coupling.prunable():
-        members = [graph.layer(m) for m in group.members]
-        options = _structured_options(group, ratios, max_ratio, channel_multiple) if group.kind in kinds else []
-        if elementwise and all(m.kind == "module" for m in members):
-            options += _elementwise_options(members, elementwise, ratios)
-        if options:
-            options = _bounded([Option(None), *options], members, bounds)
-            if options:
-                units.append(Unit(group.name, group, group.members, tuple(options)))
-                covered |= set(group.members)
-    if elementwise:
-        for layer in graph.layers:
-            if (layer.name in covered or layer.name in excluded or layer.module in excluded
-                    or not layer.has_weights or layer.kind != "module" or not layer.attrs):
-                continue
-            options = _bounded([Option(None), *_elementwise_options([layer], elementwise, ratios)], [layer], bounds)
-            if len(options) > 1:
-                units.append(Unit(layer.module or layer.name, None, (layer.name,), tuple(options)))
-    return units
-
-
-# ---- the problem --------------------------------------------------------------------------------
+# ---- latency tables -----------------------------------------------------------------------------
 
 class _Tables:
-    """Latency of each layer for each (input width, own option), from the shared roofline."""
+    """Latency of a layer when some groups keep fewer units, from the shared roofline."""
 
-    def __init__(self, graph: LayerGraph, profile: HardwareProfile, dtype: str | None) -> None:
+    def __init__(self, graph: LayerGraph, structure: Structure, profile: HardwareProfile, dtype: str | None) -> None:
         # the dense model's context: whether weights fit on chip is not a per-layer term
+        self.structure = structure
         self.profile = profile
         self.ctx = context(graph, profile, apply_plan(graph, None), dtype)
 
-    def latency(self, layer: Layer, in_keep: float, option: Option | None, heads: int | None) -> float:
-        lp = option.layer_plan() if option is not None else None
-        eff = layer_effective(layer, in_keep, lp, heads)
+    def latency(self, layer: Layer, keep: Mapping[str, int], elementwise: Mapping[str, LayerPlan] | None = None) -> float:
+        eff = layer_effective(self.structure, layer, keep, elementwise)
         return layer_latency(layer, eff, self.profile, self.ctx.precision, byte_scale=self.ctx.byte_scale,
                              weights_cached=self.ctx.weights_cached).latency_s
 
 
-def build_problem(graph: LayerGraph, coupling: Coupling, units: Sequence[Unit], tables: _Tables,
-                  importance: Importance) -> Problem:
-    """Importance and latency of every option: each layer's latency is a term of the unit that
-    sets its input width and the unit that sets its own shape."""
-    owner = {layer: i for i, u in enumerate(units) for layer in u.layers}
-    width_unit = {u.group.name: i for i, u in enumerate(units) if u.group is not None and u.structured}
+def _effects(unit: Unit, option: Option, layer: Layer, own: bool) -> tuple[dict[str, int], dict[str, LayerPlan]]:
+    """What choosing ``option`` of ``unit`` changes for ``layer``: units kept per group, and (when the
+    layer is the unit's own) its weight's element-wise entry."""
+    keep = {unit.group.name: option.kept} if option.structured and unit.group is not None else {}
+    param = weight_param(layer)
+    lp = option.layer_plan()
+    ew = {param: lp} if own and param and lp is not None and lp.pattern.elementwise else {}
+    return keep, ew
+
+
+def build_problem(graph: LayerGraph, structure: Structure, units: Sequence[Unit], tables: _Tables,
+                  importance: Importance) -> tuple[Problem, int]:
+    """Importance and latency of every option; also how many layers were tabulated approximately."""
+    own_of = {node: i for i, u in enumerate(units) for node in u.layers}
+    by_group = {u.group.name: i for i, u in enumerate(units) if u.group is not None and u.structured}
     cost = [np.array([_removed(importance, graph, u, o) for o in u.options]) for u in units]
     unary = [np.zeros(len(u.options)) for u in units]
     pairs: dict[tuple[int, int], list] = {}
-    constant = 0.0
+    constant, approximated = 0.0, 0
     for layer in graph.layers:
-        own = owner.get(layer.name)
-        group = coupling.input_group.get(layer.name)
-        inn = width_unit.get(group) if group is not None else None
-        own_opts = units[own].options if own is not None else (None,)
-        heads = units[own].group.width if own is not None and units[own].group is not None \
-            and units[own].group.kind == "head" else None
-        if inn is None:
-            values = np.array([tables.latency(layer, 1.0, o, heads) for o in own_opts])
-            if own is None:
-                constant += float(values[0])
-            else:
-                unary[own] += values
+        own = own_of.get(layer.name)
+        others = sorted({by_group[g] for g in structure.node_groups(layer.name, layer.reads) if g in by_group} - {own},
+                        key=lambda i: -units[i].group.width)
+        involved = ([own] if own is not None else []) + others
+        if len(involved) > 2:
+            approximated += 1
+        if not involved:
+            constant += tables.latency(layer, {})
             continue
-        keeps = sorted({o.keep for o in units[inn].options}, reverse=True)
-        classes = np.array([keeps.index(o.keep) for o in units[inn].options])
-        by_keep = np.array([[tables.latency(layer, keep, o, heads) for o in own_opts] for keep in keeps])
-        if own is None:
-            unary[inn] += by_keep[classes, 0]
-        elif own == inn:
-            unary[inn] += by_keep[classes, np.arange(len(classes))]
-        elif (inn, own) in pairs:
-            pairs[(inn, own)][1] = pairs[(inn, own)][1] + by_keep
+        if len(involved) == 1:
+            u = involved[0]
+            unary[u] += [tables.latency(layer, *_effects(units[u], o, layer, u == own)) for o in units[u].options]
+            continue
+        a, b = others[0], (own if own is not None else others[1])
+        keeps = sorted({o.kept if o.structured else units[a].group.width for o in units[a].options}, reverse=True)
+        classes = np.array([keeps.index(o.kept if o.structured else units[a].group.width) for o in units[a].options])
+        table = np.zeros((len(keeps), len(units[b].options)))
+        for c, kept in enumerate(keeps):
+            for kb, ob in enumerate(units[b].options):
+                keep, ew = _effects(units[b], ob, layer, b == own)
+                table[c, kb] = tables.latency(layer, {units[a].group.name: kept, **keep}, ew)
+        if (a, b) in pairs:
+            pairs[(a, b)][1] = pairs[(a, b)][1] + table
         else:
-            pairs[(inn, own)] = [classes, by_keep]
-    return Problem(cost, unary, [Pair(a, b, c, t) for (a, b), (c, t) in pairs.items()], constant)
+            pairs[(a, b)] = [classes, table]
+    return Problem(cost, unary, [Pair(a, b, c, t) for (a, b), (c, t) in pairs.items()], constant), approximated
 
 
 def _removed(importance: Importance, graph: LayerGraph, unit: Unit, option: Option) -> float:
     if option.pattern is None:
         return 0.0
-    if option.pattern.kind in STRUCTURED:
-        kept = round(option.keep * unit.group.width)
-        return importance.removed_structured(unit.group, kept)
-    return sum(importance.removed_elementwise(m, option.pattern, option.sparsity) for m in unit.layers)
-
-
-def plan_from_choice(graph: LayerGraph, units: Sequence[Unit], choice: Sequence[int], **meta: object) -> Plan:
-    """The plan file for one option per unit (dense units are left out)."""
-    layers: dict[str, LayerPlan] = {}
-    for unit, k in zip(units, choice):
-        option = unit.options[k]
-        if option.pattern is None:
-            continue
-        if option.pattern.kind == "head":
-            layers[unit.group.name] = option.layer_plan()
-        else:
-            for member in unit.layers:
-                layers[graph.layer(member).module or member] = option.layer_plan()
-    return Plan(layers=layers, **meta)  # type: ignore[arg-type]
+    if option.structured:
+        return importance.removed_structured(unit.group, option.kept)
+    return sum(importance.removed_elementwise(weight_param(graph.layer(n)), option.pattern, option.sparsity)
+               for n in unit.layers)
 
 
 # ---- the planner --------------------------------------------------------------------------------
@@ -310,34 +216,45 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     unknown = [k for k in [*exclude, *bounds] if k not in graph.module_names and k not in graph.graph]
     if unknown:
         raise CostplanError(f"no layer named {', '.join(unknown)} in {graph.model}")
-    tables = _Tables(graph, profile, dtype)
+    structure = structure_of(graph)
+    tables = _Tables(graph, structure, profile, dtype)
     precision = tables.ctx.precision
     excluded = [*exclude, *(default_fixed(graph) if keep_ends_dense else [])]
-    coupling = find_groups(graph, excluded)
-    pattern_list = candidate_patterns(patterns, profile, precision, coupling)
-    units = build_units(graph, coupling, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
+    pattern_list = candidate_patterns(patterns, profile, precision, structure)
+    units = build_units(graph, structure, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
                         bounds=bounds, channel_multiple=profile.channel_multiple)
     importance = importance or Importance(graph)
-    problem = build_problem(graph, coupling, units, tables, importance)
+    problem, approximated = build_problem(graph, structure, units, tables, importance)
     dense = estimate(graph, profile, apply_plan(graph, None), dtype)
-    dense_s = dense.latency_s
-    target = budget.seconds(dense_s)
-    try:
-        solution = solve(problem, target, time_limit=time_limit)
-    except Infeasible:
-        raise CostplanError(_unreachable(graph, profile, precision, problem, units, budget, target,
-                                         dense_s, pattern_list, dtype)) from None
-    choice = solution.choice
+    target = budget.seconds(dense.latency_s)
     meta = dict(model=graph.model, hardware=profile.name,
                 budget={"latency_ms": round(target * 1e3, 6), **({"speedup": budget.value} if budget.kind == "speedup" else {})})
-    plan = plan_from_choice(graph, units, choice, **meta)
-    return _finish(graph, profile, precision, plan, solution, units, dense, dtype, importance, pattern_list)
+    goal, warnings = target, []
+    for _ in range(4):   # the tables approximate layers of 3+ choices: re-solve until the exact estimate fits
+        try:
+            solution = solve(problem, goal, time_limit=time_limit)
+        except Infeasible:
+            raise CostplanError(_unreachable(graph, profile, precision, problem, units, budget, target,
+                                             dense.latency_s, pattern_list, dtype)) from None
+        plan = plan_from_choice(graph, units, solution.choice, **meta)
+        exact = estimate(graph, profile, apply_plan(graph, plan), dtype).latency_s
+        if exact <= target * (1 + 1e-9):
+            break
+        goal -= (exact - target) * 1.05
+    else:
+        warnings.append(f"the plan is predicted at {exact * 1e3:.4f} ms, {exact / target - 1:.2%} over the budget: "
+                        f"{approximated} layer(s) depend on more than two choices and the solver's tables "
+                        "approximate them")
+    info = SolverInfo(solution.method, solution.status, solution.gap, solution.seconds, len(units),
+                      sum(len(u.options) for u in units), approximated)
+    return _finish(graph, profile, precision, plan, solution, info, units, dense, dtype, importance, pattern_list,
+                   tuple(warnings))
 
 
 def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: Plan, solution: Solution,
-            units: Sequence[Unit], dense: Estimate, dtype: str | None, importance: Importance,
-            patterns: Sequence[Pattern]) -> PlanResult:
-    effective = apply_plan(graph, plan)
+            info: SolverInfo, units: Sequence[Unit], dense: Estimate, dtype: str | None, importance: Importance,
+            patterns: Sequence[Pattern], warnings: tuple[str, ...]) -> PlanResult:
+    effective = apply_plan(graph, resolve(graph, plan))
     est = estimate(graph, profile, effective, dtype)
     dense_s = dense.latency_s
     macs, params = effective_totals(graph, effective)
@@ -348,21 +265,18 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
         "precision": precision, "importance_removed": solution.removed,
         "importance_kept": 1.0 - solution.removed / scored if scored else 1.0,
     }
-    extra = {"solver": {"method": solution.method, "gap": solution.gap,
-                        "seconds": round(solution.seconds, 3), "units": len(units),
-                        "options": sum(len(u.options) for u in units), "status": solution.status},
-             "importance": importance.kind, "patterns": [str(p) for p in patterns]}
+    extra = {"solver": info.to_dict(), "importance": importance.kind, "patterns": [str(p) for p in patterns]}
     plan = Plan(layers=plan.layers, model=plan.model, hardware=plan.hardware, budget=plan.budget,
                 predicted=predicted, extra=extra)
     rows = []
     for key, lp in plan.layers.items():
         names = [l.name for l in graph.layers_of_module(key)]
         after = [est.layers[n] for n in names]
-        rows.append({"layer": key, "pattern": str(lp.pattern), "sparsity": lp.sparsity,
-                     "before_ms": sum(dense.layers[n].latency_s for n in names) * 1e3,
-                     "after_ms": sum(a.latency_s for a in after) * 1e3,
-                     "bound": max(after, key=lambda a: a.latency_s).bound if after else "-"})
-    return PlanResult(plan, graph, profile, precision, dense_s, est.latency_s, solution, tuple(units), tuple(rows))
+        rows.append(PlanRow(key, str(lp.pattern), lp.sparsity, sum(dense.layers[n].latency_s for n in names) * 1e3,
+                            sum(a.latency_s for a in after) * 1e3,
+                            max(after, key=lambda a: a.latency_s).bound if after else "-"))
+    return PlanResult(plan, graph, profile, precision, dense_s, est.latency_s, solution, info, tuple(units),
+                      tuple(rows), importance.kind, tuple(str(p) for p in patterns), warnings)
 
 
 def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, problem: Problem,
@@ -382,3 +296,6 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, pr
             f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point {by_bound[top] / est.latency_s:.0%} "
             f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. Raise the budget, allow "
             "more patterns (--pattern auto) or a higher --max-ratio")
+
+
+__all__ = ["Budget", "PlanResult", "PlanRow", "SolverInfo", "SweepPoint", "build_problem", "make_plan", "parse_budget"]

@@ -18,54 +18,15 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from costplan.planning.pareto import fronts_solve
+from costplan.planning.problem import Infeasible, NotDecomposable, Pair, Problem, Solution, SolverStatus
 
-
-@dataclass(frozen=True)
-class Pair:
-    """Latency ``table[class_of_a[ka], kb]`` (seconds) when unit a picks ka and unit b picks kb."""
-
-    a: int
-    b: int
-    class_of_a: np.ndarray   # option of a -> class index
-    table: np.ndarray        # (classes of a, options of b)
-
-
-@dataclass(frozen=True)
-class Problem:
-    cost: Sequence[np.ndarray]     # per unit, per option: importance removed
-    unary: Sequence[np.ndarray]    # per unit, per option: latency in seconds
-    pairs: Sequence[Pair]
-    constant: float                # latency no choice changes, seconds
-
-    def latency(self, choice: Sequence[int]) -> float:
-        """Latency of one choice per unit, in seconds."""
-        total = self.constant + sum(float(u[k]) for u, k in zip(self.unary, choice))
-        return total + sum(float(p.table[p.class_of_a[choice[p.a]], choice[p.b]]) for p in self.pairs)
-
-    def removed(self, choice: Sequence[int]) -> float:
-        return sum(float(c[k]) for c, k in zip(self.cost, choice))
-
-
-@dataclass(frozen=True)
-class Solution:
-    choice: tuple[int, ...]
-    removed: float                 # importance removed
-    latency: float                 # seconds, by the problem's own arithmetic
-    gap: float                     # relative optimality gap (0: proven optimal)
-    seconds: float
-    status: str                    # optimal | time limit | greedy
-    method: str = "scipy.optimize.milp (HiGHS)"
-
-
-class Infeasible(Exception):
-    """No choice meets the budget."""
+__all__ = ["Infeasible", "Pair", "Problem", "Solution", "SolverStatus", "brute_force", "greedy", "solve"]
 
 
 def greedy(problem: Problem, budget: float) -> tuple[int, ...] | None:
@@ -103,14 +64,14 @@ def solve(problem: Problem, budget: float | None, *, minimise: str = "importance
     if method not in ("auto", "fronts", "milp"):
         raise ValueError(f"unknown method {method!r}")
     if method != "milp" and (budget is not None or minimise == "latency"):
-        choice = fronts_solve(problem, None if minimise == "latency" else budget)
-        if choice is False:
-            raise Infeasible("no choice meets the budget")
-        if choice is not None:
+        try:
+            choice = fronts_solve(problem, None if minimise == "latency" else budget)
+        except NotDecomposable:
+            if method == "fronts":
+                raise
+        else:
             return Solution(choice, problem.removed(choice), problem.latency(choice), 0.0,
-                            time.perf_counter() - start, "optimal", "Pareto-front dynamic programme")
-        if method == "fronts":
-            raise ValueError("the problem does not decompose into hubs and blocks")
+                            time.perf_counter() - start, SolverStatus.OPTIMAL, "Pareto-front dynamic programme")
     return _milp(problem, budget, minimise=minimise, time_limit=time_limit, rel_gap=rel_gap, start=start)
 
 
@@ -174,13 +135,13 @@ def _milp(problem: Problem, budget: float | None, *, minimise: str, time_limit: 
         if result.status == 1 and budget is not None and minimise != "latency":
             choice = greedy(problem, budget)
             if choice is not None:
-                return Solution(choice, problem.removed(choice), problem.latency(choice), float("nan"),
-                                time.perf_counter() - start, "greedy")
+                return Solution(choice, problem.removed(choice), problem.latency(choice), None,
+                                time.perf_counter() - start, SolverStatus.HEURISTIC, "greedy (no MILP solution in time)")
         raise Infeasible(result.message)
     x = result.x[:n_x]
     choice = tuple(int(np.argmax(x[x_offset[u]:x_offset[u + 1]])) for u in range(n_units))
     gap = float(getattr(result, "mip_gap", 0.0) or 0.0)
-    status = "optimal" if result.status == 0 else "time limit"
+    status = SolverStatus.OPTIMAL if result.status == 0 else SolverStatus.TIME_LIMIT
     return Solution(choice, problem.removed(choice), problem.latency(choice), gap, time.perf_counter() - start,
                     status)
 
@@ -196,4 +157,5 @@ def brute_force(problem: Problem, budget: float) -> Solution:
                 best = (removed, choice)
     if best is None:
         raise Infeasible("no choice meets the budget")
-    return Solution(best[1], best[0], problem.latency(best[1]), 0.0, time.perf_counter() - start, "optimal")
+    return Solution(best[1], best[0], problem.latency(best[1]), 0.0, time.perf_counter() - start,
+                    SolverStatus.OPTIMAL, "exhaustive")

@@ -1,160 +1,122 @@
-"""Physical compaction: slice the kept channels (or heads) out of every tensor that holds them, so
-the smaller model runs dense kernels, and record each change so the architecture can be rebuilt.
+"""Physical compaction: cut the removed units out of every tensor that holds them, so the smaller model
+runs dense kernels, and record the changes so the architecture can be rebuilt.
 
-Edits are plain data: a module's new constructor arguments, or attributes of an attention module.
-:func:`apply_edits` replays them on a fresh model; nothing is pickled.
+What to cut is read from the prunable groups' tensor slices (:mod:`costplan.trace.groups`), the same
+records analysis counts, so the compacted model is the one ``analyze --plan`` predicted. Edits are plain
+data: the integer attributes each changed module needs (``out_channels``, ``hidden_size``, head
+counts); :func:`apply_edits` replays them on a freshly built model and gives each tensor the shape the
+saved weights have. Nothing is pickled.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from costplan.errors import CostplanError
-from costplan.pruning.targets import GroupTarget
+from costplan.trace.groups import HEAD_COUNT_ATTRS, HEAD_WIDTH_ATTRS, Structure
 
-# modules compaction rebuilds, by name: the only classes a saved description may name
-REBUILDABLE: dict[str, type[nn.Module]] = {
-    c.__name__: c for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)}
-HEAD_ATTRS = ("num_attention_heads", "num_heads", "n_head")
-
-
-def _spec(module: nn.Module) -> dict[str, Any]:
-    """Constructor arguments that rebuild ``module``'s shape."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return {"type": type(module).__name__, "in_channels": module.in_channels, "out_channels": module.out_channels,
-                "kernel_size": list(module.kernel_size), "stride": list(module.stride),
-                "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
-                "dilation": list(module.dilation), "groups": module.groups, "bias": module.bias is not None,
-                "padding_mode": module.padding_mode}
-    if isinstance(module, nn.Linear):
-        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features,
-                "bias": module.bias is not None}
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return {"type": type(module).__name__, "num_features": module.num_features, "eps": module.eps,
-                "momentum": module.momentum, "affine": module.affine,
-                "track_running_stats": module.track_running_stats}
-    raise CostplanError(f"cannot resize a {type(module).__name__}")
+# the attributes a saved description may set: shape facts of the layers compaction resizes
+EDITABLE = frozenset({"in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+                      "nf", "nx", "hidden_size", "input_size", *HEAD_COUNT_ATTRS, *HEAD_WIDTH_ATTRS})
 
 
-def _take(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
-    tensor = getattr(module, name, None)
-    if tensor is None:
-        return
-    new = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
-    if isinstance(tensor, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+def kept_positions(structure: Structure, kept: Mapping[str, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
+    """For every tensor the ``kept`` units (group -> unit indices) touch: per dim, a boolean mask of
+    the positions that stay."""
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for name, units in kept.items():
+        group = structure.groups[name]
+        stay = torch.zeros(group.width, dtype=torch.bool)
+        stay[units.cpu()] = True
+        for sl in group.slices:
+            pos = torch.as_tensor(sl.units)
+            mask = (pos < 0) | stay[pos.clamp(min=0)]
+            dims = out.setdefault(sl.param, {})
+            dims[sl.dim] = dims[sl.dim] & mask if sl.dim in dims else mask
+    return out
+
+
+def _replace(model: nn.Module, param: str, value: torch.Tensor) -> None:
+    owner, _, attr = param.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    old = getattr(module, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(value, requires_grad=old.requires_grad))
     else:
-        setattr(module, name, new)
+        setattr(module, attr, value)
 
 
-def slice_outputs(module: nn.Module, rows: torch.Tensor, name: str) -> None:
-    """Keep output rows ``rows`` of a conv or linear layer."""
-    if isinstance(module, nn.modules.conv._ConvNd) and module.groups == 1 and not module.transposed:
-        module.out_channels = len(rows)
+def sync_attributes(module: nn.Module) -> dict[str, int]:
+    """Set a resized module's shape attributes from its tensors; the attributes set."""
+    attrs: dict[str, int] = {}
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        out, per_group = int(module.weight.shape[0]), int(module.weight.shape[1])
+        if module.groups > 1:     # depthwise: one filter per channel
+            attrs = {"groups": out, "in_channels": out, "out_channels": out}
+        else:
+            attrs = {"in_channels": per_group, "out_channels": out}
     elif isinstance(module, nn.Linear):
-        module.out_features = len(rows)
-    else:
-        raise CostplanError(f"cannot remove output channels of '{name}' ({type(module).__name__})")
-    _take(module, "weight", rows, 0)
-    _take(module, "bias", rows, 0)
+        attrs = {"out_features": int(module.weight.shape[0]), "in_features": int(module.weight.shape[1])}
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        ref = module.running_mean if module.running_mean is not None else module.weight
+        attrs = {"num_features": int(ref.shape[0])}
+    elif isinstance(module, nn.RNNBase):
+        attrs = {"hidden_size": int(module.weight_hh_l0.shape[1]), "input_size": int(module.weight_ih_l0.shape[1])}
+    elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):     # transformers' GPT-2 linear
+        attrs = {"nf": int(module.weight.shape[1]), "nx": int(module.weight.shape[0])}
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    return attrs
 
 
-def slice_channels(module: nn.Module, index: torch.Tensor, name: str) -> None:
-    """Keep channels ``index`` of a layer with one entry per channel: a norm or a depthwise conv."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        module.num_features = len(index)
-        for tensor in ("weight", "bias", "running_mean", "running_var"):
-            _take(module, tensor, index, 0)
-    elif isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels == module.out_channels:
-        module.in_channels = module.out_channels = module.groups = len(index)
-        _take(module, "weight", index, 0)
-        _take(module, "bias", index, 0)
-    else:
-        raise CostplanError(f"cannot remove channels of '{name}' ({type(module).__name__}): only batch norms and "
-                            "depthwise convolutions follow a pruned channel")
-
-
-def slice_inputs(module: nn.Module, columns: torch.Tensor, width: int, name: str) -> None:
-    """Keep input columns ``columns`` (of ``width`` channels) of a conv or linear layer; a linear layer
-    after a flatten reads several features per channel."""
-    if isinstance(module, nn.modules.conv._ConvNd) and module.groups == 1 and not module.transposed:
-        module.in_channels = len(columns)
-        _take(module, "weight", columns, 1)
-    elif isinstance(module, nn.Linear):
-        per = module.in_features // width
-        if per * width != module.in_features:
-            raise CostplanError(f"'{name}' reads {module.in_features} features, not a multiple of {width} channels")
-        cols = (columns[:, None] * per + torch.arange(per)).flatten() if per > 1 else columns
-        module.in_features = len(cols)
-        _take(module, "weight", cols, 1)
-    else:
-        raise CostplanError(f"cannot remove input channels of '{name}' ({type(module).__name__})")
-
-
-def rows_of(target: GroupTarget, kept: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """Tensor rows (or columns) of ``kept`` channels; a head is a block of rows."""
-    if target.kind != "head":
-        return kept
-    size = (module.out_features if isinstance(module, nn.Linear) else module.weight.shape[0]) // target.width
-    return (kept[:, None] * size + torch.arange(size)).flatten()
-
-
-def shrink(model: nn.Module, kept: dict[GroupTarget, torch.Tensor]) -> dict[str, dict[str, Any]]:
-    """Slice ``model`` in place to the ``kept`` channels of each group; the edits made, by module."""
-    edits: dict[str, dict[str, Any]] = {}
-    for target, index in kept.items():
-        index = index.cpu()
-        if len(index) == target.width:
+def shrink(model: nn.Module, structure: Structure, kept: Mapping[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """Cut ``model`` in place down to the ``kept`` units of each group; the attribute edits made, by module."""
+    edits: dict[str, dict[str, int]] = {}
+    touched: list[str] = []
+    for param, dims in kept_positions(structure, kept).items():
+        try:
+            tensor = model.get_parameter(param) if param in dict(model.named_parameters()) else model.get_buffer(param)
+        except AttributeError:
+            raise CostplanError(f"the model has no tensor '{param}' the plan's groups name") from None
+        new = tensor.detach()
+        for dim, mask in dims.items():
+            new = new.index_select(dim, torch.nonzero(mask).flatten().to(new.device))
+        _replace(model, param, new.clone())
+        owner = param.rpartition(".")[0]
+        if owner not in touched:
+            touched.append(owner)
+    for owner in touched:
+        attrs = sync_attributes(model.get_submodule(owner) if owner else model)
+        if attrs:
+            edits[owner] = attrs
+    for name, units in kept.items():
+        group = structure.groups[name]
+        if group.attention is None:
             continue
-        member = model.get_submodule(target.members[0])
-        rows = rows_of(target, index, member)
-        for name in target.members:
-            slice_outputs(model.get_submodule(name), rows, name)
-        for name in target.followers:
-            slice_channels(model.get_submodule(name), rows, name)
-        for name in target.consumers:
-            width = target.width * (len(rows) // len(index))
-            slice_inputs(model.get_submodule(name), rows, width, name)
-        for name in (*target.members, *target.followers, *target.consumers):
-            edits[name] = _spec(model.get_submodule(name))
-        if target.attention is not None:
-            attention = model.get_submodule(target.attention)
-            attrs = {a: len(index) for a in HEAD_ATTRS if hasattr(attention, a)}
-            if hasattr(attention, "all_head_size"):
-                attrs["all_head_size"] = len(rows)
-            if not attrs:
-                raise CostplanError(f"'{target.attention}': no head-count attribute to update")
-            for a, v in attrs.items():
-                setattr(attention, a, v)
-            edits[target.attention] = {"attrs": attrs}
+        attention = model.get_submodule(group.attention)
+        heads = int(len(units))
+        attrs = {a: heads for a in HEAD_COUNT_ATTRS if isinstance(getattr(attention, a, None), int)}
+        attrs |= {a: heads * group.unit_size for a in HEAD_WIDTH_ATTRS if isinstance(getattr(attention, a, None), int)}
+        for a, v in attrs.items():
+            setattr(attention, a, v)
+        edits.setdefault(group.attention, {}).update(attrs)
     return edits
 
 
-def apply_edits(model: nn.Module, edits: dict[str, dict[str, Any]]) -> None:
-    """Replay :func:`shrink`'s edits on a freshly built model: new empty modules of the recorded
-    shapes (weights come from the state dict), new head counts."""
-    for name, edit in edits.items():
-        if "attrs" in edit:
-            target = model.get_submodule(name)
-            for attr, value in edit["attrs"].items():
-                if attr not in (*HEAD_ATTRS, "all_head_size"):
-                    raise CostplanError(f"saved model description sets unknown attribute '{attr}'")
-                setattr(target, attr, int(value))
-            continue
-        kwargs = dict(edit)
-        cls = REBUILDABLE.get(kwargs.pop("type", ""))
-        if cls is None:
-            raise CostplanError(f"saved model description names an unknown module type for '{name}'")
-        for key in ("kernel_size", "stride", "dilation"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        if isinstance(kwargs.get("padding"), list):
-            kwargs["padding"] = tuple(kwargs["padding"])
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
-        device = next((p.device for p in old.parameters()), torch.device("cpu"))
-        setattr(parent, child, cls(**kwargs, device=device))
+def apply_edits(model: nn.Module, edits: Mapping[str, Mapping[str, int]], state: Mapping[str, torch.Tensor]) -> None:
+    """Replay :func:`shrink`'s edits on a freshly built model: set the recorded attributes and give
+    every tensor the shape ``state`` (the saved weights) has, ready for ``load_state_dict``."""
+    for name, attrs in edits.items():
+        module = model.get_submodule(name) if name else model
+        for attr, value in attrs.items():
+            if attr not in EDITABLE or not isinstance(value, int) or isinstance(value, bool):
+                raise CostplanError(f"saved model description sets '{attr}' of '{name}', which costplan does not edit")
+            setattr(module, attr, value)
+    own = dict(model.state_dict(keep_vars=True))
+    for key, value in state.items():
+        current = own.get(key)
+        if current is not None and tuple(current.shape) != tuple(value.shape):
+            _replace(model, key, torch.empty(value.shape, dtype=current.dtype, device=current.device))

@@ -14,7 +14,6 @@ import torch
 from torch.nn.utils import parametrize
 
 from costplan.planfile import Pattern
-from costplan.sparsity import kept_count
 
 
 def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
@@ -81,22 +80,9 @@ def elementwise_mask(scores: torch.Tensor, pattern: Pattern, sparsity: float) ->
     raise ValueError(f"not an element-wise pattern: {pattern}")
 
 
-def channel_keep(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Sorted indices of the channels (or heads) kept: the best kept_count of them."""
-    keep = kept_count(scores.numel(), sparsity)
-    return torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
-
-
-def fits(pattern: Pattern, weight_shape: torch.Size) -> str | None:
-    """Why ``pattern`` cannot apply to a weight of this shape, or None."""
-    if pattern.kind == "nm" and (len(weight_shape) < 2 or weight_shape[1] % pattern.m):
-        width = weight_shape[1] if len(weight_shape) > 1 else weight_shape[0]
-        return f"{pattern} needs an input width that is a multiple of {pattern.m}, not {width}"
-    if pattern.kind == "block":
-        matrix = (weight_shape[0], math.prod(weight_shape[1:]))
-        if matrix[0] < pattern.n or matrix[1] < pattern.m:
-            return f"{pattern} blocks do not fit a {matrix[0]}x{matrix[1]} weight"
-    return None
+def best(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Sorted indices of the ``count`` highest ``scores`` (ties broken by position)."""
+    return torch.sort(torch.argsort(scores, descending=True, stable=True)[:count]).values
 
 
 class Mask(torch.nn.Module):

@@ -12,9 +12,11 @@ Compressor use)::
         pruner.on_after_optimizer_step()    # masked weights back to exactly zero
     small = pruner.compact()
 
-Masks are parametrizations (``module.parametrizations.weight``), so the masked weight is what the
-forward pass and the gradients see. Under ``torch.distributed`` every mask is broadcast from rank 0
-after it is computed, so all ranks prune the same weights.
+What a plan removes comes from the model's prunable groups (:mod:`costplan.trace.groups`), the
+structure ``costplan analyze --plan`` counts: a removed unit is masked in every tensor that holds it (the
+members' rows, the norms after them, the columns of the layers that read it), so the masked model
+computes what the compacted one does. Masks are parametrizations (``module.parametrizations.weight``).
+Under ``torch.distributed`` every decision is broadcast from rank 0, so all ranks prune the same units.
 """
 
 from __future__ import annotations
@@ -25,24 +27,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from costplan.coerce import as_shapes
 from costplan.errors import CostplanError
-from costplan.planfile import Plan, load_plan
-from costplan.pruning.compact import rows_of, shrink
+from costplan.planfile import LayerPlan, Plan, load_plan
+from costplan.pruning.compact import kept_positions, shrink
 from costplan.pruning.criteria import Criterion, make_criterion
-from costplan.pruning.masks import (
-    Mask,
-    attach,
-    channel_keep,
-    detach_all,
-    drop_lowest,
-    elementwise_mask,
-    folded_copy,
-    original,
-)
+from costplan.pruning.masks import Mask, attach, best, detach_all, drop_lowest, elementwise_mask, folded_copy, original
 from costplan.pruning.schedule import Schedule
-from costplan.pruning.targets import ElementTarget, GroupTarget, targets_of
-from costplan.sparsity import kept_count
-from costplan.trace.graph import LayerGraph
+from costplan.sparsity import kept_count, resolve, weight_param
+from costplan.trace import LayerGraph, trace
+from costplan.trace.groups import PrunableGroup, structure_of, unit_scores
 
 SCOPES = ("local", "global")
 
@@ -56,52 +50,61 @@ def _distributed() -> bool:
         torch.distributed.get_world_size() > 1
 
 
+def _split(param: str) -> tuple[str, str]:
+    module, _, tensor = param.rpartition(".")
+    return module, tensor
+
+
 class Pruner:
-    """Prune ``model`` to ``plan`` in a training loop.
+    """Prune ``model`` (an ``nn.Module``) to ``plan`` in a training loop.
 
     ``criterion``: magnitude (L1), l2, random, gradient, taylor, movement, snip_momentum, or a
     :class:`~costplan.pruning.criteria.Criterion`. ``schedule``: when (default one shot at step 0).
-    ``scope``: 'local' prunes each layer to its plan ratio; 'global' ranks unstructured weights (and
-    channels, by layer-normalised score) across layers, removing the same total.
-    ``graph`` or ``input``/``example_inputs`` say how to trace the model; ``source`` is the spec
-    (``resnet50``, ``hf:bert-base``, ``file.py:factory``) that :func:`costplan.save` records to
-    rebuild the architecture.
+    ``scope``: 'local' prunes each group and layer to its plan ratio; 'global' ranks unstructured
+    weights (and units, by layer-normalised score) across layers, removing the same total.
+    The model is traced once, with ``example_inputs`` (a tuple of tensors) or zeros of the shapes in
+    ``input`` (``'1x3x224x224'`` or ``[(1, 3, 224, 224)]``), unless ``graph`` gives its trace. ``source`` is the spec
+    (``resnet50``, ``hf:bert-base``, ``file.py:factory``) :func:`costplan.save` records to rebuild it.
+    The plan is checked before any weight is touched.
     """
 
-    def __init__(self, model: nn.Module | str, plan: Plan | str | os.PathLike[str], *,
+    def __init__(self, model: nn.Module, plan: Plan | str | os.PathLike[str], *,
                  criterion: str | Criterion = "magnitude", schedule: Schedule | None = None, scope: str = "local",
                  graph: LayerGraph | None = None, input: str | Sequence | None = None,
                  example_inputs: Sequence[object] | None = None, source: str | None = None) -> None:
-        from costplan.api import load_graph
-        from costplan.models import instantiate, resolve
-
-        if isinstance(model, str):   # a spec: built with its initial weights on the CPU
-            source = source or model
-            graph = graph or load_graph(model)
-            model = instantiate(resolve(model), "cpu").module
-        self.model = model
-        self.plan = load_plan(plan) if isinstance(plan, (str, os.PathLike)) else plan
+        if not isinstance(model, nn.Module):
+            raise CostplanError("Pruner takes an nn.Module; build a named model with costplan.prune or the CLI")
         if scope not in SCOPES:
             raise CostplanError(f"unknown scope '{scope}': use local or global")
+        self.model = model
+        self.plan = load_plan(plan) if isinstance(plan, (str, os.PathLike)) else plan
         self.scope = scope
         self.criterion = make_criterion(criterion)
         self.schedule = schedule or Schedule.one_shot()
         self.source = source
         inner = _unwrap(model)
-        self.graph = graph or load_graph(inner, input=input, example_inputs=example_inputs)
-        self.elements, self.groups = targets_of(self.graph, inner, self.plan)
+        self.graph = graph or _trace(inner, as_shapes(input), example_inputs)
+        self.structure = structure_of(self.graph)
+        self.resolved = resolve(self.graph, self.plan)
+        self.groups: list[PrunableGroup] = [self.structure.groups[g] for g in self.resolved.keep]
+        self.elements: dict[str, LayerPlan] = dict(self.resolved.elementwise)   # weight -> entry
+        self._transposed = {weight_param(l): bool(l.attrs.get("transposed_weight")) for l in self.graph.layers
+                            if weight_param(l)}
+        self._parameters = set(dict(inner.named_parameters()))   # names before masks rename them
         self.step = -1
-        self.kept: dict[GroupTarget, torch.Tensor] = {}
-        self._masks: dict[tuple[str, str], Mask] = {}
+        self.kept: dict[str, torch.Tensor] = {}          # group -> kept unit indices
+        self._masks: dict[str, Mask] = {}                # parameter -> its mask
         self._begun = False
 
     # ---- the hooks ---------------------------------------------------------------------------
 
     def on_train_begin(self) -> None:
-        """Attach masks (all ones) to every tensor the plan prunes."""
+        """Attach masks (all ones) to every parameter the plan prunes."""
         inner = _unwrap(self.model)
-        for module, tensor in self._tensors():
-            self._masks[(module, tensor)] = attach(inner.get_submodule(module), tensor)
+        for param in self._tensors():
+            if param in self._parameters:
+                module, tensor = _split(param)
+                self._masks[param] = attach(inner.get_submodule(module), tensor)
         self._begun = True
 
     def on_step_begin(self, step: int) -> None:
@@ -115,23 +118,28 @@ class Pruner:
         if not self.criterion.needs_grad:
             return
         inner = _unwrap(self.model)
-        for key in self._scored():
-            weight = original(inner.get_submodule(key), "weight")
+        for param in self._scored():
+            weight = self._original(inner, param)
             if weight.grad is not None:
-                self.criterion.accumulate(key, weight, weight.grad)
+                self.criterion.accumulate(param, weight, weight.grad)
 
     def on_after_optimizer_step(self) -> None:
         """Zero the masked entries of the tensors themselves, so momentum or weight decay cannot
         bring them back when the masks are removed."""
         inner = _unwrap(self.model)
         with torch.no_grad():
-            for (module, tensor), mask in self._masks.items():
-                original(inner.get_submodule(module), tensor).mul_(mask.mask)
+            for param, mask in self._masks.items():
+                self._original(inner, param).mul_(mask.mask)
 
     def on_train_end(self) -> None:
         """Nothing to do: masks stay until :meth:`remove` or :meth:`compact`."""
 
     # ---- masks -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _original(inner: nn.Module, param: str) -> torch.Tensor:
+        module, tensor = _split(param)
+        return original(inner.get_submodule(module), tensor)
 
     def prune(self, progress: float = 1.0) -> None:
         """Recompute every mask for ``progress`` (0-1) of the plan's sparsity now."""
@@ -139,92 +147,111 @@ class Pruner:
             self.on_train_begin()
         inner = _unwrap(self.model)
         step = max(self.step, 0)
-        scores = {key: self.criterion.scores(key, original(inner.get_submodule(key), "weight"), step)
-                  for key in self._scored()}
-        missing = [k for k, v in scores.items() if v is None]
-        if missing:
+        scores = {p: self.criterion.scores(p, self._original(inner, p), step) for p in self._scored()}
+        if any(v is None for v in scores.values()):
             if progress >= 1.0:
                 raise CostplanError(f"criterion '{self.criterion.name}' needs gradients: call "
                                     "on_before_optimizer_step() after backward on at least one step "
                                     "before the schedule ends")
             return  # no gradients seen yet: prune at the next step of the schedule
         with torch.no_grad():
-            self._prune_elements(scores, progress)
-            self._prune_groups(inner, scores, progress)
+            self.kept = self._choose_units(scores, progress)
+            positions = kept_positions(self.structure, self.kept)
+            within = self._elementwise(positions, scores, progress)
+            for param in self._masks:
+                keep = self._structured(param, positions.get(param, {}))
+                self._set(param, keep & within[param] if param in within else keep)
             self.on_after_optimizer_step()
 
-    def _prune_elements(self, scores: dict[str, torch.Tensor], progress: float) -> None:
-        shared = [e for e in self.elements if e.pattern.kind == "unstructured"] if self.scope == "global" else []
-        if shared:
-            flat = torch.cat([scores[e.module].flatten().float() for e in shared])
-            total = sum(int(e.sparsity * progress * scores[e.module].numel()) for e in shared)
-            threshold_mask = drop_lowest(flat, total)
-            offset = 0
-            for e in shared:
-                n = scores[e.module].numel()
-                self._set((e.module, "weight"), threshold_mask[offset:offset + n].view(scores[e.module].shape))
-                offset += n
-        for e in self.elements:
-            if e not in shared:
-                self._set((e.module, "weight"), elementwise_mask(scores[e.module], e.pattern, e.sparsity * progress))
-
-    def _group_scores(self, target: GroupTarget, scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per channel (or head): each member's row sums, normalised by the member's total, summed."""
-        total = torch.zeros(target.width, dtype=torch.float64)
-        for name in target.members:
-            rows = scores[name].flatten(1).sum(1).double().cpu()
-            rows = rows.view(target.width, -1).sum(1) if target.kind == "head" else rows
-            norm = rows.abs().sum()
-            total += rows / norm if norm > 0 else rows
-        return total
-
-    def _prune_groups(self, inner: nn.Module, scores: dict[str, torch.Tensor], progress: float) -> None:
-        per_group = {t: self._group_scores(t, scores) for t in self.groups}
+    def _choose_units(self, scores: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
+        ranked = {g.name: unit_scores(g, scores) for g in self.groups}
+        counts = {g.name: kept_count(g.width, self.resolved.ratios[g.name] * progress) for g in self.groups}
         if self.scope == "global" and self.groups:
-            ranked = torch.cat(list(per_group.values()))
-            removed = sum(t.width - kept_count(t.width, t.sparsity * progress) for t in self.groups)
-            cut = torch.sort(ranked).values[removed - 1] if removed > 0 else -float("inf")
-            keep = {t: torch.nonzero(s > cut).flatten() for t, s in per_group.items()}
-            keep = {t: k if len(k) else torch.argmax(per_group[t]).view(1) for t, k in keep.items()}
+            everything = torch.cat([ranked[g.name] for g in self.groups])
+            removed = sum(g.width - counts[g.name] for g in self.groups)
+            cut = torch.sort(everything).values[removed - 1] if removed > 0 else -float("inf")
+            kept = {n: torch.nonzero(s > cut).flatten() for n, s in ranked.items()}
+            kept = {n: k if len(k) else torch.argmax(ranked[n]).view(1) for n, k in kept.items()}
         else:
-            keep = {t: channel_keep(s, t.sparsity * progress) for t, s in per_group.items()}
-        for target, kept in keep.items():
-            self.kept[target] = kept
-            for name in (*target.members, *target.followers):
-                module = inner.get_submodule(name)
-                rows = rows_of(target, kept, module) if name in target.members else kept
-                for tensor in ("weight", "bias"):
-                    if (name, tensor) in self._masks:
-                        mask = torch.zeros_like(self._masks[(name, tensor)].mask)
-                        mask[rows.to(mask.device)] = 1
-                        self._set((name, tensor), mask)
+            kept = {n: best(s, counts[n]) for n, s in ranked.items()}
+        if _distributed():       # every rank keeps rank 0's units
+            for name, units in kept.items():
+                flags = torch.zeros(self.structure.groups[name].width, dtype=torch.uint8)
+                flags[units] = 1
+                torch.distributed.broadcast(flags, src=0)
+                kept[name] = torch.nonzero(flags).flatten()
+        return kept
 
-    def _set(self, key: tuple[str, str], keep: torch.Tensor) -> None:
-        mask = self._masks[key].mask
+    def _structured(self, param: str, positions: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The positions of ``param`` its groups keep, as a mask of its shape."""
+        shape = self._original(_unwrap(self.model), param).shape
+        keep = torch.ones(shape, dtype=torch.bool)
+        for dim, mask in positions.items():
+            view = [1] * len(shape)
+            view[dim] = -1
+            keep &= mask.view(view)
+        return keep
+
+    def _elementwise(self, positions: dict[str, dict[int, torch.Tensor]], scores: dict[str, torch.Tensor],
+                     progress: float) -> dict[str, torch.Tensor]:
+        """Element-wise masks, computed on the block of each weight its groups keep (the weight the
+        compacted model holds) in (outputs, inputs, ...) layout, and put back in place."""
+        blocks = {p: self._block(p, positions.get(p, {}), scores[p]) for p in self.elements}
+        drops: dict[str, torch.Tensor] = {}
+        shared = [p for p, e in self.elements.items() if e.pattern.kind == "unstructured"] if self.scope == "global" else []
+        if shared:
+            flat = torch.cat([blocks[p][0].flatten().float() for p in shared])
+            total = sum(int(self.elements[p].sparsity * progress * blocks[p][0].numel()) for p in shared)
+            keep_all = drop_lowest(flat, total)
+            offset = 0
+            for p in shared:
+                n = blocks[p][0].numel()
+                drops[p] = keep_all[offset:offset + n].view(blocks[p][0].shape)
+                offset += n
+        out = {}
+        for p, entry in self.elements.items():
+            block, index, flip = blocks[p]
+            mask = drops.get(p)
+            if mask is None:
+                mask = elementwise_mask(block.float(), entry.pattern, entry.sparsity * progress)
+            shape = self._original(_unwrap(self.model), p).shape
+            full = torch.zeros(tuple(reversed(shape)) if flip else shape, dtype=torch.bool)
+            full[torch.meshgrid(*index, indexing="ij")] = mask.cpu()
+            out[p] = full.t() if flip else full
+        return out
+
+    def _block(self, param: str, positions: dict[int, torch.Tensor],
+               scores: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
+        """(scores of the kept block as (outputs, inputs, ...), its index per dim, whether transposed)."""
+        flip = self._transposed.get(param, False)
+        s = scores.t() if flip else scores
+        dims = {(1 - d if flip else d): m for d, m in positions.items()}
+        index = [torch.nonzero(dims[d]).flatten() if d in dims else torch.arange(s.shape[d]) for d in range(s.dim())]
+        block = s
+        for d, idx in enumerate(index):
+            block = block.index_select(d, idx.to(block.device))
+        return block, index, flip
+
+    def _set(self, param: str, keep: torch.Tensor) -> None:
+        mask = self._masks[param].mask
         value = keep.to(mask.dtype).to(mask.device)
         if _distributed():
             torch.distributed.broadcast(value, src=0)
         mask.copy_(value)
 
     def _scored(self) -> list[str]:
-        """Modules whose weights are scored: element targets and group members."""
-        names = [e.module for e in self.elements] + [m for t in self.groups for m in t.members]
-        return list(dict.fromkeys(names))
+        """Parameters whose scores decide: element-wise weights and the rows the groups' members write."""
+        names = list(self.elements) + [s.param for g in self.groups for s in g.slices if s.role == "out"]
+        return [n for n in dict.fromkeys(names) if n in self._parameters]
 
-    def _tensors(self) -> list[tuple[str, str]]:
-        inner = _unwrap(self.model)
-        out = [(e.module, "weight") for e in self.elements]
-        for t in self.groups:
-            for name in (*t.members, *t.followers):
-                module = inner.get_submodule(name)
-                out += [(name, p) for p in ("weight", "bias") if getattr(module, p, None) is not None]
-        return list(dict.fromkeys(out))
+    def _tensors(self) -> list[str]:
+        return list(dict.fromkeys([*self.elements, *(s.param for g in self.groups for s in g.slices)]))
 
     # ---- inspecting and finishing ------------------------------------------------------------
 
     def masks(self) -> dict[str, torch.Tensor]:
-        """Every mask, keyed 'module.tensor' (1 = kept)."""
-        return {f"{m}.{t}": mask.mask.detach().clone() for (m, t), mask in self._masks.items()}
+        """Every mask, keyed by parameter name (1 = kept)."""
+        return {p: m.mask.detach().clone() for p, m in self._masks.items()}
 
     def sparsity(self) -> dict[str, float]:
         """Share of zeros in each masked tensor."""
@@ -241,12 +268,12 @@ class Pruner:
         return self.model
 
     def compact(self) -> nn.Module:
-        """A new, physically smaller model: the kept channels and heads of every group, element-wise
-        zeros left in place. The pruner's model is not changed."""
+        """A new, physically smaller model: the kept units of every group, element-wise zeros left in
+        place. The pruner's model is not changed."""
         if self.groups and not self.kept:
             raise CostplanError("nothing to compact yet: the schedule has not pruned (call prune() or step on)")
         small = folded_copy(_unwrap(self.model))
-        self._describe(small, shrink(small, self.kept))
+        self._describe(small, shrink(small, self.structure, self.kept))
         return small
 
     def _describe(self, model: nn.Module, edits: dict) -> None:
@@ -255,4 +282,13 @@ class Pruner:
                            "input": [list(shape) for shape in self.graph.inputs.shapes]}
 
 
-__all__ = ["ElementTarget", "GroupTarget", "Pruner", "Schedule"]
+def _trace(model: nn.Module, input: Sequence[Sequence[int]] | None, example_inputs: Sequence[object] | None) -> LayerGraph:
+    if example_inputs is None:
+        if input is None:
+            raise CostplanError("give example_inputs= (a tuple of tensors) or input= (shapes) to trace the model")
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        example_inputs = tuple(torch.zeros(tuple(s), device=device) for s in input)
+    return trace(model, tuple(example_inputs), name=type(model).__name__)
+
+
+__all__ = ["Pruner", "Schedule"]

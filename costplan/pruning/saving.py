@@ -19,7 +19,7 @@ from costplan.errors import CostplanError
 from costplan.pruning.compact import apply_edits
 from costplan.pruning.masks import folded_copy
 
-FORMAT = "costplan-model/1"
+FORMAT = "costplan-model/2"
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def load(path: str | os.PathLike[str], *, trust_code: bool = False) -> nn.Module
                             "(--trust-code) if you trust that file")
     shapes = tuple(tuple(s) for s in description.get("input") or []) if ".py:" in spec else None
     model = instantiate(resolve(spec, input_shapes=shapes or None), "cpu").module
-    apply_edits(model, description["edits"])
+    apply_edits(model, description["edits"], payload["state_dict"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

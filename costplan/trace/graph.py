@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from costplan.trace.channels import ChannelLog
+
 Shape = tuple[int, ...]
 
 
@@ -31,6 +33,8 @@ class Layer:
     act_out_bytes: int
     aten_ops: tuple[str, ...] = ()  # the aten ops this layer ran, in order of first use
     attrs: Mapping[str, object] = field(default_factory=dict)  # conv/linear geometry, heads
+    param_names: tuple[str, ...] = ()   # qualified names of the parameters first read here
+    reads: tuple[str, ...] = ()         # every parameter this call reads
 
     @property
     def bytes_moved(self) -> int:
@@ -89,6 +93,7 @@ class LayerGraph:
     unsupported: Mapping[str, int]  # aten op -> calls, for ops with no formula
     module_names: frozenset[str]   # every named_modules() name, leaves and containers
     heads: Mapping[str, int] = field(default_factory=dict)  # attention module -> head count
+    channels: ChannelLog | None = field(default=None, repr=False)  # how channels flow (trace.channels)
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)

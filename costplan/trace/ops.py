@@ -117,6 +117,15 @@ def native_mha_macs(q: Shape, k: Shape, v: Shape, embed_dim: int, num_heads: int
                                          (batch, heads, s_k, e // heads))
 
 
+@mac_formula(aten.mkldnn_rnn_layer)
+def mkldnn_rnn_macs(x: Shape, w_ih: Shape, w_hh: Shape, *rest: object, out_shape: Shape) -> int:
+    """One layer and direction of an LSTM/GRU/RNN as oneDNN runs it on CPUs: every step multiplies
+    its input by the (gates x hidden, input) weight and its hidden state by the (gates x hidden, hidden)
+    one."""
+    steps = _prod(x) // int(x[-1])
+    return steps * (_prod(w_ih) + _prod(w_hh))
+
+
 # Ops that alias their input: no node, no cost; the output's producer is the input's.
 _VIEWS = {
     "view", "_unsafe_view", "_reshape_alias", "reshape", "t", "transpose", "permute", "expand",

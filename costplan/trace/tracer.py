@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
+from costplan.trace.channels import Tracker
 from costplan.trace.graph import InputSpec, Layer, LayerGraph
 from costplan.trace.ops import OpKind, classify, friendly_name, op_macs
 
@@ -59,6 +60,8 @@ class _NodeDraft:
     attrs: dict[str, object] = field(default_factory=dict)
     inputs_seen: set[int] = field(default_factory=set)
     params_seen: set[str] = field(default_factory=set)
+    param_names: list[str] = field(default_factory=list)   # parameters first read here
+    reads: list[str] = field(default_factory=list)         # every parameter read here
     seconds: float = 0.0           # wall time of this layer's kernels, when the trace runs for real
 
     def freeze(self) -> Layer:
@@ -67,6 +70,7 @@ class _NodeDraft:
             in_shapes=tuple(self.in_shapes), out_shapes=tuple(self.out_shapes), macs=self.macs,
             params=self.params, weights_read=self.weights_read, weight_bytes=self.weight_bytes, act_in_bytes=self.act_in_bytes,
             act_out_bytes=self.act_out_bytes, aten_ops=tuple(self.aten_ops), attrs=dict(self.attrs),
+            param_names=tuple(self.param_names), reads=tuple(self.reads),
         )
 
 
@@ -142,21 +146,36 @@ class _Recorder(TorchDispatchMode):
             self.constant[p] = (name, True)
         for name, b in model.named_buffers():
             self.constant[b] = (name, False)
+        self.channels = Tracker({**dict(model.named_buffers()), **self.param_by_name})
 
     # ---- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: torch.nn.Module, args: object) -> None:
         name = self.names.get(id(module), type(module).__name__)
         leaf = next(module.children(), None) is None
         self.stack.append(_Frame(module, name, leaf))
+        if leaf and isinstance(module, torch.nn.RNNBase):
+            self.channels.suspended += 1   # its own rule, at the end of its call
 
     def post_hook(self, module: torch.nn.Module, args: object, output: object) -> None:
         if not self.stack:
             return
         frame = self.stack.pop()
+        if frame.leaf and isinstance(module, torch.nn.RNNBase):
+            self.channels.suspended -= 1
+            node = self._leaf_node(frame)
+            self.channels.recurrent(module, frame.name, node.name, args, output, self.scope())
         if frame.node is not None:
             outs = _tensors(output)
             frame.node.out_shapes = [tuple(t.shape) for t in outs]
             frame.node.act_out_bytes = sum(_nbytes(t) for t in outs)
+            self._out_grids(frame.node, outs)
+
+    def scope(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.stack)
+
+    def _out_grids(self, node: _NodeDraft, outs: Sequence[torch.Tensor]) -> None:
+        ins = self.channels.node_tensors.setdefault(node.name, ([], []))[0]
+        self.channels.node_tensors[node.name] = (ins, [self.channels.grid(t, node.name) for t in outs])
 
     # ---- nodes --------------------------------------------------------------------------------
     def _unique(self, base: str) -> str:
@@ -180,10 +199,14 @@ class _Recorder(TorchDispatchMode):
             self.used_names.add(name)
             draft = _NodeDraft(name=name, op=type(frame.module).__name__.lower(), module=frame.name,
                                kind="module", attrs=module_geometry(frame.module))
-            if isinstance(getattr(frame.module, "weight", None), torch.nn.Parameter):
-                draft.attrs["weight"] = f"{frame.name}.weight" if frame.name else "weight"
-            for p in frame.module.parameters():
-                self._read_param(draft, p)
+            weight = getattr(frame.module, "weight", None)
+            if isinstance(weight, torch.nn.Parameter):
+                own = f"{frame.name}.weight" if frame.name else "weight"
+                draft.attrs["weight"] = self.constant.get(weight, (own,))[0]   # a tied weight's own name
+                if draft.attrs["weight"] != own:
+                    draft.attrs["tied"] = True
+            for pname, p in frame.module.named_parameters(prefix=frame.name):
+                self._read_param(draft, p, self.constant.get(p, (pname,))[0])   # a tied weight's own name
             frame.node = self._add(draft)
         return frame.node
 
@@ -221,6 +244,7 @@ class _Recorder(TorchDispatchMode):
         if kind is OpKind.VIEW:
             if ins:
                 self._alias(ins[0], outs)
+                self.channels.alias(ins[0], outs)
             return out
         if kind is OpKind.SOURCE or not ins:
             return out
@@ -228,13 +252,16 @@ class _Recorder(TorchDispatchMode):
         node = self._leaf_node(frame) if frame is not None else self._function_node(func, ins, args)
         self._read(node, ins)
         node.seconds += elapsed
-        node.macs += op_macs(func, args, out)
+        macs = op_macs(func, args, out)
+        node.macs += macs
         node.aten_ops[str(func)] = None
         if kind is OpKind.UNKNOWN:
             self.unsupported[str(func.overloadpacket)] += 1
+        self.channels.op(func, args, kwargs, out, node.name, node.module, self.scope(), macs)
         if node.kind == "function":
             node.out_shapes = [tuple(t.shape) for t in outs]
             node.act_out_bytes = sum(_nbytes(t) for t in outs)
+            self._out_grids(node, outs)
         for t in outs:
             self.producer[t] = node
         return out
@@ -251,13 +278,15 @@ class _Recorder(TorchDispatchMode):
             if is_input:
                 self.model_inputs[t] = True
 
-    def _read_param(self, node: _NodeDraft, p: torch.Tensor) -> None:
+    def _read_param(self, node: _NodeDraft, p: torch.Tensor, name: str) -> None:
         node.weights_read += p.numel()
         node.weight_bytes += _nbytes(p)
+        node.reads.append(name)
         key = id(self._base(p))
         if key not in self.attributed:
             self.attributed.add(key)
             node.params += p.numel()
+            node.param_names.append(name)
 
     def _base(self, t: torch.Tensor) -> torch.Tensor:
         """The parameter a view of a parameter came from (views of one parameter share its owner)."""
@@ -271,7 +300,7 @@ class _Recorder(TorchDispatchMode):
                 name, is_param = constant
                 if is_param and node.kind == "function" and name not in node.params_seen:
                     node.params_seen.add(name)
-                    self._read_param(node, t)
+                    self._read_param(node, self.param_by_name.get(name, t), name)
                 continue
             producer = self.producer.get(t)
             if producer is node or id(t) in node.inputs_seen:
@@ -281,6 +310,7 @@ class _Recorder(TorchDispatchMode):
             node.inputs_seen.add(id(t))
             node.in_shapes.append(tuple(t.shape))
             node.act_in_bytes += _nbytes(t)
+            self.channels.node_tensors.setdefault(node.name, ([], []))[0].append(self.channels.grid(t, node.name))
             if producer is not None:
                 self.graph.add_edge(producer.name, node.name)
 
@@ -327,10 +357,14 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
     ]
     was_training = model.training
     _set_training(model, False)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)   # the fused encoder kernel hides its layers
     try:
         with torch.no_grad(), recorder:
-            model(*args, **kwargs)
+            result = model(*args, **kwargs)
+            recorder.channels.outputs(_tensors(result))
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
         _set_training(model, was_training)
@@ -355,4 +389,5 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
         unsupported=dict(recorder.unsupported),
         module_names=frozenset(n for n, _ in model.named_modules() if n),
         heads=attention_heads(model),
+        channels=recorder.channels.log(),
     )
