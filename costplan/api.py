@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from costplan.errors import CostplanError
-from costplan.hardware import Estimate, HardwareProfile, estimate, load_profile
-from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, traced_dtype
+from costplan.hardware import Estimate, HardwareProfile, estimate, list_profiles, load_profile
+from costplan.coerce import as_plan, as_profile, as_shapes, traced_dtype
 from costplan.models import Instance, ModelSource, instantiate, resolve
-from costplan.planfile import Plan, load_plan
+from costplan.planfile import Plan, load_plan, save_plan, write_atomic
 from costplan.report import Report, build_report
 from costplan.sparsity import apply_plan
 from costplan.trace import LayerGraph, trace
@@ -183,15 +183,23 @@ def uniform_plan(model: ModelLike | LayerGraph, pattern: str, sparsity: float, *
 
 
 def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, criterion: str = "magnitude",
-          compact: bool = True, input: str | Sequence | None = None, example_inputs: Sequence[object] | None = None,
-          graph: LayerGraph | None = None, source: str | None = None, **load: object) -> torch.nn.Module:
-    """One-shot pruning of ``model`` (a module, left unchanged, or a spec such as ``resnet50``, built
-    with its initial weights on the CPU) to ``plan`` by a weight-only ``criterion``; with ``compact``
-    the physically smaller model, else the masked copy with the masks folded in. For gradual pruning in
-    a training loop use :class:`Pruner`."""
+          scope: str = "local", compact: bool = True, input: str | Sequence | None = None,
+          example_inputs: Sequence[object] | None = None, graph: LayerGraph | None = None, source: str | None = None,
+          data: object = None, loss_fn: object = None, steps: int = 0, lr: float = 0.01, frequency: int | None = None,
+          decay: str = "cube", progress: bool = False, **load: object) -> torch.nn.Module:
+    """Prune ``model`` (a module, left unchanged, or a spec such as ``resnet50``, built with its initial
+    weights on the CPU) to ``plan``; with ``compact`` the physically smaller model, else the masked copy
+    with the masks folded in.
+
+    Without ``data``: one shot, by a weight-only ``criterion``. With ``data`` (batches, cycled) and
+    ``steps``: SGD at ``lr`` with ``loss_fn(model, batch)`` (default cross entropy of (inputs, targets)),
+    pruning gradually over the first three quarters of the steps (every ``frequency`` steps, ``decay``
+    ramp), then fine-tuning at the plan's sparsity. For your own loop use :class:`Pruner`."""
     import copy
 
+    from costplan.pruning.loop import cross_entropy, train_while_pruning
     from costplan.pruning.pruner import Pruner
+    from costplan.pruning.schedule import Schedule
 
     if isinstance(model, str):
         instance = instantiate(resolve(model, input_shapes=as_shapes(input), **load), "cpu")  # type: ignore[arg-type]
@@ -201,11 +209,96 @@ def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, 
             graph = graph or trace(model, instance.args, instance.kwargs, name=source)
     else:
         model = copy.deepcopy(model)
-    pruner = Pruner(model, plan, criterion=criterion, input=as_shapes(input), example_inputs=example_inputs,
-                    graph=graph, source=source)
-    if pruner.criterion.needs_grad:
-        raise CostplanError(f"criterion '{criterion}' needs gradients: use costplan.Pruner in a training loop")
-    pruner.prune()
-    if compact:
-        return pruner.compact()
-    return pruner.remove()
+    schedule = None
+    if data is not None:
+        if steps <= 0:
+            raise CostplanError("pruning while training needs steps > 0")
+        end = max(0, int(steps * 0.75))       # the last quarter fine-tunes at the final sparsity
+        schedule = Schedule(0, end, frequency or max(1, end // 20), decay)
+    pruner = Pruner(model, plan, criterion=criterion, scope=scope, schedule=schedule, input=as_shapes(input),
+                    example_inputs=example_inputs, graph=graph, source=source)
+    if data is not None:
+        train_while_pruning(pruner, data, steps, lr=lr, loss_fn=loss_fn or cross_entropy, progress=progress)  # type: ignore[arg-type]
+    else:
+        if pruner.criterion.needs_grad:
+            raise CostplanError(f"criterion '{criterion}' needs gradients: give training data (--train) or use "
+                                "costplan.Pruner in a training loop")
+        pruner.prune()
+    small = pruner.compact() if compact else pruner.remove()
+    small._costplan["pruned"] = {"groups": [g.name for g in pruner.groups], "weights": list(pruner.elements),
+                                 "steps": steps if data is not None else 0}
+    return small
+
+
+def training_data(spec: str) -> tuple[object, object]:
+    """``FILE.py:FUNCTION`` (runs that file): the function returns batches of (inputs, targets), or a
+    (batches, loss_fn(model, batch)) pair. Returns (batches, loss_fn or None)."""
+    from costplan.models.files import load_callable
+
+    path, _, name = spec.rpartition(":")
+    if not path.endswith(".py") or not name:
+        raise CostplanError(f"--train wants FILE.py:FUNCTION, got '{spec}'")
+    made = load_callable(path, name)()
+    return made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+
+
+def parse_budget(text: str):  # noqa: ANN201  (planning.planner.Budget)
+    """'2ms', '500us', '0.5s' or '2x' (a speedup over the dense model)."""
+    from costplan.planning.planner import parse_budget as parse
+
+    return parse(text)
+
+
+def export_plan(plan: Plan | str | os.PathLike[str], fmt: str) -> dict:
+    """``plan`` in another pruner's configuration format: 'torch-pruning', 'nni' or 'inc'."""
+    from costplan.planning.export import export
+
+    return export(as_plan(plan), fmt)  # type: ignore[arg-type]
+
+
+def calibrate(*, name: str = "local", quick: bool = False, progress: bool = True):  # noqa: ANN201  (Calibration)
+    """Fit a hardware profile of this machine's CPU by microbenchmarks (see :mod:`costplan.hardware.calibrate`)."""
+    from costplan.hardware.calibrate import calibrate as fit
+
+    return fit(name=name, quick=quick, progress=progress)
+
+
+def write_profile(calibration: object, path: str | os.PathLike[str]) -> None:
+    """Write a calibration as a profile file ``--hw`` accepts (atomically)."""
+    from costplan.hardware.calibrate import profile_toml
+    from costplan.planfile import write_atomic
+
+    write_atomic(path, profile_toml(calibration))  # type: ignore[arg-type]
+
+
+def measure(model: str, *, hw: HardwareProfile | str, **kwargs: object):  # noqa: ANN201  (measure.Comparison)
+    """Run ``model`` on this CPU and set measured against predicted latency, per layer and in total."""
+    from costplan.measure import measure as run
+
+    return run(model, hw=hw, **kwargs)
+
+
+def model_names() -> dict[str, list[str]]:
+    """The model names costplan builds, by family."""
+    from costplan.models import hf, vision
+
+    return {"torchvision": sorted(vision.names()), "hf": [f"hf:{n}" for n in hf.names()]}
+
+
+def load(path: str | os.PathLike[str], *, trust_code: bool = False) -> torch.nn.Module:
+    """A model :func:`costplan.save` wrote (rebuilt from its description; no pickled code)."""
+    from costplan.pruning.saving import load as read
+
+    return read(path, trust_code=trust_code)
+
+
+def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Write a model costplan pruned: its weights and how to rebuild its architecture."""
+    from costplan.pruning.saving import save as write
+
+    write(model, path)
+
+
+__all__ = ["analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles", "load",
+           "load_graph", "load_plan", "load_profile", "measure", "model_names", "parse_budget", "plan", "prune",
+           "save", "save_plan", "sweep", "training_data", "uniform_plan", "write_atomic", "write_profile"]

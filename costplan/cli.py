@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write(text: str, path: str | None) -> None:
     if path:
-        from costplan.planfile import write_atomic
+        from costplan.api import write_atomic
 
         write_atomic(path, text)
     else:
@@ -190,7 +190,7 @@ def _console():  # noqa: ANN202
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from costplan.hardware import list_profiles, load_profile
+    from costplan.api import list_profiles, load_profile
     from costplan.render import profile_table
 
     if args.action == "show":
@@ -205,17 +205,16 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from costplan.hardware.calibrate import calibrate, profile_toml
-    from costplan.planfile import write_atomic
+    from costplan.api import calibrate, write_profile
 
     result = calibrate(name=args.name, quick=args.quick)
-    write_atomic(args.output, profile_toml(result))
+    write_profile(result, args.output)
     _console().print(f"wrote {args.output}: {result.summary()}")
     return 0
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from costplan.measure import measure
+    from costplan.api import measure
 
     comparison = measure(args.model, hw=args.hw, plan=args.plan, input=args.input, batch=args.batch,
                          seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle,
@@ -265,9 +264,8 @@ def _fractions(text: str) -> list[float]:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from costplan.api import importance_for, load_graph, plan, sweep, traced_dtype
+    from costplan.api import importance_for, load_graph, parse_budget, plan, save_plan, sweep, traced_dtype
     from costplan.errors import CostplanError
-    from costplan.planning.planner import parse_budget
 
     if not args.sweep and not (args.budget or args.speedup):
         raise CostplanError("give --budget (2ms, 500us, 2x) or --speedup (2x), or --sweep LOW:HIGH:N")
@@ -291,13 +289,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     result = plan(graph, budget=budget, **options)
     if args.output:
-        from costplan.planfile import save_plan
-
         save_plan(result.plan, args.output)
     if args.export:
-        from costplan.planning.export import export
+        from costplan.api import export_plan
 
-        sys.stdout.write(json.dumps(export(result.plan, args.export), indent=2) + "\n")
+        sys.stdout.write(json.dumps(export_plan(result.plan, args.export), indent=2) + "\n")
         return 0
     if args.json:
         sys.stdout.write(json.dumps(result.plan.to_dict(), indent=2) + "\n")
@@ -311,94 +307,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from costplan.api import load_graph
-    from costplan.errors import CostplanError
-    from costplan.models import instantiate, resolve
-    from costplan.planfile import load_plan
-    from costplan.pruning.pruner import Pruner
-    from costplan.pruning.saving import save
-    from costplan.pruning.schedule import Schedule
+    from costplan.api import load_graph, load_plan, prune, save, training_data
 
     plan = load_plan(args.plan)
-    source = resolve(args.model, input_shapes=_shapes(args.input), batch=args.batch, seq_len=args.seq_len,
-                     trust=args.trust_pickle)
-    instance = instantiate(source, "cpu")
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        trust_pickle=args.trust_pickle)
-    steps = args.steps if args.train else 0
-    end = max(0, int(steps * 0.75))       # the last quarter fine-tunes at the final sparsity
-    schedule = Schedule(0, end, args.frequency or max(1, end // 20), args.decay) if args.train else None
-    model = instance.module
-    pruner = Pruner(model, plan, criterion=args.criterion, schedule=schedule, scope=args.scope, graph=graph,
-                    source=args.model)
-    if args.train:
-        _train(pruner, model, args.train, steps, args.lr)
-    else:
-        if pruner.criterion.needs_grad:
-            raise CostplanError(f"criterion '{args.criterion}' needs gradients: give --train FILE.py:FUNCTION")
-        pruner.prune()
-    small = pruner.remove() if args.no_compact else pruner.compact()
+    data, loss_fn = training_data(args.train) if args.train else (None, None)
+    small = prune(args.model, plan, criterion=args.criterion, scope=args.scope, compact=not args.no_compact,
+                  input=args.input, batch=args.batch, seq_len=args.seq_len, trust=args.trust_pickle,
+                  data=data, loss_fn=loss_fn, steps=args.steps if args.train else 0, lr=args.lr,
+                  frequency=args.frequency, decay=args.decay, progress=True)
     save(small, args.output)
+    done = small._costplan["pruned"]
     after = sum(p.numel() for p in small.parameters())
     zeros = sum(int((p == 0).sum()) for p in small.parameters())
     console = _console()
-    console.print(f"pruned {len(pruner.elements)} layer(s) element-wise and {len(pruner.groups)} channel/head "
-                  f"group(s) of {graph.model}" + (f" over {steps} training steps" if args.train else " (one shot)"))
+    console.print(f"pruned {len(done['weights'])} weight(s) element-wise and {len(done['groups'])} channel/head "
+                  f"group(s) of {graph.model}" + (f" over {done['steps']} training steps" if done["steps"] else " (one shot)"))
     console.print(f"parameters {graph.total_params:,} -> {after:,} ({zeros:,} zeros); wrote {args.output}")
     return 0
 
 
-def _shapes(text: str | None):  # noqa: ANN202
-    from costplan.models import parse_shapes
-
-    return parse_shapes(text) if text else None
-
-
-def _train(pruner, model, spec: str, steps: int, lr: float) -> None:  # noqa: ANN001
-    """SGD with the pruner's hooks over the user's loader, cycling it, with a progress bar."""
-    import torch
-    from rich.progress import Progress
-
-    from costplan.errors import CostplanError
-    from costplan.models.files import load_callable
-
-    path, _, name = spec.rpartition(":")
-    if not path.endswith(".py") or not name:
-        raise CostplanError(f"--train wants FILE.py:FUNCTION, got '{spec}'")
-    made = load_callable(path, name)()
-    loader, loss_fn = made if isinstance(made, tuple) else (made, None)
-    if loss_fn is None:
-        def loss_fn(m, batch):  # noqa: ANN001, ANN202
-            x, y = batch
-            return torch.nn.functional.cross_entropy(m(x), y)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    pruner.on_train_begin()
-    batches = iter(loader)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("pruning while training", total=steps)
-        for step in range(steps):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                batch = next(batches)
-            pruner.on_step_begin(step)
-            loss_fn(model, batch).backward()
-            pruner.on_before_optimizer_step()
-            optimizer.step()
-            optimizer.zero_grad()
-            pruner.on_after_optimizer_step()
-            progress.advance(task)
-    pruner.on_train_end()
-    model.eval()
-
-
 def cmd_models(args: argparse.Namespace) -> int:
-    from costplan.models import hf, vision
+    from costplan.api import model_names
 
-    print("torchvision:", ", ".join(sorted(vision.names())))
-    print("hf:", ", ".join(f"hf:{n}" for n in hf.names()))
+    names = model_names()
+    print("torchvision:", ", ".join(names["torchvision"]))
+    print("hf:", ", ".join(names["hf"]))
     print("files: FILE.py:FUNCTION, TorchScript (.pt), torch.export (.pt2)")
     return 0
 

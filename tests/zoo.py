@@ -144,7 +144,7 @@ def counted_macs(model: nn.Module, inputs: Sequence[torch.Tensor], sparse: Seque
     """MACs of one real forward by ``torch.utils.flop_counter.FlopCounterMode`` / 2, and the output.
 
     torch 2.14's counter has no formula for the CPU flash-attention kernel nor for oneDNN's RNN kernel,
-    so the forward runs without oneDNN (RNNs decompose into matmuls it counts) and the CPU attention
+    so models with an RNN run without oneDNN (RNNs decompose into matmuls it counts) and the CPU attention
     kernel gets torch's own SDPA formula (``sdpa_flop_count``); the encoder's fused fast path is off
     (it hides its layers from the counter). With ``sparse`` (weights pruned element-wise), each such
     leaf module's MACs are reduced by the share of its weight that is zero, as costplan counts them.
@@ -157,8 +157,10 @@ def counted_macs(model: nn.Module, inputs: Sequence[torch.Tensor], sparse: Seque
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    # oneDNN off only where an RNN needs it: PyTorch's fallback convolutions are ~100x slower
+    recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
     try:
-        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=not recurrent), \
                 fc.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             result = model(*inputs)
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp

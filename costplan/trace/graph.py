@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from costplan.trace.channels import ChannelLog
+from costplan.trace.grids import ChannelLog
 
 Shape = tuple[int, ...]
 

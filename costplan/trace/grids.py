@@ -1,0 +1,160 @@
+"""Channel ids on tensors: the records the tracer's channel log is made of, and how a view reads its
+base's ids through the strides (see :mod:`costplan.trace.channels`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+NONE = -1   # the id of a position that is no producer's channel
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """Channel ids over the channel-carrying ``axes`` of a tensor of ``shape``."""
+
+    axes: tuple[int, ...]
+    ids: np.ndarray                # shape: the sizes of ``axes``
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A producer's output channels: ids ``first`` .. ``first + width - 1``."""
+
+    node: str                      # graph node that produced them
+    module: str | None             # module a plan names to prune them
+    first: int
+    width: int
+    scope: tuple[str, ...]         # modules running when they were produced, outermost first
+    gates: int = 0                 # recurrent layers: gate blocks per unit (LSTM 4, GRU 3, RNN 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Slice:
+    """Along ``dim`` of tensor ``param`` (a qualified parameter or buffer name), position i holds
+    channel ``ids[i]``. ``role``: 'out' (a producer's own rows), 'follow' (one entry per channel of
+    its input) or 'in' (columns reading its input)."""
+
+    param: str
+    dim: int
+    ids: np.ndarray
+    role: str
+    node: str
+
+
+@dataclass(frozen=True, eq=False)
+class Couple:
+    """Position i of ``a`` meets position i of ``b`` at ``node``."""
+
+    a: np.ndarray
+    b: np.ndarray
+    node: str
+
+
+@dataclass(frozen=True, eq=False)
+class Barrier:
+    ids: np.ndarray
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class MacPart:
+    """Part of a node's MACs. With ``param``: the MACs scale with that weight's kept elements.
+    Without: ``formula`` re-evaluated on the kept sizes of ``operands`` (Grid, or a plain shape) and
+    ``out``."""
+
+    macs: int
+    param: str | None = None
+    formula: object = None
+    operands: tuple[object, ...] = ()
+    out: object = None
+
+
+@dataclass(frozen=True)
+class ChannelLog:
+    """Everything the trace learnt about channels."""
+
+    sources: tuple[Source, ...]
+    slices: tuple[Slice, ...]
+    couples: tuple[Couple, ...]
+    barriers: tuple[Barrier, ...]
+    reads: tuple[tuple[Grid, str], ...]                 # (grid an op read, node)
+    tensors: Mapping[str, tuple[tuple[Grid | None, ...], tuple[Grid | None, ...]]]  # node -> (ins, outs)
+    macs: Mapping[str, tuple[MacPart, ...]]
+    params: Mapping[str, tuple[int, ...]]               # parameter or buffer name -> shape
+
+
+@dataclass(frozen=True, eq=False)
+class _Base:
+    """A tensor an op wrote, with its grid: what views of it are read against."""
+
+    sizes: tuple[int, ...]
+    strides: tuple[int, ...]
+    offset: int
+    grid: Grid
+
+
+def _geometry(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    return tuple(t.shape), tuple(t.stride()), t.storage_offset()
+
+
+def _unravel(sizes: Sequence[int], strides: Sequence[int], rel: np.ndarray) -> np.ndarray | None:
+    """Index (n, ndim) of each storage offset ``rel`` in a dense tensor of these sizes and strides;
+    None where an offset falls outside it."""
+    idx = np.zeros((rel.size, len(sizes)), dtype=np.int64)
+    rest = rel.astype(np.int64).copy()
+    for axis in sorted(range(len(sizes)), key=lambda a: -strides[a]):
+        if sizes[axis] <= 1 or strides[axis] <= 0:
+            continue
+        q = rest // strides[axis]
+        if (q < 0).any() or (q >= sizes[axis]).any():
+            return None
+        idx[:, axis] = q
+        rest -= q * strides[axis]
+    return idx if not rest.any() else None
+
+
+def view_grid(base: _Base, t: torch.Tensor) -> Grid | None:
+    """The grid of ``t``, a view of ``base``'s storage: each of its positions looked up in the base by
+    storage offset. None when ``t`` reads no channel; raises ValueError if the offsets do not map."""
+    sizes, strides, offset = _geometry(t)
+    if (sizes, strides, offset) == (base.sizes, base.strides, base.offset):
+        return base.grid
+    channel_axes = list(base.grid.axes)
+    rel0 = offset - base.offset
+    tagged = []
+    for b, (size, stride) in enumerate(zip(sizes, strides)):
+        if size <= 1 or stride == 0:
+            continue
+        idx = _unravel(base.sizes, base.strides, rel0 + np.arange(size) * stride)
+        if idx is None:
+            raise ValueError("view outside its base")
+        if (idx[:, channel_axes] != idx[0, channel_axes]).any():
+            tagged.append(b)
+    if not tagged:
+        idx = _unravel(base.sizes, base.strides, np.array([rel0]))
+        if idx is None:
+            raise ValueError("view outside its base")
+        return Grid((), base.grid.ids[tuple(idx[0, channel_axes])].reshape(()), sizes)
+    mesh = np.ix_(*[np.arange(sizes[b]) for b in tagged])
+    rel = rel0 + sum(m * strides[b] for m, b in zip(mesh, tagged))
+    idx = _unravel(base.sizes, base.strides, np.asarray(rel).ravel())
+    if idx is None:
+        raise ValueError("view outside its base")
+    ids = base.grid.ids[tuple(idx[:, a] for a in channel_axes)].reshape([sizes[b] for b in tagged])
+    return Grid(tuple(tagged), ids, sizes)
+
+
+def broadcast(grid: Grid, letters: Sequence[str], onto: Sequence[str], sizes: Mapping[str, int]) -> np.ndarray:
+    """``grid``'s ids (axes named ``letters``) broadcast onto the letters ``onto``."""
+    own = [letters[a] for a in grid.axes]
+    ids = grid.ids
+    order = [own.index(x) for x in onto if x in own]
+    ids = np.transpose(ids, order) if order else ids
+    shape = [sizes[x] if x in own else 1 for x in onto]
+    return np.broadcast_to(ids.reshape(shape), [sizes[x] for x in onto])
