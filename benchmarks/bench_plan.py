@@ -21,11 +21,12 @@ import warnings
 import torch
 
 import costplan
-from costplan.api import estimate_latency, load_graph
+from costplan.api import estimate_latency, importance_for, load_graph
 from costplan.models import instantiate, resolve
 from costplan.planfile import Plan
-from costplan.planning.coupling import default_fixed, find_groups
-from costplan.planning.importance import Importance, magnitude_scores, weight_of
+from costplan.planning.importance import Importance
+from costplan.planning.units import default_fixed
+from costplan.trace.groups import structure_of
 
 warnings.filterwarnings("ignore")
 
@@ -40,7 +41,7 @@ def structured_plan(graph, groups, kept: dict[str, int]) -> Plan:
             layers[g.name] = {"sparsity": ratio, "pattern": "head"}
         else:
             for m in g.members:
-                layers[graph.layer(m).module] = {"sparsity": ratio, "pattern": "channel"}
+                layers[m] = {"sparsity": ratio, "pattern": "channel"}
     return Plan.from_dict({"layers": layers})
 
 
@@ -68,16 +69,16 @@ def uniform(graph, hw, groups, importance, budget_s) -> float | None:
 
 
 def global_magnitude(graph, hw, groups, importance, module, budget_s) -> float | None:
-    raw = []  # (L2 norm of the channel over its group's members, group, index)
+    raw = []  # (L2 norm of the unit over its group's members' rows, group)
     for g in groups:
-        per_channel = None
-        for m in g.members:
-            w = weight_of(module, graph.layer(m)).float().pow(2).flatten(1).sum(1)
-            if g.kind == "head":
-                chunks = 3 if len(g.members) == 1 else 1
-                w = w.view(chunks, g.width, -1).sum((0, 2))
-            per_channel = w if per_channel is None else per_channel + w
-        raw += [(float(v), g.name) for v in per_channel.sqrt()]
+        per_unit = torch.zeros(g.width, dtype=torch.float64)
+        for sl in g.slices:
+            if sl.role == "out" and sl.tensor == "weight" or sl.role == "out" and sl.tensor.startswith("weight_"):
+                w = module.get_parameter(sl.param).detach().double().pow(2)
+                rows = w.movedim(sl.dim, 0).reshape(w.shape[sl.dim], -1).sum(1)
+                units = torch.as_tensor(sl.units)
+                per_unit.index_add_(0, units[units >= 0], rows[units >= 0])
+        raw += [(float(v), g.name) for v in per_unit.sqrt()]
     raw.sort()
 
     def kept_at(fraction: float) -> dict[str, int]:
@@ -94,8 +95,9 @@ def solver_times(spec: str = "resnet50", levels: int = 20) -> None:
     """The exact solvers side by side on the planner's own problem: the Pareto-front programme
     against scipy's MILP (HiGHS, 10 s limit), same problem, same budget."""
     from costplan.hardware import load_profile
-    from costplan.planning.planner import _Tables, build_problem, build_units, candidate_patterns
+    from costplan.planning.planner import _Tables, build_problem
     from costplan.planning.solver import solve
+    from costplan.planning.units import build_units, candidate_patterns
 
     graph = load_graph(spec)
     importance = Importance(graph)
@@ -104,12 +106,13 @@ def solver_times(spec: str = "resnet50", levels: int = 20) -> None:
           f"{'milp status':>12s} {'milp gap':>8s} {'removed (fronts / milp)':>24s}")
     for hw in ("rtx3090", "cpu-xeon", "edge-npu"):
         profile = load_profile(hw)
-        tables = _Tables(graph, profile, None)
+        structure = structure_of(graph)
+        tables = _Tables(graph, structure, profile, None)
         excluded = default_fixed(graph)
-        coupling = find_groups(graph, excluded)
-        patterns = candidate_patterns("auto", profile, tables.ctx.precision, coupling)
-        units = build_units(graph, coupling, patterns, levels=levels, max_ratio=0.9, excluded=excluded, bounds={})
-        problem = build_problem(graph, coupling, units, tables, importance)
+        patterns = candidate_patterns("auto", profile, tables.ctx.precision, structure)
+        units = build_units(graph, structure, patterns, levels=levels, max_ratio=0.9, excluded=excluded, bounds={},
+                            channel_multiple=profile.channel_multiple)
+        problem, _ = build_problem(graph, structure, units, tables, importance)
         dense = problem.latency([0] * len(units))
         fastest = solve(problem, None, minimise="latency").latency
         for speedup in (1.2, 1.4, 2.0):
@@ -119,7 +122,8 @@ def solver_times(spec: str = "resnet50", levels: int = 20) -> None:
             f = solve(problem, dense / speedup, method="fronts")
             m = solve(problem, dense / speedup, method="milp")
             print(f"{hw:10s} {f'/{speedup}':>8s} {len(units):5d} {sum(len(u.options) for u in units):7d} "
-                  f"{f.seconds:9.2f} {m.seconds:7.2f} {m.status:>12s} {m.gap:8.2%} "
+                  f"{f.seconds:9.2f} {m.seconds:7.2f} {m.status.value:>12s} "
+                  f"{'-' if m.gap is None else f'{m.gap:.2%}':>8s} "
                   f"{f'{f.removed:.4f} / {m.removed:.4f}':>24s}", flush=True)
 
 
@@ -136,9 +140,12 @@ def main() -> None:
           f"{'patterns':>24s} {'solver':>16s}")
     for spec in ("resnet50", "hf:bert-base"):
         graph = load_graph(spec)
-        module = instantiate(resolve(spec), "cpu").module
-        importance = Importance(graph, magnitude_scores(module, [l for l in graph.layers if l.has_weights]))
-        groups = find_groups(graph, default_fixed(graph)).prunable()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)    # the weights importance_for builds
+            module = instantiate(resolve(spec), "cpu").module
+        importance = importance_for(graph, spec, "magnitude", None, None, {})
+        fixed = set(default_fixed(graph))
+        groups = [g for g in structure_of(graph).prunable() if not fixed & set(g.members)]
         for hw in ("rtx3090", "cpu-xeon", "edge-npu"):
             dense = estimate_latency(graph, hw).latency_s
             budget = dense / args.speedup
@@ -146,8 +153,8 @@ def main() -> None:
             try:
                 result = costplan.plan(graph, budget=f"{budget * 1e3}ms", hw=hw, importance=importance)
                 ours = f"{result.plan.predicted['importance_kept']:.1%}"
-                patterns = ",".join(result.plan.extra["patterns"])
-                solver = f"{result.solution.status[:7]} {time.perf_counter() - start:.1f}s"
+                patterns = ",".join(result.patterns)
+                solver = f"{result.solver.status.value[:7]} {time.perf_counter() - start:.1f}s"
             except costplan.CostplanError:
                 ours, patterns, solver = "unreach.", "", ""
             u = uniform(graph, hw, groups, importance, budget)

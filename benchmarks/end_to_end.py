@@ -41,7 +41,6 @@ from costplan.hardware.calibrate import calibrate
 from costplan.measure import time_round_robin
 from costplan.models import Instance
 from costplan.planfile import Plan
-from costplan.planning.coupling import default_fixed, find_groups
 
 warnings.filterwarnings("ignore")
 BATCH = 32
@@ -154,9 +153,7 @@ def measure(models: dict[str, nn.Module], rounds: int = 7, repeat: int = 5) -> d
 
 
 def uniform_plan(graph, ratio: float) -> Plan:
-    groups = find_groups(graph, default_fixed(graph)).prunable()
-    layers = {graph.layer(m).module: {"sparsity": ratio, "pattern": "channel"} for g in groups for m in g.members}
-    return Plan.from_dict({"layers": layers})
+    return costplan.uniform_plan(graph, "channel", ratio)
 
 
 def bisect(fits, lo: float = 0.0, hi: float = 0.9, steps: int = 14) -> float:

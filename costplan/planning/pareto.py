@@ -174,8 +174,9 @@ def _classes(problem: Problem, hub: int, block: set[int]) -> tuple[np.ndarray, n
     return reps, inverse.ravel()
 
 
-def pieces_of(problem: Problem, records: _Records) -> tuple[list[Piece], set[int]] | None:
-    """The problem as pieces over hubs, or None when a block is too large or touches three hubs."""
+def pieces_of(problem: Problem, records: _Records) -> tuple[list[Piece], set[int]]:
+    """The problem as pieces over hubs; raises NotDecomposable when a block is too large or touches
+    three hubs."""
     nb = _neighbours(problem)
     hubs = {u for u in range(len(problem.cost)) if len(nb[u]) > 2}
     pieces: list[Piece] = []
@@ -193,8 +194,10 @@ def pieces_of(problem: Problem, records: _Records) -> tuple[list[Piece], set[int
     for comp in _components(nb, hubs):
         sep = sorted({w for v in comp for w in nb[v] if w in hubs})
         sizes = [len(problem.cost[a]) for a in sep + comp]
-        if len(sep) > 2 or np.prod(sizes[1:] if sep else sizes, dtype=float) > MAX_BLOCK:
-            return None
+        if len(sep) > 2:
+            raise NotDecomposable("a block touches three hubs")
+        if np.prod(sizes[1:] if sep else sizes, dtype=float) > MAX_BLOCK:
+            raise NotDecomposable("a block too large to enumerate")
         combos = np.stack(np.unravel_index(np.arange(int(np.prod(sizes[len(sep):]))), sizes[len(sep):]), 1)
         assignments = [tuple(zip(comp, c)) for c in combos.tolist()]
         i = len(pieces)
@@ -226,16 +229,16 @@ def pieces_of(problem: Problem, records: _Records) -> tuple[list[Piece], set[int
 
 # ---- elimination, shared by the scalar (Lagrangian) and the front passes ----------------------
 
-def elimination_order(scopes: Sequence[Key], hubs: set[int]) -> list[tuple[int, tuple[int, int] | None]] | None:
+def elimination_order(scopes: Sequence[Key], hubs: set[int]) -> list[tuple[int, tuple[int, int] | None]]:
     """Hubs in the order to eliminate them (a leaf of the hub graph first), each with the one hub
-    pair it still shares a term with (or None); None when the hubs form a cycle."""
+    pair it still shares a term with (or None); raises NotDecomposable when the hubs form a cycle."""
     edges = {(min(s), max(s)) for s in scopes if len(s) == 2}
     remaining, order = set(hubs), []
     while remaining:
         touching = {h: [e for e in edges if h in e] for h in remaining}
         h = min(sorted(remaining), key=lambda x: len(touching[x]))
         if len(touching[h]) > 1:
-            return None
+            raise NotDecomposable("its hubs form a cycle")
         remaining.discard(h)
         edge = touching[h][0] if touching[h] else None
         edges.discard(edge)
@@ -455,17 +458,12 @@ def fronts_solve(problem: Problem, budget: float | None) -> tuple[int, ...]:
         problem = type(problem)([np.zeros(len(c)) for c in problem.cost], problem.unary, problem.pairs,
                                 problem.constant)
     records = _Records()
-    built = pieces_of(problem, records)
-    if built is None:
-        raise NotDecomposable("a block too large to enumerate")
-    pieces, hubs = built
+    pieces, hubs = pieces_of(problem, records)
     if not pieces:   # nothing to choose: the constant latency meets the budget or nothing does
         if budget is not None and problem.constant > budget * (1 + 1e-12):
             raise Infeasible("the latency no choice changes exceeds the budget")
         return tuple([0] * n)
     order = elimination_order([p.scope for p in pieces], hubs)
-    if order is None:
-        raise NotDecomposable("its hubs form a cycle")
     lagrangian = _Lagrangian(pieces, sizes, order)
     fastest = lagrangian.total(lagrangian.minima(0.0, latency_only=True))
     cap = fastest * (1 + 1e-9) if budget is None else budget - problem.constant

@@ -28,7 +28,7 @@ from costplan.planning.problem import Infeasible, NotDecomposable, Pair, Problem
 __all__ = ["Infeasible", "Pair", "Problem", "Solution", "SolverStatus", "brute_force", "greedy", "solve"]
 
 
-def greedy(problem: Problem, budget: float) -> tuple[int, ...] | None:
+def greedy(problem: Problem, budget: float) -> tuple[int, ...]:
     """From all-dense, take the move that removes least importance per second saved until the budget
     is met: a feasible plan when branch and bound finds none in its time."""
     choice = [0] * len(problem.cost)
@@ -45,7 +45,7 @@ def greedy(problem: Problem, budget: float) -> tuple[int, ...] | None:
                     if best is None or rate < best[0]:
                         best = (rate, u, k)
         if best is None:
-            return None
+            raise Infeasible("no move saves latency and the budget is not met")
         choice[best[1]] = best[2]
         current = problem.latency(choice)
     return tuple(choice)
@@ -131,15 +131,15 @@ def _milp(problem: Problem, budget: float | None, *, minimise: str, time_limit: 
     result = milp(objective, constraints=LinearConstraint(matrix, lower, upper), integrality=integrality,
                   bounds=Bounds(0, 1), options={"time_limit": time_limit, "mip_rel_gap": rel_gap})
     if result.x is None:
-        if result.status == 1 and budget is not None and minimise != "latency":
+        if result.status == 1 and budget is not None and minimise != "latency":   # out of time, no plan yet
             choice = greedy(problem, budget)
-            if choice is not None:
-                return Solution(choice, problem.removed(choice), problem.latency(choice), None,
-                                time.perf_counter() - start, SolverStatus.HEURISTIC, "greedy (no MILP solution in time)")
+            return Solution(choice, problem.removed(choice), problem.latency(choice), None,
+                            time.perf_counter() - start, SolverStatus.HEURISTIC, "greedy (no MILP solution in time)")
         raise Infeasible(result.message)
     x = result.x[:n_x]
     choice = tuple(int(np.argmax(x[x_offset[u]:x_offset[u + 1]])) for u in range(n_units))
-    gap = float(getattr(result, "mip_gap", 0.0) or 0.0)
+    reported = getattr(result, "mip_gap", None)
+    gap = None if reported is None else float(reported)
     status = SolverStatus.OPTIMAL if result.status == 0 else SolverStatus.TIME_LIMIT
     return Solution(choice, problem.removed(choice), problem.latency(choice), gap, time.perf_counter() - start,
                     status)
