@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
 
 from costplan.errors import CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate, list_profiles, load_profile
-from costplan.coerce import as_plan, as_profile, as_shapes, traced_dtype
+from costplan.hardware.profile import profile_fields
+from costplan.coerce import as_plan, as_profile, as_shapes, canonical_dtype, traced_dtype, writable
 from costplan.models import Instance, ModelSource, instantiate, resolve
 from costplan.planfile import Plan, load_plan, save_plan, write_atomic
-from costplan.report import Report, build_report
-from costplan.sparsity import apply_plan
+from costplan.report import Report, build_report, reports_csv
+from costplan.sparsity import apply_plan, plan_notes
 from costplan.trace import LayerGraph, trace
 
 Shape = tuple[int, ...]
@@ -45,7 +47,7 @@ def _trace_source(source: ModelSource) -> LayerGraph:
 
 def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: int | None = None,
                seq_len: int | None = None, dtype: str = "float32", trust_pickle: bool = False,
-               example_inputs: Sequence[object] | None = None) -> LayerGraph:
+               example_inputs: Sequence[object] | None = None, weights: str | os.PathLike[str] | None = None) -> LayerGraph:
     """Trace ``model`` into a :class:`LayerGraph`.
 
     ``model`` is a spec string (``resnet50``, ``hf:bert-base``, ``file.py:factory``, a saved file) or
@@ -61,14 +63,14 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
             example_inputs = tuple(torch.zeros(s, device=device) for s in shapes)
         return trace(model, tuple(example_inputs), name=type(model).__name__)
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
-                     trust=trust_pickle)
+                     trust=trust_pickle, weights=weights)
     return _trace_source(source)
 
 
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
                      dtype: str | None = None) -> Estimate:
     """Per-layer roofline latency of ``graph`` on ``hw`` under ``plan`` (seconds, joules)."""
-    return estimate(graph, as_profile(hw), apply_plan(graph, as_plan(plan)), dtype)
+    return estimate(graph, as_profile(hw), apply_plan(graph, as_plan(plan)), dtype and canonical_dtype(dtype))
 
 
 def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None = None,
@@ -79,10 +81,11 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     ``dtype`` is the precision (float32, float16, bfloat16, or int8, which traces in float32 and
     rescales bytes); ``kwargs`` go to :func:`load_graph` (input, batch, seq_len, trust_pickle, ...).
     """
+    dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     parsed = as_plan(plan)
     if hw is None:
-        return build_report(graph, parsed)
+        return build_report(graph, parsed, warnings=plan_notes(parsed, graph))
     profile = as_profile(hw)
     est = estimate(graph, profile, apply_plan(graph, parsed), dtype)
     latency = {
@@ -92,9 +95,11 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
             "energy_mj": None if l.energy_j is None else l.energy_j * 1e3, "sparse_kernel": l.sparse_path,
         }) for name, l in est.layers.items()
     }
-    totals = {"precision": est.precision, "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
+    totals = {"precision": est.precision, "requested_precision": canonical_dtype(est.requested or est.precision),
+              "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
               "energy_mj": None if est.energy_j is None else est.energy_j * 1e3}
-    return build_report(graph, parsed, hardware=profile.name, latency=latency, extra_totals=totals)
+    return build_report(graph, parsed, hardware=profile.name, latency=latency, extra_totals=totals,
+                        warnings=est.warnings + plan_notes(parsed, graph, profile.name))
 
 
 def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
@@ -106,26 +111,29 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
     if isinstance(importance, Importance):
         return importance
     if importance == "gaussian" or isinstance(model, LayerGraph):
-        return Importance(graph)
+        return Importance(graph, origin="Gaussian weights (no real weights given)")
     if importance not in ("magnitude", "taylor"):
         raise CostplanError(f"unknown importance '{importance}': use magnitude, taylor or gaussian")
+    weights = load_kwargs.get("weights")
     if isinstance(model, torch.nn.Module):
-        module = model
+        module, origin = model, "the module's weights"
     elif graph.total_weight_bytes > 4e9:
-        return Importance(graph)  # too large to build with real weights here: Gaussian weights
+        return Importance(graph, origin="Gaussian weights (too large to build here)")
     else:
         source = resolve(model, input_shapes=as_shapes(load_kwargs.get("input")), batch=load_kwargs.get("batch"),
                          seq_len=load_kwargs.get("seq_len"), dtype="float32",
-                         trust=bool(load_kwargs.get("trust_pickle")))
+                         trust=bool(load_kwargs.get("trust_pickle")), weights=weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             module = instantiate(source, "cpu").module
+        origin = f"weights from {weights}" if weights else \
+            "random initial weights, seed 0 (give --weights FILE to plan your trained model)"
     params = scored_params(graph)
     if importance == "taylor":
         if data is None or loss_fn is None:
             raise CostplanError("importance='taylor' needs data= (calibration batches) and loss_fn=(model, batch)")
-        return Importance(graph, taylor_scores(module, params, data, loss_fn))  # type: ignore[arg-type]
-    return Importance(graph, magnitude_scores(module, params))
+        return Importance(graph, taylor_scores(module, params, data, loss_fn), origin=f"Taylor, {origin}")  # type: ignore[arg-type]
+    return Importance(graph, magnitude_scores(module, params), origin=f"magnitude, {origin}")
 
 
 def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",
@@ -141,6 +149,7 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     """
     from costplan.planning.planner import make_plan
 
+    dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
     return make_plan(graph, as_profile(hw), budget, patterns=patterns, dtype=dtype, levels=levels,
@@ -155,7 +164,7 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
     from costplan.planning.planner import Budget, SweepPoint
 
     profile = as_profile(hw)
-    load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle") if k in kwargs}
+    load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle", "weights") if k in kwargs}
     dtype = str(kwargs.get("dtype", "float32"))
     graph = model if isinstance(model, LayerGraph) else load_graph(
         model, dtype=traced_dtype(dtype), **load)  # type: ignore[arg-type]
@@ -217,6 +226,9 @@ def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, 
         schedule = Schedule(0, end, frequency or max(1, end // 20), decay)
     pruner = Pruner(model, plan, criterion=criterion, scope=scope, schedule=schedule, input=as_shapes(input),
                     example_inputs=example_inputs, graph=graph, source=source)
+    notes = plan_notes(pruner.plan, pruner.graph)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     if data is not None:
         train_while_pruning(pruner, data, steps, lr=lr, loss_fn=loss_fn or cross_entropy, progress=progress)  # type: ignore[arg-type]
     else:
@@ -226,7 +238,7 @@ def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, 
         pruner.prune()
     small = pruner.compact() if compact else pruner.remove()
     small._costplan["pruned"] = {"groups": [g.name for g in pruner.groups], "weights": list(pruner.elements),
-                                 "steps": steps if data is not None else 0}
+                                 "steps": steps if data is not None else 0, "warnings": list(notes)}
     return small
 
 
@@ -300,5 +312,5 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
 
 
 __all__ = ["analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles", "load",
-           "load_graph", "load_plan", "load_profile", "measure", "model_names", "parse_budget", "plan", "prune",
-           "save", "save_plan", "sweep", "training_data", "uniform_plan", "write_atomic", "write_profile"]
+           "load_graph", "load_plan", "load_profile", "profile_fields", "reports_csv", "measure", "model_names", "parse_budget", "plan", "prune",
+           "save", "save_plan", "sweep", "training_data", "uniform_plan", "writable", "write_atomic", "write_profile"]

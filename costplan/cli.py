@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 MODEL_HELP = (
@@ -30,7 +31,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=_positive_int, help="sequence length for hf: text models (default 128)")
     p.add_argument("--dtype", default="float32",
                    help="float32, float16, bfloat16, or int8 (traced in float32, bytes at 1 per element)")
-    p.add_argument("--trust-pickle", action="store_true",
+    p.add_argument("--weights", metavar="FILE",
+                   help="a state dict for the model (torch.load(weights_only=True)): your trained weights")
+    p.add_argument("--trust-pickle", "--trust-code", action="store_true", dest="trust_pickle",
                    help="allow loading a pickled model with torch.load(weights_only=False): runs code in the file")
 
 
@@ -145,6 +148,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from costplan.errors import CostplanError
 
+    from costplan.api import writable
+
+    writable(args.output)
+    writable(args.plot, "plot")
     profiles = [h.strip() for h in args.hw.split(",") if h.strip()] if args.hw else [None]
     if args.plot and not args.hw:
         raise CostplanError("--plot draws the model on a device's roofline: give --hw (e.g. --hw rtx3090)")
@@ -153,7 +160,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         pyplot()   # fail on a missing matplotlib before tracing
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle)
+                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle,
+                       weights=args.weights)
     reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype) for hw in profiles]
     if args.plot:
         from costplan.api import estimate_latency
@@ -169,16 +177,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         _write(text, args.output)
         return 0
     if args.csv:
-        _write("".join(r.to_csv() for r in reports), args.output)
+        from costplan.api import reports_csv
+
+        _write(reports_csv(reports), args.output)
         return 0
     from costplan.render import compare_table, report_table, totals_text
 
     console = _console()
     if len(reports) == 1:
-        console.print(report_table(reports[0], top=args.top, depth=args.depth))
+        console.print(report_table(reports[0], top=args.top, depth=args.depth, width=console.width))
         console.print(totals_text(reports[0]))
     else:
         console.print(compare_table(reports, top=args.top, depth=args.depth))
+        for warning in dict.fromkeys(w for r in reports for w in r.warnings):
+            console.print(f"[bold yellow]warning:[/] {warning}")
     return 0
 
 
@@ -198,15 +210,22 @@ def cmd_profiles(args: argparse.Namespace) -> int:
             from costplan.errors import CostplanError
 
             raise CostplanError("name the profile: costplan profiles show rtx3090")
-        _console().print(profile_table([load_profile(args.name)], detail=True))
+        from costplan.api import profile_fields
+        from costplan.render import profile_detail
+
+        profile = load_profile(args.name)
+        console = _console()
+        console.print(profile_table([profile]))
+        console.print(profile_detail(profile, profile_fields(args.name)))
         return 0
     _console().print(profile_table([load_profile(n) for n in list_profiles()]))
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from costplan.api import calibrate, write_profile
+    from costplan.api import calibrate, writable, write_profile
 
+    writable(args.output, "profile")
     result = calibrate(name=args.name, quick=args.quick)
     write_profile(result, args.output)
     _console().print(f"wrote {args.output}: {result.summary()}")
@@ -214,10 +233,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from costplan.api import measure
+    from costplan.api import measure, writable
+
+    writable(args.output)
 
     comparison = measure(args.model, hw=args.hw, plan=args.plan, input=args.input, batch=args.batch,
-                         seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle,
+                         seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle, weights=args.weights,
                          repeat=args.repeat, warmup=args.warmup)
     if args.json:
         _write(comparison.to_json(), args.output)
@@ -264,8 +285,10 @@ def _fractions(text: str) -> list[float]:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from costplan.api import importance_for, load_graph, parse_budget, plan, save_plan, sweep, traced_dtype
+    from costplan.api import importance_for, load_graph, parse_budget, plan, save_plan, sweep, traced_dtype, writable
     from costplan.errors import CostplanError
+
+    writable(args.output, "plan")
 
     if not args.sweep and not (args.budget or args.speedup):
         raise CostplanError("give --budget (2ms, 500us, 2x) or --speedup (2x), or --sweep LOW:HIGH:N")
@@ -275,17 +298,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
                    exclude=[e for e in args.exclude.split(",") if e], keep_ends_dense=not args.prune_ends,
                    bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle)
-    load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle)
+                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights)
+    load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle,
+                weights=args.weights)
     options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
     if args.sweep:
         from costplan.render import sweep_rows, sweep_table
 
         front = sweep(graph, fractions=_fractions(args.sweep), **options)
+        text = json.dumps(sweep_rows(front), indent=2) + "\n"
+        if args.output:
+            _write(text, args.output)
         if args.json:
-            _write(json.dumps(sweep_rows(front), indent=2) + "\n", args.output)
+            sys.stdout.write(text)
             return 0
         _console().print(sweep_table(front, graph.model, args.hw))
+        if args.output:
+            print(f"wrote {args.output}", file=sys.stderr)
         return 0
     result = plan(graph, budget=budget, **options)
     if args.output:
@@ -307,18 +336,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from costplan.api import load_graph, load_plan, prune, save, training_data
+    from costplan.api import load_graph, load_plan, prune, save, training_data, writable
 
+    writable(args.output, "pruned model")
     plan = load_plan(args.plan)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       trust_pickle=args.trust_pickle)
+                       trust_pickle=args.trust_pickle, weights=args.weights)
     data, loss_fn = training_data(args.train) if args.train else (None, None)
-    small = prune(args.model, plan, criterion=args.criterion, scope=args.scope, compact=not args.no_compact,
-                  input=args.input, batch=args.batch, seq_len=args.seq_len, trust=args.trust_pickle,
-                  data=data, loss_fn=loss_fn, steps=args.steps if args.train else 0, lr=args.lr,
-                  frequency=args.frequency, decay=args.decay, progress=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # the plan's notes come back in the result, printed below
+        small = prune(args.model, plan, criterion=args.criterion, scope=args.scope, compact=not args.no_compact,
+                      input=args.input, batch=args.batch, seq_len=args.seq_len, trust=args.trust_pickle,
+                      weights=args.weights, data=data, loss_fn=loss_fn, steps=args.steps if args.train else 0, lr=args.lr,
+                      frequency=args.frequency, decay=args.decay, progress=True)
     save(small, args.output)
     done = small._costplan["pruned"]
+    for note in done["warnings"]:
+        print(f"costplan: warning: {note}", file=sys.stderr)
     after = sum(p.numel() for p in small.parameters())
     zeros = sum(int((p == 0).sum()) for p in small.parameters())
     console = _console()

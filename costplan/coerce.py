@@ -74,6 +74,21 @@ def as_shapes(input: str | Sequence[int] | Sequence[Sequence[int]] | None) -> tu
     return tuple(tuple(s) for s in input)  # type: ignore[union-attr]
 
 
+def writable(path: str | os.PathLike[str] | None, what: str = "output") -> None:
+    """Fail now, not after the work, if ``path`` cannot be written: its folder must exist and take
+    files, and it must not be a folder itself."""
+    if path is None:
+        return
+    target = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise CostplanError(f"cannot write the {what} to {path}: it is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise CostplanError(f"cannot write the {what} to {path}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CostplanError(f"cannot write the {what} to {path}: the directory {folder} is not writable")
+
+
 def as_plan(plan: Plan | str | os.PathLike[str] | None) -> Plan | None:
     """A plan from a Plan or a plan file's path."""
     return load_plan(plan) if isinstance(plan, (str, os.PathLike)) else plan

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes
+from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, canonical_dtype
 from costplan.errors import CostplanError
 from costplan.hardware import estimate
 from costplan.models import Instance, instantiate, resolve
@@ -105,14 +105,16 @@ def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
 
 def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float32", repeat: int = 10,
             warmup: int = 3, input: str | None = None, batch: int | None = None, seq_len: int | None = None,
-            trust_pickle: bool = False) -> Comparison:
-    """Build ``model`` with random weights on the CPU, time it, and compare with ``hw``'s prediction."""
+            trust_pickle: bool = False, weights: str | None = None) -> Comparison:
+    """Build ``model`` (random weights, or ``weights``) on the CPU, time it, and compare with ``hw``'s
+    prediction."""
+    dtype = canonical_dtype(dtype)
     if dtype in QUANTISED:
         raise CostplanError(f"measure runs the model in PyTorch on this CPU; {dtype} is not a dtype it can run")
 
     profile = as_profile(hw)
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
-                     trust=trust_pickle)
+                     trust=trust_pickle, weights=weights)
     instance = instantiate(source, "cpu")
     layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
     graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)

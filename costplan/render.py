@@ -19,44 +19,56 @@ def select_rows(report: Report, top: int | None = None, depth: int | None = None
     return rows
 
 
-def report_table(report: Report, top: int | None = None, depth: int | None = None) -> Table:
+# columns a narrow terminal drops first (latency and bound stay): below this many columns, these go
+NARROW = ((150, ("act. out", "reuse", "intensity")), (110, ("x ridge", "% peak")))
+
+
+def _report_cells(report: Report, r: LayerCost, sparse: bool) -> dict[str, str]:
+    """One row of :func:`report_table`, by column."""
+    cells = {"layer": r.name, "op": r.op, "MACs": si(r.macs) if r.macs else "-"}
+    if sparse:
+        cells["eff. MACs"] = si(r.effective_macs) if r.macs else "-"
+    cells["params"] = si(r.params) if r.params else "-"
+    if sparse:
+        cells["non-zero"] = si(r.nonzero_params) if r.params else "-"
+    cells["reuse"] = f"{r.reuse:,.0f}" if r.params and r.macs else "-"
+    cells["intensity"] = f"{r.intensity:.1f}" if r.macs else "-"
+    cells["act. out"] = bytes_(r.act_out_bytes)
+    if report.hardware:
+        ridge = report.totals.get("ridge_macs_per_byte") or 0.0
+        attained = r.extra.get("attained")
+        cells["x ridge"] = f"{r.intensity / ridge:.2f}" if r.macs and ridge else "-"
+        cells["% peak"] = f"{attained:.0%}" if attained else "-"
+        cells["latency ms"] = f"{r.latency_ms:.4f}" if r.latency_ms is not None else "-"
+        cells["bound"] = r.bound or "-"
+    return cells
+
+
+_HEADERS = {"reuse": "reuse\nMAC/weight", "intensity": "intensity\nMAC/byte"}
+
+
+def report_table(report: Report, top: int | None = None, depth: int | None = None, width: int | None = None) -> Table:
+    """Per layer: MACs, params, reuse, intensity, bytes and (with hardware) latency and bound. On a
+    terminal ``width`` narrower than the full table, the least important columns are left out, and
+    the caption says so."""
     sparse = report.totals["effective_macs"] != report.totals["macs"] or \
         report.totals["nonzero_params"] != report.totals["params"]
     shape = ", ".join("x".join(map(str, s)) for s in report.input_shapes)
     title = f"{report.model}  input {shape} {report.dtype}" + (f"  on {report.hardware}" if report.hardware else "")
     table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
-    table.add_column("layer", overflow="fold", min_width=12)
-    table.add_column("op")
-    table.add_column("MACs", justify="right")
-    if sparse:
-        table.add_column("eff. MACs", justify="right")
-    table.add_column("params", justify="right")
-    if sparse:
-        table.add_column("non-zero", justify="right")
-    table.add_column("reuse\nMAC/weight", justify="right")
-    table.add_column("intensity\nMAC/byte", justify="right")
-    table.add_column("act. out", justify="right")
-    if report.hardware:
-        table.add_column("x ridge", justify="right")
-        table.add_column("% peak", justify="right")
-        table.add_column("latency ms", justify="right")
-        table.add_column("bound")
-    for r in select_rows(report, top, depth):
-        cells = [r.name, r.op, si(r.macs) if r.macs else "-"]
-        if sparse:
-            cells.append(si(r.effective_macs) if r.macs else "-")
-        cells.append(si(r.params) if r.params else "-")
-        if sparse:
-            cells.append(si(r.nonzero_params) if r.params else "-")
-        cells += [f"{r.reuse:,.0f}" if r.params and r.macs else "-",
-                  f"{r.intensity:.1f}" if r.macs else "-", bytes_(r.act_out_bytes)]
-        if report.hardware:
-            ridge = report.totals.get("ridge_macs_per_byte") or 0.0
-            attained = r.extra.get("attained")
-            cells += [f"{r.intensity / ridge:.2f}" if r.macs and ridge else "-",
-                      f"{attained:.0%}" if attained else "-",
-                      f"{r.latency_ms:.4f}" if r.latency_ms is not None else "-", r.bound or "-"]
-        table.add_row(*cells)
+    hidden = [c for limit, cols in NARROW if width is not None and report.hardware and width < limit for c in cols]
+    if hidden:
+        table.caption = (f"{', '.join(hidden)} left out to fit {width} columns (a wider terminal, --json or --csv "
+                         "shows them)")
+    rows = [_report_cells(report, r, sparse) for r in select_rows(report, top, depth)]
+    columns = [c for c in (rows[0] if rows else _report_cells(report, report.layers[0], sparse)) if c not in hidden]
+    for c in columns:
+        if c == "layer":
+            table.add_column(c, overflow="fold", min_width=12)
+        else:
+            table.add_column(_HEADERS.get(c, c), justify="left" if c in ("op", "bound") else "right")
+    for cells in rows:
+        table.add_row(*[cells[c] for c in columns])
     return table
 
 
@@ -79,18 +91,23 @@ def totals_text(report: Report) -> Text:
         if t.get("energy_mj") is not None:
             text.append(f"\nenergy {t['energy_mj']:.2f} mJ per inference (estimate)")
     if report.traced_on != "meta":
-        text.append(f"\ntraced with real tensors on {report.traced_on} (the model needs data to build or run)",
+        text.append(f"\ntraced with real tensors on {report.traced_on} (a saved model, or one that needs data to "
+                    "build or run)",
                     style="dim")
     if report.unsupported:
         ops = ", ".join(f"{op} x{n}" for op, n in report.unsupported.items())
         text.append(f"\nops without a MAC formula (counted as 0 MACs): {ops}", style="yellow")
+    for warning in report.warnings:
+        text.append(f"\nwarning: {warning}", style="bold yellow")
     return text
 
 
 def compare_table(reports: list[Report], top: int | None = None, depth: int | None = None) -> Table:
     """One model on several devices: latency and bound per layer, side by side."""
     first = reports[0]
-    table = Table(title=f"{first.model}: latency by device (ms, bound)", title_justify="left", header_style="bold")
+    table = Table(title=f"{first.model}: latency by device (ms, and what bounds the layer)", title_justify="left",
+                  header_style="bold", caption="bound: compute, memory (bandwidth), overhead (per-op launch and "
+                                               "dispatch), fused (folded into the layer before it)")
     table.add_column("layer", overflow="fold", min_width=12)
     table.add_column("op")
     table.add_column("MACs", justify="right")
@@ -107,7 +124,7 @@ def compare_table(reports: list[Report], top: int | None = None, depth: int | No
         cells = [row.name, row.op, si(row.macs) if row.macs else "-"]
         for d in by_device:
             cell = d[row.name]
-            cells.append(f"{cell.latency_ms:.4f} {(cell.bound or '-')[:3]}")
+            cells.append(f"{cell.latency_ms:.4f} {cell.bound or '-'}")
         table.add_row(*cells)
     table.add_section()
     table.add_row("total", "", si(first.totals["macs"]), *[f"{r.totals['latency_ms']:.3f}" for r in reports])
@@ -116,7 +133,7 @@ def compare_table(reports: list[Report], top: int | None = None, depth: int | No
     return table
 
 
-def profile_table(profiles: list, detail: bool = False) -> Table:  # list[HardwareProfile]
+def profile_table(profiles: list) -> Table:  # list[HardwareProfile]
     """Hardware profiles: peak per dtype, bandwidth, ridge point, what sparsity they exploit."""
     table = Table(title="hardware profiles", title_justify="left", header_style="bold")
     for col in ("name", "kind", "peak TMAC/s", "GB/s", "on-chip MB", "ridge MAC/B", "exploits"):
@@ -130,14 +147,18 @@ def profile_table(profiles: list, detail: bool = False) -> Table:  # list[Hardwa
             for pat, s in p.sparsity.items() if s.useful) or "none (channel/head only)"
         table.add_row(p.name, p.kind, peaks, f"{p.bandwidth / 1e9:g}", f"{p.onchip_bytes / 1e6:g}",
                       f"{p.ridge(p.default_dtype):.1f}", exploits)
-    if detail and profiles:
-        p = profiles[0]
-        dims = f", per dimension (rows, outputs, reduction) {dict(p.half_util_dims)}" if p.half_util_dims else ""
-        extra = f" + {', '.join(f'{k} {v * 1e6:.3g}' for k, v in p.per_class_s.items())} us by class" if p.per_class_s else ""
-        table.caption = (f"{p.description}. efficiency {dict(p.efficiency)}, memory {p.memory_efficiency:g}, "
-                         f"half-utilisation at {dict(p.half_util_macs)} MACs{dims}, {p.per_op_s * 1e6:g} us per op{extra}, "
-                         f"channels in multiples of {p.channel_multiple}, fuses elementwise: {p.fuse_elementwise}. "
-                         f"Source: {p.source}")
+    return table
+
+
+def profile_detail(profile, fields: list[tuple[str, str, str]]) -> Table:  # HardwareProfile
+    """Every field of one profile file with its value and the public source its comment cites."""
+    table = Table(title=f"{profile.name}: {profile.description}", caption=f"from {profile.source}",
+                  title_justify="left", header_style="bold")
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", justify="right", overflow="fold", max_width=40)
+    table.add_column("source", overflow="fold")
+    for field, value, note in fields:
+        table.add_row(field, value, note or "-")
     return table
 
 
@@ -159,8 +180,11 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
     text = Text()
     text.append("total  ", style="bold")
     text.append(f"predicted {c.predicted_ms:.3f} ms, measured {c.measured_ms:.3f} ms (median of "
-                f"{len(c.measured_runs_ms)}), error {c.error:+.1%}; {c.unattributed_ms:.3f} ms of the "
-                "measurement is framework time between layers")
+                f"{len(c.measured_runs_ms)}), error {c.error:+.1%}; " + (
+                    f"{c.unattributed_ms:.3f} ms of the measurement is framework time between layers"
+                    if c.unattributed_ms >= 0 else
+                    f"the per-layer timings add up to {-c.unattributed_ms:.3f} ms more than the whole runs (timing "
+                    "noise: the machine's speed changed between them), so framework time is not known"))
     return table, text
 
 
@@ -185,7 +209,9 @@ def plan_text(result, path: str | None = None) -> Text:  # PlanResult
     text.append("predicted  ", style="bold")
     text.append(f"{p['dense_latency_ms']:.3f} ms -> {p['latency_ms']:.3f} ms ({p['speedup']:.2f}x); MACs "
                 f"{si(p['dense_macs'])} -> {si(p['macs'])}; params {si(p['dense_params'])} -> {si(p['params'])}; "
-                f"importance kept {p['importance_kept']:.1%} ({result.importance})")
+                f"importance kept {p['importance_kept']:.1%}")
+    text.append("\nimportance  ", style="bold")
+    text.append(result.importance_from or result.importance)
     gap = "" if solver.gap is None else f" (gap {solver.gap:.2%})"
     text.append(f"\nsolver  {solver.status.value}{gap} in {solver.seconds:.2f} s over {solver.units} groups, "
                 f"{solver.options} options; patterns {', '.join(result.patterns)}")

@@ -55,6 +55,7 @@ class Report:
     totals: Mapping[str, Any]
     unsupported: Mapping[str, int]
     graph: LayerGraph | None = field(default=None, compare=False, repr=False)
+    warnings: tuple[str, ...] = ()   # what the numbers should be read with (a precision the device lacks)
 
     def to_dict(self) -> dict[str, Any]:
         shapes = [list(s) for s in self.input_shapes]
@@ -67,23 +68,30 @@ class Report:
             "totals": dict(self.totals),
             "layers": [layer.to_dict() for layer in self.layers],
             "unsupported": [{"op": op, "count": n} for op, n in self.unsupported.items()],
+            "warnings": list(self.warnings),
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def to_csv(self) -> str:
-        rows = [layer.to_dict() for layer in self.layers]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["name"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buf.getvalue()
+        return reports_csv([self])
+
+
+def reports_csv(reports: Sequence[Report]) -> str:
+    """Per-layer rows of one or more reports (one model on several devices) as one CSV table; with
+    hardware, its first column says which device a row is for."""
+    rows = [({"hardware": r.hardware} if r.hardware else {}) | layer.to_dict() for r in reports for layer in r.layers]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["name"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str | None = None,
                  latency: Mapping[str, tuple[float, str, Mapping[str, Any]]] | None = None,
-                 extra_totals: Mapping[str, Any] | None = None) -> Report:
+                 extra_totals: Mapping[str, Any] | None = None, warnings: tuple[str, ...] = ()) -> Report:
     """Assemble the report of ``graph`` under ``plan``; ``latency`` maps layer -> (ms, bound, extras)."""
     effective: Mapping[str, Effective] = apply_plan(graph, plan)
     rows = []
@@ -110,7 +118,7 @@ def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str |
     totals.update(extra_totals or {})
     return Report(model=graph.model, input_shapes=graph.inputs.shapes, dtype=graph.inputs.dtype,
                   traced_on=graph.inputs.device, hardware=hardware, layers=tuple(rows), totals=totals,
-                  unsupported=dict(graph.unsupported), graph=graph)
+                  unsupported=dict(graph.unsupported), graph=graph, warnings=warnings)
 
 
 def group_rows(layers: Sequence[LayerCost], depth: int) -> list[LayerCost]:

@@ -252,6 +252,23 @@ def _share(dims: tuple, shapes: tuple, structure: Structure, keep: Keep) -> floa
     return kept / total if total else 1.0
 
 
+def plan_notes(plan: Plan | None, graph: LayerGraph, hardware: str | None = None) -> tuple[str, ...]:
+    """Warnings when ``plan`` was made for another model, input or device than it is applied to."""
+    if plan is None:
+        return ()
+    notes = []
+    if plan.model and plan.model != graph.model:
+        notes.append(f"the plan was made for {plan.model}, not {graph.model}")
+    made = plan.extra.get("input", {}).get("shapes") if isinstance(plan.extra.get("input"), dict) else None
+    if made and [list(s) for s in graph.inputs.shapes] != made:
+        shown = ", ".join("x".join(map(str, s)) for s in made)
+        now = ", ".join("x".join(map(str, s)) for s in graph.inputs.shapes)
+        notes.append(f"the plan was made for input {shown}, not {now}: its latencies and ratios assumed that input")
+    if hardware and plan.hardware and plan.hardware != hardware:
+        notes.append(f"the plan was made for {plan.hardware}, not {hardware}: another device may want another plan")
+    return tuple(notes)
+
+
 def apply_plan(graph: LayerGraph, plan: Plan | Resolved | None) -> dict[str, Effective]:
     """Effective MACs and parameters of every layer under ``plan`` (dense when None)."""
     if plan is None:
@@ -270,4 +287,4 @@ def effective_totals(graph: LayerGraph, effective: Mapping[str, Effective]) -> t
 
 
 __all__ = ["Effective", "Pattern", "Resolved", "apply_plan", "effective_totals", "heads_of", "kept_count",
-           "kept_fraction", "layer_effective", "resolve", "weight_param"]
+           "kept_fraction", "layer_effective", "plan_notes", "resolve", "weight_param"]

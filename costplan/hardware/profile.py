@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from costplan.coerce import canonical_dtype
 from costplan.errors import CostplanError, close_names
 from costplan.trace.ops import RATED_KINDS
 
@@ -84,8 +85,19 @@ class HardwareProfile:
     source: str = ""                  # the file it came from
 
     def precision(self, dtype: str) -> str:
-        """The dtype the device runs a model traced in ``dtype`` at (its default if unsupported)."""
+        """The dtype the device runs ``dtype`` (any spelling: fp16, half, bf16) at: itself, or the
+        device's default where it has no peak for it (:meth:`precision_note` says so)."""
+        dtype = canonical_dtype(dtype)
         return dtype if dtype in self.peak_macs else self.default_dtype
+
+    def precision_note(self, dtype: str) -> str | None:
+        """A warning when the device does not run ``dtype`` and estimates run at its default."""
+        run = self.precision(dtype)
+        asked = canonical_dtype(dtype)
+        if run == asked:
+            return None
+        return (f"{self.name} has no {asked} figures: latency is estimated at {run}, its default precision "
+                f"(available: {', '.join(self.peak_macs)})")
 
     def ridge(self, dtype: str) -> float:
         """Ridge point in MACs per byte: below it a layer is bandwidth-bound."""
@@ -98,7 +110,7 @@ class HardwareProfile:
             entry = self.sparsity.get("block")
         if entry is None and ":" in pattern:
             entry = self.sparsity.get("N:M")
-        return entry if entry is not None and entry.applies_to(dtype) else None
+        return entry if entry is not None and entry.applies_to(canonical_dtype(dtype)) else None
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -126,16 +138,35 @@ def _path_for(name: str) -> Path:
 
 
 class _Fields:
-    """Typed access to a TOML table that names the file and field in every error."""
+    """Typed access to a TOML table that names the file and field in every error, and remembers
+    which keys were read, so a key nothing reads (a typo) is an error rather than a silent default."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    def __init__(self, data: Mapping[str, Any], where: str, prefix: str = "",
+                 tables: list[_Fields] | None = None) -> None:
         self.data, self.where, self.prefix = data, where, prefix
+        self.seen: set[str] = set()
+        self.tables = tables if tables is not None else []   # every table of the file, shared
+        self.tables.append(self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return self.data.get(key, default)
+
+    def unread(self) -> None:
+        """Raise on the first key of any table that nothing read, naming the closest known key."""
+        for t in self.tables:
+            for key in t.data:
+                if key not in t.seen:
+                    known = sorted(t.seen) or ["(this table takes no fields)"]
+                    raise t.fail(key, f"is not a profile field.{close_names(key, t.seen)} Fields here: "
+                                      f"{', '.join(known)}")
 
     def fail(self, key: str, problem: str) -> CostplanError:
         return CostplanError(f"{self.where}: field '{self.prefix}{key}' {problem}")
 
     def number(self, key: str, default: float | None = None, *, low: float = 0.0, high: float | None = None,
                positive: bool = False) -> float:
+        self.seen.add(key)
         if key not in self.data:
             if default is None:
                 raise self.fail(key, "is missing")
@@ -150,27 +181,28 @@ class _Fields:
 
     def optional(self, key: str, scale: float = 1.0) -> float | None:
         """A positive number times ``scale`` (units: GB/s -> bytes/s), or None when the key is absent."""
+        self.seen.add(key)
         return self.number(key, positive=True) * scale if key in self.data else None
 
     def flag(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, f"must be true or false, not {value!r}")
         return value
 
     def text(self, key: str, default: str | None = None) -> str:
-        value = self.data.get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, str):
             raise self.fail(key, "is missing" if value is None else f"must be a string, not {value!r}")
         return value
 
     def table(self, key: str, required: bool = True) -> _Fields:
-        value = self.data.get(key)
+        value = self.get(key)
         if value is None and not required:
-            return _Fields({}, self.where, f"{self.prefix}{key}.")
+            return _Fields({}, self.where, f"{self.prefix}{key}.", self.tables)
         if not isinstance(value, dict):
             raise self.fail(key, "is missing" if value is None else "must be a table")
-        return _Fields(value, self.where, f"{self.prefix}{key}.")
+        return _Fields(value, self.where, f"{self.prefix}{key}.", self.tables)
 
     def dtype_numbers(self, key: str, required: bool = True) -> dict[str, float]:
         table = self.table(key, required)
@@ -184,7 +216,7 @@ def _sparsity(fields: _Fields) -> dict[str, SparsitySupport]:
     out = {}
     for pattern in fields.data:
         f = fields.table(pattern)
-        dtypes = f.data.get("dtypes", [])
+        dtypes = f.get("dtypes", [])
         if not isinstance(dtypes, list) or any(d not in DTYPE_BYTES for d in dtypes):
             raise f.fail("dtypes", f"must be a list of {', '.join(DTYPE_BYTES)}")
         out[pattern] = SparsitySupport(
@@ -206,7 +238,7 @@ def _efficiencies(eff: _Fields) -> dict[str, float]:
 
 def _half_util(eff: _Fields) -> dict[str, float]:
     """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's)."""
-    value = eff.data.get("half_util_macs", 0.0)
+    value = eff.get("half_util_macs", 0.0)
     if isinstance(value, dict):
         table = eff.table("half_util_macs")
         for key in table.data:
@@ -222,7 +254,8 @@ def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
     """``half_util_dims`` is a table by op class of [rows, outputs, reduction], each >= 0."""
     table = eff.table("half_util_dims", required=False)
     out = {}
-    for key, value in table.data.items():
+    for key in table.data:
+        value = table.get(key)
         if key not in OP_CLASSES:
             raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
         if (not isinstance(value, list) or len(value) != 3
@@ -251,15 +284,15 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     if default_dtype not in peak:
         raise f.fail("default_dtype", f"'{default_dtype}' has no peak_tflops entry")
     energy = f.table("energy", required=False)
-    threads = f.data.get("threads")
+    threads = f.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise f.fail("threads", f"must be a positive integer, got {threads!r}")
     if ("fresh_output_mb" in memory.data) != ("first_touch_gbs" in memory.data):
         raise memory.fail("first_touch_gbs", "and 'memory.fresh_output_mb' must be given together")
-    multiple = f.data.get("channel_multiple", 1)
+    multiple = f.get("channel_multiple", 1)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0:
         raise f.fail("channel_multiple", f"must be a positive integer, got {multiple!r}")
-    return HardwareProfile(
+    profile = HardwareProfile(
         name=f.text("name"),
         kind=f.text("kind", "gpu"),
         description=f.text("description", ""),
@@ -287,6 +320,40 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         first_touch_bandwidth=memory.optional("first_touch_gbs", 1e9),
         source=where,
     )
+    memory.seen.update(f"{kind}_gbs" for kind in RATED_KINDS)   # optional rates: known names too
+    f.unread()
+    return profile
+
+
+def profile_fields(name: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
+    """(field, value, source) for every field a profile file sets: the value as written and the
+    comment that cites it (on its line, or the comment lines just above it, or its table's)."""
+    path = _path_for(str(name))
+    rows: list[tuple[str, str, str]] = []
+    table, above, table_note = "", [], ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line:
+            above = []
+            continue
+        if line.startswith("#"):
+            above.append(line.lstrip("# ").strip())
+            continue
+        code, _, comment = line.partition(" #")
+        if code.startswith("["):
+            table = code.strip("[] ").replace('"', "")
+            table_note, above = " ".join(above), []
+            continue
+        key, _, value = code.partition("=")
+        note = comment.strip(" #") or " ".join(above) or table_note
+        field = f"{table}.{key.strip()}" if table else key.strip()
+        if value.strip().startswith("{"):       # an inline table: a row per entry
+            for k, v in tomllib.loads(f"x = {value.strip()}")["x"].items():
+                rows.append((f"{field}.{k}", str(v), note))
+        else:
+            rows.append((field, value.strip(), note))
+        above = []
+    return rows
 
 
 def load_profile(name: str | os.PathLike[str]) -> HardwareProfile:

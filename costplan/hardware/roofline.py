@@ -40,8 +40,14 @@ class Estimate:
     """Per-layer latency of a graph on a profile; totals in seconds and joules."""
 
     profile: HardwareProfile
-    precision: str
+    precision: str                 # the precision the device runs
     layers: Mapping[str, LayerLatency]
+    requested: str | None = None   # the precision asked for
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        note = self.profile.precision_note(self.requested) if self.requested else None
+        return (note,) if note else ()
 
     @property
     def latency_s(self) -> float:
@@ -258,4 +264,5 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
     ctx = context(graph, profile, effective, dtype)
     layers = {l.name: layer_latency(l, effective[l.name], profile, ctx.precision, byte_scale=ctx.byte_scale,
                                     weights_cached=ctx.weights_cached) for l in graph.layers}
-    return Estimate(profile, ctx.precision, layers)
+    traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
+    return Estimate(profile, ctx.precision, layers, dtype or traced)

@@ -7,6 +7,7 @@ random weights), ``file.py:factory`` (runs the user's code), or a saved file (To
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ class ModelSource:
     family: str
     build: Callable[[str], Instance]
     meta: bool = True
+    weights: str | None = None     # the state dict file its builds load (None: initial weights)
 
 
 def _cast(instance: Instance, dtype: torch.dtype) -> Instance:
@@ -63,16 +65,68 @@ def _with_batch(shapes: Sequence[Shape], batch: int | None) -> tuple[Shape, ...]
 
 
 def resolve(spec: str, *, input_shapes: Sequence[Shape] | None = None, batch: int | None = None,
-            seq_len: int | None = None, dtype: str = "float32", trust: bool = False) -> ModelSource:
-    """Turn a model spec into a :class:`ModelSource`. Raises :class:`CostplanError` for bad specs."""
+            seq_len: int | None = None, dtype: str = "float32", trust: bool = False,
+            weights: str | os.PathLike[str] | None = None) -> ModelSource:
+    """Turn a model spec into a :class:`ModelSource`; with ``weights`` (a state dict file, read with
+    ``torch.load(weights_only=True)``) every build loads them. Raises :class:`CostplanError` for bad
+    specs and for weights that do not fit the architecture."""
     dtype_ = torch_dtype(dtype)
     if seq_len is not None and seq_len <= 0:
         raise CostplanError(f"--seq-len must be positive, got {seq_len}")
     source = _resolve(spec, input_shapes, batch, seq_len, trust)
+    if weights is not None:
+        state = read_weights(weights)
+        base = source
+
+        def build(device: str) -> Instance:
+            instance = base.build(device)
+            load_weights(instance.module, state, weights, spec, device)
+            return instance
+
+        source = ModelSource(base.name, base.family, build, base.meta, weights=str(weights))
     if dtype_ == torch.float32:
         return source
-    return ModelSource(source.name, source.family, lambda device: _cast(source.build(device), dtype_),
-                       source.meta)
+    built = source
+    return ModelSource(built.name, built.family, lambda device: _cast(built.build(device), dtype_), built.meta,
+                       weights=built.weights)
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from ``path``, read without running code (``weights_only=True``); a file
+    ``costplan.save`` wrote gives its state dict."""
+    if not os.path.isfile(path):
+        raise CostplanError(f"no such weights file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  torch raises many types for a bad file
+        raise CostplanError(f"{path} is not a state dict torch.load(weights_only=True) can read: "
+                            f"{type(exc).__name__}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CostplanError(f"{path} holds no state dict (a mapping of names to tensors)")
+    return obj
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: object, spec: str, device: str) -> None:
+    """Load ``state`` into ``module`` strictly; on the meta device only the names and shapes are checked."""
+    own = module.state_dict()
+    problems = []
+    for what, keys in (("missing", [k for k in own if k not in state]), ("unexpected", [k for k in state if k not in own]),
+                       ("of another shape", [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)])):
+        if keys:
+            problems.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    if problems:
+        raise CostplanError(f"{path} does not fit {spec}: tensors {'; '.join(problems)}")
+    try:
+        if device == "meta":
+            module.load_state_dict({k: v.to("meta") for k, v in state.items()}, strict=True, assign=True)
+        else:
+            with torch.no_grad():
+                module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+        raise CostplanError(f"{path} does not fit {spec}: {' '.join(lines[1:3]) or lines[0]}") from None
 
 
 def _resolve(spec: str, input_shapes: Sequence[Shape] | None, batch: int | None,
@@ -83,7 +137,7 @@ def _resolve(spec: str, input_shapes: Sequence[Shape] | None, batch: int | None,
         shapes = _with_batch(input_shapes, batch) if input_shapes else None
         return files.source(spec, input_shapes=shapes, batch=batch, trust=trust)
     if spec in vision.names():
-        shapes = input_shapes or (vision.default_input(spec),)
+        shapes = input_shapes or vision.default_inputs(spec)
         return vision.source(spec, _with_batch(shapes, batch if batch is not None else
                                                (None if input_shapes else 1)))
     known = list(vision.names()) + [f"hf:{n}" for n in hf.names()]

@@ -95,6 +95,12 @@ def _load_saved(path: str, trust: bool) -> tuple[torch.nn.Module, object]:
         raise CostplanError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, torch.nn.Module):
         return obj, None
+    if isinstance(obj, dict) and str(obj.get("costplan", "")).startswith("costplan-model/"):
+        from costplan.pruning.saving import load    # a model costplan pruned: rebuilt, no pickle
+
+        model = load(path, trust_code=trust)
+        shapes = model._costplan.get("input") or []
+        return model, tuple(torch.zeros(s) for s in shapes) or None
     if isinstance(obj, dict):
         raise CostplanError(f"{path} holds weights only (a state_dict), not an architecture; give the "
                             "architecture as file.py:factory")

@@ -8,10 +8,12 @@ import torch
 
 Shape = tuple[int, ...]
 
-# Inputs the architectures were designed for, where 224x224 RGB is not it.
-_INPUTS: dict[str, Shape] = {
-    "inception_v3": (1, 3, 299, 299),
-    "raft_small": (1, 3, 224, 224), "raft_large": (1, 3, 224, 224),
+# Inputs the architectures were designed for, where one 224x224 RGB image is not it.
+_INPUTS: dict[str, tuple[Shape, ...]] = {
+    "inception_v3": ((1, 3, 299, 299),),
+    "raft_small": ((1, 3, 224, 224), (1, 3, 224, 224)),    # optical flow between two frames
+    "raft_large": ((1, 3, 224, 224), (1, 3, 224, 224)),
+    "s3d": ((1, 3, 16, 224, 224),), "mvit_v1_b": ((1, 3, 16, 224, 224),), "mvit_v2_s": ((1, 3, 16, 224, 224),),
 }
 _VIDEO: Shape = (1, 3, 16, 112, 112)
 
@@ -24,12 +26,29 @@ def names() -> frozenset[str]:
     return frozenset(torchvision.models.list_models())
 
 
-def default_input(name: str) -> Shape:
+def default_inputs(name: str) -> tuple[Shape, ...]:
+    """The input shapes ``name`` is built for."""
     import torchvision
 
+    if name in _INPUTS:
+        return _INPUTS[name]
     if name in torchvision.models.list_models(module=torchvision.models.video):
-        return _VIDEO
-    return _INPUTS.get(name, (1, 3, 224, 224))
+        return (_VIDEO,)
+    return ((1, 3, 224, 224),)
+
+
+def _offline_kwargs(name: str) -> dict[str, object]:
+    """Constructor arguments that keep a builder from downloading anything: detection and
+    segmentation models fetch ImageNet backbone weights unless told not to."""
+    import inspect
+
+    import torchvision
+
+    params = inspect.signature(torchvision.models.get_model_builder(name)).parameters
+    kwargs: dict[str, object] = {"weights_backbone": None} if "weights_backbone" in params else {}
+    if name in ("inception_v3", "googlenet"):
+        kwargs.update(aux_logits=False, init_weights=False)
+    return kwargs
 
 
 def source(name: str, shapes: tuple[Shape, ...]):  # noqa: ANN201  (ModelSource; avoids a cycle)
@@ -38,8 +57,7 @@ def source(name: str, shapes: tuple[Shape, ...]):  # noqa: ANN201  (ModelSource;
     def build(device: str) -> Instance:
         import torchvision
 
-        kwargs = {"aux_logits": False, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
-        module = torchvision.models.get_model(name, weights=None, **kwargs)
+        module = torchvision.models.get_model(name, weights=None, **_offline_kwargs(name))
         return Instance(module.eval(), tuple(torch.zeros(s, device=device) for s in shapes))
 
     return ModelSource(name, "torchvision", build)

@@ -121,7 +121,7 @@ class Importance:
     ``scores`` are per-element scores keyed by parameter name, in the parameter's own layout."""
 
     def __init__(self, graph: LayerGraph, scores: Mapping[str, torch.Tensor] | None = None,
-                 heads: Mapping[str, int] | None = None) -> None:
+                 heads: Mapping[str, int] | None = None, origin: str | None = None) -> None:
         self.graph = graph
         self.raw = dict(scores or {})
         transposed = {l.attrs["weight"] for l in graph.layers if l.attrs.get("transposed_weight")
@@ -130,6 +130,7 @@ class Importance:
         self.scores = {name: _normalised(s.t() if name in transposed else s) for name, s in self.raw.items()}
         self.heads = dict(heads or graph.heads)
         self.kind = "measured" if self.scores else "gaussian"
+        self.origin = origin or ("scores given" if self.scores else "Gaussian weights")   # said with every plan
         self._cumulative: dict[tuple[str, int, int], np.ndarray] = {}
         self._units: dict[str, np.ndarray | None] = {}
 

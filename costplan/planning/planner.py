@@ -114,6 +114,7 @@ class PlanResult:
     importance: str                # 'measured' or 'gaussian'
     patterns: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    importance_from: str = ""      # whose weights the importance was read from
 
 
 @dataclass(frozen=True)
@@ -228,8 +229,9 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     dense = estimate(graph, profile, apply_plan(graph, None), dtype)
     target = budget.seconds(dense.latency_s)
     meta = dict(model=graph.model, hardware=profile.name,
-                budget={"latency_ms": round(target * 1e3, 6), **({"speedup": budget.value} if budget.kind == "speedup" else {})})
-    goal, warnings = target, []
+                budget={"latency_ms": round(target * 1e3, 6), **({"speedup": budget.value} if budget.kind == "speedup" else {})},
+                extra={"input": {"shapes": [list(s) for s in graph.inputs.shapes], "dtype": graph.inputs.dtype}})
+    goal, warnings = target, list(dense.warnings)   # a precision the device lacks, said once
     for _ in range(4):   # the tables approximate layers of 3+ choices: re-solve until the exact estimate fits
         try:
             solution = solve(problem, goal, time_limit=time_limit)
@@ -265,7 +267,8 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
         "precision": precision, "importance_removed": solution.removed,
         "importance_kept": 1.0 - solution.removed / scored if scored else 1.0,
     }
-    extra = {"solver": info.to_dict(), "importance": importance.kind, "patterns": [str(p) for p in patterns]}
+    extra = {**plan.extra, "solver": info.to_dict(), "importance": importance.kind,
+             "importance_from": importance.origin, "patterns": [str(p) for p in patterns]}
     plan = Plan(layers=plan.layers, model=plan.model, hardware=plan.hardware, budget=plan.budget,
                 predicted=predicted, extra=extra)
     rows = []
@@ -276,7 +279,7 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
                             sum(a.latency_s for a in after) * 1e3,
                             max(after, key=lambda a: a.latency_s).bound if after else "-"))
     return PlanResult(plan, graph, profile, precision, dense_s, est.latency_s, solution, info, tuple(units),
-                      tuple(rows), importance.kind, tuple(str(p) for p in patterns), warnings)
+                      tuple(rows), importance.kind, tuple(str(p) for p in patterns), warnings, importance.origin)
 
 
 def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, problem: Problem,

@@ -83,7 +83,7 @@ class Pruner:
         self.schedule = schedule or Schedule.one_shot()
         self.source = source
         inner = _unwrap(model)
-        self.graph = graph or _trace(inner, as_shapes(input), example_inputs)
+        self.graph = graph or _trace(inner, as_shapes(input), example_inputs, source)
         self.structure = structure_of(self.graph)
         self.resolved = resolve(self.graph, self.plan)
         self.groups: list[PrunableGroup] = [self.structure.groups[g] for g in self.resolved.keep]
@@ -282,13 +282,14 @@ class Pruner:
                            "input": [list(shape) for shape in self.graph.inputs.shapes]}
 
 
-def _trace(model: nn.Module, input: Sequence[Sequence[int]] | None, example_inputs: Sequence[object] | None) -> LayerGraph:
+def _trace(model: nn.Module, input: Sequence[Sequence[int]] | None, example_inputs: Sequence[object] | None,
+           name: str | None) -> LayerGraph:
     if example_inputs is None:
         if input is None:
             raise CostplanError("give example_inputs= (a tuple of tensors) or input= (shapes) to trace the model")
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         example_inputs = tuple(torch.zeros(tuple(s), device=device) for s in input)
-    return trace(model, tuple(example_inputs), name=type(model).__name__)
+    return trace(model, tuple(example_inputs), name=name or type(model).__name__)
 
 
 __all__ = ["Pruner", "Schedule"]

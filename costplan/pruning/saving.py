@@ -63,7 +63,7 @@ def load(path: str | os.PathLike[str], *, trust_code: bool = False) -> nn.Module
     spec = str(description["source"])
     if ".py:" in spec and not trust_code:
         raise CostplanError(f"{path} is rebuilt by running {spec.split(':')[0]}; pass trust_code=True "
-                            "(--trust-code) if you trust that file")
+                            "(--trust-code on the command line) if you trust that file")
     shapes = tuple(tuple(s) for s in description.get("input") or []) if ".py:" in spec else None
     model = instantiate(resolve(spec, input_shapes=shapes or None), "cpu").module
     apply_edits(model, description["edits"], payload["state_dict"])

@@ -274,7 +274,9 @@ class OpRules:
                 continue
             for x, s in zip(spec, t.shape):
                 if s > 1:
-                    sizes[x] = max(sizes.get(x, 1), int(s))
+                    if sizes.get(x, 1) not in (1, int(s)):    # grouped-query heads: 8 queries share 2 keys
+                        raise Untracked(f"{what} pairs them across different sizes")
+                    sizes[x] = int(s)
             grid = grids.get(id(t)) if t not in self.names else None
             tagged = {spec[a] for a in grid.axes} if grid is not None else set()
             entries.append((t, spec, grid, tagged))

@@ -142,9 +142,11 @@ class Tracker(OpRules):
             result = self._rule(func, name, functional, args, kwargs, ins, outs, grids, node, module, scope)
         except Untracked as exc:
             result = None
-            for g in grids.values():
-                if g is not None:
-                    self.barrier(g.ids, node, str(exc))
+            self._fix_all(grids, node, str(exc))
+        except Exception as exc:  # noqa: BLE001  a rule must never break the trace: fix what it read
+            result = None
+            self._fix_all(grids, node, f"costplan could not follow how {name} reads them "
+                                       f"({type(exc).__name__})")
         if result is not None:
             for t, g in zip(outs, result):
                 self.tag(t, g)
@@ -152,6 +154,11 @@ class Tracker(OpRules):
             for t in outs:
                 if not any(t is i for i in ins):
                     self.tag(t, None)
+
+    def _fix_all(self, grids: Mapping[int, Grid | None], node: str, reason: str) -> None:
+        for g in grids.values():
+            if g is not None:
+                self.barrier(g.ids, node, reason)
 
     def _record_macs(self, func: object, args: Sequence[object], out: object, node: str, macs: int,
                      grids: Mapping[int, Grid | None]) -> None:

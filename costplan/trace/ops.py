@@ -117,6 +117,42 @@ def native_mha_macs(q: Shape, k: Shape, v: Shape, embed_dim: int, num_heads: int
                                          (batch, heads, s_k, e // heads))
 
 
+@mac_formula(aten._grouped_mm)
+def grouped_mm_macs(a: Shape, b: Shape, *rest: object, out_shape: Shape) -> int:
+    """Mixture-of-experts matmuls: each row (token) of ``a`` meets one group's (expert's) matrix of
+    ``b``, so the MACs are those of one (rows, k) @ (k, n) product; 3-D operands are batched per group."""
+    if len(a) == 2 and len(b) == 3:
+        return int(a[0]) * int(a[1]) * int(b[2])
+    if len(a) == 3:
+        return int(a[0]) * int(a[1]) * int(a[2]) * int(b[-1])
+    return int(a[0]) * int(a[1]) * int(b[1])       # 2-D x 2-D, groups along k
+
+
+@mac_formula(aten.addbmm)
+def addbmm_macs(bias: Shape, a: Shape, b: Shape, *rest: object, out_shape: Shape) -> int:
+    """sum over b of (n, m) @ (m, p)."""
+    return int(a[0]) * int(a[1]) * int(a[2]) * int(b[2])
+
+
+@mac_formula(aten._trilinear)
+def trilinear_macs(i1: Shape, i2: Shape, i3: Shape, expand1: Sequence[int], expand2: Sequence[int],
+                   expand3: Sequence[int], sumdim: Sequence[int], *rest: object, out_shape: Shape) -> int:
+    """nn.Bilinear's x1^T A x2: one MAC per element of the broadcast product that is summed."""
+    shapes = []
+    for shape, expand in ((i1, expand1), (i2, expand2), (i3, expand3)):
+        dims = [int(d) for d in shape]
+        for e in sorted(int(x) for x in expand):
+            dims.insert(e, 1)
+        shapes.append(dims)
+    return _prod(max(d) for d in zip(*shapes))
+
+
+@mac_formula(aten._cdist_forward)
+def cdist_macs(x1: Shape, x2: Shape, *rest: object, out_shape: Shape) -> int:
+    """Pairwise distances: one multiply-accumulate per (row of x1, row of x2, feature)."""
+    return _prod(out_shape) * int(x1[-1])
+
+
 @mac_formula(aten.mkldnn_rnn_layer)
 def mkldnn_rnn_macs(x: Shape, w_ih: Shape, w_hh: Shape, *rest: object, out_shape: Shape) -> int:
     """One layer and direction of an LSTM/GRU/RNN as oneDNN runs it on CPUs: every step multiplies
@@ -132,6 +168,7 @@ _VIEWS = {
     "select", "slice", "unsqueeze", "squeeze", "alias", "detach", "lift_fresh", "as_strided",
     "split", "split_with_sizes", "unbind", "chunk", "narrow", "unflatten", "flatten", "view_as",
     "expand_as", "numpy_T", "diagonal", "unfold", "_unsafe_split", "movedim", "swapaxes",
+    "unsafe_split", "unsafe_split_with_sizes", "unsafe_chunk",
 }
 
 # Ops that create tensors from shapes alone: their outputs depend on no activation.
@@ -173,6 +210,10 @@ _MEMORY = {
     "repeat_interleave", "roll", "flip", "embedding", "embedding_bag", "_embedding_bag",
     "native_dropout", "bernoulli", "bernoulli_", "fill_", "zero_", "im2col", "col2im",
     "_pdist_forward", "nonzero", "where", "resize_", "set_", "_assert_async", "_assert_scalar",
+    "histc", "bincount", "floor_divide", "aminmax", "index_add", "_unique2", "unique_dim", "unique_consecutive",
+    "_weight_norm_interface", "searchsorted", "bucketize", "index_copy", "index_fill", "scatter_reduce",
+    "masked_select", "take", "_local_scalar_dense", "equal", "uniform", "normal", "random", "exponential",
+    "geometric", "log_normal", "cauchy",
 }
 
 

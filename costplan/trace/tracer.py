@@ -82,12 +82,25 @@ class _Frame:
     node: _NodeDraft | None = None
 
 
+_COPIES = {"clone", "_to_copy", "contiguous", "copy"}
+
+
+def _name(func: object) -> str:
+    packet = getattr(func, "overloadpacket", func)
+    return getattr(packet, "__name__", str(packet)).split(".")[-1]
+
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
 def _tensors(tree: object) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+    """The plain tensors in ``tree``; a nested (ragged) tensor stands for its components."""
+    out: list[torch.Tensor] = []
+    for t in tree_leaves(tree):
+        if isinstance(t, torch.Tensor):
+            out += list(t.unbind()) if t.is_nested else [t]
+    return out
 
 
 def module_geometry(module: torch.nn.Module) -> dict[str, object]:
@@ -231,6 +244,13 @@ class _Recorder(TorchDispatchMode):
     # ---- dispatch -----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
+        if classify(func) is OpKind.UNKNOWN:
+            # an op with no formula may be a composite (aten.linear under inference_mode, which skips
+            # the autograd decomposition): run its decomposition, whose ops we count, as FlopCounterMode does
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
         fast = _FAST_META.get(func)
         start = time.perf_counter()
         if fast is not None and not kwargs and args[0].is_meta:
@@ -247,6 +267,10 @@ class _Recorder(TorchDispatchMode):
                 self.channels.alias(ins[0], outs)
             return out
         if kind is OpKind.SOURCE or not ins:
+            return out
+        if kind is OpKind.MEMORY and len(ins) == 1 and ins[0] in self.constant and _name(func) in _COPIES:
+            self._alias(ins[0], outs)          # a copy of a weight (einsum's contiguous operand) is the weight
+            self.channels.alias(ins[0], outs)
             return out
         frame = next((f for f in reversed(self.stack) if f.leaf), None)
         node = self._leaf_node(frame) if frame is not None else self._function_node(func, ins, args)
