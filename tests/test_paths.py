@@ -49,9 +49,9 @@ def _transformer_macs(d: int, heads: int, enc: int, dec: int, ff: int, s: int, t
 
 def test_transformer_fast_path_is_counted() -> None:
     """In eval mode nn.Transformer runs torch's fused encoder kernel; costplan counts its layers."""
-    model = nn.Transformer(64, 8, 2, 2, 128).eval()
+    model = nn.Transformer(64, 8, 2, 2, 128, batch_first=True).eval()   # batch_first: the fused path's condition
     with torch.no_grad():
-        report = analyze(model, example_inputs=(torch.randn(10, 1, 64), torch.randn(7, 1, 64)))
+        report = analyze(model, example_inputs=(torch.randn(1, 10, 64), torch.randn(1, 7, 64)))
     assert report.totals["macs"] == _transformer_macs(64, 8, 2, 2, 128, s=10, t=7) and not report.unsupported
 
 
