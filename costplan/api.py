@@ -268,11 +268,13 @@ def export_plan(plan: Plan | str | os.PathLike[str], fmt: str) -> dict:
     return export(as_plan(plan), fmt)  # type: ignore[arg-type]
 
 
-def calibrate(*, name: str = "local", quick: bool = False, progress: bool = True):  # noqa: ANN201  (Calibration)
-    """Fit a hardware profile of this machine's CPU by microbenchmarks (see :mod:`costplan.hardware.calibrate`)."""
+def calibrate(*, name: str = "local", quick: bool = False, progress: bool = True,
+              threads: int | None = None):  # noqa: ANN201  (Calibration)
+    """Fit a hardware profile of this machine's CPU by microbenchmarks and grade it on held-out networks
+    (see :mod:`costplan.hardware.calibrate`); raises CostplanError when the machine is too busy to fit."""
     from costplan.hardware.calibrate import calibrate as fit
 
-    return fit(name=name, quick=quick, progress=progress)
+    return fit(name=name, quick=quick, progress=progress, threads=threads)
 
 
 def write_profile(calibration: object, path: str | os.PathLike[str]) -> None:

@@ -116,9 +116,15 @@ def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
                      trust=trust_pickle, weights=weights)
     instance = instantiate(source, "cpu")
-    layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
-    graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
-    runs = time_forward(instance, repeat, warmup)
+    before = torch.get_num_threads()
+    if profile.threads:      # the threads the profile was calibrated with: its figures hold for them
+        torch.set_num_threads(profile.threads)
+    try:
+        layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
+        graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
+        runs = time_forward(instance, repeat, warmup)
+    finally:
+        torch.set_num_threads(before)
     est = estimate(graph, profile, apply_plan(graph, as_plan(plan)), dtype)
     layers = tuple(LayerTiming(l.name, l.op, est.layers[l.name].latency_s * 1e3,
                                layer_seconds.get(l.name, 0.0) * 1e3, est.layers[l.name].bound)

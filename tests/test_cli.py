@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -207,9 +208,14 @@ def test_profiles_command(capsys) -> None:
 def test_calibrate_writes_a_profile_hw_accepts(tmp_path, factory_file) -> None:
     out = tmp_path / "local.toml"
     result = run("calibrate", "--quick", "-o", str(out))
-    assert result.returncode == 0, result.stderr
     from costplan.hardware import load_profile
 
+    if result.returncode == 2:      # a machine too busy to fit: refused, saying how busy, writing nothing
+        assert "too busy to calibrate" in result.stderr and not out.exists()
+        out = Path(__file__).parent / "data" / "avx2-calibrated.toml"
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "self-check" in result.stdout and "self-check" in out.read_text()
     profile = load_profile(str(out))
     assert profile.peak_macs["float32"] > 1e8 and profile.bandwidth > 1e8 and profile.per_op_s > 0
     measured = run("measure", f"{factory_file}:with_example", "--hw", str(out), "--repeat", "3", "--json")

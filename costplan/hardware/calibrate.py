@@ -15,7 +15,6 @@ import platform
 import statistics
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +23,7 @@ from scipy.optimize import least_squares, nnls
 
 from costplan.hardware.profile import HardwareProfile, parse_profile
 from costplan.hardware.roofline import activation_cost
+from costplan.hardware.timing import LoadMeter, Probe, Timing, round_robin, timed
 
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
@@ -142,6 +142,7 @@ class Calibration:
     channel_multiple: int
     cpu: str
     samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, seconds)
+    quality: Quality | None = None     # how noisy the machine was, and the self-check
 
     def profile(self) -> HardwareProfile:
         """The calibration as a profile, exactly as ``--hw`` would read the file :func:`profile_toml` writes."""
@@ -152,19 +153,6 @@ class Calibration:
         rated = ", ".join(f"{k} {v / 1e9:.2g}" for k, v in self.rated_bandwidth.items())
         return (f"plateaus {classes}; DRAM {self.bandwidth / 1e9:.1f} GB/s, in-cache {self.onchip_bandwidth / 1e9:.1f} GB/s "
                 f"({rated} GB/s), {self.per_op_s * 1e6:.1f} us/op, channels in multiples of {self.channel_multiple}, {self.threads} threads")
-
-
-def _median_seconds(fn: Callable[[], object], budget_s: float, min_runs: int = 5) -> float:
-    """Median time of ``fn`` over as many runs as fit in ``budget_s`` (at least ``min_runs``): the
-    same statistic ``costplan measure`` reports, so interference weighs on both alike."""
-    fn()  # warm caches and lazy initialisation
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < budget_s and len(times) < 200):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def saturating(macs: np.ndarray, peak: float, half: float) -> np.ndarray:
@@ -265,120 +253,250 @@ def channel_multiple() -> int:
     return 16 if "512" in capability else 8 if "AVX" in capability else 4
 
 
-def calibrate(name: str = "local", quick: bool = False, progress: bool = True, seed: int = 0) -> Calibration:
-    """Run the microbenchmarks (about a minute; 10 s with ``quick``). Layer shapes are sampled
-    with ``seed``."""
-    from rich.progress import Progress
+NOISE_LIMIT = 0.10      # a probe whose median block lies >10% above its lowest is unstable
+UNSTABLE_LIMIT = 0.20   # share of probes still unstable after the retries at which calibrate refuses
+LOAD_LIMIT = 0.35       # cores other processes may keep busy on average before calibrate refuses
+FIT_LIMIT = 0.35        # a class whose fit is off by more than this (median) cannot be trusted
+CHECK_LIMIT = 0.25      # a self-check error above which the profile says it is off
 
-    budget = 0.05 if quick else 0.15
-    per_class = 12 if quick else 48
-    classes = ("gemm", "conv", "pointwise", "depthwise")
-    shapes = {kind: sample_shapes(kind, per_class, seed + i) for i, kind in enumerate(classes)}
-    steps: list[tuple[str, Callable[[], tuple[str, float, float]]]] = []
 
-    def layer(shape: Shape) -> tuple[str, float, float]:
-        module, x = _module(shape)
-        module.eval()
-        with torch.inference_mode():
-            seconds = _median_seconds(lambda: module(x), budget)
-        return shape.kind, shape.macs, seconds
+@dataclass(frozen=True)
+class Quality:
+    """How trustworthy a calibration is: how noisy the machine was while timing, and how well the
+    profile predicts whole networks it was not fitted on."""
 
-    def elementwise(c: int, hw: int, kind: str = "elementwise") -> tuple[str, float, float]:
-        ops = {"elementwise": (torch.nn.ReLU(),), "transcendental": (torch.nn.GELU(), torch.nn.Softmax(1))}[kind]
-        chain = torch.nn.Sequential(*[ops[i % len(ops)] for i in range(CHAIN)]).eval()
-        x = torch.randn(1, c, hw, hw)
-        with torch.inference_mode():
-            seconds = _median_seconds(lambda: chain(x), budget)
-        return kind, CHAIN * 2.0 * x.numel() * 4, seconds / CHAIN  # bytes moved, seconds per op
+    probes: int
+    rounds: int
+    median_noise: float                  # median over probes of (median block / lowest block - 1)
+    unstable: float                      # share of probes whose noise stayed over NOISE_LIMIT after retries
+    retried: int                         # probes re-timed because they were unstable
+    background_cores: float | None       # cores other processes kept busy on average (None: unknown)
+    check: dict[str, tuple[float, float]] = field(default_factory=dict)  # network -> (predicted, measured) s
 
-    def norm(c: int, hw: int) -> tuple[str, float, float]:
+    @property
+    def check_errors(self) -> dict[str, float]:
+        return {k: p / m - 1.0 for k, (p, m) in self.check.items()}
+
+    @property
+    def check_worst(self) -> float:
+        return max((abs(e) for e in self.check_errors.values()), default=0.0)
+
+    def lines(self) -> list[str]:
+        """What the output and the profile's header say about the calibration."""
+        load = "unknown" if self.background_cores is None else f"{self.background_cores:.2f} cores"
+        out = [f"timing: {self.probes} probes in {self.rounds} interleaved rounds, median noise "
+               f"{self.median_noise:.1%}, {self.retried} re-timed, {self.unstable:.0%} still noisy; other "
+               f"processes used {load} on average"]
+        if self.check:
+            errors = ", ".join(f"{k} {e:+.1%}" for k, e in self.check_errors.items())
+            out.append(f"self-check (held-out networks, batch 1, measured right after calibrating): {errors}: "
+                       f"this profile predicts these networks within {self.check_worst:.0%}")
+        return out
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.check and self.check_worst > CHECK_LIMIT:
+            out.append(f"WARNING: this profile is off by up to {self.check_worst:.0%} on the held-out networks; "
+                       "recalibrate on a quiet machine before trusting its latencies")
+        return out
+
+
+def refusal(quality: Quality, fits: dict[str, ClassFit], load_limit: float = LOAD_LIMIT) -> str | None:
+    """Why the timings cannot be fitted, or None."""
+    why = []
+    if quality.background_cores is not None and quality.background_cores > load_limit:
+        why.append(f"other processes kept {quality.background_cores:.2f} cores busy on average")
+    if quality.unstable > UNSTABLE_LIMIT:
+        why.append(f"{quality.unstable:.0%} of the timings still varied by more than {NOISE_LIMIT:.0%} between "
+                   f"rounds after re-timing (median noise {quality.median_noise:.0%})")
+    bad = {k: f.median_error for k, f in fits.items() if f.median_error > FIT_LIMIT}
+    if bad:
+        why.append("the fits are off by " + ", ".join(f"{k} {e:.0%}" for k, e in bad.items()))
+    if not why:
+        return None
+    return ("the machine was too busy to calibrate: " + "; ".join(why) + ". Close other programs and run "
+            "`costplan calibrate` again, or calibrate with fewer threads than idle cores (--threads 1); "
+            "no profile was written")
+
+
+def _probes(shapes: dict[str, list[Shape]], quick: bool) -> dict[str, tuple[str, float, Probe, float]]:
+    """name -> (kind, size, probe, divisor): the probe's seconds divided by ``divisor`` are the sample."""
+    probes: dict[str, tuple[str, float, Probe, float]] = {}
+    for kind, kind_shapes in shapes.items():
+        for i, shape in enumerate(kind_shapes):
+            module, x = _module(shape)
+            probes[f"{kind} {i}"] = (kind, float(shape.macs), timed(lambda m=module.eval(), x=x: m(x)), 1.0)
+    for c, hw in ELEMENTWISE_SHAPES:
+        chain, x = torch.nn.Sequential(*[torch.nn.ReLU() for _ in range(CHAIN)]).eval(), torch.randn(1, c, hw, hw)
+        probes[f"relu {c}x{hw}"] = ("elementwise", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
+    for c, hw in ELEMENTWISE_SHAPES[1::2]:
+        ops = (torch.nn.GELU(), torch.nn.Softmax(1))
+        chain, x = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval(), torch.randn(1, c, hw, hw)
+        probes[f"gelu {c}x{hw}"] = ("transcendental", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
+    for c, hw in (NORM_SHAPES[::2] if quick else NORM_SHAPES):
         # timed right after the convolution that writes its input, as in a network: a batch norm
         # reading a convolution's fresh output runs 1.5-3x slower than one re-reading its own input
-        conv, bn = torch.nn.Conv2d(64, c, 1, bias=False).eval(), torch.nn.BatchNorm2d(c).eval()
-        x, times = torch.randn(1, 64, hw, hw), []
-        with torch.inference_mode():
-            for _ in range(max(5, int(budget / 0.002))):
-                y = conv(x)
-                start = time.perf_counter()
-                bn(y)
-                times.append(time.perf_counter() - start)
-        return "norm", 2.0 * c * hw * hw * 4, statistics.median(times[1:])
+        conv, bn, x = torch.nn.Conv2d(64, c, 1, bias=False).eval(), torch.nn.BatchNorm2d(c).eval(), torch.randn(1, 64, hw, hw)
 
-    def pooling(c: int, hw: int) -> tuple[str, float, float]:
+        def norm(conv: torch.nn.Module = conv, bn: torch.nn.Module = bn, x: torch.Tensor = x) -> float:
+            y = conv(x)
+            start = time.perf_counter()
+            bn(y)
+            return time.perf_counter() - start
+        probes[f"norm {c}x{hw}"] = ("norm", 2.0 * c * hw * hw * 4, norm, 1.0)
+    for c, hw in POOLING_SHAPES:
         pool, x = torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)
-        with torch.inference_mode():
-            seconds = _median_seconds(lambda: pool(x), budget)
-        return "pooling", 4.0 * x.numel() * 1.25, seconds  # bytes read + written (a quarter as many)
+        probes[f"pool {c}x{hw}"] = ("pooling", 4.0 * x.numel() * 1.25, timed(lambda p=pool, x=x: p(x)), 1.0)
+    n = (16 if quick else 64) * 1024 * 1024   # floats: well past any cache
+    src, dst = torch.randn(n), torch.empty(n)
+    probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)
+    fresh_n = (FRESH_OUTPUT_BYTES + 16 * 2 ** 20) // 4
+    kept = torch.empty(fresh_n)
+    # glibc maps blocks over 32 MiB afresh on every allocation: a layer writing such an output first
+    # faults in every page of it
+    probes["fresh pages"] = ("first_touch", 4.0 * fresh_n, timed(lambda: torch.empty(fresh_n).fill_(1.0)), 1.0)
+    probes["reused pages"] = ("reused", 4.0 * fresh_n, timed(lambda: kept.fill_(1.0)), 1.0)
+    relu, tiny = torch.nn.ReLU(), torch.randn(1, 8)
+    probes["overhead"] = ("overhead", 0.0, timed(lambda: relu(tiny)), 1.0)
+    return probes
 
-    def bandwidth() -> tuple[str, float, float]:
-        n = (16 if quick else 64) * 1024 * 1024  # floats: well past any cache
-        src, dst = torch.randn(n), torch.empty(n)
-        seconds = _median_seconds(lambda: dst.copy_(src), budget * 2)
-        return "bandwidth", 0.0, 2 * n * 4 / seconds  # read + write
 
-    def first_touch() -> tuple[str, float, float]:
-        # glibc maps blocks over 32 MiB afresh on every allocation, whatever was freed before: a layer
-        # writing such an output first faults in every page of it
-        n = (FRESH_OUTPUT_BYTES + 16 * 2 ** 20) // 4
-        kept = torch.empty(n)
-        fresh = _median_seconds(lambda: torch.empty(n).fill_(1.0), budget)
-        reused = _median_seconds(lambda: kept.fill_(1.0), budget)
-        return "first_touch", 4.0 * n, max(fresh - reused, 0.0)
+def _time_all(probes: dict[str, tuple[str, float, Probe, float]], rounds: int, block_s: float,
+              progress: bool, label: str) -> dict[str, Timing]:
+    from rich.progress import Progress
 
-    def overhead() -> tuple[str, float, float]:
-        relu, x = torch.nn.ReLU(), torch.randn(1, 8)
-        with torch.no_grad():
-            seconds = _median_seconds(lambda: relu(x), budget)
-        return "overhead", 0.0, seconds
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(label, total=rounds)
+        return round_robin({k: v[2] for k, v in probes.items()}, rounds, block_s,
+                           on_round=lambda r: bar.advance(task))
 
-    steps += [("memory bandwidth", bandwidth), ("per-op overhead", overhead), ("fresh pages", first_touch)]
-    steps += [(f"ReLU chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s)) for c, s in ELEMENTWISE_SHAPES]
-    steps += [(f"batch norm {c}x{s}x{s}", lambda c=c, s=s: norm(c, s)) for c, s in (NORM_SHAPES[::2] if quick else NORM_SHAPES)]
-    steps += [(f"GELU/softmax chain {c}x{s}x{s}", lambda c=c, s=s: elementwise(c, s, "transcendental"))
-              for c, s in ELEMENTWISE_SHAPES[1::2]]
-    steps += [(f"max-pool {c}x{s}x{s}", lambda c=c, s=s: pooling(c, s)) for c, s in POOLING_SHAPES]
-    # the sampled layers in passes: a spell of a busy machine lands on one pass of a shape, not all
-    for _ in range(1 if quick else 2):
-        for kind in classes:
-            steps += [(f"{kind} {s.cin}->{s.cout} at {s.spatial}", lambda s=s: layer(s)) for s in shapes[kind]]
 
-    samples: dict[str, list[tuple[float, float]]] = {}
+def check_networks() -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
+    """Three networks calibration never fits on, at batch 1: a residual CNN, a depthwise CNN and a
+    stack of transformer encoder layers."""
+    import torchvision
+
+    encoder = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(256, 8, 1024, batch_first=True), 4,
+                                          enable_nested_tensor=False)
+    return {"resnet18": (torchvision.models.resnet18(), (torch.randn(1, 3, 224, 224),)),
+            "mobilenet_v2": (torchvision.models.mobilenet_v2(), (torch.randn(1, 3, 224, 224),)),
+            "transformer encoder": (encoder, (torch.randn(1, 64, 256),))}
+
+
+def check_probes() -> dict[str, tuple[str, float, Probe, float]]:
+    """The held-out networks as probes, timed in the same interleaved rounds as the fitted layers,
+    so a drift of the machine's speed cannot pass for an error of the fit."""
+    probes = {}
+    for name, (module, x) in check_networks().items():
+        probes[f"check {name}"] = ("check", 0.0, timed(lambda m=module.eval(), x=x: m(*x)), 1.0)
+    return probes
+
+
+def predict_checks(profile: HardwareProfile) -> dict[str, float]:
+    """Predicted seconds of :func:`check_networks` on ``profile``."""
+    from costplan.hardware.roofline import estimate
+    from costplan.sparsity import apply_plan
+    from costplan.trace import trace
+
+    out = {}
+    for name, (module, x) in check_networks().items():
+        graph = trace(module.eval(), x, name=name)
+        out[name] = estimate(graph, profile, apply_plan(graph, None)).latency_s
+    return out
+
+
+def calibrate(name: str = "local", quick: bool = False, progress: bool = True, seed: int = 0,
+              threads: int | None = None, check: bool = True, load_limit: float = LOAD_LIMIT,
+              strict: bool = True) -> Calibration:
+    """Run the microbenchmarks (about 20 s; fewer shapes and rounds with ``quick``) on ``threads``
+    threads (default: torch's), then time three held-out networks against the fitted profile.
+
+    Raises CostplanError, writing nothing, when the machine was too busy to fit: other processes kept
+    more than ``load_limit`` cores busy, or too many timings stayed noisy after re-timing, or a class's
+    fit is too far off. With ``strict`` False it never refuses (its quality says how noisy it was)."""
+    from costplan.errors import CostplanError
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads <= 0:
+            raise CostplanError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        return _calibrate(name, quick, progress, seed, check, load_limit if strict else math.inf, strict)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: bool, load_limit: float,
+               strict: bool) -> Calibration:
+    from costplan.errors import CostplanError
+
+    rounds, block_s = (4, 0.002) if quick else (6, 0.004)
+    classes = ("gemm", "conv", "pointwise", "depthwise")
+    shapes = {kind: sample_shapes(kind, 16 if quick else 48, seed + i) for i, kind in enumerate(classes)}
     # a large block allocated and freed first, as a running network's would be: glibc then serves
     # later outputs from its heap instead of mapping fresh pages for each (10x on small convs)
     warm = torch.empty(MAX_ACTIVATION * 2)  # 16 MB: glibc adapts its threshold only to blocks under 32 MB
     warm.fill_(0.0)
     del warm
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("calibrating", total=len(steps))
-        for label, step in steps:
-            bar.update(task, description=f"calibrating: {label}")
-            kind, size, value = step()
-            samples.setdefault(kind, []).append((size, value))
-            bar.advance(task)
+    meter = LoadMeter()
+    meter.start()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)   # the unfused encoder layers costplan models
+    with torch.inference_mode():
+        probes = {**_probes(shapes, quick), **(check_probes() if check else {})}
+        timings = _time_all(probes, rounds, block_s, progress, "calibrating")
+        retried: set[str] = set()
+        for attempt in range(2):   # a busy spell passes: re-time what it disturbed
+            unstable = {k: probes[k] for k, t in timings.items() if t.noise > NOISE_LIMIT}
+            if not unstable:
+                break
+            retried |= set(unstable)
+            again = _time_all(unstable, rounds, block_s, progress, f"re-timing {len(unstable)} noisy probes")
+            for k, t in again.items():
+                timings[k] = Timing(min(t.seconds, timings[k].seconds), t.noise, timings[k].blocks + t.blocks)
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+    load = meter.stop()
+    noise = [t.noise for t in timings.values()]
+    quality = Quality(len(probes), rounds, statistics.median(noise),
+                      sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load)
 
+    samples: dict[str, list[tuple[float, float]]] = {}
+    for key, (kind, size, _, divisor) in probes.items():
+        samples.setdefault(kind, []).append((size, timings[key].seconds / divisor))
     per_op = samples["overhead"][0][1]
-    dram = samples["bandwidth"][0][1]
-    onchip = _onchip(samples["elementwise"], per_op)
+    dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
+    onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
     norm_fixed, norm_bandwidth = fit_linear(samples["norm"], per_op)
-    touched, touch_s = samples["first_touch"][0]
+    touched, fresh_s = samples["first_touch"][0]
+    touch_s = max(fresh_s - samples["reused"][0][1], 0.0)
     first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
-    rated = {"transcendental": _onchip(samples["transcendental"], per_op), "norm": norm_bandwidth,
+    rated = {"transcendental": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["transcendental"]], per_op),
+             "norm": norm_bandwidth,
              "pooling": statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])}
     onchip_bytes = cache_bytes()
     fits = {}
     for kind in classes:
         memory = _memory_seconds(shapes[kind], dram, onchip, onchip_bytes)
-        passes = np.array([t for _, t in samples[kind]]).reshape(-1, len(shapes[kind]))
-        samples[kind] = list(zip([float(s.macs) for s in shapes[kind]], np.median(passes, axis=0).tolist()))
         fits[kind] = fit_class(shapes[kind], [t for _, t in samples[kind]], memory, per_op)
+    why = refusal(quality, fits, load_limit)
+    if why and strict:
+        raise CostplanError(why)
     peak = max(f.rate for f in fits.values())
     _, half_gemm = fit_saturation([(m, m / t) for m, t in samples["gemm"]])
-    return Calibration(
+    calibration = Calibration(
         name=name, peak_macs=peak, half_util_macs={"gemm": half_gemm},
         efficiency={k: float(min(1.0, max(0.005, f.rate / peak))) for k, f in fits.items()}, fits=fits,
-        bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, norm_fixed_s=norm_fixed, first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes, threads=torch.get_num_threads(),
-        channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
-    )
+        bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, norm_fixed_s=norm_fixed,
+        first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
+        threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
+        quality=quality)
+    if check:
+        predicted = predict_checks(calibration.profile())
+        measured = {key.removeprefix("check "): timings[key].seconds for key in probes if key.startswith("check ")}
+        checked = Quality(**{**quality.__dict__, "check": {n: (predicted[n], measured[n]) for n in predicted}})
+        calibration = Calibration(**{**calibration.__dict__, "quality": checked})
+    return calibration
 
 
 def profile_toml(c: Calibration) -> str:
@@ -391,9 +509,10 @@ def profile_toml(c: Calibration) -> str:
     first_touch = "" if c.first_touch_bandwidth is None else (
         f"\nfresh_output_mb = {FRESH_OUTPUT_BYTES / 1e6:.4g}   # outputs over 32 MiB: glibc maps fresh pages for them on every call"
         f"\nfirst_touch_gbs = {c.first_touch_bandwidth / 1e9:.4g}    # faulting those pages in: a fresh 48 MiB fill less a reused one")
+    quality = "".join(f"# {line}\n" for line in (c.quality.warnings() + c.quality.lines() if c.quality else []))
     return f"""# Measured by `costplan calibrate` on {today}: {c.cpu}, {c.threads} threads, torch {torch.__version__}.
 # Eager PyTorch at float32 on this machine; recalibrate after changing threads or hardware.
-name = "{c.name}"
+{quality}name = "{c.name}"
 kind = "cpu"
 description = "{c.cpu} ({c.threads} threads), calibrated {today}"
 default_dtype = "float32"

@@ -1,0 +1,94 @@
+"""Timing that holds on a busy machine, and a measure of how busy it was.
+
+Probes (callables that run one thing once and return its seconds) are timed round-robin: each round
+times a block of every probe in turn, so a busy spell lands on one block of many probes rather than on
+every block of one. A probe's time is its lowest block mean (the quiet spells' time) and its *noise*
+how far its median block lies above that. Other processes' CPU use over the same wall time is read
+from ``/proc/stat`` (all cores' busy time less this process's own).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+Probe = Callable[[], float]   # runs once, returns the seconds to count
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A probe's seconds per call (the lowest block mean) and its noise (median block / lowest - 1)."""
+
+    seconds: float
+    noise: float
+    blocks: tuple[float, ...]
+
+
+def robust(blocks: Sequence[float]) -> Timing:
+    """The statistic of a probe's block means: the lowest, and how far the median lies above it."""
+    low = min(blocks)
+    return Timing(low, statistics.median(blocks) / low - 1.0 if low > 0 else 0.0, tuple(blocks))
+
+
+def timed(fn: Callable[[], object]) -> Probe:
+    """A probe of ``fn``'s wall time."""
+    def probe() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return probe
+
+
+def round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
+                on_round: Callable[[int], None] | None = None) -> dict[str, Timing]:
+    """Time every probe in ``rounds`` rounds, a block of repeats (about ``block_s`` seconds, at least
+    one call) per probe per round, probes in turn."""
+    reps = {}
+    for name, probe in probes.items():
+        probe()                                   # warm caches and lazy initialisation
+        reps[name] = max(1, min(200, math.ceil(block_s / max(probe(), 1e-7))))
+    blocks: dict[str, list[float]] = {name: [] for name in probes}
+    for r in range(rounds):
+        for name, probe in probes.items():
+            blocks[name].append(sum(probe() for _ in range(reps[name])) / reps[name])
+        if on_round is not None:
+            on_round(r)
+    return {name: robust(b) for name, b in blocks.items()}
+
+
+def _busy_jiffies() -> int | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)    # idle + iowait
+    return sum(fields[:8]) - idle
+
+
+class LoadMeter:
+    """Average number of cores other processes kept busy between :meth:`start` and :meth:`stop`
+    (None where ``/proc/stat`` is not available)."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def start(self) -> None:
+        self.busy0, self.own0, self.wall0 = _busy_jiffies(), _own_seconds(), time.perf_counter()
+
+    def stop(self) -> float | None:
+        busy1 = _busy_jiffies()
+        if busy1 is None or self.busy0 is None:
+            return None
+        wall = time.perf_counter() - self.wall0
+        others = (busy1 - self.busy0) / self.tick - (_own_seconds() - self.own0)
+        return max(0.0, others / wall) if wall > 0 else 0.0
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
