@@ -68,13 +68,14 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
 
 
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
-                     dtype: str | None = None) -> Estimate:
-    """Per-layer roofline latency of ``graph`` on ``hw`` under ``plan`` (seconds, joules)."""
-    return estimate(graph, as_profile(hw), apply_plan(graph, as_plan(plan)), dtype and canonical_dtype(dtype))
+                     dtype: str | None = None, runtime: str | None = None) -> Estimate:
+    """Per-layer roofline latency of ``graph`` on ``hw`` (under ``runtime``) and ``plan`` (seconds, joules)."""
+    return estimate(graph, as_profile(hw, runtime), apply_plan(graph, as_plan(plan)), dtype and canonical_dtype(dtype))
 
 
 def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None = None,
-            plan: Plan | str | None = None, dtype: str = "float32", **kwargs: object) -> Report:
+            plan: Plan | str | None = None, dtype: str = "float32", runtime: str | None = None,
+            **kwargs: object) -> Report:
     """Per-layer MACs, parameters, bytes and reuse of ``model``, under ``plan`` if given, and with
     ``hw`` (a profile name, path or HardwareProfile) each layer's roofline latency and bound.
 
@@ -86,7 +87,7 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     parsed = as_plan(plan)
     if hw is None:
         return build_report(graph, parsed, warnings=plan_notes(parsed, graph))
-    profile = as_profile(hw)
+    profile = as_profile(hw, runtime)
     est = estimate(graph, profile, apply_plan(graph, parsed), dtype)
     latency = {
         name: (l.latency_s * 1e3, l.bound, {
@@ -96,10 +97,11 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
         }) for name, l in est.layers.items()
     }
     totals = {"precision": est.precision, "requested_precision": canonical_dtype(est.requested or est.precision),
+              "runtime": profile.runtime,
               "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
               "energy_mj": None if est.energy_j is None else est.energy_j * 1e3}
     return build_report(graph, parsed, hardware=profile.name, latency=latency, extra_totals=totals,
-                        warnings=est.warnings + plan_notes(parsed, graph, profile.name))
+                        warnings=est.warnings + plan_notes(parsed, graph, profile.name, profile.runtime))
 
 
 def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
@@ -140,7 +142,7 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
          dtype: str = "float32", levels: int = 20, max_ratio: float = 0.9, exclude: Sequence[str] = (),
          keep_ends_dense: bool = True, bounds: dict[str, tuple[float, float]] | None = None,
          importance: object = "magnitude", data: object = None, loss_fn: object = None,
-         time_limit: float = 10.0, **kwargs: object):  # noqa: ANN201  (PlanResult)
+         time_limit: float = 10.0, runtime: str | None = None, **kwargs: object):  # noqa: ANN201  (PlanResult)
     """Per-layer sparsity meeting ``budget`` ('2ms', '500us', '2x') on ``hw``, removing least importance.
 
     ``importance`` is 'magnitude' (normalised w^2 of real weights, the default), 'gaussian' (no
@@ -152,7 +154,7 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
-    return make_plan(graph, as_profile(hw), budget, patterns=patterns, dtype=dtype, levels=levels,
+    return make_plan(graph, as_profile(hw, runtime), budget, patterns=patterns, dtype=dtype, levels=levels,
                      max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense, bounds=bounds,
                      importance=scores, time_limit=time_limit)  # type: ignore[arg-type]
 
@@ -163,7 +165,7 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
     :class:`~costplan.planning.planner.SweepPoint` records (a plan, or why none meets that budget)."""
     from costplan.planning.planner import Budget, SweepPoint
 
-    profile = as_profile(hw)
+    profile = as_profile(hw, kwargs.pop("runtime", None))
     load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle", "weights") if k in kwargs}
     dtype = str(kwargs.get("dtype", "float32"))
     graph = model if isinstance(model, LayerGraph) else load_graph(

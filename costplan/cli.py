@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = a.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="write the report as JSON")
     out.add_argument("--csv", action="store_true", help="write the per-layer rows as CSV")
+    a.add_argument("--runtime", choices=("eager", "fused", "graph"),
+                   help="the execution to model: eager PyTorch, fused (TensorRT-like) or graph (TF1); default: the profile's")
     a.add_argument("-o", "--output", metavar="FILE", help="write JSON/CSV here instead of stdout")
     a.add_argument("--top", type=_positive_int, metavar="N", help="show only the N heaviest layers")
     a.add_argument("--depth", type=_positive_int, metavar="D", help="group layers by the first D parts of their names")
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--budget", help="latency budget: 2ms, 500us, or a speedup such as 2x")
     target.add_argument("--speedup", help="speedup over the dense model, e.g. 2x")
     pl.add_argument("--hw", required=True, metavar="PROFILE", help="hardware profile name or .toml path")
+    pl.add_argument("--runtime", choices=("eager", "fused", "graph"),
+                    help="the execution to plan for: eager PyTorch, fused (TensorRT-like) or graph; default: the profile's")
     pl.add_argument("--pattern", default="auto",
                     help="auto (every pattern the device exploits), or a comma list of channel, head, "
                          "unstructured, N:M (2:4), RxC (4x1)")
@@ -164,12 +168,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle,
                        weights=args.weights)
-    reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype) for hw in profiles]
+    reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype, runtime=args.runtime if hw else None)
+               for hw in profiles]
     if args.plot:
         from costplan.api import estimate_latency
         from costplan.plots import analysis_figure
 
-        analysis_figure(graph, [estimate_latency(graph, hw, args.plan, args.dtype) for hw in profiles], args.plot)
+        analysis_figure(graph, [estimate_latency(graph, hw, args.plan, args.dtype, args.runtime) for hw in profiles],
+                        args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         import json
@@ -303,7 +309,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if (args.budget or args.speedup) else None
     options = dict(hw=args.hw, patterns=args.pattern, dtype=args.dtype, levels=args.levels, max_ratio=args.max_ratio,
                    exclude=[e for e in args.exclude.split(",") if e], keep_ends_dense=not args.prune_ends,
-                   bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit)
+                   bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit,
+                   runtime=args.runtime)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights)
     load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle,

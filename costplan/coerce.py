@@ -94,8 +94,10 @@ def as_plan(plan: Plan | str | os.PathLike[str] | None) -> Plan | None:
     return load_plan(plan) if isinstance(plan, (str, os.PathLike)) else plan
 
 
-def as_profile(hw: HardwareProfile | str | os.PathLike[str]) -> HardwareProfile:
-    """A hardware profile from a profile, a shipped profile's name or a .toml path."""
+def as_profile(hw: HardwareProfile | str | os.PathLike[str], runtime: str | None = None) -> HardwareProfile:
+    """A hardware profile from a profile, a shipped profile's name or a .toml path, under ``runtime``
+    ('eager', 'fused', 'graph': the execution whose overheads it models; default: the profile's)."""
     from costplan.hardware import HardwareProfile, load_profile
 
-    return hw if isinstance(hw, HardwareProfile) else load_profile(hw)
+    profile = hw if isinstance(hw, HardwareProfile) else load_profile(hw)
+    return profile.with_runtime(runtime)

@@ -86,7 +86,8 @@ def totals_text(report: Report) -> Text:
         for r in report.layers:
             bounds[r.bound or "-"] = bounds.get(r.bound or "-", 0.0) + (r.latency_ms or 0.0)
         split = ", ".join(f"{b} {ms / t['latency_ms']:.0%}" for b, ms in sorted(bounds.items(), key=lambda kv: -kv[1]) if ms)
-        text.append(f"\nlatency {t['latency_ms']:.3f} ms on {report.hardware} at {t['precision']} ({split} of it); "
+        text.append(f"\nlatency {t['latency_ms']:.3f} ms on {report.hardware} at {t['precision']}, "
+                    f"{t.get('runtime', '')} runtime ({split} of it); "
                     f"ridge point {t['ridge_macs_per_byte']:.1f} MAC/byte")
         if t.get("energy_mj") is not None:
             text.append(f"\nenergy {t['energy_mj']:.2f} mJ per inference (estimate)")
@@ -112,7 +113,7 @@ def compare_table(reports: list[Report], top: int | None = None, depth: int | No
     table.add_column("op")
     table.add_column("MACs", justify="right")
     for r in reports:
-        table.add_column(f"{r.hardware}\n{r.totals['precision']}", justify="right")
+        table.add_column(f"{r.hardware}\n{r.totals['precision']}, {r.totals.get('runtime', '')}", justify="right")
     by_device = [{row.name: row for row in select_rows(r, None, depth)} for r in reports]
     rows = select_rows(first, None, depth)
     if top:
@@ -190,8 +191,8 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
 
 def plan_table(result) -> Table:  # PlanResult
     """Per pruned layer: ratio, pattern, latency before and after, bound."""
-    table = Table(title=f"{result.graph.model} on {result.profile.name} at {result.precision}: budget "
-                        f"{result.plan.budget['latency_ms']:.3f} ms", title_justify="left", header_style="bold")
+    table = Table(title=f"{result.graph.model} on {result.profile.name} at {result.precision}, "
+                        f"{result.profile.runtime} runtime: budget {result.plan.budget['latency_ms']:.3f} ms", title_justify="left", header_style="bold")
     for col in ("layer", "pattern", "ratio", "before ms", "after ms", "bound"):
         table.add_column(col, justify="right" if col in ("ratio", "before ms", "after ms") else "left")
     for row in result.rows:

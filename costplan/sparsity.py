@@ -252,8 +252,9 @@ def _share(dims: tuple, shapes: tuple, structure: Structure, keep: Keep) -> floa
     return kept / total if total else 1.0
 
 
-def plan_notes(plan: Plan | None, graph: LayerGraph, hardware: str | None = None) -> tuple[str, ...]:
-    """Warnings when ``plan`` was made for another model, input or device than it is applied to."""
+def plan_notes(plan: Plan | None, graph: LayerGraph, hardware: str | None = None,
+               runtime: str | None = None) -> tuple[str, ...]:
+    """Warnings when ``plan`` was made for another model, input, device or runtime than it is applied to."""
     if plan is None:
         return ()
     notes = []
@@ -266,6 +267,10 @@ def plan_notes(plan: Plan | None, graph: LayerGraph, hardware: str | None = None
         notes.append(f"the plan was made for input {shown}, not {now}: its latencies and ratios assumed that input")
     if hardware and plan.hardware and plan.hardware != hardware:
         notes.append(f"the plan was made for {plan.hardware}, not {hardware}: another device may want another plan")
+    made_runtime = (plan.predicted or {}).get("runtime")
+    if runtime and made_runtime and made_runtime != runtime:
+        notes.append(f"the plan was made for the {made_runtime} runtime, not {runtime}: per-op overheads differ, "
+                     "so another plan may fit the budget better")
     return tuple(notes)
 
 

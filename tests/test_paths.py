@@ -295,3 +295,22 @@ def test_measure_never_prints_negative_framework_time() -> None:
     _, text = measure_table(c)
     assert "-0.5" not in str(text) and "timing noise" in str(text)
     assert fc.FlopCounterMode  # (imported for the counting tests' reference)
+
+
+def test_the_runtime_is_said_recorded_and_checked(tmp_path, capsys) -> None:
+    """--runtime changes what is modelled, so every number says which one it is for."""
+    assert main(["analyze", "resnet18", "--hw", "a100", "--runtime", "eager", "--json"]) == 0
+    eager = json.loads(capsys.readouterr().out)["totals"]
+    assert main(["analyze", "resnet18", "--hw", "a100", "--json"]) == 0
+    fused = json.loads(capsys.readouterr().out)["totals"]
+    assert (eager["runtime"], fused["runtime"]) == ("eager", "fused")
+    assert eager["latency_ms"] > 2 * fused["latency_ms"]   # a kernel and a dispatch per op
+    plan = tmp_path / "plan.json"
+    assert main(["plan", "resnet18", "--batch", "64", "--speedup", "1.3x", "--hw", "a100", "--runtime", "eager",
+                 "-o", str(plan)]) == 0
+    assert "eager runtime" in capsys.readouterr().out
+    assert json.loads(plan.read_text())["predicted"]["runtime"] == "eager"
+    assert main(["analyze", "resnet18", "--batch", "64", "--plan", str(plan), "--hw", "a100"]) == 0
+    assert "made for the eager runtime, not fused" in capsys.readouterr().out
+    assert main(["analyze", "resnet18", "--hw", "cpu-xeon", "--runtime", "fused"]) == 2
+    assert "cpu-xeon describes no 'fused' runtime" in capsys.readouterr().err

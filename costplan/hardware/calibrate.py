@@ -253,7 +253,7 @@ def channel_multiple() -> int:
     return 16 if "512" in capability else 8 if "AVX" in capability else 4
 
 
-NOISE_LIMIT = 0.10      # a probe whose median block lies >10% above its lowest is unstable
+NOISE_LIMIT = 0.10      # a probe whose two quietest blocks differ by more than 10% is unstable
 UNSTABLE_LIMIT = 0.20   # share of probes still unstable after the retries at which calibrate refuses
 LOAD_LIMIT = 0.35       # cores other processes may keep busy on average before calibrate refuses
 FIT_LIMIT = 0.35        # a class whose fit is off by more than this (median) cannot be trusted
@@ -267,7 +267,7 @@ class Quality:
 
     probes: int
     rounds: int
-    median_noise: float                  # median over probes of (median block / lowest block - 1)
+    median_noise: float                  # median over probes of (second-lowest block / lowest block - 1)
     unstable: float                      # share of probes whose noise stayed over NOISE_LIMIT after retries
     retried: int                         # probes re-timed because they were unstable
     background_cores: float | None       # cores other processes kept busy on average (None: unknown)
@@ -446,6 +446,10 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: bool, l
     with torch.inference_mode():
         probes = {**_probes(shapes, quick), **(check_probes() if check else {})}
         timings = _time_all(probes, rounds, block_s, progress, "calibrating")
+        load = meter.stop()
+        if strict and load is not None and load > load_limit:    # a lasting load: retries will not help
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+            raise CostplanError(refusal(Quality(len(probes), rounds, 0.0, 0.0, 0, load), {}, load_limit) or "")
         retried: set[str] = set()
         for attempt in range(2):   # a busy spell passes: re-time what it disturbed
             unstable = {k: probes[k] for k, t in timings.items() if t.noise > NOISE_LIMIT}
@@ -456,7 +460,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: bool, l
             for k, t in again.items():
                 timings[k] = Timing(min(t.seconds, timings[k].seconds), t.noise, timings[k].blocks + t.blocks)
     torch.backends.mha.set_fastpath_enabled(fastpath)
-    load = meter.stop()
+    load = meter.stop()         # over the whole timing, retries included
     noise = [t.noise for t in timings.values()]
     quality = Quality(len(probes), rounds, statistics.median(noise),
                       sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load)

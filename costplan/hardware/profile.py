@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,33 @@ class HardwareProfile:
     fresh_output_bytes: float | None = None
     first_touch_bandwidth: float | None = None
     source: str = ""                  # the file it came from
+    # the execution the per-op overhead and fusion describe: 'eager' (PyTorch eager: a kernel per op,
+    # dispatch per call), 'fused' (TensorRT-like: norms and activations folded in), 'graph' (...);
+    # runtimes maps other executions the profile knows to their (per_op_s, fuse_elementwise)
+    runtime: str = "fused"
+    runtimes: Mapping[str, tuple[float, bool]] = field(default_factory=dict)
+    # float32 convolutions run as TF32 on tensor cores by default in PyTorch (cudnn.allow_tf32 is
+    # True; matmuls default to full FP32): the MAC/s they get, and the op classes that get it
+    tf32_macs: float | None = None
+    tf32_classes: tuple[str, ...] = ()
+
+    def with_runtime(self, runtime: str | None) -> HardwareProfile:
+        """This device under another execution (its per-op overhead and fusion)."""
+        if runtime is None or runtime == self.runtime:
+            return self
+        if runtime not in self.runtimes:
+            known = ", ".join([self.runtime, *self.runtimes])
+            raise CostplanError(f"{self.name} describes no '{runtime}' runtime; it knows {known}")
+        per_op, fuse = self.runtimes[runtime]
+        runtimes = {**{k: v for k, v in self.runtimes.items() if k != runtime},
+                    self.runtime: (self.per_op_s, self.fuse_elementwise)}
+        return replace(self, per_op_s=per_op, fuse_elementwise=fuse, runtime=runtime, runtimes=runtimes)
+
+    def peak_for(self, precision: str, klass: str | None) -> float:
+        """MAC/s an op class gets at ``precision``: TF32 for float32 convolutions where the device runs them so."""
+        if precision == "float32" and self.tf32_macs and klass in self.tf32_classes:
+            return self.tf32_macs
+        return self.peak_macs[precision]
 
     def precision(self, dtype: str) -> str:
         """The dtype the device runs ``dtype`` (any spelling: fp16, half, bf16) at: itself, or the
@@ -204,10 +231,10 @@ class _Fields:
             raise self.fail(key, "is missing" if value is None else "must be a table")
         return _Fields(value, self.where, f"{self.prefix}{key}.", self.tables)
 
-    def dtype_numbers(self, key: str, required: bool = True) -> dict[str, float]:
+    def dtype_numbers(self, key: str, required: bool = True, extra: tuple[str, ...] = ()) -> dict[str, float]:
         table = self.table(key, required)
         for dtype in table.data:
-            if dtype not in DTYPE_BYTES:
+            if dtype not in DTYPE_BYTES and dtype not in extra:
                 raise table.fail(dtype, f"is not a dtype; use {', '.join(DTYPE_BYTES)}")
         return {dtype: table.number(dtype, positive=True) for dtype in table.data}
 
@@ -276,7 +303,17 @@ def _per_class(overhead: _Fields) -> dict[str, float]:
 def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     """Validate the TOML tables of a profile; ``where`` names the file in errors."""
     f = _Fields(data, where)
-    peak = f.dtype_numbers("peak_tflops")
+    peak = f.dtype_numbers("peak_tflops", extra=("tf32",))
+    tf32 = peak.pop("tf32", None)
+    tf32_classes = f.get("tf32_classes", ["conv", "pointwise"] if tf32 else [])
+    if not isinstance(tf32_classes, list) or any(c not in OP_CLASSES for c in tf32_classes):
+        raise f.fail("tf32_classes", f"must be a list of op classes ({', '.join(OP_CLASSES)})")
+    runtime = f.text("runtime", "eager" if f.get("kind") == "cpu" else "fused")
+    runtimes = {}
+    known = f.table("runtimes", required=False)
+    for name in list(known.data):
+        r = known.table(name)
+        runtimes[name] = (r.number("per_op_us") * 1e-6, r.flag("fuse_elementwise", False))
     if not peak:
         raise f.fail("peak_tflops", "names no dtype")
     memory, eff, overhead = f.table("memory"), f.table("efficiency", False), f.table("overhead", False)
@@ -319,6 +356,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         fresh_output_bytes=memory.optional("fresh_output_mb", 1e6),
         first_touch_bandwidth=memory.optional("first_touch_gbs", 1e9),
         source=where,
+        runtime=runtime, runtimes=runtimes,
+        tf32_macs=tf32 * 1e12 / 2 if tf32 else None, tf32_classes=tuple(tf32_classes),
     )
     memory.seen.update(f"{kind}_gbs" for kind in RATED_KINDS)   # optional rates: known names too
     f.unread()

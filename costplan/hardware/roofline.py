@@ -131,7 +131,7 @@ def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, pr
         return 0.0
     run = macs * (shape.padding if shape is not None else 1.0)
     u = utilisation(run, shape, klass, profile)
-    return run / (profile.peak_macs[precision] * profile.efficiency[klass] * u) if u > 0 else 0.0
+    return run / (profile.peak_for(precision, klass) * profile.efficiency[klass] * u) if u > 0 else 0.0
 
 
 def activation_cost(nbytes: float, dram: float, onchip_bytes: float, onchip: float | None) -> tuple[float, float]:

@@ -3,15 +3,16 @@
 Probes (callables that run one thing once and return its seconds) are timed round-robin: each round
 times a block of every probe in turn, so a busy spell lands on one block of many probes rather than on
 every block of one. A probe's time is its lowest block mean (the quiet spells' time) and its *noise*
-how far its median block lies above that. Other processes' CPU use over the same wall time is read
-from ``/proc/stat`` (all cores' busy time less this process's own).
+how far its second-lowest block lies above that: when two quiet blocks agree, the lowest is no fluke.
+Load that lasts the whole calibration slows every block alike, which noise cannot see; so other
+processes' CPU use over the same wall time is read from ``/proc/stat`` (all cores' busy time less this
+process's own).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ Probe = Callable[[], float]   # runs once, returns the seconds to count
 
 @dataclass(frozen=True)
 class Timing:
-    """A probe's seconds per call (the lowest block mean) and its noise (median block / lowest - 1)."""
+    """A probe's seconds per call (the lowest block mean) and its noise (second-lowest block / lowest - 1)."""
 
     seconds: float
     noise: float
@@ -29,9 +30,11 @@ class Timing:
 
 
 def robust(blocks: Sequence[float]) -> Timing:
-    """The statistic of a probe's block means: the lowest, and how far the median lies above it."""
-    low = min(blocks)
-    return Timing(low, statistics.median(blocks) / low - 1.0 if low > 0 else 0.0, tuple(blocks))
+    """The statistic of a probe's block means: the lowest, and how far the next-lowest lies above it."""
+    ordered = sorted(blocks)
+    low = ordered[0]
+    second = ordered[1] if len(ordered) > 1 else low
+    return Timing(low, second / low - 1.0 if low > 0 else 0.0, tuple(blocks))
 
 
 def timed(fn: Callable[[], object]) -> Probe:

@@ -264,7 +264,7 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
     predicted = {
         "latency_ms": est.latency_s * 1e3, "dense_latency_ms": dense_s * 1e3, "speedup": dense_s / est.latency_s,
         "macs": macs, "dense_macs": graph.total_macs, "params": params, "dense_params": graph.total_params,
-        "precision": precision, "importance_removed": solution.removed,
+        "precision": precision, "runtime": profile.runtime, "importance_removed": solution.removed,
         "importance_kept": 1.0 - solution.removed / scored if scored else 1.0,
     }
     extra = {**plan.extra, "solver": info.to_dict(), "importance": importance.kind,
@@ -294,7 +294,8 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, pr
     top = max(by_bound, key=by_bound.get)
     fixed = sum(est.layers[l.name].latency_s for l in graph.layers if not any(l.name in u.layers for u in units)
                 and l.has_weights)
-    return (f"the budget {budget} ({target * 1e3:.3f} ms) cannot be met on {profile.name} at {precision}: the "
+    return (f"the budget {budget} ({target * 1e3:.3f} ms) cannot be met on {profile.name} "
+            f"at {precision} ({profile.runtime} runtime): the "
             f"lowest latency reachable with {', '.join(map(str, patterns))} pruning (up to the maximum ratio) is "
             f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point {by_bound[top] / est.latency_s:.0%} "
             f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. Raise the budget, allow "
