@@ -20,6 +20,7 @@ from costplan.trace import LayerGraph, trace
 
 Shape = tuple[int, ...]
 ModelLike = str | torch.nn.Module
+IMPORTANCES = ("sensitivity", "magnitude", "taylor", "gaussian")
 
 
 def _describe(instance: Instance) -> str:
@@ -107,15 +108,20 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
 def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
                    loss_fn: object, load_kwargs: dict) -> object:
     """Scores from real weights where they can be had: the user's module, or the spec built on the CPU
-    (with its initial weights, drawn from a fixed seed so the same command gives the same plan)."""
+    (with its initial weights, drawn from a fixed seed so the same command gives the same plan).
+    ``importance`` None is 'sensitivity' when ``data`` is given, else 'magnitude'."""
     from costplan.planning.importance import Importance, magnitude_scores, scored_params, taylor_scores
+    from costplan.planning.sensitivity import Sensitivity
+    from costplan.pruning.loop import cross_entropy
 
     if isinstance(importance, Importance):
         return importance
+    if importance is None:
+        importance = "sensitivity" if data is not None else "magnitude"
     if importance == "gaussian" or isinstance(model, LayerGraph):
         return Importance(graph, origin="Gaussian weights (no real weights given)")
-    if importance not in ("magnitude", "taylor"):
-        raise CostplanError(f"unknown importance '{importance}': use magnitude, taylor or gaussian")
+    if importance not in IMPORTANCES:
+        raise CostplanError(f"unknown importance '{importance}': use {', '.join(IMPORTANCES)}")
     weights = load_kwargs.get("weights")
     if isinstance(model, torch.nn.Module):
         module, origin = model, "the module's weights"
@@ -131,23 +137,29 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
         origin = f"weights from {weights}" if weights else \
             "random initial weights, seed 0 (give --weights FILE to plan your trained model)"
     params = scored_params(graph)
+    if importance in ("taylor", "sensitivity") and data is None:
+        raise CostplanError(f"importance='{importance}' needs data= (calibration batches; loss_fn=(model, batch) "
+                            "for a loss other than cross entropy on (inputs, targets))")
+    loss = loss_fn or cross_entropy
     if importance == "taylor":
-        if data is None or loss_fn is None:
-            raise CostplanError("importance='taylor' needs data= (calibration batches) and loss_fn=(model, batch)")
-        return Importance(graph, taylor_scores(module, params, data, loss_fn), origin=f"Taylor, {origin}")  # type: ignore[arg-type]
+        return Importance(graph, taylor_scores(module, params, data, loss), origin=f"Taylor, {origin}")  # type: ignore[arg-type]
+    if importance == "sensitivity":
+        return Sensitivity(graph, module, data, loss, magnitude_scores(module, params),  # type: ignore[arg-type]
+                           origin=f"units ranked by magnitude, {origin}")
     return Importance(graph, magnitude_scores(module, params), origin=f"magnitude, {origin}")
 
 
 def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",
          dtype: str = "float32", levels: int = 20, max_ratio: float = 0.9, exclude: Sequence[str] = (),
          keep_ends_dense: bool = True, bounds: dict[str, tuple[float, float]] | None = None,
-         importance: object = "magnitude", data: object = None, loss_fn: object = None,
+         importance: object = None, data: object = None, loss_fn: object = None,
          time_limit: float = 10.0, runtime: str | None = None, **kwargs: object):  # noqa: ANN201  (PlanResult)
     """Per-layer sparsity meeting ``budget`` ('2ms', '500us', '2x') on ``hw``, removing least importance.
 
-    ``importance`` is 'magnitude' (normalised w^2 of real weights, the default), 'gaussian' (no
-    weights needed), 'taylor' (|w * grad| over ``data`` with ``loss_fn(model, batch)``) or an
-    ``Importance``. Returns a PlanResult whose ``.plan`` serialises to the plan contract.
+    ``importance`` is 'sensitivity' (the loss increase measured on ``data`` when each group alone is
+    pruned at each level; the default when ``data`` is given), 'magnitude' (normalised w^2 of real
+    weights; the default without data), 'taylor' (|w * grad| over ``data``), 'gaussian' (no weights
+    needed) or an ``Importance``. ``loss_fn(model, batch)`` defaults to cross entropy on (inputs, targets). Returns a PlanResult whose ``.plan`` serialises to the plan contract.
     """
     from costplan.planning.planner import make_plan
 
@@ -170,7 +182,7 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
     dtype = str(kwargs.get("dtype", "float32"))
     graph = model if isinstance(model, LayerGraph) else load_graph(
         model, dtype=traced_dtype(dtype), **load)  # type: ignore[arg-type]
-    importance = importance_for(graph, model, kwargs.pop("importance", "magnitude"), kwargs.pop("data", None),
+    importance = importance_for(graph, model, kwargs.pop("importance", None), kwargs.pop("data", None),
                                 kwargs.pop("loss_fn", None), load)
     dense_ms = estimate_latency(graph, profile, None, dtype).latency_s * 1e3
     points = []

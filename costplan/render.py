@@ -210,7 +210,8 @@ def plan_text(result, path: str | None = None) -> Text:  # PlanResult
     text.append("predicted  ", style="bold")
     text.append(f"{p['dense_latency_ms']:.3f} ms -> {p['latency_ms']:.3f} ms ({p['speedup']:.2f}x); MACs "
                 f"{si(p['dense_macs'])} -> {si(p['macs'])}; params {si(p['dense_params'])} -> {si(p['params'])}; "
-                f"importance kept {p['importance_kept']:.1%}")
+                + (f"importance kept {p['importance_kept']:.1%}" if p.get("importance_kept") is not None else
+                   f"predicted loss increase {p['importance_removed']:.4f} (sum over groups pruned alone)"))
     text.append("\nimportance  ", style="bold")
     text.append(result.importance_from or result.importance)
     gap = "" if solver.gap is None else f" (gap {solver.gap:.2%})"
@@ -248,5 +249,5 @@ def sweep_table(points: list, model: str, hw: str) -> Table:
             table.add_row(f"{r['budget_fraction']:.3f}", "unreachable", "", "", "", "")
             continue
         table.add_row(f"{r['budget_fraction']:.3f}", f"{r['latency_ms']:.4f}", f"{r['speedup']:.2f}x",
-                      f"{r['importance_kept']:.1%}", si(r["macs"]), si(r["params"]))
+                      "-" if r["importance_kept"] is None else f"{r['importance_kept']:.1%}", si(r["macs"]), si(r["params"]))
     return table

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 
 from costplan.planfile import Pattern
+from costplan.sparsity import weight_param
 from costplan.trace.graph import LayerGraph
 from costplan.trace.groups import PrunableGroup, structure_of, unit_scores
 
@@ -162,6 +163,18 @@ class Importance:
         if cumulative is None:
             return len(group.members) * removed / group.width
         return float(cumulative[removed - 1]) if removed > 0 else 0.0
+
+    def prepare(self, units: Sequence[object]) -> None:
+        """Compute what :meth:`removed` needs for ``units`` ahead (nothing here: shares are read lazily)."""
+
+    def removed(self, unit: object, option: object) -> float:
+        """Importance removed by ``option`` (a :class:`~costplan.planning.units.Option`) of ``unit``."""
+        if option.pattern is None:   # type: ignore[attr-defined]
+            return 0.0
+        if option.structured:   # type: ignore[attr-defined]
+            return self.removed_structured(unit.group, option.kept)   # type: ignore[attr-defined]
+        return sum(self.removed_elementwise(weight_param(self.graph.layer(n)), option.pattern, option.sparsity)  # type: ignore[attr-defined]
+                   for n in unit.layers)   # type: ignore[attr-defined]
 
     def removed_elementwise(self, weight: str, pattern: Pattern, sparsity: float) -> float:
         """Importance removed from the weight ``weight`` (a parameter name) by ``pattern`` at ``sparsity``."""

@@ -111,7 +111,7 @@ class PlanResult:
     solver: SolverInfo
     units: tuple[Unit, ...]
     rows: tuple[PlanRow, ...]
-    importance: str                # 'measured' or 'gaussian'
+    importance: str                # 'measured', 'gaussian' or 'sensitivity'
     patterns: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     importance_from: str = ""      # whose weights the importance was read from
@@ -158,7 +158,8 @@ def build_problem(graph: LayerGraph, structure: Structure, units: Sequence[Unit]
     """Importance and latency of every option; also how many layers were tabulated approximately."""
     own_of = {node: i for i, u in enumerate(units) for node in u.layers}
     by_group = {u.group.name: i for i, u in enumerate(units) if u.group is not None and u.structured}
-    cost = [np.array([_removed(importance, graph, u, o) for o in u.options]) for u in units]
+    importance.prepare(units)
+    cost = [np.array([importance.removed(u, o) for o in u.options]) for u in units]
     unary = [np.zeros(len(u.options)) for u in units]
     pairs: dict[tuple[int, int], list] = {}
     constant, approximated = 0.0, 0
@@ -189,15 +190,6 @@ def build_problem(graph: LayerGraph, structure: Structure, units: Sequence[Unit]
         else:
             pairs[(a, b)] = [classes, table]
     return Problem(cost, unary, [Pair(a, b, c, t) for (a, b), (c, t) in pairs.items()], constant), approximated
-
-
-def _removed(importance: Importance, graph: LayerGraph, unit: Unit, option: Option) -> float:
-    if option.pattern is None:
-        return 0.0
-    if option.structured:
-        return importance.removed_structured(unit.group, option.kept)
-    return sum(importance.removed_elementwise(weight_param(graph.layer(n)), option.pattern, option.sparsity)
-               for n in unit.layers)
 
 
 # ---- the planner --------------------------------------------------------------------------------
@@ -265,7 +257,8 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
         "latency_ms": est.latency_s * 1e3, "dense_latency_ms": dense_s * 1e3, "speedup": dense_s / est.latency_s,
         "macs": macs, "dense_macs": graph.total_macs, "params": params, "dense_params": graph.total_params,
         "precision": precision, "runtime": profile.runtime, "importance_removed": solution.removed,
-        "importance_kept": 1.0 - solution.removed / scored if scored else 1.0,
+        # a share of normalised scores; a sensitivity scan's sum of loss increases has no whole to share
+        "importance_kept": None if importance.kind == "sensitivity" else 1.0 - solution.removed / scored if scored else 1.0,
     }
     extra = {**plan.extra, "solver": info.to_dict(), "importance": importance.kind,
              "importance_from": importance.origin, "patterns": [str(p) for p in patterns]}

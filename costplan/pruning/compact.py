@@ -16,27 +16,11 @@ import torch
 from torch import nn
 
 from costplan.errors import CostplanError
-from costplan.trace.groups import HEAD_COUNT_ATTRS, HEAD_WIDTH_ATTRS, Structure
+from costplan.trace.groups import HEAD_COUNT_ATTRS, HEAD_WIDTH_ATTRS, Structure, kept_positions
 
 # the attributes a saved description may set: shape facts of the layers compaction resizes
 EDITABLE = frozenset({"in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                       "nf", "nx", "hidden_size", "input_size", *HEAD_COUNT_ATTRS, *HEAD_WIDTH_ATTRS})
-
-
-def kept_positions(structure: Structure, kept: Mapping[str, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
-    """For every tensor the ``kept`` units (group -> unit indices) touch: per dim, a boolean mask of
-    the positions that stay."""
-    out: dict[str, dict[int, torch.Tensor]] = {}
-    for name, units in kept.items():
-        group = structure.groups[name]
-        stay = torch.zeros(group.width, dtype=torch.bool)
-        stay[units.cpu()] = True
-        for sl in group.slices:
-            pos = torch.as_tensor(sl.units)
-            mask = (pos < 0) | stay[pos.clamp(min=0)]
-            dims = out.setdefault(sl.param, {})
-            dims[sl.dim] = dims[sl.dim] & mask if sl.dim in dims else mask
-    return out
 
 
 def _replace(model: nn.Module, param: str, value: torch.Tensor) -> None:

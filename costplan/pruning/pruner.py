@@ -30,13 +30,22 @@ from torch import nn
 from costplan.coerce import as_shapes
 from costplan.errors import CostplanError
 from costplan.planfile import LayerPlan, Plan, load_plan
-from costplan.pruning.compact import kept_positions, shrink
+from costplan.pruning.compact import shrink
 from costplan.pruning.criteria import Criterion, make_criterion
-from costplan.pruning.masks import Mask, attach, best, detach_all, drop_lowest, elementwise_mask, folded_copy, original
+from costplan.pruning.masks import (
+    Mask,
+    attach,
+    best,
+    detach_all,
+    drop_lowest,
+    elementwise_mask,
+    folded_copy,
+    original,
+)
 from costplan.pruning.schedule import Schedule
 from costplan.sparsity import kept_count, resolve, weight_param
 from costplan.trace import LayerGraph, trace
-from costplan.trace.groups import PrunableGroup, structure_of, unit_scores
+from costplan.trace.groups import PrunableGroup, kept_positions, positions_mask, structure_of, unit_scores
 
 SCOPES = ("local", "global")
 
@@ -184,13 +193,7 @@ class Pruner:
 
     def _structured(self, param: str, positions: dict[int, torch.Tensor]) -> torch.Tensor:
         """The positions of ``param`` its groups keep, as a mask of its shape."""
-        shape = self._original(_unwrap(self.model), param).shape
-        keep = torch.ones(shape, dtype=torch.bool)
-        for dim, mask in positions.items():
-            view = [1] * len(shape)
-            view[dim] = -1
-            keep &= mask.view(view)
-        return keep
+        return positions_mask(self._original(_unwrap(self.model), param).shape, positions)
 
     def _elementwise(self, positions: dict[str, dict[int, torch.Tensor]], scores: dict[str, torch.Tensor],
                      progress: float) -> dict[str, torch.Tensor]:

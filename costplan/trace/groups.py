@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 from networkx.utils import UnionFind
 
-from costplan.trace.grids import ChannelLog, Grid, Source
 from costplan.trace.graph import LayerGraph
+from costplan.trace.grids import ChannelLog, Grid, Source
 from costplan.trace.structure import (
     HEAD_COUNT_ATTRS,
     HEAD_WIDTH_ATTRS,
@@ -38,9 +38,12 @@ from costplan.trace.structure import (
     PrunableGroup,
     Structure,
     TensorSlice,
+    kept_positions,
     mac_count,
+    positions_mask,
     unit_scores,
 )
+
 
 class _Sources:
     """Id -> source lookups over a log's sources."""
@@ -324,4 +327,5 @@ def structure_of(graph: LayerGraph) -> Structure:
 
 
 __all__ = ["HEAD_COUNT_ATTRS", "HEAD_WIDTH_ATTRS", "AxisWidth", "Dims", "Keep", "NodeDims", "PrunableGroup", "Structure",
-           "TensorSlice", "build_structure", "mac_count", "structure_of", "unit_scores"]
+           "TensorSlice", "build_structure", "kept_positions", "mac_count", "positions_mask", "structure_of",
+           "unit_scores"]

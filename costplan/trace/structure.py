@@ -166,6 +166,32 @@ def unit_scores(group: PrunableGroup, scores: Mapping[str, torch.Tensor]) -> tor
     return total
 
 
+def kept_positions(structure: Structure, kept: Mapping[str, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
+    """For every tensor the ``kept`` units (group -> unit indices) touch: per dim, a boolean mask of
+    the positions that stay."""
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for name, units in kept.items():
+        group = structure.groups[name]
+        stay = torch.zeros(group.width, dtype=torch.bool)
+        stay[units.cpu()] = True
+        for sl in group.slices:
+            pos = torch.as_tensor(sl.units)
+            mask = (pos < 0) | stay[pos.clamp(min=0)]
+            dims = out.setdefault(sl.param, {})
+            dims[sl.dim] = dims[sl.dim] & mask if sl.dim in dims else mask
+    return out
+
+
+def positions_mask(shape: Sequence[int], positions: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """A boolean keep-mask of ``shape`` from per-dim masks of the positions that stay."""
+    keep = torch.ones(tuple(shape), dtype=torch.bool)
+    for dim, mask in positions.items():
+        view = [1] * len(shape)
+        view[dim] = -1
+        keep &= mask.view(view)
+    return keep
+
+
 def mac_count(part: MacPart, operands: Sequence[Dims | None], out: Dims | None, structure: Structure,
               keep: Keep, formula: Callable[..., int] | None) -> float:
     """MACs of one part of a node when each group keeps ``keep`` units."""

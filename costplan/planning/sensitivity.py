@@ -1,0 +1,158 @@
+"""Sensitivity importance: the loss increase measured when one group (or one layer) alone is pruned.
+
+The scan of NetAdapt (Yang et al., ECCV 2018), AMC (He et al., ECCV 2018) and Distiller: for every
+choice the planner can make for a unit (a ratio level of a prunable group, or an element-wise pattern at
+a sparsity), prune that unit alone, as the pruner would, and measure the loss on a few calibration
+batches. The planner then minimises the sum of these increases under the latency budget: the additive
+approximation every sensitivity method makes.
+
+It is made cheap where it can be: the batches are capped and stacked into one forward pass per choice
+(BatchNorm runs on running statistics in eval mode, so stacking changes nothing); a choice is a mask
+multiplied into the weights in place and undone, never a copy of the model. Which units and which
+weights a choice removes comes from the same functions the pruner calls (:func:`best` over
+:func:`unit_scores`; :func:`elementwise_mask`), so the scan measures what pruning will remove.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from costplan.errors import CostplanError
+from costplan.patterns import best, elementwise_mask
+from costplan.planning.importance import Importance
+from costplan.sparsity import weight_param
+from costplan.trace.graph import LayerGraph
+from costplan.trace.groups import kept_positions, positions_mask, structure_of, unit_scores
+
+LossFn = Callable[[torch.nn.Module, object], torch.Tensor]
+
+
+class Sensitivity(Importance):
+    """Removed importance = measured loss increase (nats per sample for cross entropy).
+
+    ``module`` is the model the graph was traced from (real weights); ``batches`` calibration batches,
+    at most ``max_batches`` of them used; ``loss_fn(module, batch)`` a scalar mean loss; ``scores``
+    rank units and weights within a choice (magnitude w^2 when not given)."""
+
+    def __init__(self, graph: LayerGraph, module: torch.nn.Module, batches: Iterable[object], loss_fn: LossFn,
+                 scores: Mapping[str, torch.Tensor], *, max_batches: int = 4, origin: str | None = None,
+                 progress: bool = True) -> None:
+        super().__init__(graph, scores, origin=origin)
+        self.kind = "sensitivity"
+        self.module = module
+        self.batches = list(itertools.islice(iter(batches), max_batches))
+        if not self.batches:
+            raise CostplanError("sensitivity importance needs at least one calibration batch")
+        self._stacked = _stack(self.batches)
+        self.loss_fn = loss_fn
+        self.progress = progress
+        self.structure = structure_of(graph)
+        self.params = dict(module.named_parameters())
+        self.evaluations = 0
+        self._curves: dict[str, np.ndarray] = {}
+        self._index: dict[str, dict[object, int]] = {}
+        self.base = self._loss({})
+        samples = sum(_batch_size(b) for b in self.batches)
+        self.origin = (f"sensitivity: loss increase on {len(self.batches)} calibration batch(es)"
+                       f"{f' ({samples} samples)' if samples else ''}; {origin or 'units ranked by the scores given'}")
+
+    # ---- measuring -----------------------------------------------------------------------------
+
+    def _loss(self, keeps: Mapping[str, torch.Tensor]) -> float:
+        """Mean loss over the calibration batches with ``keeps`` (parameter -> keep-mask) applied."""
+        saved = {p: self.params[p].detach().clone() for p in keeps}
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                for p, keep in keeps.items():
+                    self.params[p].mul_(keep.to(self.params[p].dtype))
+                if self._stacked is not None:   # one pass: a mean loss over the stack is the batches' mean
+                    total = float(self.loss_fn(self.module, self._stacked)) * len(self.batches)
+                else:
+                    total = sum(float(self.loss_fn(self.module, b)) for b in self.batches)
+        finally:
+            with torch.no_grad():
+                for p, value in saved.items():
+                    self.params[p].copy_(value)
+            self.module.train(was_training)
+        self.evaluations += 1
+        return total / len(self.batches)
+
+    def _structured_keeps(self, group_name: str, kept: int) -> dict[str, torch.Tensor]:
+        group = self.structure.groups[group_name]
+        ranked = unit_scores(group, self.raw)
+        if ranked is None:
+            raise CostplanError(f"sensitivity: no scores for the members of {group_name}")
+        positions = kept_positions(self.structure, {group_name: best(ranked, kept)})
+        return {p: positions_mask(self.params[p].shape, dims) for p, dims in positions.items() if p in self.params}
+
+    def _elementwise_keeps(self, weights: Sequence[str], pattern, sparsity: float) -> dict[str, torch.Tensor]:
+        out = {}
+        for w in weights:
+            if w not in self.params or w not in self.scores:
+                continue
+            keep = elementwise_mask(self.scores[w].float(), pattern, sparsity)
+            out[w] = keep.t() if keep.shape != self.params[w].shape else keep   # transposed weights
+        return out
+
+    def _measure(self, unit, option) -> float:   # Unit, Option (planning.units)
+        if option.pattern is None:
+            return 0.0
+        if option.structured:
+            keeps = self._structured_keeps(unit.group.name, option.kept)
+        else:
+            weights = [weight_param(self.graph.layer(n)) for n in unit.layers]
+            keeps = self._elementwise_keeps([w for w in weights if w], option.pattern, option.sparsity)
+        return max(0.0, self._loss(keeps) - self.base)
+
+    def prepare(self, units: Sequence) -> None:
+        """Measure every option of every unit not measured yet (one forward pass each), with a progress
+        bar; each pattern's curve is then made non-decreasing in the share removed (a larger cut of the
+        same pattern never counts as cheaper: the scan's noise cannot invert the order)."""
+        from rich.progress import Progress
+
+        todo = [u for u in units if u.name not in self._curves]
+        with Progress(transient=True, disable=not self.progress) as bar:
+            task = bar.add_task("sensitivity scan", total=sum(len(u.options) for u in todo))
+            for unit in todo:
+                values = np.zeros(len(unit.options))
+                for i, option in enumerate(unit.options):
+                    values[i] = self._measure(unit, option)
+                    bar.advance(task)
+                by_pattern: dict[str, list[int]] = {}
+                for i, option in enumerate(unit.options):
+                    if option.pattern is not None:
+                        by_pattern.setdefault(str(option.pattern), []).append(i)
+                for idx in by_pattern.values():
+                    order = sorted(idx, key=lambda i: unit.options[i].sparsity)
+                    values[order] = np.maximum.accumulate(values[order])
+                self._curves[unit.name] = values
+                self._index[unit.name] = {o: i for i, o in enumerate(unit.options)}
+
+    def removed(self, unit, option) -> float:
+        if unit.name not in self._curves:
+            self.prepare([unit])
+        return float(self._curves[unit.name][self._index[unit.name][option]])
+
+def _batch_size(batch: object) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0
+
+
+def _stack(batches: Sequence[object]) -> object | None:
+    """The batches as one (tuples of tensors concatenated along dim 0), when they are alike in
+    structure and size; None otherwise (then they are run one by one)."""
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    if not isinstance(first, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in first):
+        return None
+    if any(not isinstance(b, type(first)) or len(b) != len(first) or
+           any(not isinstance(t, torch.Tensor) or t.shape != f.shape for t, f in zip(b, first)) for b in batches):
+        return None
+    return type(first)(torch.cat(parts) for parts in zip(*batches))
