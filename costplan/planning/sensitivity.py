@@ -112,8 +112,7 @@ class Sensitivity(Importance):
 
     def prepare(self, units: Sequence) -> None:
         """Measure every option of every unit not measured yet (one forward pass each), with a progress
-        bar; each pattern's curve is then made non-decreasing in the share removed (a larger cut of the
-        same pattern never counts as cheaper: the scan's noise cannot invert the order)."""
+        bar; each pattern's curve is then made convex in the share removed (see :func:`_convex`)."""
         from rich.progress import Progress
 
         todo = [u for u in units if u.name not in self._curves]
@@ -130,7 +129,7 @@ class Sensitivity(Importance):
                         by_pattern.setdefault(str(option.pattern), []).append(i)
                 for idx in by_pattern.values():
                     order = sorted(idx, key=lambda i: unit.options[i].sparsity)
-                    values[order] = np.maximum.accumulate(values[order])
+                    values[order] = _convex([unit.options[i].sparsity for i in order], values[order])
                 self._curves[unit.name] = values
                 self._index[unit.name] = {o: i for i, o in enumerate(unit.options)}
 
@@ -138,6 +137,19 @@ class Sensitivity(Importance):
         if unit.name not in self._curves:
             self.prepare([unit])
         return float(self._curves[unit.name][self._index[unit.name][option]])
+
+
+def _convex(sparsity: Sequence[float], loss: np.ndarray) -> np.ndarray:
+    """The loss increases at rising ``sparsity`` with every step's slope raised to the steepest slope
+    before it: convex, non-decreasing and never below the measurement. A loss measured on one group
+    alone saturates once the group is broken (near chance, pruning more changes little), and summed
+    over groups that would make a broken group free to prune further; nor can the scan's noise make
+    a larger cut look cheaper than a smaller one."""
+    dx = np.diff(np.concatenate([[0.0], np.asarray(sparsity, dtype=float)]))
+    dy = np.diff(np.concatenate([[0.0], np.maximum(loss, 0.0)]))
+    slopes = np.divide(dy, dx, out=np.zeros_like(dy), where=dx > 0)
+    return np.cumsum(np.maximum.accumulate(np.maximum(slopes, 0.0)) * dx)
+
 
 def _batch_size(batch: object) -> int:
     first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
