@@ -474,3 +474,22 @@ def test_calibration_shapes_are_the_gemms_the_roofline_sees() -> None:
             seen = dims(layer, Effective(layer.macs, layer.params))
             assert (seen.rows, seen.outputs, seen.reduction) == (shape.rows, shape.cout, shape.reduction), shape
             assert layer.macs == shape.macs
+
+
+def test_a_calibrated_profile_warns_on_convolutions_it_never_timed() -> None:
+    """Calibration probes 2-D convolutions and linear layers; a 1-D convolution network on its
+    profile is estimated with a warning naming the layers (they ran 2x slower than predicted on the
+    MNIST-1D network of benchmarks/planning_quality.py). 2-D networks and shipped profiles get none."""
+    import torch
+
+    import costplan
+    from tests.conftest import SmallCNN
+
+    calibrated = "tests/data/avx2-calibrated.toml"
+    conv1d = torch.nn.Sequential(torch.nn.Conv1d(1, 16, 5), torch.nn.ReLU(), torch.nn.Conv1d(16, 16, 3),
+                                 torch.nn.Flatten(), torch.nn.Linear(16 * 34, 10))
+    graph = costplan.load_graph(conv1d, input="8x1x40")
+    (warning,) = costplan.estimate_latency(graph, calibrated).warnings
+    assert "1-D/3-D convolutions ('0' and 1 more) were never timed" in warning
+    assert costplan.estimate_latency(graph, "cpu-xeon").warnings == ()
+    assert costplan.estimate_latency(costplan.load_graph(SmallCNN(), input="1x3x8x8"), calibrated).warnings == ()

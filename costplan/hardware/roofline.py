@@ -43,11 +43,18 @@ class Estimate:
     precision: str                 # the precision the device runs
     layers: Mapping[str, LayerLatency]
     requested: str | None = None   # the precision asked for
+    unsampled: tuple[str, ...] = ()  # layers of a kind the profile's per-shape fits never timed
 
     @property
     def warnings(self) -> tuple[str, ...]:
         note = self.profile.precision_note(self.requested) if self.requested else None
-        return (note,) if note else ()
+        out = (note,) if note else ()
+        if self.unsampled:
+            first, more = self.unsampled[0], len(self.unsampled) - 1
+            out += ((f"{self.profile.name} was calibrated on 2-D convolutions and linear layers; this model's "
+                     f"1-D/3-D convolutions ('{first}'{f' and {more} more' if more else ''}) were never timed "
+                     "and may be off by 2x (`costplan measure` shows it per layer)"),)
+        return out
 
     @property
     def latency_s(self) -> float:
@@ -265,4 +272,15 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
     layers = {l.name: layer_latency(l, effective[l.name], profile, ctx.precision, byte_scale=ctx.byte_scale,
                                     weights_cached=ctx.weights_cached) for l in graph.layers}
     traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
-    return Estimate(profile, ctx.precision, layers, dtype or traced)
+    return Estimate(profile, ctx.precision, layers, dtype or traced, unsampled_layers(graph, profile))
+
+
+def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> tuple[str, ...]:
+    """Convolutions other than 2-D where ``profile`` has per-shape fits (``half_util_dims``: a
+    calibrated CPU, whose probes are 2-D convolutions and linear layers): its rates were never
+    measured for them (1-D convolutions at short lengths ran 2x slower than predicted here)."""
+    if not profile.half_util_dims:
+        return ()
+    return tuple(l.name for l in graph.layers
+                 if l.op.startswith("conv") and len(l.attrs.get("kernel_size", (0, 0))) != 2)
+
