@@ -159,7 +159,8 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     ``importance`` is 'sensitivity' (the loss increase measured on ``data`` when each group alone is
     pruned at each level; the default when ``data`` is given), 'magnitude' (normalised w^2 of real
     weights; the default without data), 'taylor' (|w * grad| over ``data``), 'gaussian' (no weights
-    needed) or an ``Importance``. ``loss_fn(model, batch)`` defaults to cross entropy on (inputs, targets). Returns a PlanResult whose ``.plan`` serialises to the plan contract.
+    needed) or an ``Importance``. ``loss_fn(model, batch)`` defaults to cross entropy on (inputs,
+    targets) batches. Returns a PlanResult whose ``.plan`` serialises to the plan contract.
     """
     from costplan.planning.planner import make_plan
 
