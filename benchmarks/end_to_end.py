@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from small_resnet import SmallResNet
 from torch import nn
 
 import costplan
@@ -47,36 +48,11 @@ BATCH = 32
 INPUT = f"{BATCH}x1x16x16"
 
 
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class DigitsNet(nn.Module):
+class DigitsNet(SmallResNet):
     """A small ResNet for 16x16 digits."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128)) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            layers += [Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)]
-            cin = w
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.layers(self.stem(x)).mean((2, 3)))
+        super().__init__(2, widths, 3)
 
 
 def data() -> tuple[torch.Tensor, ...]:

@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from small_resnet import SmallResNet
 from torch import nn
 
 import costplan
@@ -76,36 +77,11 @@ def data(samples: int) -> tuple[torch.Tensor, ...]:
     return (x - mean) / std, torch.tensor(d["y"]).long(), (xt - mean) / std, torch.tensor(d["y_test"]).long()
 
 
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm1d(cout)
-        self.conv2 = nn.Conv1d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm1d(cout)
-        self.shortcut = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv1d(cin, cout, 1, stride, bias=False), nn.BatchNorm1d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class Net1d(nn.Module):
+class Net1d(SmallResNet):
     """A 1-D ResNet for MNIST-1D's 40-sample signals."""
 
     def __init__(self, widths: tuple[int, ...] = WIDTHS) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv1d(1, widths[0], 5, 1, 2, bias=False), nn.BatchNorm1d(widths[0]), nn.ReLU())
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            layers += [Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)]
-            cin = w
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.layers(self.stem(x)).mean(2))
+        super().__init__(1, widths, 5)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, size: int = BATCH):
