@@ -211,7 +211,7 @@ def plan_text(result, path: str | None = None) -> Text:  # PlanResult
     text.append(f"{p['dense_latency_ms']:.3f} ms -> {p['latency_ms']:.3f} ms ({p['speedup']:.2f}x); MACs "
                 f"{si(p['dense_macs'])} -> {si(p['macs'])}; params {si(p['dense_params'])} -> {si(p['params'])}; "
                 + (f"importance kept {p['importance_kept']:.1%}" if p.get("importance_kept") is not None else
-                   f"predicted loss increase {p['importance_removed']:.4f} (sum over groups pruned alone)"))
+                   f"predicted loss increase {p['importance_removed']:.4f} (each group pruned alone, curves made convex, summed)"))
     text.append("\nimportance  ", style="bold")
     text.append(result.importance_from or result.importance)
     gap = "" if solver.gap is None else f" (gap {solver.gap:.2%})"
