@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,12 +25,14 @@ from scipy.optimize import least_squares, nnls
 from costplan.hardware.profile import HardwareProfile, parse_profile
 from costplan.hardware.roofline import activation_cost
 from costplan.hardware.timing import LoadMeter, Probe, Timing, round_robin, timed
+from costplan.models import Instance
 
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
 POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
 CHAIN = 8  # ops per chain: each reads what the previous one wrote, as layers in a network do
-WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048)
+WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072)
+BATCHES = (1, 1, 1, 2, 4, 8)  # convolutions' batch: most users time batch 1, throughput runs batch more
 MAX_ACTIVATION = 2 ** 21  # floats (8 MB): the largest input or output a sampled layer may have
 FRESH_OUTPUT_BYTES = 32 * 2 ** 20  # glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
 
@@ -45,10 +48,11 @@ class Shape:
     spatial: int
     kernel: int = 0
     stride: int = 1
+    batch: int = 1     # convolutions only: a linear layer's batch is in its rows
 
     @property
     def rows(self) -> int:
-        return self.spatial if self.kernel == 0 else math.ceil(self.spatial / self.stride) ** 2
+        return self.spatial if self.kernel == 0 else self.batch * math.ceil(self.spatial / self.stride) ** 2
 
     @property
     def reduction(self) -> int:
@@ -65,7 +69,7 @@ class Shape:
 
     @property
     def activation_bytes(self) -> tuple[int, int]:
-        inputs = self.cin * (self.spatial if self.kernel == 0 else self.spatial ** 2)
+        inputs = self.cin * (self.spatial if self.kernel == 0 else self.batch * self.spatial ** 2)
         return 4 * inputs, 4 * self.rows * self.cout
 
 
@@ -74,11 +78,11 @@ def _width(value: float) -> int:
 
 
 def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
-    """``count`` layers of one op class drawn as networks have them (seeded), batch 1. Convolutions:
+    """``count`` layers of one op class drawn as networks have them (seeded). Convolutions:
     a 7x7 to 112x112 map, a width about 64 x 56 / side (channels grow as maps shrink) scaled by
     1/4 to 3 for pruned and wide layers, the output width 1/4 to 4 times the input's (bottlenecks,
-    expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1). GEMMs: 1 to 1024 rows,
-    independent widths from 8 to 2048."""
+    expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1), batch 1 (half the
+    draws) to 8. GEMMs: 1 to 1024 rows, independent widths from 8 to 3072."""
     rng = np.random.default_rng(seed)
     out: list[Shape] = []
     while len(out) < count:
@@ -86,17 +90,18 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
         spatial = int(rng.choice((7, 14, 28, 56, 112)))
         cin = _width(64 * 56 / spatial * 2 ** rng.uniform(-2, 1.5))
         cout = _width(cin * float(rng.choice((0.25, 0.5, 1, 1, 2, 4))))
+        batch = int(rng.choice(BATCHES))
         if kind == "gemm":
             cin, cout = (int(w) for w in rng.choice(WIDTHS, 2))
             shape = Shape(kind, cin, cout, int(rng.choice((1, 8, 32, 64, 128, 256, 512, 1024))))
         elif kind == "depthwise":
-            shape = Shape(kind, cout, cout, spatial, int(rng.choice((3, 3, 5))), stride)
+            shape = Shape(kind, cout, cout, spatial, int(rng.choice((3, 3, 5))), stride, batch)
         elif kind == "conv":
-            shape = Shape(kind, cin, cout, spatial, 3, stride)
+            shape = Shape(kind, cin, cout, spatial, 3, stride, batch)
         else:  # stride-2 1x1 convolutions (ResNet shortcuts) run another kernel, ~30% slower than this fit
-            shape = Shape(kind, cin, cout, spatial, 1, 1)
+            shape = Shape(kind, cin, cout, spatial, 1, 1, batch)
         inputs, outputs = shape.activation_bytes
-        if 2e5 <= shape.macs <= 4e8 and max(inputs, outputs) <= 4 * MAX_ACTIVATION:
+        if 2e5 <= shape.macs <= 4e8 * shape.batch ** 0.5 and max(inputs, outputs) <= 4 * MAX_ACTIVATION * min(batch, 3):
             out.append(shape)
     return out
 
@@ -107,7 +112,7 @@ def _module(shape: Shape) -> tuple[torch.nn.Module, torch.Tensor]:
     groups = shape.cin if shape.kind == "depthwise" else 1
     layer = torch.nn.Conv2d(shape.cin, shape.cout, shape.kernel, stride=shape.stride, padding=shape.kernel // 2,
                             groups=groups, bias=False)
-    return layer, torch.randn(1, shape.cin, shape.spatial, shape.spatial)
+    return layer, torch.randn(shape.batch, shape.cin, shape.spatial, shape.spatial)
 
 
 @dataclass(frozen=True)
@@ -289,7 +294,7 @@ class Quality:
                f"processes used {load} on average"]
         if self.check:
             errors = ", ".join(f"{k} {e:+.1%}" for k, e in self.check_errors.items())
-            out.append(f"self-check (held-out networks, batch 1, measured right after calibrating): {errors}: "
+            out.append(f"self-check (held-out networks, timed in the same rounds as the probes): {errors}: "
                        f"this profile predicts these networks within {self.check_worst:.0%}")
         return out
 
@@ -371,45 +376,74 @@ def _time_all(probes: dict[str, tuple[str, float, Probe, float]], rounds: int, b
                            on_round=lambda r: bar.advance(task))
 
 
-def check_networks() -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
+def check_networks() -> dict[str, Instance]:
     """Three networks calibration never fits on, at batch 1: a residual CNN, a depthwise CNN and a
-    stack of transformer encoder layers."""
+    stack of transformer encoder layers (run unfused, as costplan models them: see :class:`_Unfused`)."""
     import torchvision
 
     encoder = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(256, 8, 1024, batch_first=True), 4,
                                           enable_nested_tensor=False)
-    return {"resnet18": (torchvision.models.resnet18(), (torch.randn(1, 3, 224, 224),)),
-            "mobilenet_v2": (torchvision.models.mobilenet_v2(), (torch.randn(1, 3, 224, 224),)),
-            "transformer encoder": (encoder, (torch.randn(1, 64, 256),))}
+    return {"resnet18": Instance(torchvision.models.resnet18(), (torch.randn(1, 3, 224, 224),)),
+            "mobilenet_v2": Instance(torchvision.models.mobilenet_v2(), (torch.randn(1, 3, 224, 224),)),
+            "transformer encoder": Instance(_Unfused(encoder), (torch.randn(1, 64, 256),))}
 
 
-def check_probes() -> dict[str, tuple[str, float, Probe, float]]:
-    """The held-out networks as probes, timed in the same interleaved rounds as the fitted layers,
+class _Unfused(torch.nn.Module):
+    """Runs ``inner`` with PyTorch's fused encoder fast path off: the separate layers costplan
+    models (the tracer turns it off too), not one fused kernel."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: object) -> object:
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return self.inner(*args)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _warm_call(network: Instance) -> Probe:
+    """A probe of ``network``'s second call in a row: the steady state of repeated inference that
+    users time, not a first call whose weights and code other probes have pushed out of the caches
+    (18% slower for mobilenet_v2 here)."""
+    module = network.module.eval()
+
+    def probe() -> float:
+        module(*network.args, **network.kwargs)
+        start = time.perf_counter()
+        module(*network.args, **network.kwargs)
+        return time.perf_counter() - start
+    return probe
+
+
+def check_probes(networks: Mapping[str, Instance]) -> dict[str, tuple[str, float, Probe, float]]:
+    """Held-out networks as probes, timed in the same interleaved rounds as the fitted layers,
     so a drift of the machine's speed cannot pass for an error of the fit."""
-    probes = {}
-    for name, (module, x) in check_networks().items():
-        probes[f"check {name}"] = ("check", 0.0, timed(lambda m=module.eval(), x=x: m(*x)), 1.0)
-    return probes
+    return {f"check {name}": ("check", 0.0, _warm_call(n), 1.0) for name, n in networks.items()}
 
 
-def predict_checks(profile: HardwareProfile) -> dict[str, float]:
-    """Predicted seconds of :func:`check_networks` on ``profile``."""
+def predict_checks(profile: HardwareProfile, networks: Mapping[str, Instance]) -> dict[str, float]:
+    """Predicted seconds of ``networks`` on ``profile``."""
     from costplan.hardware.roofline import estimate
     from costplan.sparsity import apply_plan
     from costplan.trace import trace
 
     out = {}
-    for name, (module, x) in check_networks().items():
-        graph = trace(module.eval(), x, name=name)
+    for name, n in networks.items():
+        graph = trace(n.module.eval(), n.args, n.kwargs, name=name)
         out[name] = estimate(graph, profile, apply_plan(graph, None)).latency_s
     return out
 
 
 def calibrate(name: str = "local", quick: bool = False, progress: bool = True, seed: int = 0,
-              threads: int | None = None, check: bool = True, load_limit: float = LOAD_LIMIT,
-              strict: bool = True) -> Calibration:
+              threads: int | None = None, check: bool | Mapping[str, Instance] = True,
+              load_limit: float = LOAD_LIMIT, strict: bool = True) -> Calibration:
     """Run the microbenchmarks (about 20 s; fewer shapes and rounds with ``quick``) on ``threads``
-    threads (default: torch's), then time three held-out networks against the fitted profile.
+    threads (default: torch's), and grade the fitted profile on held-out networks timed in the same
+    interleaved rounds: :func:`check_networks`, or the ``check`` mapping given (name -> instance).
 
     Raises CostplanError, writing nothing, when the machine was too busy to fit: other processes kept
     more than ``load_limit`` cores busy, or too many timings stayed noisy after re-timing, or a class's
@@ -422,13 +456,14 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
             raise CostplanError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
     try:
-        return _calibrate(name, quick, progress, seed, check, load_limit if strict else math.inf, strict)
+        networks = check if isinstance(check, Mapping) else check_networks() if check else {}
+        return _calibrate(name, quick, progress, seed, networks, load_limit if strict else math.inf, strict)
     finally:
         torch.set_num_threads(before)
 
 
-def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: bool, load_limit: float,
-               strict: bool) -> Calibration:
+def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping[str, Instance],
+               load_limit: float, strict: bool) -> Calibration:
     from costplan.errors import CostplanError
 
     rounds, block_s = (4, 0.002) if quick else (6, 0.004)
@@ -441,14 +476,11 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: bool, l
     del warm
     meter = LoadMeter()
     meter.start()
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)   # the unfused encoder layers costplan models
     with torch.inference_mode():
-        probes = {**_probes(shapes, quick), **(check_probes() if check else {})}
+        probes = {**_probes(shapes, quick), **check_probes(check)}
         timings = _time_all(probes, rounds, block_s, progress, "calibrating")
         load = meter.stop()
         if strict and load is not None and load > load_limit:    # a lasting load: retries will not help
-            torch.backends.mha.set_fastpath_enabled(fastpath)
             raise CostplanError(refusal(Quality(len(probes), rounds, 0.0, 0.0, 0, load), {}, load_limit) or "")
         retried: set[str] = set()
         for attempt in range(2):   # a busy spell passes: re-time what it disturbed
@@ -459,7 +491,6 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: bool, l
             again = _time_all(unstable, rounds, block_s, progress, f"re-timing {len(unstable)} noisy probes")
             for k, t in again.items():
                 timings[k] = Timing(min(t.seconds, timings[k].seconds), t.noise, timings[k].blocks + t.blocks)
-    torch.backends.mha.set_fastpath_enabled(fastpath)
     load = meter.stop()         # over the whole timing, retries included
     noise = [t.noise for t in timings.values()]
     quality = Quality(len(probes), rounds, statistics.median(noise),
@@ -496,7 +527,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: bool, l
         threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
         quality=quality)
     if check:
-        predicted = predict_checks(calibration.profile())
+        predicted = predict_checks(calibration.profile(), check)
         measured = {key.removeprefix("check "): timings[key].seconds for key in probes if key.startswith("check ")}
         checked = Quality(**{**quality.__dict__, "check": {n: (predicted[n], measured[n]) for n in predicted}})
         calibration = Calibration(**{**calibration.__dict__, "quality": checked})
@@ -529,6 +560,7 @@ float32 = {2 * c.peak_macs / 1e12:.6g}   # fastest class's fitted plateau: {c.pe
 [memory]
 bandwidth_gbs = {c.bandwidth / 1e9:.4g}   # large tensor copy, bytes read + written
 onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
+weights_overlap = false   # in a network each layer's weights arrive cold and are packed before its math: their DRAM read adds
 onchip_bandwidth_gbs = {c.onchip_bandwidth / 1e9:.4g}   # ReLU chains on cache-sized activations
 transcendental_gbs = {c.rated_bandwidth["transcendental"] / 1e9:.4g}     # GELU/softmax chains: per-element math, not bandwidth, bounds them
 norm_gbs = {c.rated_bandwidth["norm"] / 1e9:.4g}     # batch norms right after a convolution, ResNet shapes (+ per_class_us.norm per call)

@@ -74,6 +74,10 @@ class HardwareProfile:
     # dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
     half_util_dims: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class or rated kind -> fixed cost per call
+    # False: a layer's weight read from DRAM adds to its time instead of hiding under its math
+    # (eager CPU kernels pack or reorder their weights before computing, and in a network the
+    # weights arrive cold: read at DRAM bandwidth first)
+    weights_overlap: bool = True
     # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,
     # softmax), 'pooling' (max/avg windows), 'norm' (batch/layer/group norm); see ops.rated_kind
     rated_bandwidth: Mapping[str, float] = field(default_factory=dict)
@@ -343,6 +347,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         per_op_s=overhead.number("per_op_us", 0.0) * 1e-6,
         fuse_elementwise=overhead.flag("fuse_elementwise", False),
         weights_on_chip=memory.flag("weights_on_chip", False),
+        weights_overlap=memory.flag("weights_overlap", True),
         default_dtype=default_dtype,
         sparsity=_sparsity(f.table("sparsity", required=False)),
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},

@@ -177,8 +177,12 @@ def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compres
 def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None, shape: Dims | None,
               profile: HardwareProfile, precision: str, overhead: float) -> tuple[float, float, float, str]:
     compute = compute_seconds(macs, klass, profile, precision, shape)
-    memory = weight_bytes / (profile.bandwidth * profile.memory_efficiency) + act_s
-    latency = max(compute, memory) + overhead
+    weight_s = weight_bytes / (profile.bandwidth * profile.memory_efficiency)
+    memory = weight_s + act_s
+    if profile.weights_overlap:
+        latency = max(compute, memory) + overhead
+    else:      # the weights are read before the math starts (see HardwareProfile.weights_overlap)
+        latency = max(compute, act_s) + weight_s + overhead
     if overhead > max(compute, memory):
         bound = "overhead"
     else:
