@@ -193,6 +193,24 @@ def test_pooling_moves_at_its_calibrated_rate() -> None:
     assert layer_latency(layer, Effective(0, 0), parse_profile(TOY, "toy"), "float32").memory_s < lat.memory_s / 10
 
 
+def test_silu_moves_at_the_sigmoid_rate_and_old_profiles_keep_the_transcendental_one() -> None:
+    """SiLU on 1x64x56x56 (0.8 MB in, 0.8 MB out) at sigmoid_gbs = 2 moves 1.6 MB in 0.8 ms; GELU
+    stays at transcendental_gbs = 1 (1.6 ms); a file without sigmoid_gbs gives SiLU the
+    transcendental rate, as before the two were timed apart."""
+    import torch
+
+    from costplan.trace.ops import rated_kind
+
+    assert rated_kind("aten.silu_.default") == "sigmoid" and rated_kind("aten.gelu.default") == "transcendental"
+    nbytes = 2 * 64 * 56 * 56 * 4
+    both = parse_profile({**TOY, "memory": {**TOY["memory"], "transcendental_gbs": 1.0, "sigmoid_gbs": 2.0}}, "toy")
+    old = parse_profile({**TOY, "memory": {**TOY["memory"], "transcendental_gbs": 1.0}}, "toy")
+    for module, profile, rate in ((torch.nn.SiLU(), both, 2e9), (torch.nn.GELU(), both, 1e9),
+                                  (torch.nn.SiLU(), old, 1e9)):
+        layer = load_graph(module, input="1x64x56x56").layers[0]
+        assert layer_latency(layer, Effective(0, 0), profile, "float32").memory_s == pytest.approx(nbytes / rate)
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda d: d["memory"].pop("bandwidth_gbs"), "field 'memory.bandwidth_gbs' is missing"),
     (lambda d: d["memory"].update(bandwidth_gbs="fast"), "must be a number"),
@@ -542,3 +560,31 @@ def test_a_held_out_network_is_timed_on_its_second_call_in_a_row() -> None:
 
     (kind, _, probe, _), = check_probes({"net": Instance(Alternating(), (torch.zeros(1),))}).values()
     assert kind == "check" and probe() < 0.02 and Alternating.calls == 2
+
+
+def test_fused_attention_is_its_own_class_with_gemm_figures_by_default() -> None:
+    """softmax(Q K^T) V over 8 heads x 64 tokens x 32 wide (2.1 MMAC) as one fused kernel: its GEMM is
+    512 rows x 32 outputs x 64 keys; a profile with attention figures (efficiency 0.25, half at 64
+    keys: utilisation 1/2) gives 2.1 MMAC / (1e12 x 0.25 x 0.5) = 16.8 us, one without gives it the
+    GEMM's (0.5, no curve): 4.2 us."""
+    import torch
+
+    from costplan.hardware.roofline import op_class
+    from costplan.trace import trace
+
+    class Attention(torch.nn.Module):
+        def forward(self, q: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    graph = trace(Attention(), (torch.randn(1, 8, 64, 32),))
+    (layer,) = [l for l in graph.layers if l.macs]
+    assert op_class(layer) == "attention" and layer.macs == 8 * 64 * 64 * 64
+    eff = Effective(layer.macs, 0)
+    shape = dims(layer, eff)
+    assert (shape.rows, shape.outputs, shape.reduction) == (512, 32, 64)
+    tuned = parse_profile({**TOY, "efficiency": {**TOY["efficiency"], "attention": 0.25,
+                                                 "half_util_dims": {"attention": [0, 0, 64]}}}, "toy")
+    assert layer_latency(layer, eff, tuned, "float32").compute_s == pytest.approx(layer.macs / (1e12 * 0.25 * 0.5))
+    plain = parse_profile(TOY, "toy")
+    assert plain.efficiency["attention"] == plain.efficiency["gemm"]
+    assert layer_latency(layer, eff, plain, "float32").compute_s == pytest.approx(layer.macs / (1e12 * 0.5))

@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,10 @@ from costplan.models import Instance
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
 POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
+# (batch, heads, tokens, head width) of fused attention as encoders run it: ViT-B (197 tokens), BERT
+# (128-384), small encoders (64), GPT-2 blocks
+ATTENTION_SHAPES = ((1, 8, 64, 32), (1, 12, 128, 64), (1, 12, 197, 64), (1, 12, 384, 64), (1, 4, 32, 64),
+                    (1, 16, 256, 64), (8, 12, 128, 64), (8, 8, 64, 32), (2, 12, 197, 64), (1, 8, 512, 64))
 CHAIN = 8  # ops per chain: each reads what the previous one wrote, as layers in a network do
 WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072)
 BATCHES = (1, 1, 1, 2, 4, 8)  # convolutions' batch: most users time batch 1, throughput runs batch more
@@ -104,6 +108,50 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
         if 2e5 <= shape.macs <= 4e8 * shape.batch ** 0.5 and max(inputs, outputs) <= 4 * MAX_ACTIVATION * min(batch, 3):
             out.append(shape)
     return out
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Fused self-attention over ``tokens`` tokens: the GEMM dimensions the roofline gives it
+    (rows = batch x heads x queries, outputs = value width, reduction = keys); MACs as the tracer
+    counts them (Q K^T and the weighted sum of V)."""
+
+    batch: int
+    heads: int
+    tokens: int
+    width: int
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.heads * self.tokens
+
+    @property
+    def cout(self) -> int:
+        return self.width
+
+    @property
+    def reduction(self) -> int:
+        return self.tokens
+
+    @property
+    def macs(self) -> int:
+        return self.rows * self.tokens * 2 * self.width
+
+    @property
+    def weight_bytes(self) -> int:
+        return 0
+
+    @property
+    def activation_bytes(self) -> tuple[int, int]:
+        return 3 * 4 * self.rows * self.width, 4 * self.rows * self.width
+
+    def __str__(self) -> str:
+        return f"{self.batch}x{self.heads}x{self.tokens}x{self.width}"
+
+
+def attention_shapes(quick: bool = False) -> list[AttentionShape]:
+    shapes = [AttentionShape(*s) for s in ATTENTION_SHAPES]
+    return shapes[::2] if quick else shapes
 
 
 def _module(shape: Shape) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -182,14 +230,14 @@ def fit_saturation(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return float(fit.x[0]), float(fit.x[1])
 
 
-def _memory_seconds(shapes: list[Shape], bandwidth: float, onchip_bandwidth: float, onchip_bytes: float) -> np.ndarray:
+def _memory_seconds(shapes: Sequence[Shape | AttentionShape], bandwidth: float, onchip_bandwidth: float, onchip_bytes: float) -> np.ndarray:
     """Weights from DRAM, activations in cache or DRAM: the roofline's memory side for each sampled shape."""
     def activation(nbytes: float) -> float:
         return activation_cost(nbytes, bandwidth, onchip_bytes, onchip_bandwidth)[0]
     return np.array([s.weight_bytes / bandwidth + sum(map(activation, s.activation_bytes)) for s in shapes])
 
 
-def fit_class(shapes: list[Shape], seconds: list[float], memory_s: np.ndarray, per_op: float) -> ClassFit:
+def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], memory_s: np.ndarray, per_op: float) -> ClassFit:
     """Fit :class:`ClassFit` to timed shapes on log time, weighted by the square root of time, with a
     soft-L1 loss: one shape timed while the machine was busy does not drag the whole fit."""
     macs = np.array([s.macs for s in shapes], dtype=float)
@@ -338,6 +386,9 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool) -> dict[str, tuple[str,
         ops = (torch.nn.GELU(), torch.nn.Softmax(1))
         chain, x = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval(), torch.randn(1, c, hw, hw)
         probes[f"gelu {c}x{hw}"] = ("transcendental", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
+        ops = (torch.nn.SiLU(), torch.nn.Sigmoid())
+        chain = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval()
+        probes[f"silu {c}x{hw}"] = ("sigmoid", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
     for c, hw in (NORM_SHAPES[::2] if quick else NORM_SHAPES):
         # timed right after the convolution that writes its input, as in a network: a batch norm
         # reading a convolution's fresh output runs 1.5-3x slower than one re-reading its own input
@@ -349,6 +400,10 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool) -> dict[str, tuple[str,
             bn(y)
             return time.perf_counter() - start
         probes[f"norm {c}x{hw}"] = ("norm", 2.0 * c * hw * hw * 4, norm, 1.0)
+    for shape in attention_shapes(quick):
+        q = torch.randn(shape.batch, shape.heads, shape.tokens, shape.width)
+        probes[f"attention {shape}"] = ("attention", float(shape.macs),
+                                        timed(lambda q=q: torch.nn.functional.scaled_dot_product_attention(q, q, q)), 1.0)
     for c, hw in POOLING_SHAPES:
         pool, x = torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)
         probes[f"pool {c}x{hw}"] = ("pooling", 4.0 * x.numel() * 1.25, timed(lambda p=pool, x=x: p(x)), 1.0)
@@ -507,13 +562,14 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     touch_s = max(fresh_s - samples["reused"][0][1], 0.0)
     first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
     rated = {"transcendental": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["transcendental"]], per_op),
+             "sigmoid": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["sigmoid"]], per_op),
              "norm": norm_bandwidth,
              "pooling": statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])}
     onchip_bytes = cache_bytes()
     fits = {}
-    for kind in classes:
-        memory = _memory_seconds(shapes[kind], dram, onchip, onchip_bytes)
-        fits[kind] = fit_class(shapes[kind], [t for _, t in samples[kind]], memory, per_op)
+    for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
+        memory = _memory_seconds(kind_shapes, dram, onchip, onchip_bytes)
+        fits[kind] = fit_class(kind_shapes, [t for _, t in samples[kind]], memory, per_op)
     why = refusal(quality, fits, load_limit)
     if why and strict:
         raise CostplanError(why)
@@ -563,6 +619,7 @@ onchip_mb = {c.onchip_bytes / 1e6:.4g}      # largest CPU cache (sysfs)
 weights_overlap = false   # in a network each layer's weights arrive cold and are packed before its math: their DRAM read adds
 onchip_bandwidth_gbs = {c.onchip_bandwidth / 1e9:.4g}   # ReLU chains on cache-sized activations
 transcendental_gbs = {c.rated_bandwidth["transcendental"] / 1e9:.4g}     # GELU/softmax chains: per-element math, not bandwidth, bounds them
+sigmoid_gbs = {c.rated_bandwidth["sigmoid"] / 1e9:.4g}     # SiLU/sigmoid chains: one exponential per element
 norm_gbs = {c.rated_bandwidth["norm"] / 1e9:.4g}     # batch norms right after a convolution, ResNet shapes (+ per_class_us.norm per call)
 pooling_gbs = {c.rated_bandwidth["pooling"] / 1e9:.4g}     # 3x3 stride-2 max-pools: window loops, not bandwidth, bound them{first_touch}
 
@@ -574,8 +631,9 @@ gemm = {c.efficiency["gemm"]:.4g}          # linear layers, {count("gemm")} shap
 conv = {c.efficiency["conv"]:.4g}          # 3x3 convolutions, {count("conv")} shapes, {c.fits["conv"].median_error:.0%}
 pointwise = {c.efficiency["pointwise"]:.4g}     # 1x1 convolutions, {count("pointwise")} shapes, {c.fits["pointwise"].median_error:.0%}
 depthwise = {c.efficiency["depthwise"]:.4g}     # depthwise convolutions, {count("depthwise")} shapes, {c.fits["depthwise"].median_error:.0%}
+attention = {c.efficiency["attention"]:.4g}     # fused scaled-dot-product attention, {count("attention")} shapes, {c.fits["attention"].median_error:.0%}
 memory = 1.0                # the bandwidth above is what a copy attains
-half_util_macs = {{ gemm = {c.half_util_macs["gemm"]:.4g} }}   # matmuls without a layer shape (attention)
+half_util_macs = {{ gemm = {c.half_util_macs["gemm"]:.4g} }}   # matmuls without a layer shape
 half_util_dims = {{ {", ".join(f"{k} = {dims(k)}" for k in c.fits)} }}
 
 [overhead]

@@ -20,7 +20,9 @@ from costplan.errors import CostplanError, close_names
 from costplan.trace.ops import RATED_KINDS
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
-OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm")  # pointwise = 1x1 convolutions
+# pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention (a profile without
+# figures of its own gives it the GEMM's)
+OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention")
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class HardwareProfile:
     # weights arrive cold: read at DRAM bandwidth first)
     weights_overlap: bool = True
     # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,
-    # softmax), 'pooling' (max/avg windows), 'norm' (batch/layer/group norm); see ops.rated_kind
+    # softmax), 'sigmoid' (sigmoid, SiLU), 'pooling' (max/avg windows), 'norm' (batch/layer/group
+    # norm); see ops.rated_kind
     rated_bandwidth: Mapping[str, float] = field(default_factory=dict)
     channel_multiple: int = 1         # channel counts the kernels run best at: SIMD width, MMA tile
     # outputs larger than this many bytes get freshly mapped pages on every call (glibc mmaps blocks
@@ -264,6 +267,7 @@ def _sparsity(fields: _Fields) -> dict[str, SparsitySupport]:
 def _efficiencies(eff: _Fields) -> dict[str, float]:
     out = {c: eff.number(c, 1.0, high=1.0, positive=True) for c in ("conv", "depthwise", "gemm")}
     out["pointwise"] = eff.number("pointwise", out["conv"], high=1.0, positive=True)
+    out["attention"] = eff.number("attention", out["gemm"], high=1.0, positive=True)
     return out
 
 
@@ -302,6 +306,16 @@ def _per_class(overhead: _Fields) -> dict[str, float]:
         if key not in (*OP_CLASSES, *RATED_KINDS):
             raise table.fail(key, f"is not an op class; use {', '.join((*OP_CLASSES, *RATED_KINDS))}")
     return {key: table.number(key) * 1e-6 for key in table.data}
+
+
+def _rated(memory: _Fields) -> dict[str, float]:
+    """Rates of memory-only ops slower than their bytes, bytes/s; a profile without a sigmoid rate
+    (calibrated before it was timed apart) gives sigmoid/SiLU the transcendental one, as it did."""
+    rated = {kind: memory.number(f"{kind}_gbs", positive=True) * 1e9
+             for kind in RATED_KINDS if f"{kind}_gbs" in memory.data}
+    if "sigmoid" not in rated and "transcendental" in rated:
+        rated["sigmoid"] = rated["transcendental"]
+    return rated
 
 
 def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
@@ -355,8 +369,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         threads=threads,
         half_util_dims=_half_util_dims(eff),
         per_class_s=_per_class(overhead),
-        rated_bandwidth={kind: memory.number(f"{kind}_gbs", positive=True) * 1e9
-                         for kind in RATED_KINDS if f"{kind}_gbs" in memory.data},
+        rated_bandwidth=_rated(memory),
         channel_multiple=multiple,
         fresh_output_bytes=memory.optional("fresh_output_mb", 1e6),
         first_touch_bandwidth=memory.optional("first_touch_gbs", 1e9),

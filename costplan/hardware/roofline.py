@@ -67,9 +67,12 @@ class Estimate:
 
 
 def op_class(layer: Layer) -> str | None:
-    """'conv', 'depthwise' or 'gemm' for layers with MACs; None for memory-only layers."""
+    """'conv', 'pointwise', 'depthwise', 'attention' or 'gemm' for layers with MACs; None for
+    memory-only layers."""
     if layer.macs == 0:
         return None
+    if layer.op == "attention":
+        return "attention"
     a = layer.attrs
     if layer.op.startswith("conv"):
         if layer.depthwise:
@@ -98,10 +101,20 @@ def _padded(width: float, dense: int, multiple: int) -> float:
 
 
 def dims(layer: Layer, eff: Effective, multiple: int = 1) -> Dims | None:
-    """The GEMM shape of a convolution or linear layer under its plan; None for other layers."""
+    """The GEMM shape of a convolution, linear layer or fused attention under its plan; None for
+    other layers."""
     a = layer.attrs
     if layer.macs <= 0:
         return None
+    if layer.op == "attention" and layer.in_shapes and all(len(s) >= 2 for s in layer.in_shapes[:3]):
+        # fused attention: rows = batch x heads x queries (heads pruned away leave), outputs = value
+        # width, reduction = keys; its MACs (Q K^T and the sum over V) are the layer's, not this
+        # product. One tensor read as q, k and v is recorded once.
+        q = layer.in_shapes[0]
+        k = layer.in_shapes[1] if len(layer.in_shapes) > 1 else q
+        v = layer.in_shapes[2] if len(layer.in_shapes) > 2 else k
+        keys, width = int(k[-2]), int(v[-1])
+        return Dims(layer.macs / (keys * (int(q[-1]) + width)) * eff.in_keep, width, keys)
     if "out_channels" in a and "in_channels" in a:
         cin, cout, groups = int(a["in_channels"]), int(a["out_channels"]), int(a.get("groups", 1))
         window = math.prod(a.get("kernel_size", (1,)))  # type: ignore[arg-type]

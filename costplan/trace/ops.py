@@ -295,18 +295,20 @@ def is_elementwise(aten_op: str) -> bool:
         name in ("hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu")
 
 
-_TRANSCENDENTAL = {"gelu", "silu", "sigmoid", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
-                   "_softmax", "_safe_softmax", "_log_softmax", "log_sigmoid_forward", "pow", "rsqrt"}
+_TRANSCENDENTAL = {"gelu", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
+                   "_softmax", "_safe_softmax", "_log_softmax", "pow", "rsqrt"}
+_SIGMOID = {"silu", "sigmoid", "log_sigmoid_forward"}   # one exp per element: ~1.8x GELU's rate on CPUs
 _POOLING = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
             "avg_pool1d", "avg_pool2d", "avg_pool3d"}
 _NORM = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
          "native_layer_norm", "native_group_norm"}
-RATED_KINDS = ("transcendental", "pooling", "norm")
+RATED_KINDS = ("transcendental", "sigmoid", "pooling", "norm")
 
 
 def rated_kind(aten_op: str) -> str | None:
     """The kind of memory-only op that CPUs run slower than its bytes would allow, with a rate of
-    its own in a profile: 'transcendental' (GELU, softmax: math per element), 'pooling' (max/avg
+    its own in a profile: 'transcendental' (GELU, softmax: math per element), 'sigmoid' (sigmoid,
+    SiLU: one exponential per element), 'pooling' (max/avg
     windows; adaptive pooling, a plain reduction, is not one) or 'norm' (batch/layer/group norm:
     statistics and a per-channel loop). None for other ops."""
     parts = aten_op.split(".")
@@ -315,6 +317,8 @@ def rated_kind(aten_op: str) -> str | None:
     name = parts[1]
     if name.rstrip("_") in _TRANSCENDENTAL:
         return "transcendental"
+    if name.rstrip("_") in _SIGMOID:
+        return "sigmoid"
     return "pooling" if name in _POOLING else "norm" if name in _NORM else None
 
 
