@@ -40,6 +40,28 @@ def test_a_real_lstm_counts_as_on_meta() -> None:
     assert load_graph(lstm.to("meta"), input="50x1x256").total_macs == expected
 
 
+def test_attention_on_meta_is_the_fused_layer_a_real_run_has() -> None:
+    """On meta PyTorch runs scaled_dot_product_attention as two matmuls and a softmax; on CPU (and
+    GPU) one fused kernel. nn.MultiheadAttention and a direct call trace to the same layers, MACs and
+    bytes either way, with one fused attention op each, and the real function is back afterwards."""
+    from costplan.trace import trace
+
+    class Direct(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = x.view(1, 16, 4, 16).transpose(1, 2)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for model in (nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval(), Direct()):
+        real = trace(model, (torch.randn(1, 16, 64),))
+        meta = load_graph(model.to("meta"), input="1x16x64")
+        ops = [(l.op, l.macs, l.act_in_bytes, l.act_out_bytes, l.aten_ops) for l in meta.layers]
+        assert ops == [(l.op, l.macs, l.act_in_bytes, l.act_out_bytes, l.aten_ops) for l in real.layers]
+        fused = [op for l in meta.layers for op in l.aten_ops if "_scaled_dot_product_flash" in op]
+        assert len(fused) == 1 and not any("_softmax" in op for l in meta.layers for op in l.aten_ops)
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+
+
 def _transformer_macs(d: int, heads: int, enc: int, dec: int, ff: int, s: int, t: int) -> int:
     attention = heads * (d // heads) * 2          # q.k and a.v per position pair
     self_attn = lambda n: 4 * n * d * d + n * n * attention  # noqa: E731  q, k, v, out projections

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -138,6 +138,24 @@ def _param_owner(param_name: str) -> tuple[str, str]:
     else:
         base = f"{owner}.{leaf.removesuffix('_weight').removesuffix('_bias')}"
     return owner or leaf, base
+
+
+def _fused_on_meta(sdpa: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``scaled_dot_product_attention`` that, for meta tensors, calls the fused CPU kernel's meta
+    function instead of the math decomposition PyTorch runs on meta (two matmuls and a softmax): a
+    real CPU or GPU run calls one fused kernel, and a graph traced on meta should have the layer it
+    runs (same MACs, no score matrix written and read back)."""
+    def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                  enable_gqa: bool = False) -> torch.Tensor:
+        tensors = (query, key, value)
+        if (all(isinstance(t, torch.Tensor) and t.is_meta and t.dim() == 4 for t in tensors) and not dropout_p
+                and not enable_gqa and query.shape[1] == key.shape[1] == value.shape[1]):
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, 0.0, bool(is_causal), attn_mask=attn_mask, scale=scale)[0]
+        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                    enable_gqa=enable_gqa)
+    return attention
 
 
 class _Recorder(TorchDispatchMode):
@@ -383,11 +401,14 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
     _set_training(model, False)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)   # the fused encoder kernel hides its layers
-    try:
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    torch.nn.functional.scaled_dot_product_attention = _fused_on_meta(sdpa)   # read at call time by
+    try:                                                                      # HF and nn.MultiheadAttention
         with torch.no_grad(), recorder:
             result = model(*args, **kwargs)
             recorder.channels.outputs(_tensors(result))
     finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
