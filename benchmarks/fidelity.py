@@ -28,7 +28,7 @@ from scipy.stats import kendalltau
 from costplan.api import load_graph
 from costplan.hardware import estimate, load_profile
 from costplan.hardware.calibrate import calibrate
-from costplan.measure import time_forward, time_round_robin
+from costplan.measure import time_round_robin
 from costplan.models import Instance, instantiate, resolve
 from costplan.planfile import Plan
 from costplan.sparsity import apply_plan
@@ -38,10 +38,6 @@ warnings.filterwarnings("ignore")
 ZOO = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "densenet121",
        "shufflenet_v2_x1_0", "regnet_y_400mf", "convnext_tiny", "vit_b_16", "hf:bert-base", "hf:distilbert",
        "hf:gpt2"]
-
-
-def measured_ms(instance: Instance, repeat: int) -> float:
-    return statistics.median(time_forward(instance, repeat=repeat, warmup=2)) * 1e3
 
 
 def zoo_instances(batches: list[int]) -> dict[str, Instance]:

@@ -51,8 +51,8 @@ class Estimate:
         out = (note,) if note else ()
         if self.unsampled:
             first, more = self.unsampled[0], len(self.unsampled) - 1
-            out += ((f"{self.profile.name} was calibrated on 2-D convolutions and linear layers; this model's "
-                     f"1-D/3-D convolutions ('{first}'{f' and {more} more' if more else ''}) were never timed "
+            out += ((f"{self.profile.name} was calibrated on 2-D convolutions, linear layers and attention; "
+                     f"this model's 1-D/3-D convolutions ('{first}'{f' and {more} more' if more else ''}) were never timed "
                      "and may be off by 2x (`costplan measure` shows it per layer)"),)
         return out
 
@@ -294,7 +294,7 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
 
 def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> tuple[str, ...]:
     """Convolutions other than 2-D where ``profile`` has per-shape fits (``half_util_dims``: a
-    calibrated CPU, whose probes are 2-D convolutions and linear layers): its rates were never
+    calibrated CPU, whose probes are 2-D convolutions, linear layers and attention): its rates were never
     measured for them (1-D convolutions at short lengths ran 2x slower than predicted here)."""
     if not profile.half_util_dims:
         return ()
