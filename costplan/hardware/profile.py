@@ -99,6 +99,13 @@ class HardwareProfile:
     # True; matmuls default to full FP32): the MAC/s they get, and the op classes that get it
     tf32_macs: float | None = None
     tf32_classes: tuple[str, ...] = ()
+    # dtype -> op class -> efficiency, where a precision's kernels attain another share of its peak
+    # than ``efficiency`` says (CUDA-core FP32 against tensor-core FP16; a power-capped board)
+    efficiency_by_dtype: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # 3x3 stride-1 convolutions run as Winograd at these dtypes (cuDNN picks it for FP32 on CUDA
+    # cores), needing ``winograd_speedup`` times fewer multiplies than the direct convolution
+    winograd_speedup: float = 1.0
+    winograd_dtypes: tuple[str, ...] = ()
 
     def with_runtime(self, runtime: str | None) -> HardwareProfile:
         """This device under another execution (its per-op overhead and fusion)."""
@@ -117,6 +124,10 @@ class HardwareProfile:
         if precision == "float32" and self.tf32_macs and klass in self.tf32_classes:
             return self.tf32_macs
         return self.peak_macs[precision]
+
+    def efficiency_for(self, precision: str, klass: str) -> float:
+        """Attainable share of ``peak_for(precision, klass)`` on large shapes."""
+        return self.efficiency_by_dtype.get(precision, {}).get(klass, self.efficiency[klass])
 
     def precision(self, dtype: str) -> str:
         """The dtype the device runs ``dtype`` (any spelling: fp16, half, bf16) at: itself, or the
@@ -271,6 +282,38 @@ def _efficiencies(eff: _Fields) -> dict[str, float]:
     return out
 
 
+def _efficiency_by_dtype(eff: _Fields, base: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``[efficiency.<dtype>]`` tables: class efficiencies for one precision. A class left out keeps
+    the shared figure, except that pointwise follows conv and attention follows gemm, as above."""
+    out = {}
+    for dtype in [k for k in eff.data if k in DTYPE_BYTES]:
+        table = eff.table(dtype)
+        for key in table.data:
+            if key not in OP_CLASSES:
+                raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+        conv, gemm = table.number("conv", base["conv"], high=1.0, positive=True), \
+            table.number("gemm", base["gemm"], high=1.0, positive=True)
+        out[dtype] = {
+            "conv": conv, "gemm": gemm,
+            "depthwise": table.number("depthwise", base["depthwise"], high=1.0, positive=True),
+            "pointwise": table.number("pointwise", conv if "conv" in table.data else base["pointwise"],
+                                      high=1.0, positive=True),
+            "attention": table.number("attention", gemm if "gemm" in table.data else base["attention"],
+                                      high=1.0, positive=True),
+        }
+    return out
+
+
+def _winograd(f: _Fields) -> tuple[float, tuple[str, ...]]:
+    table = f.table("winograd", required=False)
+    if not table.data:
+        return 1.0, ()
+    dtypes = table.get("dtypes", [])
+    if not isinstance(dtypes, list) or not dtypes or any(d not in DTYPE_BYTES for d in dtypes):
+        raise table.fail("dtypes", f"must be a non-empty list of {', '.join(DTYPE_BYTES)}")
+    return table.number("speedup", low=1.0), tuple(dtypes)
+
+
 def _half_util(eff: _Fields) -> dict[str, float]:
     """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's)."""
     value = eff.get("half_util_macs", 0.0)
@@ -347,6 +390,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     multiple = f.get("channel_multiple", 1)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0:
         raise f.fail("channel_multiple", f"must be a positive integer, got {multiple!r}")
+    efficiency = _efficiencies(eff)
+    winograd_speedup, winograd_dtypes = _winograd(f)
     profile = HardwareProfile(
         name=f.text("name"),
         kind=f.text("kind", "gpu"),
@@ -355,7 +400,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         bandwidth=memory.number("bandwidth_gbs", positive=True) * 1e9,
         onchip_bytes=memory.number("onchip_mb", 0.0) * 1e6,
         onchip_bandwidth=memory.optional("onchip_bandwidth_gbs", 1e9),
-        efficiency=_efficiencies(eff),
+        efficiency=efficiency,
+        efficiency_by_dtype=_efficiency_by_dtype(eff, efficiency),
         memory_efficiency=eff.number("memory", 1.0, high=1.0, positive=True),
         half_util_macs=_half_util(eff),
         per_op_s=overhead.number("per_op_us", 0.0) * 1e-6,
@@ -376,6 +422,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         source=where,
         runtime=runtime, runtimes=runtimes,
         tf32_macs=tf32 * 1e12 / 2 if tf32 else None, tf32_classes=tuple(tf32_classes),
+        winograd_speedup=winograd_speedup, winograd_dtypes=winograd_dtypes,
     )
     memory.seen.update(f"{kind}_gbs" for kind in RATED_KINDS)   # optional rates: known names too
     f.unread()

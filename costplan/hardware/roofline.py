@@ -151,7 +151,20 @@ def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, pr
         return 0.0
     run = macs * (shape.padding if shape is not None else 1.0)
     u = utilisation(run, shape, klass, profile)
-    return run / (profile.peak_for(precision, klass) * profile.efficiency[klass] * u) if u > 0 else 0.0
+    return run / (profile.peak_for(precision, klass) * profile.efficiency_for(precision, klass) * u) if u > 0 else 0.0
+
+
+def algorithm_speedup(layer: Layer, klass: str | None, profile: HardwareProfile, precision: str) -> float:
+    """How many times fewer multiplies the kernel needs than the layer's MACs: the profile's Winograd
+    speedup for a dense 3x3 stride-1 convolution at a Winograd dtype, unless it runs on TF32
+    tensor cores (cuDNN's tensor-core kernels are implicit GEMMs); else 1."""
+    a = layer.attrs
+    if (klass != "conv" or precision not in profile.winograd_dtypes
+            or profile.peak_for(precision, klass) != profile.peak_macs[precision]
+            or tuple(a.get("kernel_size", ())) != (3, 3) or tuple(a.get("stride", (1, 1))) != (1, 1)
+            or tuple(a.get("dilation", (1, 1))) != (1, 1) or int(a.get("groups", 1)) != 1 or a.get("transposed")):
+        return 1.0
+    return profile.winograd_speedup
 
 
 def activation_cost(nbytes: float, dram: float, onchip_bytes: float, onchip: float | None) -> tuple[float, float]:
@@ -188,8 +201,9 @@ def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compres
 
 
 def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None, shape: Dims | None,
-              profile: HardwareProfile, precision: str, overhead: float) -> tuple[float, float, float, str]:
-    compute = compute_seconds(macs, klass, profile, precision, shape)
+              profile: HardwareProfile, precision: str, overhead: float,
+              fewer: float = 1.0) -> tuple[float, float, float, str]:
+    compute = compute_seconds(macs, klass, profile, precision, shape) / fewer
     weight_s = weight_bytes / (profile.bandwidth * profile.memory_efficiency)
     memory = weight_s + act_s
     if profile.weights_overlap:
@@ -227,8 +241,9 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
     overhead = profile.per_op_s + sum(profile.per_class_s.get(k, 0.0) for k in ({klass} | rated) if k is not None)
 
-    best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead)
-    exec_macs, dram, sparse = shape_macs, weights * element + act_dram, False
+    fewer = algorithm_speedup(layer, klass, profile, precision)
+    best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead, fewer)
+    exec_macs, dram, sparse = shape_macs / fewer, weights * element + act_dram, False
     plan = eff.plan
     if plan is not None and plan.pattern.elementwise and eff.density < 1.0:
         support = profile.support(str(plan.pattern), precision)

@@ -108,7 +108,7 @@ def module_geometry(module: torch.nn.Module) -> dict[str, object]:
     if isinstance(module, torch.nn.modules.conv._ConvNd):
         return {"in_channels": module.in_channels, "out_channels": module.out_channels,
                 "groups": module.groups, "kernel_size": tuple(module.kernel_size),
-                "stride": tuple(module.stride), "transposed": module.transposed}
+                "stride": tuple(module.stride), "dilation": tuple(module.dilation), "transposed": module.transposed}
     if isinstance(module, torch.nn.Linear):
         return {"in_features": module.in_features, "out_features": module.out_features}
     weight = getattr(module, "weight", None)
