@@ -19,6 +19,7 @@ import torch
 from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, canonical_dtype
 from costplan.errors import CostplanError
 from costplan.hardware import estimate
+from costplan.hardware.timing import minor_faults
 from costplan.models import Instance, instantiate, resolve
 from costplan.sparsity import apply_plan
 from costplan.trace import trace
@@ -44,6 +45,11 @@ class Comparison:
     measured_ms: float
     measured_runs_ms: tuple[float, ...]
     layers: tuple[LayerTiming, ...]
+    page_faults_per_run: float | None = None   # minor page faults per timed forward pass (None: unknown)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return (fault_warning(self.page_faults_per_run),) if fault_warning(self.page_faults_per_run) else ()
 
     @property
     def error(self) -> float:
@@ -61,10 +67,25 @@ class Comparison:
                 "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
                 "error": self.error, "unattributed_ms": self.unattributed_ms,
                 "measured_runs_ms": list(self.measured_runs_ms),
+                "page_faults_per_run": self.page_faults_per_run, "warnings": list(self.warnings),
                 "layers": [asdict(layer) for layer in self.layers]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+FAULTS_NOTED = 1000   # page faults per forward pass (4 MB of 4 KiB pages) worth a warning
+
+
+def fault_warning(faults_per_run: float | None, page_bytes: int = 4096) -> str | None:
+    """What to tell a user whose forward passes fault pages in (None under :data:`FAULTS_NOTED`)."""
+    if faults_per_run is None or faults_per_run < FAULTS_NOTED:
+        return None
+    return (f"every forward pass took {faults_per_run:,.0f} page faults ({faults_per_run * page_bytes / 1e6:,.0f} MB of "
+            "fresh pages): glibc's malloc gave freed activations back to the system and faults them in again on every "
+            "call, which costs time no profile predicts (calibrate times with freed memory kept; mobilenet_v2 at batch 8 "
+            "ran 2.0x slower with the faults). Measure and deploy with MALLOC_MMAP_MAX_=0 "
+            "MALLOC_TRIM_THRESHOLD_=2147483647 set, or with jemalloc or tcmalloc")
 
 
 def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[float]:
@@ -122,7 +143,10 @@ def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float
     try:
         layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
         graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
-        runs = time_forward(instance, repeat, warmup)
+        time_forward(instance, 0, warmup)
+        before_faults = minor_faults()
+        runs = time_forward(instance, repeat, 0)
+        after_faults = minor_faults()
     finally:
         torch.set_num_threads(before)
     est = estimate(graph, profile, apply_plan(graph, as_plan(plan)), dtype)
@@ -131,4 +155,6 @@ def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float
                    for l in graph.layers)
     return Comparison(model=source.name, hardware=profile.name, input_shapes=graph.inputs.shapes,
                       predicted_ms=est.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
-                      measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers)
+                      measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers,
+                      page_faults_per_run=None if before_faults is None or after_faults is None
+                      else (after_faults - before_faults) / max(1, len(runs)))

@@ -186,6 +186,8 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                     if c.unattributed_ms >= 0 else
                     f"the per-layer timings add up to {-c.unattributed_ms:.3f} ms more than the whole runs (timing "
                     "noise: the machine's speed changed between them), so framework time is not known"))
+    for warning in c.warnings:
+        text.append(f"\nwarning: {warning}", style="yellow")
     return table, text
 
 

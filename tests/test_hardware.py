@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,6 +124,25 @@ def test_winograd_convolutions_need_fewer_multiplies_where_the_profile_says() ->
     assert algorithm_speedup(layer, "conv", a100, "float32") == 1.0     # TF32 tensor cores
     with pytest.raises(CostplanError, match="winograd.dtypes"):
         parse_profile({**TOY, "winograd": {"speedup": 2.25, "dtypes": ["fp32"]}}, "toy")
+
+
+def test_a_strided_convolution_runs_at_its_factor_of_the_rate() -> None:
+    """``[efficiency] strided = { conv = 0.8 }`` on a profile with per-dimension fits: a stride-2 3x3
+    conv takes 1 / 0.8 the compute time of its utilisation alone; stride 1 and linear layers do not."""
+    from torch.nn import Conv2d, Linear
+
+    base = {**TOY, "efficiency": {"gemm": 0.5, "conv": 0.5, "half_util_dims": {"conv": [0, 0, 0], "gemm": [0, 0, 0]}}}
+    plain = parse_profile(base, "toy")
+    strided = parse_profile({**base, "efficiency": {**base["efficiency"], "strided": {"conv": 0.8}}}, "toy")
+    for module, shape, factor in ((Conv2d(64, 64, 3, stride=2, padding=1), "1x64x32x32", 1 / 0.8),
+                                  (Conv2d(64, 64, 3, padding=1), "1x64x32x32", 1.0), (Linear(64, 64), "8x64", 1.0)):
+        layer = load_graph(module, input=shape).layers[0]
+        eff = Effective(layer.macs, layer.params)
+        assert layer_latency(layer, eff, strided, "float32").compute_s == \
+            pytest.approx(layer_latency(layer, eff, plain, "float32").compute_s * factor)
+        assert layer_latency(layer, eff, plain, "float32").compute_s == pytest.approx(layer.macs / 0.5e12)
+    with pytest.raises(CostplanError, match="efficiency.strided.convs"):
+        parse_profile({**base, "efficiency": {**base["efficiency"], "strided": {"convs": 0.8}}}, "toy")
 
 
 def test_a_precision_can_have_efficiencies_of_its_own() -> None:
@@ -437,11 +457,55 @@ def test_a_calibration_file_states_what_was_measured(tmp_path) -> None:
         assert written == pytest.approx([v if v >= 1e-3 else 0 for v in fit.half_dims], rel=1e-3)
     assert data["threads"] == c.threads and data["channel_multiple"] == c.channel_multiple
     assert data["memory"]["weights_overlap"] is False and not c.profile().weights_overlap
+    assert data["efficiency"]["strided"]["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
+    assert c.profile().strided["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
     assert "self-check (held-out networks" in text and "interleaved rounds" in text    # the header grades it
     assert set(c.quality.check) == {"resnet18", "mobilenet_v2", "transformer encoder"}
+    if platform.libc_ver()[0] == "glibc":     # timed without page faults, and the header says so
+        assert c.kept_memory and "keeping freed memory" in text
     path = tmp_path / "local.toml"
     path.write_text(text)
     assert load_profile(path).bandwidth == pytest.approx(c.bandwidth, rel=1e-3)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_kept_memory_stops_page_faults_between_calls() -> None:
+    """With glibc's defaults a 64 MiB tensor allocated and freed in a loop is mapped afresh and
+    faults its 16,384 pages in every time; after keep_freed_memory() (as calibrate times) it reuses
+    them once the heap has grown (a few calls). A fresh process each way: the setting lasts for the
+    process."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys, torch\n"
+            "from costplan.hardware.timing import keep_freed_memory\n"
+            "assert sys.argv[1] == 'default' or keep_freed_memory()\n"
+            "for _ in range(4):\n    torch.empty(2 ** 24).fill_(1.0)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(5):\n    torch.empty(2 ** 24).fill_(1.0)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+
+    def faults(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                  check=True).stdout)
+
+    assert faults("default") > 5 * 10_000
+    assert faults("kept") < 1_000
+
+
+def test_measure_warns_when_forward_passes_fault_pages_in() -> None:
+    """measure counts page faults per timed pass and says what they cost and how to avoid them."""
+    from costplan.measure import FAULTS_NOTED, Comparison, fault_warning
+    from costplan.render import measure_table
+
+    assert fault_warning(None) is None and fault_warning(FAULTS_NOTED - 1) is None
+    said = fault_warning(78_668)
+    assert "78,668 page faults (322 MB" in said and "MALLOC_MMAP_MAX_=0" in said
+    c = Comparison(model="m", hardware="h", input_shapes=((1, 3),), predicted_ms=1.0, measured_ms=2.0,
+                   measured_runs_ms=(2.0,), layers=(), page_faults_per_run=78_668)
+    assert c.warnings == (said,) and c.to_dict()["warnings"] == [said]
+    assert "78,668 page faults" in str(measure_table(c)[1])
+    assert Comparison(**{**c.__dict__, "page_faults_per_run": 0.0}).warnings == ()
 
 
 def test_robust_timing_takes_quiet_blocks_and_reports_noise() -> None:
@@ -498,7 +562,7 @@ def test_calibration_fit_recovers_known_parameters() -> None:
 
     shapes = sample_shapes("conv", 48, seed=3)
     memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
-    u = np.array([s.rows / (s.rows + 40) * s.cout / (s.cout + 24) * s.reduction / (s.reduction + 16) for s in shapes])
+    u = np.array([s.rows / (s.rows + 40) * s.outputs / (s.outputs + 24) * s.reduction / (s.reduction + 16) for s in shapes])
     seconds = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u), memory) + 5e-6 + 30e-6
     seconds[::3] *= 1.05
     fit = fit_class(shapes, list(seconds), memory, per_op=5e-6)
@@ -513,13 +577,18 @@ def test_calibration_fit_recovers_known_parameters() -> None:
     assert robust_fit.rate == pytest.approx(50e9, rel=0.10)
     # the fixed cost is under a third of the smallest layer's time, so spikes may move it; what
     # must hold is that the robust fit still predicts the clean timings
-    fitted_u = np.array([np.prod([d / (d + h) for d, h in zip((s.rows, s.cout, s.reduction), robust_fit.half_dims)])
+    fitted_u = np.array([np.prod([d / (d + h) for d, h in zip((s.rows, s.outputs, s.reduction), robust_fit.half_dims)])
                          for s in shapes])
     predicted = (np.maximum(np.array([s.macs for s in shapes]) / (robust_fit.rate * fitted_u), memory) + 5e-6
                  + robust_fit.fixed_s)
     clean = seconds / np.where(np.arange(len(seconds)) % 3 == 0, 1.05, 1.0)
     assert np.median(np.abs(predicted / clean - 1)) < 0.05
     assert robust_fit.median_error < 0.05        # the median error marks the fit good, the spikes as off
+    assert fit.strided == pytest.approx(1.0, abs=0.03)       # these timings treat strides alike
+    # strided convolutions at 0.8 of the rate: the fit finds the factor instead of blending the two
+    slower = np.where([s.stride > 1 for s in shapes], 1 / 0.8, 1.0)
+    timed = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u) * slower, memory) + 5e-6 + 30e-6
+    assert fit_class(shapes, list(timed), memory, per_op=5e-6).strided == pytest.approx(0.8, rel=0.05)
 
 
 def test_batch_norm_costs_a_fixed_part_and_its_bytes() -> None:
@@ -560,16 +629,20 @@ def test_outputs_over_the_fresh_page_size_pay_for_first_touch() -> None:
 
 def test_calibration_shapes_are_the_gemms_the_roofline_sees() -> None:
     """The fit's half-dimensions are read back by roofline.dims: both must count rows, outputs and
-    reduction (inputs x kernel window) alike, or a 3x3 conv's reduction half is off by 9x."""
-    from costplan.hardware.calibrate import _module, sample_shapes
+    reduction (inputs x kernel window) alike, or a 3x3 conv's reduction half is off by 9x; a grouped
+    convolution is the GEMM one group runs (8 outputs, 8 x 9 reduction for groups of 8)."""
+    from costplan.hardware.calibrate import Shape, _module, sample_shapes
 
-    for kind in ("gemm", "conv", "pointwise", "depthwise"):
-        for shape in sample_shapes(kind, 4, seed=7):
-            module, x = _module(shape)
-            layer = next(l for l in load_graph(module, input="x".join(map(str, x.shape))).layers if l.macs)
-            seen = dims(layer, Effective(layer.macs, layer.params))
-            assert (seen.rows, seen.outputs, seen.reduction) == (shape.rows, shape.cout, shape.reduction), shape
-            assert layer.macs == shape.macs
+    grouped = Shape("conv", 64, 64, 14, 3, 1, 2, groups=8)
+    assert (grouped.outputs, grouped.reduction, grouped.macs) == (8, 72, 2 * 14 * 14 * 64 * 72)
+    shapes = [s for kind in ("gemm", "conv", "pointwise", "depthwise") for s in sample_shapes(kind, 4, seed=7)]
+    assert any(s.groups > 1 for s in sample_shapes("conv", 48, seed=1))
+    for shape in [*shapes, grouped]:
+        module, x = _module(shape)
+        layer = next(l for l in load_graph(module, input="x".join(map(str, x.shape))).layers if l.macs)
+        seen = dims(layer, Effective(layer.macs, layer.params))
+        assert (seen.rows, seen.outputs, seen.reduction) == (shape.rows, shape.outputs, shape.reduction), shape
+        assert layer.macs == shape.macs
 
 
 def test_a_calibrated_profile_warns_on_convolutions_it_never_timed() -> None:

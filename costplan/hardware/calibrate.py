@@ -24,7 +24,7 @@ from scipy.optimize import least_squares, nnls
 
 from costplan.hardware.profile import HardwareProfile, parse_profile
 from costplan.hardware.roofline import activation_cost
-from costplan.hardware.timing import LoadMeter, Probe, Timing, round_robin, timed
+from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, timed
 from costplan.models import Instance
 
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
@@ -53,15 +53,21 @@ class Shape:
     kernel: int = 0
     stride: int = 1
     batch: int = 1     # convolutions only: a linear layer's batch is in its rows
+    groups: int = 1    # grouped 3x3 convolutions (RegNet, ResNeXt); depthwise ones are their own kind
 
     @property
     def rows(self) -> int:
         return self.spatial if self.kernel == 0 else self.batch * math.ceil(self.spatial / self.stride) ** 2
 
     @property
+    def outputs(self) -> int:
+        """Outputs of the GEMM each group runs, as :func:`costplan.hardware.roofline.dims` counts them."""
+        return self.cout // self.groups
+
+    @property
     def reduction(self) -> int:
-        """MACs per output, as :func:`costplan.hardware.roofline.dims` counts them: inputs x window."""
-        return self.cin * max(self.kernel, 1) ** 2 if self.kind != "depthwise" else self.kernel ** 2
+        """MACs per output, as :func:`costplan.hardware.roofline.dims` counts them: a group's inputs x window."""
+        return self.cin // self.groups * max(self.kernel, 1) ** 2 if self.kind != "depthwise" else self.kernel ** 2
 
     @property
     def macs(self) -> int:
@@ -86,7 +92,9 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
     a 7x7 to 112x112 map, a width about 64 x 56 / side (channels grow as maps shrink) scaled by
     1/4 to 3 for pruned and wide layers, the output width 1/4 to 4 times the input's (bottlenecks,
     expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1), batch 1 (half the
-    draws) to 8. GEMMs: 1 to 1024 rows, independent widths from 8 to 3072."""
+    draws) to 8; a quarter of the 3x3 ones grouped, 8 to 64 channels a group, as RegNets and ResNeXts
+    have them. GEMMs: 1 to 8192 rows (tokens, or the pixels of channels-last linears in ConvNeXt),
+    independent widths from 8 to 3072."""
     rng = np.random.default_rng(seed)
     out: list[Shape] = []
     while len(out) < count:
@@ -97,9 +105,13 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
         batch = int(rng.choice(BATCHES))
         if kind == "gemm":
             cin, cout = (int(w) for w in rng.choice(WIDTHS, 2))
-            shape = Shape(kind, cin, cout, int(rng.choice((1, 8, 32, 64, 128, 256, 512, 1024))))
+            shape = Shape(kind, cin, cout, int(rng.choice((1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192))))
         elif kind == "depthwise":
             shape = Shape(kind, cout, cout, spatial, int(rng.choice((3, 3, 5))), stride, batch)
+        elif kind == "conv" and rng.random() < 0.25:
+            group = int(rng.choice((8, 16, 24, 32, 64)))
+            width = max(group, round(cin / group) * group)
+            shape = Shape(kind, width, width, spatial, 3, stride, batch, width // group)
         elif kind == "conv":
             shape = Shape(kind, cin, cout, spatial, 3, stride, batch)
         else:  # stride-2 1x1 convolutions (ResNet shortcuts) run another kernel, ~30% slower than this fit
@@ -127,6 +139,10 @@ class AttentionShape:
 
     @property
     def cout(self) -> int:
+        return self.width
+
+    @property
+    def outputs(self) -> int:
         return self.width
 
     @property
@@ -159,7 +175,7 @@ def _module(shape: Shape) -> tuple[torch.nn.Module, torch.Tensor]:
         return torch.nn.Linear(shape.cin, shape.cout), torch.randn(shape.spatial, shape.cin)
     groups = shape.cin if shape.kind == "depthwise" else 1
     layer = torch.nn.Conv2d(shape.cin, shape.cout, shape.kernel, stride=shape.stride, padding=shape.kernel // 2,
-                            groups=groups, bias=False)
+                            groups=groups if shape.kind == "depthwise" else shape.groups, bias=False)
     return layer, torch.randn(shape.batch, shape.cin, shape.spatial, shape.spatial)
 
 
@@ -167,12 +183,13 @@ def _module(shape: Shape) -> tuple[torch.nn.Module, torch.Tensor]:
 class ClassFit:
     """One op class fitted to its sampled layers: seconds = max(MACs / (rate x utilisation), memory
     seconds) + per-op overhead + ``fixed_s``, utilisation = product of d / (d + half) over the GEMM
-    dimensions (rows, outputs, reduction)."""
+    dimensions (rows, outputs, reduction), times ``strided`` for a strided convolution."""
 
     rate: float                            # MAC/s plateau
     half_dims: tuple[float, float, float]  # rows, outputs, reduction at half the plateau
     fixed_s: float                         # seconds per call beyond the generic per-op overhead
     median_error: float                    # median |predicted / measured - 1| over the samples
+    strided: float = 1.0                   # rate of a stride > 1 layer over a stride-1 one's
 
 
 @dataclass(frozen=True)
@@ -196,6 +213,7 @@ class Calibration:
     cpu: str
     samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, seconds)
     quality: Quality | None = None     # how noisy the machine was, and the self-check
+    kept_memory: bool = False          # timed with glibc keeping freed memory (timing.keep_freed_memory)
 
     def profile(self) -> HardwareProfile:
         """The calibration as a profile, exactly as ``--hw`` would read the file :func:`profile_toml` writes."""
@@ -241,22 +259,27 @@ def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], me
     """Fit :class:`ClassFit` to timed shapes on log time, weighted by the square root of time, with a
     soft-L1 loss: one shape timed while the machine was busy does not drag the whole fit."""
     macs = np.array([s.macs for s in shapes], dtype=float)
-    dims = np.array([(s.rows, s.cout, s.reduction) for s in shapes], dtype=float)
+    dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
+    strided = np.array([getattr(s, "stride", 1) > 1 for s in shapes])
     measured = np.array(seconds)
     top = float((macs / measured).max())
 
     def predict(p: np.ndarray) -> np.ndarray:
-        u = np.prod(dims / (dims + p[1:4]), axis=1)
+        u = np.prod(dims / (dims + p[1:4]), axis=1) * np.where(strided, p[5], 1.0)
         return np.maximum(macs / (p[0] * top * u), memory_s) + per_op + p[4] * 1e-6
 
     # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
-    # relative error matters less than a 3 ms one's
+    # relative error matters less than a 3 ms one's. Strided convolutions read their input with
+    # gaps and run slower per MAC (here 15-30%): their own factor, or stride-1 layers (most of a
+    # ResNet) are predicted slow by the blend of the two.
     weight = np.sqrt(measured / np.median(measured))
-    fit = least_squares(lambda p: weight * np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0),
-                        loss="soft_l1", f_scale=0.1, bounds=([0.3, 0, 0, 0, 0], [5.0, 1e5, 1e4, 1e4, 1e3]))
+    high = 1.5 if strided.any() else 1.0 + 1e-9
+    fit = least_squares(lambda p: weight * np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0),
+                        loss="soft_l1", f_scale=0.1, bounds=([0.3, 0, 0, 0, 0, 0.3], [5.0, 1e5, 1e4, 1e4, 1e3, high]))
     error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
     rows, outputs, reduction = (float(v) for v in fit.x[1:4])
-    return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error)
+    return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error,
+                    float(fit.x[5]) if strided.any() else 1.0)
 
 
 def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:
@@ -502,7 +525,11 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
 
     Raises CostplanError, writing nothing, when the machine was too busy to fit: other processes kept
     more than ``load_limit`` cores busy, or too many timings stayed noisy after re-timing, or a class's
-    fit is too far off. With ``strict`` False it never refuses (its quality says how noisy it was)."""
+    fit is too far off. With ``strict`` False it never refuses (its quality says how noisy it was).
+
+    Sets glibc's malloc to keep freed memory for the rest of the process (:func:`keep_freed_memory`),
+    so that page faults, which depend on the process's history, do not pass for kernel time; the
+    profile's header says so."""
     from costplan.errors import CostplanError
 
     before = torch.get_num_threads()
@@ -522,6 +549,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     from costplan.errors import CostplanError
 
     rounds, block_s = (4, 0.002) if quick else (6, 0.004)
+    kept = keep_freed_memory()
     classes = ("gemm", "conv", "pointwise", "depthwise")
     shapes = {kind: sample_shapes(kind, 16 if quick else 48, seed + i) for i, kind in enumerate(classes)}
     # a large block allocated and freed first, as a running network's would be: glibc then serves
@@ -581,7 +609,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
         bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, norm_fixed_s=norm_fixed,
         first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
         threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
-        quality=quality)
+        quality=quality, kept_memory=kept)
     if check:
         predicted = predict_checks(calibration.profile(), check)
         measured = {key.removeprefix("check "): timings[key].seconds for key in probes if key.startswith("check ")}
@@ -601,9 +629,13 @@ def profile_toml(c: Calibration) -> str:
         f"\nfresh_output_mb = {FRESH_OUTPUT_BYTES / 1e6:.4g}   # outputs over 32 MiB: glibc maps fresh pages for them on every call"
         f"\nfirst_touch_gbs = {c.first_touch_bandwidth / 1e9:.4g}    # faulting those pages in: a fresh 48 MiB fill less a reused one")
     quality = "".join(f"# {line}\n" for line in (c.quality.warnings() + c.quality.lines() if c.quality else []))
+    kept = ("# Timed with glibc keeping freed memory (mallopt): latencies assume a process whose allocator reuses\n"
+            "# memory (jemalloc, tcmalloc, or MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647); with glibc's\n"
+            "# defaults, networks with activations of tens of MB fault their pages in on every call.\n"
+            if c.kept_memory else "")
     return f"""# Measured by `costplan calibrate` on {today}: {c.cpu}, {c.threads} threads, torch {torch.__version__}.
 # Eager PyTorch at float32 on this machine; recalibrate after changing threads or hardware.
-{quality}name = "{c.name}"
+{kept}{quality}name = "{c.name}"
 kind = "cpu"
 description = "{c.cpu} ({c.threads} threads), calibrated {today}"
 default_dtype = "float32"
@@ -632,6 +664,7 @@ conv = {c.efficiency["conv"]:.4g}          # 3x3 convolutions, {count("conv")} s
 pointwise = {c.efficiency["pointwise"]:.4g}     # 1x1 convolutions, {count("pointwise")} shapes, {c.fits["pointwise"].median_error:.0%}
 depthwise = {c.efficiency["depthwise"]:.4g}     # depthwise convolutions, {count("depthwise")} shapes, {c.fits["depthwise"].median_error:.0%}
 attention = {c.efficiency["attention"]:.4g}     # fused scaled-dot-product attention, {count("attention")} shapes, {c.fits["attention"].median_error:.0%}
+strided = {{ {", ".join(f"{k} = {f.strided:.4g}" for k, f in c.fits.items() if f.strided != 1.0)} }}   # a stride > 1 convolution's rate over a stride-1 one's
 memory = 1.0                # the bandwidth above is what a copy attains
 half_util_macs = {{ gemm = {c.half_util_macs["gemm"]:.4g} }}   # matmuls without a layer shape
 half_util_dims = {{ {", ".join(f"{k} = {dims(k)}" for k in c.fits)} }}

@@ -76,6 +76,8 @@ class HardwareProfile:
     # dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
     half_util_dims: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class or rated kind -> fixed cost per call
+    # op class -> rate of a strided convolution over a stride-1 one's (calibrated CPUs; default 1)
+    strided: Mapping[str, float] = field(default_factory=dict)
     # False: a layer's weight read from DRAM adds to its time instead of hiding under its math
     # (eager CPU kernels pack or reorder their weights before computing, and in a network the
     # weights arrive cold: read at DRAM bandwidth first)
@@ -343,6 +345,14 @@ def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
     return out
 
 
+def _strided(eff: _Fields) -> dict[str, float]:
+    table = eff.table("strided", required=False)
+    for key in table.data:
+        if key not in OP_CLASSES:
+            raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+    return {key: table.number(key, positive=True, high=2.0) for key in table.data}
+
+
 def _per_class(overhead: _Fields) -> dict[str, float]:
     table = overhead.table("per_class_us", required=False)
     for key in table.data:
@@ -414,6 +424,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         energy_pj_per_dram_byte=energy.optional("pj_per_dram_byte"),
         threads=threads,
         half_util_dims=_half_util_dims(eff),
+        strided=_strided(eff),
         per_class_s=_per_class(overhead),
         rated_bandwidth=_rated(memory),
         channel_multiple=multiple,

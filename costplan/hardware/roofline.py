@@ -84,12 +84,14 @@ def op_class(layer: Layer) -> str | None:
 @dataclass(frozen=True)
 class Dims:
     """A layer as the GEMM its kernel runs: ``rows`` (output pixels or tokens), ``outputs``
-    (channels or features it writes), ``reduction`` (MACs per output), after the plan and any padding."""
+    (channels or features it writes; a group's, in a grouped convolution), ``reduction`` (MACs per
+    output), after the plan and any padding."""
 
     rows: float
     outputs: float
     reduction: float
     padding: float = 1.0           # MACs run over MACs needed, from widths rounded up to the multiple
+    strided: bool = False          # a convolution with a stride over 1
 
 
 def _padded(width: float, dense: int, multiple: int) -> float:
@@ -118,24 +120,27 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1) -> Dims | None:
     if "out_channels" in a and "in_channels" in a:
         cin, cout, groups = int(a["in_channels"]), int(a["out_channels"]), int(a.get("groups", 1))
         window = math.prod(a.get("kernel_size", (1,)))  # type: ignore[arg-type]
+        strided = any(int(v) > 1 for v in a.get("stride", (1,)))  # type: ignore[union-attr]
         if layer.depthwise:
-            return Dims(layer.macs / (cout * window), cout * eff.in_keep, window)
+            return Dims(layer.macs / (cout * window), cout * eff.in_keep, window, strided=strided)
     elif "out_features" in a and "in_features" in a:
-        cin, cout, groups, window = int(a["in_features"]), int(a["out_features"]), 1, 1
+        cin, cout, groups, window, strided = int(a["in_features"]), int(a["out_features"]), 1, 1, False
     else:
         return None
     outputs, inputs = cout * eff.out_keep, cin * eff.in_keep
     padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
-    return Dims(layer.macs / (cout * cin // groups * window), padded_out, padded_in / groups * window,
-                padded_out * padded_in / (outputs * inputs))
+    # a grouped convolution runs a GEMM per group: its outputs and reduction are a group's
+    return Dims(layer.macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
+                padded_out * padded_in / (outputs * inputs), strided=strided)
 
 
 def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwareProfile) -> float:
     """Share of the class's plateau rate an op attains: per GEMM dimension where the profile
-    gives ``half_util_dims`` and the layer has a shape, else by its MAC count."""
+    gives ``half_util_dims`` and the layer has a shape (times its ``strided`` factor for a strided
+    convolution), else by its MAC count."""
     halves = profile.half_util_dims.get(klass)
     if halves is not None and shape is not None:
-        u = 1.0
+        u = profile.strided.get(klass, 1.0) if shape.strided else 1.0
         for size, half in zip((shape.rows, shape.outputs, shape.reduction), halves):
             u *= size / (size + half) if size > 0 else 0.0
         return u
