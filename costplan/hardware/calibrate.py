@@ -435,8 +435,8 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool) -> dict[str, tuple[str,
     probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)
     fresh_n = (FRESH_OUTPUT_BYTES + 16 * 2 ** 20) // 4
     kept = torch.empty(fresh_n)
-    # glibc maps blocks over 32 MiB afresh on every allocation: a layer writing such an output first
-    # faults in every page of it
+    # with glibc's defaults, blocks over 32 MiB are mapped afresh on every allocation and a layer writing
+    # such an output faults in every page of it; where calibrate kept freed memory this measures ~0
     probes["fresh pages"] = ("first_touch", 4.0 * fresh_n, timed(lambda: torch.empty(fresh_n).fill_(1.0)), 1.0)
     probes["reused pages"] = ("reused", 4.0 * fresh_n, timed(lambda: kept.fill_(1.0)), 1.0)
     relu, tiny = torch.nn.ReLU(), torch.randn(1, 8)
@@ -549,14 +549,9 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     from costplan.errors import CostplanError
 
     rounds, block_s = (4, 0.002) if quick else (6, 0.004)
-    kept = keep_freed_memory()
+    kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
     classes = ("gemm", "conv", "pointwise", "depthwise")
     shapes = {kind: sample_shapes(kind, 16 if quick else 48, seed + i) for i, kind in enumerate(classes)}
-    # a large block allocated and freed first, as a running network's would be: glibc then serves
-    # later outputs from its heap instead of mapping fresh pages for each (10x on small convs)
-    warm = torch.empty(MAX_ACTIVATION * 2)  # 16 MB: glibc adapts its threshold only to blocks under 32 MB
-    warm.fill_(0.0)
-    del warm
     meter = LoadMeter()
     meter.start()
     with torch.inference_mode():
