@@ -270,7 +270,7 @@ def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], me
 
     # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
     # relative error matters less than a 3 ms one's. Strided convolutions read their input with
-    # gaps and run slower per MAC (here 15-30%): their own factor, or stride-1 layers (most of a
+    # gaps and run slower per MAC (here at 83-86% of the rate): their own factor, or stride-1 layers (most of a
     # ResNet) are predicted slow by the blend of the two.
     weight = np.sqrt(measured / np.median(measured))
     high = 1.5 if strided.any() else 1.0 + 1e-9
