@@ -49,7 +49,8 @@ class Comparison:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return (fault_warning(self.page_faults_per_run),) if fault_warning(self.page_faults_per_run) else ()
+        warning = fault_warning(self.page_faults_per_run)
+        return (warning,) if warning else ()
 
     @property
     def error(self) -> float:

@@ -463,6 +463,7 @@ def test_a_calibration_file_states_what_was_measured(tmp_path) -> None:
     assert set(c.quality.check) == {"resnet18", "mobilenet_v2", "transformer encoder"}
     if platform.libc_ver()[0] == "glibc":     # timed without page faults, and the header says so
         assert c.kept_memory and "keeping freed memory" in text
+        assert "first_touch_gbs" not in data["memory"] and "first_touch" not in c.samples   # nothing faults
     path = tmp_path / "local.toml"
     path.write_text(text)
     assert load_profile(path).bandwidth == pytest.approx(c.bandwidth, rel=1e-3)

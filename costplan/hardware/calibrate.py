@@ -395,8 +395,10 @@ def refusal(quality: Quality, fits: dict[str, ClassFit], load_limit: float = LOA
             "no profile was written")
 
 
-def _probes(shapes: dict[str, list[Shape]], quick: bool) -> dict[str, tuple[str, float, Probe, float]]:
-    """name -> (kind, size, probe, divisor): the probe's seconds divided by ``divisor`` are the sample."""
+def _probes(shapes: dict[str, list[Shape]], quick: bool,
+            kept_memory: bool = False) -> dict[str, tuple[str, float, Probe, float]]:
+    """name -> (kind, size, probe, divisor): the probe's seconds divided by ``divisor`` are the sample;
+    the fresh-page probes only where freed memory is not kept (see :func:`keep_freed_memory`)."""
     probes: dict[str, tuple[str, float, Probe, float]] = {}
     for kind, kind_shapes in shapes.items():
         for i, shape in enumerate(kind_shapes):
@@ -433,12 +435,13 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool) -> dict[str, tuple[str,
     n = (16 if quick else 64) * 1024 * 1024   # floats: well past any cache
     src, dst = torch.randn(n), torch.empty(n)
     probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)
-    fresh_n = (FRESH_OUTPUT_BYTES + 16 * 2 ** 20) // 4
-    kept = torch.empty(fresh_n)
-    # with glibc's defaults, blocks over 32 MiB are mapped afresh on every allocation and a layer writing
-    # such an output faults in every page of it; where calibrate kept freed memory this measures ~0
-    probes["fresh pages"] = ("first_touch", 4.0 * fresh_n, timed(lambda: torch.empty(fresh_n).fill_(1.0)), 1.0)
-    probes["reused pages"] = ("reused", 4.0 * fresh_n, timed(lambda: kept.fill_(1.0)), 1.0)
+    if not kept_memory:
+        # with glibc's defaults, blocks over 32 MiB are mapped afresh on every allocation and a layer
+        # writing such an output faults in every page of it (where freed memory is kept, none does)
+        fresh_n = (FRESH_OUTPUT_BYTES + 16 * 2 ** 20) // 4
+        reused = torch.empty(fresh_n)
+        probes["fresh pages"] = ("first_touch", 4.0 * fresh_n, timed(lambda: torch.empty(fresh_n).fill_(1.0)), 1.0)
+        probes["reused pages"] = ("reused", 4.0 * fresh_n, timed(lambda: reused.fill_(1.0)), 1.0)
     relu, tiny = torch.nn.ReLU(), torch.randn(1, 8)
     probes["overhead"] = ("overhead", 0.0, timed(lambda: relu(tiny)), 1.0)
     return probes
@@ -555,7 +558,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     meter = LoadMeter()
     meter.start()
     with torch.inference_mode():
-        probes = {**_probes(shapes, quick), **check_probes(check)}
+        probes = {**_probes(shapes, quick, kept), **check_probes(check)}
         timings = _time_all(probes, rounds, block_s, progress, "calibrating")
         load = meter.stop()
         if strict and load is not None and load > load_limit:    # a lasting load: retries will not help
@@ -581,9 +584,11 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
     onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
     norm_fixed, norm_bandwidth = fit_linear(samples["norm"], per_op)
-    touched, fresh_s = samples["first_touch"][0]
-    touch_s = max(fresh_s - samples["reused"][0][1], 0.0)
-    first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
+    first_touch_bw = None   # kept memory: outputs reuse pages, nothing is faulted in
+    if "first_touch" in samples:
+        touched, fresh_s = samples["first_touch"][0]
+        touch_s = max(fresh_s - samples["reused"][0][1], 0.0)
+        first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
     rated = {"transcendental": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["transcendental"]], per_op),
              "sigmoid": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["sigmoid"]], per_op),
              "norm": norm_bandwidth,

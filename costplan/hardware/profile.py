@@ -277,33 +277,29 @@ def _sparsity(fields: _Fields) -> dict[str, SparsitySupport]:
     return out
 
 
-def _efficiencies(eff: _Fields) -> dict[str, float]:
-    out = {c: eff.number(c, 1.0, high=1.0, positive=True) for c in ("conv", "depthwise", "gemm")}
-    out["pointwise"] = eff.number("pointwise", out["conv"], high=1.0, positive=True)
-    out["attention"] = eff.number("attention", out["gemm"], high=1.0, positive=True)
+def _class_table(fields: _Fields, key: str, allowed: tuple[str, ...] = OP_CLASSES) -> _Fields:
+    """The table ``key`` (empty when absent), each of whose keys must be in ``allowed``."""
+    table = fields.table(key, required=False)
+    for name in table.data:
+        if name not in allowed:
+            raise table.fail(name, f"is not an op class; use {', '.join(allowed)}")
+    return table
+
+
+def _efficiencies(eff: _Fields, base: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Class efficiencies; a class left out takes ``base``'s (1 without), except that pointwise
+    follows conv and attention follows gemm where those are given here or there is no base."""
+    default = base or dict.fromkeys(OP_CLASSES, 1.0)
+    out = {c: eff.number(c, default[c], high=1.0, positive=True) for c in ("conv", "depthwise", "gemm")}
+    for klass, leader in (("pointwise", "conv"), ("attention", "gemm")):
+        follows = base is None or leader in eff.data
+        out[klass] = eff.number(klass, out[leader] if follows else default[klass], high=1.0, positive=True)
     return out
 
 
 def _efficiency_by_dtype(eff: _Fields, base: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """``[efficiency.<dtype>]`` tables: class efficiencies for one precision. A class left out keeps
-    the shared figure, except that pointwise follows conv and attention follows gemm, as above."""
-    out = {}
-    for dtype in [k for k in eff.data if k in DTYPE_BYTES]:
-        table = eff.table(dtype)
-        for key in table.data:
-            if key not in OP_CLASSES:
-                raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
-        conv, gemm = table.number("conv", base["conv"], high=1.0, positive=True), \
-            table.number("gemm", base["gemm"], high=1.0, positive=True)
-        out[dtype] = {
-            "conv": conv, "gemm": gemm,
-            "depthwise": table.number("depthwise", base["depthwise"], high=1.0, positive=True),
-            "pointwise": table.number("pointwise", conv if "conv" in table.data else base["pointwise"],
-                                      high=1.0, positive=True),
-            "attention": table.number("attention", gemm if "gemm" in table.data else base["attention"],
-                                      high=1.0, positive=True),
-        }
-    return out
+    """``[efficiency.<dtype>]`` tables: class efficiencies for one precision over the shared ``base``."""
+    return {dtype: _efficiencies(_class_table(eff, dtype), base) for dtype in [k for k in eff.data if k in DTYPE_BYTES]}
 
 
 def _winograd(f: _Fields) -> tuple[float, tuple[str, ...]]:
@@ -320,10 +316,7 @@ def _half_util(eff: _Fields) -> dict[str, float]:
     """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's)."""
     value = eff.get("half_util_macs", 0.0)
     if isinstance(value, dict):
-        table = eff.table("half_util_macs")
-        for key in table.data:
-            if key not in OP_CLASSES:
-                raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+        table = _class_table(eff, "half_util_macs")
         default = table.number("gemm", 0.0)
         return {c: table.number(c, default) for c in OP_CLASSES}
     shared = eff.number("half_util_macs", 0.0)
@@ -332,12 +325,10 @@ def _half_util(eff: _Fields) -> dict[str, float]:
 
 def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
     """``half_util_dims`` is a table by op class of [rows, outputs, reduction], each >= 0."""
-    table = eff.table("half_util_dims", required=False)
+    table = _class_table(eff, "half_util_dims")
     out = {}
     for key in table.data:
         value = table.get(key)
-        if key not in OP_CLASSES:
-            raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
         if (not isinstance(value, list) or len(value) != 3
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value)):
             raise table.fail(key, f"must be three numbers >= 0 [rows, outputs, reduction], not {value!r}")
@@ -346,18 +337,12 @@ def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
 
 
 def _strided(eff: _Fields) -> dict[str, float]:
-    table = eff.table("strided", required=False)
-    for key in table.data:
-        if key not in OP_CLASSES:
-            raise table.fail(key, f"is not an op class; use {', '.join(OP_CLASSES)}")
+    table = _class_table(eff, "strided")
     return {key: table.number(key, positive=True, high=2.0) for key in table.data}
 
 
 def _per_class(overhead: _Fields) -> dict[str, float]:
-    table = overhead.table("per_class_us", required=False)
-    for key in table.data:
-        if key not in (*OP_CLASSES, *RATED_KINDS):
-            raise table.fail(key, f"is not an op class; use {', '.join((*OP_CLASSES, *RATED_KINDS))}")
+    table = _class_table(overhead, "per_class_us", (*OP_CLASSES, *RATED_KINDS))
     return {key: table.number(key) * 1e-6 for key in table.data}
 
 
