@@ -6,7 +6,12 @@
    mobilenet_v3_large and vit_b_16 at batch 1. Goal: within 5%.
 2. Starts a busy loop on one core, calibrates again, stops the loop. Goal: the profile's predictions
    stay within 15% of the quiet one's, or calibrate refuses (and says how busy the machine was).
-Prints each calibration's wall time and self-check.
+Prints each calibration's wall time, self-check and the machine's speed by round.
+
+The three networks are each calibration's held-out set, timed in its interleaved rounds. So beside
+the change in predictions the table shows the change in the networks' measured times: on a machine
+whose speed drifts between calibrations (a VM), a calibration that tracks the machine must move with
+it, and the change in predicted / measured is what the calibration itself adds.
 """
 
 from __future__ import annotations
@@ -18,39 +23,43 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
-from costplan.api import load_graph  # noqa: E402
-from costplan.errors import CostplanError  # noqa: E402
-from costplan.hardware import estimate  # noqa: E402
-from costplan.hardware.calibrate import calibrate  # noqa: E402
-from costplan.sparsity import apply_plan  # noqa: E402
+from costplan.errors import CostplanError
+from costplan.hardware.calibrate import calibrate
+from costplan.models import instantiate, resolve
 
 MODELS = ("resnet50", "mobilenet_v3_large", "vit_b_16")
 
 
-def run(label: str) -> dict[str, float] | None:
+Row = tuple[float, float]   # (predicted, measured) seconds
+
+
+def run(label: str) -> dict[str, Row] | None:
     start = time.perf_counter()
     try:
-        c = calibrate(progress=False)
+        c = calibrate(progress=False, check={m: instantiate(resolve(m, batch=1), "cpu") for m in MODELS})
     except CostplanError as exc:
         print(f"{label}: refused after {time.perf_counter() - start:.1f} s: {exc}")
         return None
-    print(f"{label}: {time.perf_counter() - start:.1f} s; " + "; ".join(c.quality.lines()))
-    profile = c.profile()
-    return {m: estimate(g, profile, apply_plan(g, None)).latency_s * 1e3 for m, g in GRAPHS.items()}
+    print(f"{label}: {time.perf_counter() - start:.1f} s")
+    for line in c.quality.warnings() + c.quality.lines():
+        print(f"  {line}")
+    return dict(c.quality.check)
 
 
-def table(a: dict[str, float], b: dict[str, float], label: str) -> float:
+def table(a: dict[str, Row], b: dict[str, Row], label: str) -> float:
+    print(f"  {'model':20s} {'predicted':>21s} {'change':>7s} {'measured':>21s} {'change':>7s} {'error change':>12s}")
     worst = 0.0
     for m in MODELS:
-        diff = b[m] / a[m] - 1
+        (pa, ma), (pb, mb) = a[m], b[m]
+        diff = pb / pa - 1
         worst = max(worst, abs(diff))
-        print(f"  {m:20s} {a[m]:9.2f} ms  {b[m]:9.2f} ms  {diff:+7.1%}")
-    print(f"  {label}: largest difference {worst:.1%}")
+        print(f"  {m:20s} {pa * 1e3:9.2f} {pb * 1e3:9.2f} ms {diff:+7.1%} {ma * 1e3:9.2f} {mb * 1e3:9.2f} ms "
+              f"{mb / ma - 1:+7.1%} {(pb / mb) / (pa / ma) - 1:+12.1%}")
+    print(f"  {label}: largest difference in predictions {worst:.1%}")
     return worst
 
 
 if __name__ == "__main__":
-    GRAPHS = {m: load_graph(m) for m in MODELS}
     first, second = run("quiet calibration 1"), run("quiet calibration 2")
     if first and second:
         print("\npredictions, quiet 1 against quiet 2 (goal: within 5%)")

@@ -142,7 +142,9 @@ def main() -> int:
         # probes, so the VM's drift between fitting and measuring cannot pass for model error
         result = calibrate(check=zoo_instances(batches))
         print(f"calibrated: {result.summary()}")
-        print(result.quality.lines()[0])
+        for line in result.quality.warnings() + result.quality.lines():
+            if not line.startswith(("self-check", "WARNING: this profile is off")):   # the zoo table says it
+                print(line)
         profile = result.profile()
         rows = result.quality.check
         if args.save:

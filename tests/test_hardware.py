@@ -521,6 +521,60 @@ def test_robust_timing_takes_quiet_blocks_and_reports_noise() -> None:
     assert timings["a"].seconds == 0.5 and timings["b"].noise == 0.0
 
 
+
+def test_shuffled_rounds_spread_a_fast_spell_over_every_kind_of_probe() -> None:
+    """The machine runs fast for the first 20 calls of each round after the first. In a fixed order
+    the first 20 probes always catch the spell and the other 20 never do: two kinds timed 2x apart
+    on the same machine. In a new order each round nearly every probe catches it once."""
+    from costplan.hardware.timing import round_robin
+
+    calls = [10 ** 6]
+
+    def probe() -> float:
+        calls[0] += 1
+        return 1.0 if calls[0] <= 20 else 2.0
+
+    def new_round(r: int) -> None:
+        calls[0] = 0
+
+    probes = {f"p{i}": probe for i in range(40)}
+    fixed = round_robin(probes, 6, block_s=0.0, on_round=new_round)
+    assert sum(t.seconds == 1.0 for t in fixed.values()) == 20
+    calls[0] = 10 ** 6
+    shuffled = round_robin(probes, 6, block_s=0.0, on_round=new_round, shuffle=0)
+    assert sum(t.seconds == 1.0 for t in shuffled.values()) >= 36
+    assert all(len(t.blocks) == 6 for t in shuffled.values())
+
+def test_a_machine_that_changes_speed_between_rounds_is_named_in_the_profile() -> None:
+    """Forty probes with scattered noise; in rounds 3 and 4 every probe runs 1.3x slower (a VM whose
+    host got busy). The speed by round sees the 30% through the noise, and the profile's header warns;
+    the same probes without the slow spell show no drift and no warning."""
+    import random
+
+    from costplan.hardware.calibrate import Quality
+    from costplan.hardware.timing import robust, speed_by_round
+
+    rng = random.Random(0)
+    base = [rng.uniform(1e-4, 1e-2) for _ in range(40)]
+
+    def timings(slow: float) -> dict[str, object]:
+        out = {}
+        for i, t in enumerate(base):
+            blocks = [t * (1 + abs(rng.gauss(0, 0.03))) * (slow if r in (2, 3) else 1.0) for r in range(6)]
+            blocks[rng.randrange(6)] *= 1.5            # one busy block per probe, in no particular round
+            out[f"p{i}"] = robust(blocks)
+        return out
+
+    drifting = speed_by_round(timings(1.3), 6)
+    assert max(drifting) / min(drifting) == pytest.approx(1.3, rel=0.05)
+    steady = speed_by_round(timings(1.0), 6)
+    assert max(steady) / min(steady) < 1.05
+    said = Quality(200, 6, 0.02, 0.01, 0, 0.0, speed=drifting)
+    assert said.drift == pytest.approx(0.3, abs=0.05)
+    assert any("speed changed by 3" in w for w in said.warnings())
+    assert any("machine speed by round" in line for line in said.lines())
+    assert Quality(200, 6, 0.02, 0.01, 0, 0.0, speed=steady).warnings() == []
+
 def test_the_load_meter_sees_another_process() -> None:
     import subprocess
     import sys
@@ -714,3 +768,16 @@ def test_fused_attention_is_its_own_class_with_gemm_figures_by_default() -> None
     plain = parse_profile(TOY, "toy")
     assert plain.efficiency["attention"] == plain.efficiency["gemm"]
     assert layer_latency(layer, eff, plain, "float32").compute_s == pytest.approx(layer.macs / (1e12 * 0.5))
+
+
+def test_a_lasting_load_is_refused_without_timing_every_round(monkeypatch) -> None:
+    """Load is read after every round; from the second on, a load over the limit refuses at once
+    rather than after the whole timing (52 s with one core busy here). A limit of -1 core is
+    exceeded by any load; one cheap probe stands in for the microbenchmarks."""
+    import costplan.hardware.calibrate as calibration
+    from costplan.errors import CostplanError
+    from costplan.hardware.timing import timed
+
+    monkeypatch.setattr(calibration, "_probes", lambda *_: {"tick": ("overhead", 0.0, timed(lambda: None), 1.0)})
+    with pytest.raises(CostplanError, match="after 2 of 4 rounds of timing, the machine was too busy"):
+        calibration.calibrate(quick=True, progress=False, check=False, load_limit=-1.0)

@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +24,7 @@ from scipy.optimize import least_squares, nnls
 
 from costplan.hardware.profile import HardwareProfile, parse_profile
 from costplan.hardware.roofline import activation_cost
-from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, timed
+from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, speed_by_round, timed
 from costplan.models import Instance
 
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
@@ -270,8 +270,8 @@ def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], me
 
     # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
     # relative error matters less than a 3 ms one's. Strided convolutions read their input with
-    # gaps and run slower per MAC (here at 83-86% of the rate): their own factor, or stride-1 layers (most of a
-    # ResNet) are predicted slow by the blend of the two.
+    # gaps and run slower per MAC (fitted here at 0.81-0.86 of the rate, beside the cost per call):
+    # their own factor, or stride-1 layers (most of a ResNet) are predicted slow by the blend of the two.
     weight = np.sqrt(measured / np.median(measured))
     high = 1.5 if strided.any() else 1.0 + 1e-9
     fit = least_squares(lambda p: weight * np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0),
@@ -334,6 +334,7 @@ UNSTABLE_LIMIT = 0.20   # share of probes still unstable after the retries at wh
 LOAD_LIMIT = 0.35       # cores other processes may keep busy on average before calibrate refuses
 FIT_LIMIT = 0.35        # a class whose fit is off by more than this (median) cannot be trusted
 CHECK_LIMIT = 0.25      # a self-check error above which the profile says it is off
+DRIFT_LIMIT = 0.15      # a change of the machine's speed between rounds above which the profile says so
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,12 @@ class Quality:
     retried: int                         # probes re-timed because they were unstable
     background_cores: float | None       # cores other processes kept busy on average (None: unknown)
     check: dict[str, tuple[float, float]] = field(default_factory=dict)  # network -> (predicted, measured) s
+    speed: tuple[float, ...] = ()        # the machine's speed in each round (timing.speed_by_round)
+
+    @property
+    def drift(self) -> float:
+        """How much faster the machine ran in its quickest round than in its slowest, less 1."""
+        return max(self.speed) / min(self.speed) - 1.0 if self.speed and min(self.speed) > 0 else 0.0
 
     @property
     def check_errors(self) -> dict[str, float]:
@@ -363,6 +370,9 @@ class Quality:
         out = [f"timing: {self.probes} probes in {self.rounds} interleaved rounds, median noise "
                f"{self.median_noise:.1%}, {self.retried} re-timed, {self.unstable:.0%} still noisy; other "
                f"processes used {load} on average"]
+        if self.speed:
+            out.append(f"machine speed by round (1 = every probe at its quickest): "
+                       f"{', '.join(f'{v:.2f}' for v in self.speed)}; drift {self.drift:.0%}")
         if self.check:
             errors = ", ".join(f"{k} {e:+.1%}" for k, e in self.check_errors.items())
             out.append(f"self-check (held-out networks, timed in the same rounds as the probes): {errors}: "
@@ -374,6 +384,10 @@ class Quality:
         if self.check and self.check_worst > CHECK_LIMIT:
             out.append(f"WARNING: this profile is off by up to {self.check_worst:.0%} on the held-out networks; "
                        "recalibrate on a quiet machine before trusting its latencies")
+        if self.drift > DRIFT_LIMIT:
+            out.append(f"WARNING: this machine's speed changed by {self.drift:.0%} between rounds while calibrating "
+                       "(a VM sharing its host, or a CPU changing its clock): the profile describes its quicker "
+                       "spells, and its latencies, like a second calibration's, may be off by as much")
         return out
 
 
@@ -448,13 +462,18 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool,
 
 
 def _time_all(probes: dict[str, tuple[str, float, Probe, float]], rounds: int, block_s: float,
-              progress: bool, label: str) -> dict[str, Timing]:
+              progress: bool, label: str, after_round: Callable[[int], None] | None = None,
+              seed: int = 0) -> dict[str, Timing]:
     from rich.progress import Progress
+
+    def on_round(r: int) -> None:
+        bar.advance(task)
+        if after_round is not None:
+            after_round(r)
 
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(label, total=rounds)
-        return round_robin({k: v[2] for k, v in probes.items()}, rounds, block_s,
-                           on_round=lambda r: bar.advance(task))
+        return round_robin({k: v[2] for k, v in probes.items()}, rounds, block_s, on_round=on_round, shuffle=seed)
 
 
 def check_networks() -> dict[str, Instance]:
@@ -559,23 +578,29 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     meter.start()
     with torch.inference_mode():
         probes = {**_probes(shapes, quick, kept), **check_probes(check)}
-        timings = _time_all(probes, rounds, block_s, progress, "calibrating")
-        load = meter.stop()
-        if strict and load is not None and load > load_limit:    # a lasting load: retries will not help
-            raise CostplanError(refusal(Quality(len(probes), rounds, 0.0, 0.0, 0, load), {}, load_limit) or "")
+
+        def refuse_a_lasting_load(r: int) -> None:
+            # from the second round on: a load that lasts, which retries will not help, refuses at once
+            load = meter.stop()
+            if strict and r >= 1 and load is not None and load > load_limit:
+                why = refusal(Quality(len(probes), r + 1, 0.0, 0.0, 0, load), {}, load_limit) or ""
+                raise CostplanError(f"after {r + 1} of {rounds} rounds of timing, {why}")
+        timings = _time_all(probes, rounds, block_s, progress, "calibrating", refuse_a_lasting_load, seed)
+        speed = speed_by_round(timings, rounds)
         retried: set[str] = set()
         for attempt in range(2):   # a busy spell passes: re-time what it disturbed
             unstable = {k: probes[k] for k, t in timings.items() if t.noise > NOISE_LIMIT}
             if not unstable:
                 break
             retried |= set(unstable)
-            again = _time_all(unstable, rounds, block_s, progress, f"re-timing {len(unstable)} noisy probes")
+            again = _time_all(unstable, rounds, block_s, progress, f"re-timing {len(unstable)} noisy probes",
+                              seed=seed + attempt + 1)
             for k, t in again.items():
                 timings[k] = Timing(min(t.seconds, timings[k].seconds), t.noise, timings[k].blocks + t.blocks)
     load = meter.stop()         # over the whole timing, retries included
     noise = [t.noise for t in timings.values()]
     quality = Quality(len(probes), rounds, statistics.median(noise),
-                      sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load)
+                      sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load, speed=speed)
 
     samples: dict[str, list[tuple[float, float]]] = {}
     for key, (kind, size, _, divisor) in probes.items():

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,20 +49,37 @@ def timed(fn: Callable[[], object]) -> Probe:
 
 
 def round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
-                on_round: Callable[[int], None] | None = None) -> dict[str, Timing]:
+                on_round: Callable[[int], None] | None = None, shuffle: int | None = None) -> dict[str, Timing]:
     """Time every probe in ``rounds`` rounds, a block of repeats (about ``block_s`` seconds, at least
-    one call) per probe per round, probes in turn."""
+    one call) per probe per round, probes in turn: in the order given, or with ``shuffle`` (a seed) in
+    a new order each round, so that a spell of the machine running faster or slower lands on probes
+    of every kind rather than on the run of probes of one kind that were next in line."""
     reps = {}
     for name, probe in probes.items():
         probe()                                   # warm caches and lazy initialisation
         reps[name] = max(1, min(200, math.ceil(block_s / max(probe(), 1e-7))))
     blocks: dict[str, list[float]] = {name: [] for name in probes}
+    names = list(probes)
+    rng = random.Random(shuffle)
     for r in range(rounds):
-        for name, probe in probes.items():
+        for name in (rng.sample(names, len(names)) if shuffle is not None else names):
+            probe = probes[name]
             blocks[name].append(sum(probe() for _ in range(reps[name])) / reps[name])
         if on_round is not None:
             on_round(r)
     return {name: robust(b) for name, b in blocks.items()}
+
+
+def speed_by_round(timings: Mapping[str, Timing], rounds: int) -> tuple[float, ...]:
+    """The machine's speed in each of the first ``rounds`` rounds: the median over probes of the
+    probe's lowest block over its block in that round (1.0: every probe at its quickest). Noise
+    scatters single blocks, which the median over probes sees through; a machine that changes speed
+    for a while (a VM whose host got busy, a CPU changing its clock) moves every probe of its rounds."""
+    out = []
+    for r in range(rounds):
+        ratios = [t.seconds / t.blocks[r] for t in timings.values() if len(t.blocks) > r and t.blocks[r] > 0]
+        out.append(statistics.median(ratios) if ratios else 1.0)
+    return tuple(out)
 
 
 def keep_freed_memory() -> bool:
