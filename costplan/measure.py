@@ -2,7 +2,9 @@
 
 The total is the median wall time of plain forward passes (warm-up first). Per layer, the model runs
 under the tracer, which times each layer's aten kernels; what the totals leave over is framework time
-between kernels (Python, dispatch), reported as unattributed.
+between kernels (Python, dispatch), reported as unattributed. The tracer's own bookkeeping between
+kernels lets threads and caches cool, so short kernels read slow per layer: in a 4-layer transformer
+encoder at batch 1 the per-layer times added up to 13.5 ms against 9.0 ms for the whole forward pass.
 """
 
 from __future__ import annotations

@@ -184,8 +184,10 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                 f"{len(c.measured_runs_ms)}), error {c.error:+.1%}; " + (
                     f"{c.unattributed_ms:.3f} ms of the measurement is framework time between layers"
                     if c.unattributed_ms >= 0 else
-                    f"the per-layer timings add up to {-c.unattributed_ms:.3f} ms more than the whole runs (timing "
-                    "noise: the machine's speed changed between them), so framework time is not known"))
+                    f"the per-layer timings add up to {-c.unattributed_ms:.3f} ms more than the whole runs, so "
+                    "framework time is not known: they are taken under the tracer, whose bookkeeping between "
+                    "kernels leaves short kernels to start cold (read their measured times as high), and the "
+                    "machine's speed may have changed between them"))
     for warning in c.warnings:
         text.append(f"\nwarning: {warning}", style="yellow")
     return table, text
