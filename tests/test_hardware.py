@@ -545,6 +545,7 @@ def test_shuffled_rounds_spread_a_fast_spell_over_every_kind_of_probe() -> None:
     assert sum(t.seconds == 1.0 for t in shuffled.values()) >= 36
     assert all(len(t.blocks) == 6 for t in shuffled.values())
 
+
 def test_a_machine_that_changes_speed_between_rounds_is_named_in_the_profile() -> None:
     """Forty probes with scattered noise; in rounds 3 and 4 every probe runs 1.3x slower (a VM whose
     host got busy). The speed by round sees the 30% through the noise, and the profile's header warns;
