@@ -24,8 +24,7 @@ import costplan  # noqa: E402
 from costplan.api import importance_for  # noqa: E402
 from costplan.planfile import Plan  # noqa: E402
 from costplan.pruning.pruner import Pruner  # noqa: E402
-from tests.test_agreement import _budgets, traced  # noqa: E402
-from tests.zoo import ZOO, copy_of, counted_macs, output  # noqa: E402
+from tests.zoo import ZOO, budgets, copy_of, counted_macs, output, traced  # noqa: E402
 
 
 def row(name: str, label: str, plan: Plan) -> str:
@@ -53,7 +52,7 @@ def main() -> None:
     for name in ZOO:
         model, _, graph = traced(name)
         importance = importance_for(graph, model, "magnitude", None, None, {})
-        for label, budget in zip(("solver-30", "solver-70"), _budgets(name)):
+        for label, budget in zip(("solver-30", "solver-70"), budgets(name)):
             result = costplan.plan(graph, budget=f"{budget}ms", hw="cpu-xeon", importance=importance, levels=8)
             print(row(name, label, result.plan), flush=True)
         layers = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -13,14 +14,15 @@ from costplan.hardware import Estimate, HardwareProfile, estimate, list_profiles
 from costplan.hardware.profile import profile_fields
 from costplan.coerce import as_plan, as_profile, as_shapes, canonical_dtype, traced_dtype, writable
 from costplan.models import Instance, ModelSource, instantiate, resolve
-from costplan.planfile import Plan, load_plan, save_plan, write_atomic
+from costplan.atomic import write_atomic
+from costplan.planfile import Plan, load_plan, save_plan
 from costplan.report import Report, build_report, reports_csv
 from costplan.sparsity import apply_plan, plan_notes
 from costplan.trace import LayerGraph, trace
 
 Shape = tuple[int, ...]
 ModelLike = str | torch.nn.Module
-IMPORTANCES = ("sensitivity", "magnitude", "taylor", "gaussian")
+IMPORTANCES = ("sensitivity", "gaussian")   # besides the criteria of costplan.scoring
 
 
 def _describe(instance: Instance) -> str:
@@ -90,18 +92,11 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
         return build_report(graph, parsed, warnings=plan_notes(parsed, graph))
     profile = as_profile(hw, runtime)
     est = estimate(graph, profile, apply_plan(graph, parsed), dtype)
-    latency = {
-        name: (l.latency_s * 1e3, l.bound, {
-            "compute_ms": l.compute_s * 1e3, "memory_ms": l.memory_s * 1e3, "overhead_ms": l.overhead_s * 1e3,
-            "attained": round(l.attained, 4), "dram_bytes": round(l.dram_bytes),
-            "energy_mj": None if l.energy_j is None else l.energy_j * 1e3, "sparse_kernel": l.sparse_path,
-        }) for name, l in est.layers.items()
-    }
     totals = {"precision": est.precision, "requested_precision": canonical_dtype(est.requested or est.precision),
               "runtime": profile.runtime,
               "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
               "energy_mj": None if est.energy_j is None else est.energy_j * 1e3}
-    return build_report(graph, parsed, hardware=profile.name, latency=latency, extra_totals=totals,
+    return build_report(graph, parsed, hardware=profile.name, latency=est.layers, extra_totals=totals,
                         warnings=est.warnings + plan_notes(parsed, graph, profile.name, profile.runtime))
 
 
@@ -109,10 +104,13 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
                    loss_fn: object, load_kwargs: dict) -> object:
     """Scores from real weights where they can be had: the user's module, or the spec built on the CPU
     (with its initial weights, drawn from a fixed seed so the same command gives the same plan).
-    ``importance`` None is 'sensitivity' when ``data`` is given, else 'magnitude'."""
-    from costplan.planning.importance import Importance, magnitude_scores, scored_params, taylor_scores
+    ``importance`` None is 'sensitivity' when ``data`` is given, else 'magnitude'; any criterion of
+    :mod:`costplan.scoring` (magnitude, l1, l2, taylor, ...) scores as the pruner's criterion of that
+    name does."""
+    from costplan.planning.importance import Importance, scored_params
     from costplan.planning.sensitivity import Sensitivity
     from costplan.pruning.loop import cross_entropy
+    from costplan.scoring import CRITERIA, collect_scores, make_criterion
 
     if isinstance(importance, Importance):
         return importance
@@ -120,8 +118,9 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
         importance = "sensitivity" if data is not None else "magnitude"
     if importance == "gaussian" or isinstance(model, LayerGraph):
         return Importance(graph, origin="Gaussian weights (no real weights given)")
-    if importance not in IMPORTANCES:
-        raise CostplanError(f"unknown importance '{importance}': use {', '.join(IMPORTANCES)}")
+    if importance not in IMPORTANCES and importance not in CRITERIA:
+        raise CostplanError(f"unknown importance '{importance}': use {', '.join(IMPORTANCES)} or a criterion "
+                            f"({', '.join(CRITERIA)})")
     weights = load_kwargs.get("weights")
     if isinstance(model, torch.nn.Module):
         module, origin = model, "the module's weights"
@@ -137,16 +136,16 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
         origin = f"weights from {weights}" if weights else \
             "random initial weights, seed 0 (give --weights FILE to plan your trained model)"
     params = scored_params(graph)
-    if importance in ("taylor", "sensitivity") and data is None:
+    criterion = make_criterion("magnitude" if importance == "sensitivity" else str(importance))
+    if (importance == "sensitivity" or criterion.needs_grad) and data is None:
         raise CostplanError(f"importance='{importance}' needs data= (calibration batches; loss_fn=(model, batch) "
                             "for a loss other than cross entropy on (inputs, targets))")
     loss = loss_fn or cross_entropy
-    if importance == "taylor":
-        return Importance(graph, taylor_scores(module, params, data, loss), origin=f"Taylor, {origin}")  # type: ignore[arg-type]
+    scores = collect_scores(module, params, criterion, data, loss)  # type: ignore[arg-type]
     if importance == "sensitivity":
-        return Sensitivity(graph, module, data, loss, magnitude_scores(module, params),  # type: ignore[arg-type]
+        return Sensitivity(graph, module, data, loss, scores,  # type: ignore[arg-type]
                            origin=f"units ranked by magnitude, {origin}")
-    return Importance(graph, magnitude_scores(module, params), origin=f"magnitude, {origin}")
+    return Importance(graph, scores, origin=f"{criterion.name if importance != 'magnitude' else 'magnitude'}, {origin}")
 
 
 def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",
@@ -206,11 +205,23 @@ def uniform_plan(model: ModelLike | LayerGraph, pattern: str, sparsity: float, *
     return build(graph, pattern, sparsity, keep_ends_dense=keep_ends_dense, exclude=exclude)
 
 
-def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, criterion: str = "magnitude",
+@dataclass(frozen=True)
+class PruneResult:
+    """A pruned model and what was done to it: the channel/head groups and the element-wise pruned
+    weights (parameter names), the training steps taken (0: one shot) and the plan's warnings."""
+
+    model: torch.nn.Module
+    groups: tuple[str, ...]
+    weights: tuple[str, ...]
+    steps: int
+    warnings: tuple[str, ...]
+
+
+def prune_with_result(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, criterion: str = "magnitude",
           scope: str = "local", compact: bool = True, input: str | Sequence | None = None,
           example_inputs: Sequence[object] | None = None, graph: LayerGraph | None = None, source: str | None = None,
           data: object = None, loss_fn: object = None, steps: int = 0, lr: float = 0.01, frequency: int | None = None,
-          decay: str = "cube", progress: bool = False, **load: object) -> torch.nn.Module:
+          decay: str = "cube", progress: bool = False, **load: object) -> PruneResult:
     """Prune ``model`` (a module, left unchanged, or a spec such as ``resnet50``, built with its initial
     weights on the CPU) to ``plan``; with ``compact`` the physically smaller model, else the masked copy
     with the masks folded in.
@@ -252,9 +263,14 @@ def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, 
                                 "costplan.Pruner in a training loop")
         pruner.prune()
     small = pruner.compact() if compact else pruner.remove()
-    small._costplan["pruned"] = {"groups": [g.name for g in pruner.groups], "weights": list(pruner.elements),
-                                 "steps": steps if data is not None else 0, "warnings": list(notes)}
-    return small
+    return PruneResult(small, tuple(g.name for g in pruner.groups), tuple(pruner.elements),
+                       steps if data is not None else 0, tuple(notes))
+
+
+def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], **kwargs: object) -> torch.nn.Module:
+    """Prune ``model`` to ``plan`` and return the pruned model; the arguments are
+    :func:`prune_with_result`'s, which also says what was pruned."""
+    return prune_with_result(model, plan, **kwargs).model   # type: ignore[arg-type]
 
 
 def training_data(spec: str) -> tuple[object, object]:
@@ -295,7 +311,6 @@ def calibrate(*, name: str = "local", quick: bool = False, progress: bool = True
 def write_profile(calibration: object, path: str | os.PathLike[str]) -> None:
     """Write a calibration as a profile file ``--hw`` accepts (atomically)."""
     from costplan.hardware.calibrate import profile_toml
-    from costplan.planfile import write_atomic
 
     write_atomic(path, profile_toml(calibration))  # type: ignore[arg-type]
 
@@ -328,6 +343,6 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     write(model, path)
 
 
-__all__ = ["analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles", "load",
-           "load_graph", "load_plan", "load_profile", "profile_fields", "reports_csv", "measure", "model_names", "parse_budget", "plan", "prune",
+__all__ = ["PruneResult", "analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles",
+           "load", "load_graph", "load_plan", "load_profile", "profile_fields", "reports_csv", "measure", "model_names", "parse_budget", "plan", "prune", "prune_with_result",
            "save", "save_plan", "sweep", "training_data", "uniform_plan", "writable", "write_atomic", "write_profile"]

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from costplan.hardware.roofline import LayerLatency
 from costplan.planfile import Plan
 from costplan.sparsity import Effective, apply_plan, effective_totals
 from costplan.trace.graph import LayerGraph
@@ -89,15 +90,23 @@ def reports_csv(reports: Sequence[Report]) -> str:
     return buf.getvalue()
 
 
+def _latency_fields(l: LayerLatency) -> dict[str, Any]:
+    """A layer's estimate beyond its latency and bound, in the report's units (ms, mJ)."""
+    return {"compute_ms": l.compute_s * 1e3, "memory_ms": l.memory_s * 1e3, "overhead_ms": l.overhead_s * 1e3,
+            "attained": round(l.attained, 4), "dram_bytes": round(l.dram_bytes),
+            "energy_mj": None if l.energy_j is None else l.energy_j * 1e3, "sparse_kernel": l.sparse_path}
+
+
 def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str | None = None,
-                 latency: Mapping[str, tuple[float, str, Mapping[str, Any]]] | None = None,
+                 latency: Mapping[str, LayerLatency] | None = None,
                  extra_totals: Mapping[str, Any] | None = None, warnings: tuple[str, ...] = ()) -> Report:
-    """Assemble the report of ``graph`` under ``plan``; ``latency`` maps layer -> (ms, bound, extras)."""
+    """Assemble the report of ``graph`` under ``plan``, with each layer's predicted ``latency`` if given."""
     effective: Mapping[str, Effective] = apply_plan(graph, plan)
     rows = []
     for layer in graph.layers:
         eff = effective[layer.name]
-        ms, bound, more = latency[layer.name] if latency else (None, None, {})
+        est = latency[layer.name] if latency else None
+        ms, bound, more = (est.latency_s * 1e3, est.bound, _latency_fields(est)) if est else (None, None, {})
         rows.append(LayerCost(
             name=layer.name, op=layer.op, module=layer.module, macs=layer.macs,
             effective_macs=round(eff.macs), params=layer.params, nonzero_params=round(eff.params),

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from costplan.errors import CostplanError, close_names
-from costplan.planfile import LayerPlan, Pattern, Plan
+from costplan.modules import out_in_shape
+from costplan.patterns import Pattern
+from costplan.planfile import LayerPlan, Plan
 from costplan.trace.graph import Layer, LayerGraph
 from costplan.trace.groups import Keep, PrunableGroup, Structure, mac_count, structure_of
-from costplan.trace.ops import MAC_FORMULAS
 
 
 @dataclass(frozen=True)
@@ -64,19 +65,13 @@ def heads_of(graph: LayerGraph, module: str) -> int | None:
     return next((h for m, h in graph.heads.items() if m.startswith(module + ".")), None)
 
 
-def weight_param(layer: Layer) -> str | None:
-    """The qualified name of the conv/linear weight a layer multiplies by, if any."""
-    name = layer.attrs.get("weight")
-    return name if isinstance(name, str) and layer.has_weights else None
-
-
 def weight_shape(structure: Structure, layer: Layer, keep: Keep) -> tuple[int, ...] | None:
     """A layer's weight as (outputs, inputs, ...) after structured pruning."""
-    param = weight_param(layer)
+    param = layer.weight_param
     if param is None or param not in structure.shapes:
         return None
     shape = structure.param_shape(param, keep) or structure.shapes[param]
-    return tuple(reversed(shape)) if layer.attrs.get("transposed_weight") and len(shape) == 2 else tuple(shape)
+    return out_in_shape(shape, layer.transposed_weight)
 
 
 def resolve(graph: LayerGraph, plan: Plan | None) -> Resolved:
@@ -192,13 +187,13 @@ def _elementwise_entries(graph: LayerGraph, structure: Structure, plan: Plan, ke
         lp = plan.layers[key]
         if not lp.pattern.elementwise:
             continue
-        weights = [l for l in graph.layers_of_module(key) if weight_param(l) is not None]
+        weights = [l for l in graph.layers_of_module(key) if l.weight_param is not None]
         if not weights:
             problems.append(f"'{key}' has no conv or linear weight to prune {lp.pattern}")
             continue
         for layer in weights:
-            param = weight_param(layer)
-            if layer.attrs.get("tied") and lp.sparsity > 0:
+            param = layer.weight_param
+            if layer.tied and lp.sparsity > 0:
                 problems.append(f"'{layer.module}' shares its weight with '{param.rpartition('.')[0]}' (tied): "
                                 f"{lp.pattern} zeros would change both; costplan does not prune tied weights")
                 continue
@@ -216,7 +211,7 @@ def layer_effective(structure: Structure, layer: Layer, keep: Keep,
     """``layer`` when each group keeps ``keep`` units and weights take their ``elementwise`` entries."""
     nodes = structure.nodes.get(layer.name)
     elementwise = elementwise or {}
-    param = weight_param(layer)
+    param = layer.weight_param
     lp = elementwise.get(param) if param else None
     density = 1.0
     if lp is not None:
@@ -227,7 +222,7 @@ def layer_effective(structure: Structure, layer: Layer, keep: Keep,
         return Effective(layer.macs * density, layer.params, density=density, plan=lp, shape_macs=layer.macs)
     macs = shape_macs = 0.0
     for part, operands, out in nodes.macs:
-        m = mac_count(part, operands, out, structure, keep, MAC_FORMULAS.get(part.formula))
+        m = mac_count(part, operands, out, structure, keep, part.formula)
         shape_macs += m
         macs += m * (density if part.param is not None and part.param == param else 1.0)
     params = 0.0
@@ -260,8 +255,8 @@ def plan_notes(plan: Plan | None, graph: LayerGraph, hardware: str | None = None
     notes = []
     if plan.model and plan.model != graph.model:
         notes.append(f"the plan was made for {plan.model}, not {graph.model}")
-    made = plan.extra.get("input", {}).get("shapes") if isinstance(plan.extra.get("input"), dict) else None
-    if made and [list(s) for s in graph.inputs.shapes] != made:
+    made = plan.input.shapes if plan.input else None
+    if made and tuple(tuple(s) for s in graph.inputs.shapes) != made:
         shown = ", ".join("x".join(map(str, s)) for s in made)
         now = ", ".join("x".join(map(str, s)) for s in graph.inputs.shapes)
         notes.append(f"the plan was made for input {shown}, not {now}: its latencies and ratios assumed that input")
@@ -292,4 +287,4 @@ def effective_totals(graph: LayerGraph, effective: Mapping[str, Effective]) -> t
 
 
 __all__ = ["Effective", "Pattern", "Resolved", "apply_plan", "effective_totals", "heads_of", "kept_count",
-           "kept_fraction", "layer_effective", "plan_notes", "resolve", "weight_param"]
+           "kept_fraction", "layer_effective", "plan_notes", "resolve"]

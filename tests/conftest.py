@@ -8,6 +8,18 @@ import torch
 from costplan.api import load_graph
 
 
+# the profiles costplan ships
+SHIPPED = ["a100", "cpu-xeon", "edge-npu", "fpga-zcu102", "h100", "rtx3090", "t4", "v100"]
+
+# a toy device whose figures make hand computation easy
+TOY = {
+    "name": "toy", "peak_tflops": {"float32": 2.0},       # 1e12 MAC/s
+    "memory": {"bandwidth_gbs": 100.0, "onchip_mb": 0.0},  # 1e11 B/s, nothing stays on chip
+    "efficiency": {"gemm": 0.5, "conv": 0.5},
+    "overhead": {"per_op_us": 1.0},
+}
+
+
 @functools.cache
 def graph_of(spec: str, **kwargs):
     """Trace a spec once per test session (graphs are read-only)."""

@@ -6,8 +6,6 @@ why), or the compacted model's MACs (FlopCounterMode / 2 on a real forward) and 
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
@@ -18,18 +16,10 @@ from costplan.api import importance_for
 from costplan.errors import CostplanError
 from costplan.planfile import Plan
 from costplan.pruning.pruner import Pruner
-from costplan.sparsity import weight_param
-from costplan.trace import trace
 from costplan.trace.groups import structure_of
-from tests.zoo import ZOO, build, copy_of, counted_macs, output
+from tests.zoo import ZOO, budgets, copy_of, counted_macs, output, traced
 
 PATTERNS = ["channel", "head", "unstructured", "2:4", "4x1"]
-
-
-@functools.cache
-def traced(name: str):  # noqa: ANN201
-    model, inputs = build(name)
-    return model, inputs, trace(model, inputs, name=name)
 
 
 def check(name: str, plan: Plan) -> str:
@@ -65,24 +55,12 @@ def check(name: str, plan: Plan) -> str:
     return "agreed"
 
 
-def _budgets(name: str) -> list[float]:
-    """Two latency budgets (ms) on cpu-xeon, 30% and 70% of the way from the dense model to what one
-    uniform 85% ratio on every group reaches."""
-    graph = traced(name)[2]
-    dense = costplan.estimate_latency(graph, "cpu-xeon").latency_s
-    layers = {}
-    for kind in ("channel", "head"):
-        layers.update(costplan.uniform_plan(graph, kind, 0.85).layers)
-    fast = costplan.estimate_latency(graph, "cpu-xeon", Plan(layers)).latency_s
-    return [(dense - f * (dense - fast)) * 1e3 for f in (0.3, 0.7)]
-
-
 @pytest.mark.parametrize("name", list(ZOO))
 def test_solver_plans_agree(name: str) -> None:
     """Plans the solver makes at two budgets are never refused, and the pruned model is the predicted one."""
     model, _, graph = traced(name)
     importance = importance_for(graph, model, "magnitude", None, None, {})
-    for budget in _budgets(name):
+    for budget in budgets(name):
         result = costplan.plan(graph, budget=f"{budget}ms", hw="cpu-xeon", importance=importance, levels=8)
         assert result.plan.layers and not result.warnings
         assert check(name, result.plan) == "agreed"
@@ -93,7 +71,7 @@ def _candidates(name: str) -> tuple[list[str], list[str], list]:
     attention modules (structured patterns); and the prunable groups (for whole-group entries)."""
     _, _, graph = traced(name)
     structure = structure_of(graph)
-    leaves = sorted({l.module for l in graph.layers if weight_param(l) and l.kind == "module"})
+    leaves = sorted({l.module for l in graph.layers if l.weight_param and l.kind == "module"})
     others = sorted({m for g in structure.groups.values() for m in g.members} | set(graph.heads) - set(leaves))
     return leaves, others, structure.prunable()
 
@@ -117,12 +95,31 @@ def hand_plans(draw, name: str) -> Plan:  # noqa: ANN001
     return Plan.from_dict({"layers": layers})
 
 
-@pytest.mark.parametrize("name", list(ZOO))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# the deep CNNs take 1-3 s an example: 8 in every run, 40 in CI's slow step
+DEEP = ("densenet121", "mobilenet_v2", "efficientnet_b0")
+SLOW_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO if n not in DEEP])
+@settings(max_examples=40, deadline=None, suppress_health_check=SLOW_CHECKS)
 @given(data=st.data())
 def test_hand_plans_agree_or_are_refused(name: str, data) -> None:  # noqa: ANN001
-    plan = data.draw(hand_plans(name))
-    event(check(name, plan))
+    event(check(name, data.draw(hand_plans(name))))
+
+
+@pytest.mark.parametrize("name", DEEP)
+@settings(max_examples=8, deadline=None, suppress_health_check=SLOW_CHECKS)
+@given(data=st.data())
+def test_hand_plans_agree_on_the_deep_cnns(name: str, data) -> None:  # noqa: ANN001
+    event(check(name, data.draw(hand_plans(name))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEEP)
+@settings(max_examples=40, deadline=None, suppress_health_check=SLOW_CHECKS)
+@given(data=st.data())
+def test_hand_plans_agree_on_the_deep_cnns_thoroughly(name: str, data) -> None:  # noqa: ANN001
+    event(check(name, data.draw(hand_plans(name))))
 
 
 def test_the_issue_cases_are_refused_or_agree() -> None:

@@ -205,6 +205,7 @@ def test_profiles_command(capsys) -> None:
     assert_clean_error(run("analyze", "resnet18", "--hw", "tpu9"), "unknown hardware profile")
 
 
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
 def test_calibrate_writes_a_profile_hw_accepts(tmp_path, factory_file) -> None:
     out = tmp_path / "local.toml"
     result = run("calibrate", "--quick", "-o", str(out))

@@ -144,6 +144,7 @@ def test_more_sparsity_never_adds_work(layers, layer, extra) -> None:
     assert high[0] <= graph.total_macs and high[1] <= graph.total_params
 
 
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
 def test_llama_plan_on_meta_graph() -> None:
     graph = graph_of("hf:llama-7b")
     report = analyze(graph, plan=plan(model__layers__0__mlp__up_proj=(0.5, "2:4")))

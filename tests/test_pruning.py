@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import costplan
 from costplan.errors import CostplanError
 from costplan.planfile import Plan, parse_pattern
-from costplan.pruning.criteria import CRITERIA, SnipMomentum, make_criterion
+from costplan.scoring import CRITERIA, SnipMomentum, make_criterion
 from costplan.pruning.masks import block_mask, nm_mask, unstructured_mask
 from costplan.pruning.schedule import DECAYS, Schedule
 from tests.conftest import SmallCNN, graph_of
@@ -275,7 +275,7 @@ import costplan
 from costplan.pruning.schedule import Schedule
 from tests.conftest import SmallCNN
 from tests.test_pruning import small_plan
-from costplan.pruning.criteria import Random
+from costplan.scoring import Random
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[2]}", rank=rank, world_size=2)
 torch.manual_seed(0)

@@ -12,7 +12,8 @@ import costplan
 from costplan.api import importance_for, load_graph
 from costplan.errors import CostplanError
 from costplan.planfile import Pattern
-from costplan.planning.importance import magnitude_scores, scored_params
+from costplan.planning.importance import scored_params
+from costplan.scoring import collect_scores
 from costplan.planning.sensitivity import Sensitivity
 from costplan.planning.units import build_units, plan_from_choice
 from costplan.pruning.loop import cross_entropy
@@ -41,7 +42,7 @@ def setup():
     structure = structure_of(graph)
     units = build_units(graph, structure, [Pattern("channel"), Pattern("unstructured")], levels=5, max_ratio=0.75,
                         excluded=(), bounds={})
-    scores = magnitude_scores(model, scored_params(graph))
+    scores = collect_scores(model, scored_params(graph))
     sens = Sensitivity(graph, model, batches, cross_entropy, scores, progress=False)
     return model, batches, graph, units, sens
 

@@ -5,11 +5,16 @@ an independent count of what a (compacted) model computes: the zoo the agreement
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+import costplan
+from costplan.planfile import Plan
+from costplan.trace import trace
 
 
 class GroupedConcat(nn.Module):
@@ -175,3 +180,22 @@ def counted_macs(model: nn.Module, inputs: Sequence[torch.Tensor], sparse: Seque
 
 def copy_of(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+@functools.cache
+def traced(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...], object]:
+    """A zoo model, its input and its trace, built once per process (copy the model before changing it)."""
+    model, inputs = build(name)
+    return model, inputs, trace(model, inputs, name=name)
+
+
+def budgets(name: str) -> list[float]:
+    """Two latency budgets (ms) on cpu-xeon, 30% and 70% of the way from the dense model to what one
+    uniform 85% ratio on every group reaches."""
+    graph = traced(name)[2]
+    dense = costplan.estimate_latency(graph, "cpu-xeon").latency_s
+    layers = {}
+    for kind in ("channel", "head"):
+        layers.update(costplan.uniform_plan(graph, kind, 0.85).layers)
+    fast = costplan.estimate_latency(graph, "cpu-xeon", Plan(layers)).latency_s
+    return [(dense - f * (dense - fast)) * 1e3 for f in (0.3, 0.7)]

@@ -15,11 +15,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from costplan.coerce import canonical_dtype
 from costplan.errors import CostplanError, close_names
-from costplan.trace.ops import RATED_KINDS
+from costplan.hardware.fields import Fields
+from costplan.hardware.schema import CLASS_TABLES, PEAK_SCALE, RATED_SCALE, read_scalars
+from costplan.hardware.opclass import RATED_KINDS
+from costplan.spellings import DTYPE_BYTES, canonical_dtype
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 # pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention (a profile without
 # figures of its own gives it the GEMM's)
 OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention")
@@ -84,7 +85,7 @@ class HardwareProfile:
     weights_overlap: bool = True
     # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,
     # softmax), 'sigmoid' (sigmoid, SiLU), 'pooling' (max/avg windows), 'norm' (batch/layer/group
-    # norm); see ops.rated_kind
+    # norm); see opclass.rated_kind
     rated_bandwidth: Mapping[str, float] = field(default_factory=dict)
     channel_multiple: int = 1         # channel counts the kernels run best at: SIMD width, MMA tile
     # outputs larger than this many bytes get freshly mapped pages on every call (glibc mmaps blocks
@@ -184,82 +185,7 @@ def _path_for(name: str) -> Path:
     return path
 
 
-class _Fields:
-    """Typed access to a TOML table that names the file and field in every error, and remembers
-    which keys were read, so a key nothing reads (a typo) is an error rather than a silent default."""
-
-    def __init__(self, data: Mapping[str, Any], where: str, prefix: str = "",
-                 tables: list[_Fields] | None = None) -> None:
-        self.data, self.where, self.prefix = data, where, prefix
-        self.seen: set[str] = set()
-        self.tables = tables if tables is not None else []   # every table of the file, shared
-        self.tables.append(self)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.seen.add(key)
-        return self.data.get(key, default)
-
-    def unread(self) -> None:
-        """Raise on the first key of any table that nothing read, naming the closest known key."""
-        for t in self.tables:
-            for key in t.data:
-                if key not in t.seen:
-                    known = sorted(t.seen) or ["(this table takes no fields)"]
-                    raise t.fail(key, f"is not a profile field.{close_names(key, t.seen)} Fields here: "
-                                      f"{', '.join(known)}")
-
-    def fail(self, key: str, problem: str) -> CostplanError:
-        return CostplanError(f"{self.where}: field '{self.prefix}{key}' {problem}")
-
-    def number(self, key: str, default: float | None = None, *, low: float = 0.0, high: float | None = None,
-               positive: bool = False) -> float:
-        self.seen.add(key)
-        if key not in self.data:
-            if default is None:
-                raise self.fail(key, "is missing")
-            return default
-        value = self.data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"must be a number, not {value!r}")
-        if value < low or (positive and value <= 0) or (high is not None and value > high):
-            bound = f"in ({low}, {high}]" if high is not None else ("positive" if positive else f">= {low}")
-            raise self.fail(key, f"must be {bound}, got {value}")
-        return float(value)
-
-    def optional(self, key: str, scale: float = 1.0) -> float | None:
-        """A positive number times ``scale`` (units: GB/s -> bytes/s), or None when the key is absent."""
-        self.seen.add(key)
-        return self.number(key, positive=True) * scale if key in self.data else None
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, not {value!r}")
-        return value
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.get(key, default)
-        if not isinstance(value, str):
-            raise self.fail(key, "is missing" if value is None else f"must be a string, not {value!r}")
-        return value
-
-    def table(self, key: str, required: bool = True) -> _Fields:
-        value = self.get(key)
-        if value is None and not required:
-            return _Fields({}, self.where, f"{self.prefix}{key}.", self.tables)
-        if not isinstance(value, dict):
-            raise self.fail(key, "is missing" if value is None else "must be a table")
-        return _Fields(value, self.where, f"{self.prefix}{key}.", self.tables)
-
-    def dtype_numbers(self, key: str, required: bool = True, extra: tuple[str, ...] = ()) -> dict[str, float]:
-        table = self.table(key, required)
-        for dtype in table.data:
-            if dtype not in DTYPE_BYTES and dtype not in extra:
-                raise table.fail(dtype, f"is not a dtype; use {', '.join(DTYPE_BYTES)}")
-        return {dtype: table.number(dtype, positive=True) for dtype in table.data}
-
-
-def _sparsity(fields: _Fields) -> dict[str, SparsitySupport]:
+def _sparsity(fields: Fields) -> dict[str, SparsitySupport]:
     out = {}
     for pattern in fields.data:
         f = fields.table(pattern)
@@ -277,7 +203,7 @@ def _sparsity(fields: _Fields) -> dict[str, SparsitySupport]:
     return out
 
 
-def _class_table(fields: _Fields, key: str, allowed: tuple[str, ...] = OP_CLASSES) -> _Fields:
+def _class_table(fields: Fields, key: str, allowed: tuple[str, ...] = OP_CLASSES) -> Fields:
     """The table ``key`` (empty when absent), each of whose keys must be in ``allowed``."""
     table = fields.table(key, required=False)
     for name in table.data:
@@ -286,7 +212,7 @@ def _class_table(fields: _Fields, key: str, allowed: tuple[str, ...] = OP_CLASSE
     return table
 
 
-def _efficiencies(eff: _Fields, base: Mapping[str, float] | None = None) -> dict[str, float]:
+def _efficiencies(eff: Fields, base: Mapping[str, float] | None = None) -> dict[str, float]:
     """Class efficiencies; a class left out takes ``base``'s (1 without), except that pointwise
     follows conv and attention follows gemm where those are given here or there is no base."""
     default = base or dict.fromkeys(OP_CLASSES, 1.0)
@@ -297,12 +223,12 @@ def _efficiencies(eff: _Fields, base: Mapping[str, float] | None = None) -> dict
     return out
 
 
-def _efficiency_by_dtype(eff: _Fields, base: Mapping[str, float]) -> dict[str, dict[str, float]]:
+def _efficiency_by_dtype(eff: Fields, base: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """``[efficiency.<dtype>]`` tables: class efficiencies for one precision over the shared ``base``."""
     return {dtype: _efficiencies(_class_table(eff, dtype), base) for dtype in [k for k in eff.data if k in DTYPE_BYTES]}
 
 
-def _winograd(f: _Fields) -> tuple[float, tuple[str, ...]]:
+def _winograd(f: Fields) -> tuple[float, tuple[str, ...]]:
     table = f.table("winograd", required=False)
     if not table.data:
         return 1.0, ()
@@ -312,7 +238,7 @@ def _winograd(f: _Fields) -> tuple[float, tuple[str, ...]]:
     return table.number("speedup", low=1.0), tuple(dtypes)
 
 
-def _half_util(eff: _Fields) -> dict[str, float]:
+def _half_util(eff: Fields) -> dict[str, float]:
     """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's)."""
     value = eff.get("half_util_macs", 0.0)
     if isinstance(value, dict):
@@ -323,7 +249,7 @@ def _half_util(eff: _Fields) -> dict[str, float]:
     return {c: shared for c in OP_CLASSES}
 
 
-def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
+def _half_util_dims(eff: Fields) -> dict[str, tuple[float, float, float]]:
     """``half_util_dims`` is a table by op class of [rows, outputs, reduction], each >= 0."""
     table = _class_table(eff, "half_util_dims")
     out = {}
@@ -336,40 +262,50 @@ def _half_util_dims(eff: _Fields) -> dict[str, tuple[float, float, float]]:
     return out
 
 
-def _strided(eff: _Fields) -> dict[str, float]:
+def _strided(eff: Fields) -> dict[str, float]:
     table = _class_table(eff, "strided")
     return {key: table.number(key, positive=True, high=2.0) for key in table.data}
 
 
-def _per_class(overhead: _Fields) -> dict[str, float]:
+def _scale(attr: str) -> float:
+    return next(scale for _, a, scale in CLASS_TABLES if a == attr)
+
+
+def _per_class(overhead: Fields) -> dict[str, float]:
     table = _class_table(overhead, "per_class_us", (*OP_CLASSES, *RATED_KINDS))
-    return {key: table.number(key) * 1e-6 for key in table.data}
+    return {key: table.number(key) * _scale("per_class_s") for key in table.data}
 
 
-def _rated(memory: _Fields) -> dict[str, float]:
+def _rated(memory: Fields) -> dict[str, float]:
     """Rates of memory-only ops slower than their bytes, bytes/s; a profile without a sigmoid rate
     (calibrated before it was timed apart) gives sigmoid/SiLU the transcendental one, as it did."""
-    rated = {kind: memory.number(f"{kind}_gbs", positive=True) * 1e9
+    rated = {kind: memory.number(f"{kind}_gbs", positive=True) * RATED_SCALE
              for kind in RATED_KINDS if f"{kind}_gbs" in memory.data}
     if "sigmoid" not in rated and "transcendental" in rated:
         rated["sigmoid"] = rated["transcendental"]
     return rated
 
 
+def _runtimes(f: Fields) -> dict[str, tuple[float, bool]]:
+    """``[runtimes.NAME]``: the other executions a profile knows, as (per-op seconds, fuses elementwise)."""
+    known = f.table("runtimes", required=False)
+    out = {}
+    for name in list(known.data):
+        r = known.table(name)
+        out[name] = (r.number("per_op_us") * 1e-6, r.flag("fuse_elementwise", False))
+    return out
+
+
 def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
-    """Validate the TOML tables of a profile; ``where`` names the file in errors."""
-    f = _Fields(data, where)
+    """Validate the TOML tables of a profile; ``where`` names the file in errors. The scalar fields
+    are read through :mod:`costplan.hardware.schema`'s table, the one its writer uses."""
+    f = Fields(data, where)
     peak = f.dtype_numbers("peak_tflops", extra=("tf32",))
     tf32 = peak.pop("tf32", None)
     tf32_classes = f.get("tf32_classes", ["conv", "pointwise"] if tf32 else [])
     if not isinstance(tf32_classes, list) or any(c not in OP_CLASSES for c in tf32_classes):
         raise f.fail("tf32_classes", f"must be a list of op classes ({', '.join(OP_CLASSES)})")
     runtime = f.text("runtime", "eager" if f.get("kind") == "cpu" else "fused")
-    runtimes = {}
-    known = f.table("runtimes", required=False)
-    for name in list(known.data):
-        r = known.table(name)
-        runtimes[name] = (r.number("per_op_us") * 1e-6, r.flag("fuse_elementwise", False))
     if not peak:
         raise f.fail("peak_tflops", "names no dtype")
     memory, eff, overhead = f.table("memory"), f.table("efficiency", False), f.table("overhead", False)
@@ -377,47 +313,27 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     if default_dtype not in peak:
         raise f.fail("default_dtype", f"'{default_dtype}' has no peak_tflops entry")
     energy = f.table("energy", required=False)
-    threads = f.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
-        raise f.fail("threads", f"must be a positive integer, got {threads!r}")
     if ("fresh_output_mb" in memory.data) != ("first_touch_gbs" in memory.data):
         raise memory.fail("first_touch_gbs", "and 'memory.fresh_output_mb' must be given together")
-    multiple = f.get("channel_multiple", 1)
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0:
-        raise f.fail("channel_multiple", f"must be a positive integer, got {multiple!r}")
+    scalars = read_scalars({"": f, "memory": memory, "efficiency": eff, "overhead": overhead, "energy": energy})
     efficiency = _efficiencies(eff)
     winograd_speedup, winograd_dtypes = _winograd(f)
     profile = HardwareProfile(
-        name=f.text("name"),
-        kind=f.text("kind", "gpu"),
-        description=f.text("description", ""),
-        peak_macs={d: v * 1e12 / 2 for d, v in peak.items()},  # vendors quote FLOPS = 2 x MACs
-        bandwidth=memory.number("bandwidth_gbs", positive=True) * 1e9,
-        onchip_bytes=memory.number("onchip_mb", 0.0) * 1e6,
-        onchip_bandwidth=memory.optional("onchip_bandwidth_gbs", 1e9),
+        **scalars,
+        peak_macs={d: v * PEAK_SCALE for d, v in peak.items()},
         efficiency=efficiency,
         efficiency_by_dtype=_efficiency_by_dtype(eff, efficiency),
-        memory_efficiency=eff.number("memory", 1.0, high=1.0, positive=True),
         half_util_macs=_half_util(eff),
-        per_op_s=overhead.number("per_op_us", 0.0) * 1e-6,
-        fuse_elementwise=overhead.flag("fuse_elementwise", False),
-        weights_on_chip=memory.flag("weights_on_chip", False),
-        weights_overlap=memory.flag("weights_overlap", True),
         default_dtype=default_dtype,
         sparsity=_sparsity(f.table("sparsity", required=False)),
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
-        energy_pj_per_dram_byte=energy.optional("pj_per_dram_byte"),
-        threads=threads,
         half_util_dims=_half_util_dims(eff),
         strided=_strided(eff),
         per_class_s=_per_class(overhead),
         rated_bandwidth=_rated(memory),
-        channel_multiple=multiple,
-        fresh_output_bytes=memory.optional("fresh_output_mb", 1e6),
-        first_touch_bandwidth=memory.optional("first_touch_gbs", 1e9),
         source=where,
-        runtime=runtime, runtimes=runtimes,
-        tf32_macs=tf32 * 1e12 / 2 if tf32 else None, tf32_classes=tuple(tf32_classes),
+        runtime=runtime, runtimes=_runtimes(f),
+        tf32_macs=tf32 * PEAK_SCALE if tf32 else None, tf32_classes=tuple(tf32_classes),
         winograd_speedup=winograd_speedup, winograd_dtypes=winograd_dtypes,
     )
     memory.seen.update(f"{kind}_gbs" for kind in RATED_KINDS)   # optional rates: known names too

@@ -12,11 +12,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from costplan.hardware.profile import DTYPE_BYTES, HardwareProfile
-from costplan.planfile import Pattern
+from costplan.hardware.profile import HardwareProfile
+from costplan.spellings import DTYPE_BYTES
+from costplan.patterns import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph
-from costplan.trace.ops import is_elementwise, rated_kind, writes_in_place
+from costplan.hardware.opclass import is_elementwise, rated_kind, writes_in_place
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,10 @@ def op_class(layer: Layer) -> str | None:
         return None
     if layer.op == "attention":
         return "attention"
-    a = layer.attrs
     if layer.op.startswith("conv"):
         if layer.depthwise:
             return "depthwise"
-        return "pointwise" if all(k == 1 for k in a.get("kernel_size", (0,))) else "conv"
+        return "pointwise" if all(k == 1 for k in layer.kernel_size or (0,)) else "conv"
     return "gemm"
 
 
@@ -102,36 +102,46 @@ def _padded(width: float, dense: int, multiple: int) -> float:
     return math.ceil(round(width, 6) / multiple) * multiple
 
 
+def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int = 1, depthwise: bool = False,
+              strided: bool = False, in_keep: float = 1.0, out_keep: float = 1.0, multiple: int = 1) -> Dims:
+    """The GEMM a convolution or linear layer of ``macs`` MACs runs: rows = MACs over (outputs x
+    reduction) of the dense layer; a grouped convolution's outputs and reduction are one group's, a
+    depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
+    are the shares of input/output channels a plan keeps; widths pruned off ``multiple`` run padded."""
+    if depthwise:
+        return Dims(macs / (cout * window), cout * in_keep, window, strided=strided)
+    outputs, inputs = cout * out_keep, cin * in_keep
+    padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
+    return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
+                padded_out * padded_in / (outputs * inputs), strided=strided)
+
+
+def attention_dims(macs: float, keys: int, qk_width: int, v_width: int, in_keep: float = 1.0) -> Dims:
+    """Fused attention as a GEMM: rows = batch x heads x queries (heads pruned away leave), outputs =
+    value width, reduction = keys; its MACs (Q K^T and the sum over V) are the layer's, not this product."""
+    return Dims(macs / (keys * (qk_width + v_width)) * in_keep, v_width, keys)
+
+
 def dims(layer: Layer, eff: Effective, multiple: int = 1) -> Dims | None:
     """The GEMM shape of a convolution, linear layer or fused attention under its plan; None for
     other layers."""
-    a = layer.attrs
     if layer.macs <= 0:
         return None
     if layer.op == "attention" and layer.in_shapes and all(len(s) >= 2 for s in layer.in_shapes[:3]):
-        # fused attention: rows = batch x heads x queries (heads pruned away leave), outputs = value
-        # width, reduction = keys; its MACs (Q K^T and the sum over V) are the layer's, not this
-        # product. One tensor read as q, k and v is recorded once.
+        # one tensor read as q, k and v is recorded once
         q = layer.in_shapes[0]
         k = layer.in_shapes[1] if len(layer.in_shapes) > 1 else q
         v = layer.in_shapes[2] if len(layer.in_shapes) > 2 else k
-        keys, width = int(k[-2]), int(v[-1])
-        return Dims(layer.macs / (keys * (int(q[-1]) + width)) * eff.in_keep, width, keys)
-    if "out_channels" in a and "in_channels" in a:
-        cin, cout, groups = int(a["in_channels"]), int(a["out_channels"]), int(a.get("groups", 1))
-        window = math.prod(a.get("kernel_size", (1,)))  # type: ignore[arg-type]
-        strided = any(int(v) > 1 for v in a.get("stride", (1,)))  # type: ignore[union-attr]
-        if layer.depthwise:
-            return Dims(layer.macs / (cout * window), cout * eff.in_keep, window, strided=strided)
-    elif "out_features" in a and "in_features" in a:
-        cin, cout, groups, window, strided = int(a["in_features"]), int(a["out_features"]), 1, 1, False
-    else:
-        return None
-    outputs, inputs = cout * eff.out_keep, cin * eff.in_keep
-    padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple)
-    # a grouped convolution runs a GEMM per group: its outputs and reduction are a group's
-    return Dims(layer.macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
-                padded_out * padded_in / (outputs * inputs), strided=strided)
+        return attention_dims(layer.macs, int(k[-2]), int(q[-1]), int(v[-1]), eff.in_keep)
+    if layer.conv_channels:
+        (cin, cout), groups = layer.conv_channels, layer.groups
+        return gemm_dims(layer.macs, cin, cout, groups=groups, window=math.prod(layer.kernel_size or (1,)),
+                         depthwise=layer.depthwise, strided=any(v > 1 for v in layer.stride),
+                         in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple)
+    if layer.linear_features:
+        cin, cout = layer.linear_features
+        return gemm_dims(layer.macs, cin, cout, in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple)
+    return None
 
 
 def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwareProfile) -> float:
@@ -163,11 +173,10 @@ def algorithm_speedup(layer: Layer, klass: str | None, profile: HardwareProfile,
     """How many times fewer multiplies the kernel needs than the layer's MACs: the profile's Winograd
     speedup for a dense 3x3 stride-1 convolution at a Winograd dtype, unless it runs on TF32
     tensor cores (cuDNN's tensor-core kernels are implicit GEMMs); else 1."""
-    a = layer.attrs
     if (klass != "conv" or precision not in profile.winograd_dtypes
             or profile.peak_for(precision, klass) != profile.peak_macs[precision]
-            or tuple(a.get("kernel_size", ())) != (3, 3) or tuple(a.get("stride", (1, 1))) != (1, 1)
-            or tuple(a.get("dilation", (1, 1))) != (1, 1) or int(a.get("groups", 1)) != 1 or a.get("transposed")):
+            or layer.kernel_size != (3, 3) or layer.stride not in ((), (1, 1))
+            or layer.dilation not in ((), (1, 1)) or layer.groups != 1 or layer.conv_transposed):
         return 1.0
     return profile.winograd_speedup
 
@@ -319,5 +328,5 @@ def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> tuple[str, 
     if not profile.half_util_dims:
         return ()
     return tuple(l.name for l in graph.layers
-                 if l.op.startswith("conv") and len(l.attrs.get("kernel_size", (0, 0))) != 2)
+                 if l.op.startswith("conv") and len(l.kernel_size or (0, 0)) != 2)
 

@@ -8,40 +8,16 @@ random weights), ``file.py:factory`` (runs the user's code), or a saved file (To
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import torch
 
-from costplan.coerce import parse_shapes, torch_dtype
+from costplan.spellings import parse_shapes, torch_dtype
 from costplan.errors import CostplanError, close_names
-from costplan.models import files, hf, vision
+from costplan.models import files, hf, saved, vision
+from costplan.models.source import Instance, ModelSource
 
 Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Instance:
-    """A built model with the inputs to call it with."""
-
-    module: torch.nn.Module
-    args: tuple[object, ...]
-    kwargs: dict[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model that can be built on a device, with its example input.
-
-    ``build(device)`` returns a fresh :class:`Instance`; ``meta`` says whether building on the meta
-    device is worth trying (saved files hold real weights).
-    """
-
-    name: str
-    family: str
-    build: Callable[[str], Instance]
-    meta: bool = True
-    weights: str | None = None     # the state dict file its builds load (None: initial weights)
 
 
 def _cast(instance: Instance, dtype: torch.dtype) -> Instance:
@@ -135,7 +111,7 @@ def _resolve(spec: str, input_shapes: Sequence[Shape] | None, batch: int | None,
         return hf.source(spec[3:], input_shapes=input_shapes, batch=batch, seq_len=seq_len)
     if files.looks_like_file(spec):
         shapes = _with_batch(input_shapes, batch) if input_shapes else None
-        return files.source(spec, input_shapes=shapes, batch=batch, trust=trust)
+        return files.source(spec, input_shapes=shapes, batch=batch, trust=trust, load_saved=load_saved)
     if spec in vision.names():
         shapes = input_shapes or vision.default_inputs(spec)
         return vision.source(spec, _with_batch(shapes, batch if batch is not None else
@@ -154,4 +130,10 @@ def instantiate(source: ModelSource, device: str) -> Instance:
     return source.build(device)
 
 
-__all__ = ["Instance", "ModelSource", "instantiate", "parse_shapes", "resolve"]
+def load_saved(path: str | os.PathLike[str], *, trust_code: bool = False) -> torch.nn.Module:
+    """Rebuild a model ``costplan.save`` wrote (:func:`costplan.models.saved.load`), its spec built here."""
+    return saved.load(path, trust_code=trust_code,
+                      build=lambda spec, shapes: instantiate(resolve(spec, input_shapes=shapes), "cpu").module)
+
+
+__all__ = ["load_saved", "Instance", "ModelSource", "instantiate", "parse_shapes", "resolve"]

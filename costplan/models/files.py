@@ -12,13 +12,16 @@ import os
 import pickle
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from costplan.errors import CostplanError, close_names
+from costplan.models.saved import provenance
+from costplan.models.source import Instance, ModelSource
 
 Shape = tuple[int, ...]
+LoadSaved = Callable[..., torch.nn.Module]   # models.load_saved: rebuilds a file costplan.save wrote
 SAVED_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".jit", ".bin", ".pkl")
 
 
@@ -73,7 +76,7 @@ def load_callable(path: str, name: str):  # noqa: ANN202
     return factory
 
 
-def _load_saved(path: str, trust: bool) -> tuple[torch.nn.Module, object]:
+def _load_saved(path: str, trust: bool, load_saved: LoadSaved) -> tuple[torch.nn.Module, object]:
     if not os.path.isfile(path):
         raise CostplanError(f"no such file: {path}")
     if zipfile.is_zipfile(path):
@@ -96,10 +99,8 @@ def _load_saved(path: str, trust: bool) -> tuple[torch.nn.Module, object]:
     if isinstance(obj, torch.nn.Module):
         return obj, None
     if isinstance(obj, dict) and str(obj.get("costplan", "")).startswith("costplan-model/"):
-        from costplan.pruning.saving import load    # a model costplan pruned: rebuilt, no pickle
-
-        model = load(path, trust_code=trust)
-        shapes = model._costplan.get("input") or []
+        model = load_saved(path, trust_code=trust)    # a model costplan pruned: rebuilt, no pickle
+        shapes = provenance(model).input  # type: ignore[union-attr]
         return model, tuple(torch.zeros(s) for s in shapes) or None
     if isinstance(obj, dict):
         raise CostplanError(f"{path} holds weights only (a state_dict), not an architecture; give the "
@@ -107,9 +108,8 @@ def _load_saved(path: str, trust: bool) -> tuple[torch.nn.Module, object]:
     raise CostplanError(f"{path} holds a {type(obj).__name__}, not a model")
 
 
-def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None, trust: bool):  # noqa: ANN201
-    from costplan.models import Instance, ModelSource
-
+def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None, trust: bool,
+           load_saved: LoadSaved) -> ModelSource:  # noqa: ANN201
     is_factory = ".py:" in spec
     if is_factory:
         path, _, name = spec.rpartition(":")
@@ -117,7 +117,7 @@ def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
     elif spec.endswith(".py"):
         raise CostplanError(f"name the function that builds the model: {spec}:FUNCTION")
     else:
-        _load_saved(spec, trust)  # fail early, before any tracing
+        _load_saved(spec, trust, load_saved)  # fail early, before any tracing
 
     def build(device: str) -> Instance:
         if is_factory:
@@ -130,7 +130,7 @@ def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
                     raise  # the caller retries with real tensors
                 raise CostplanError(f"{spec} raised {type(exc).__name__}: {exc}") from exc
         else:
-            module, example = _load_saved(spec, trust)
+            module, example = _load_saved(spec, trust, load_saved)
         if input_shapes:
             return Instance(module, _zeros(input_shapes, device))
         if example is None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from costplan.errors import CostplanError, close_names
+from costplan.models.source import Instance, ModelSource
 
 Shape = tuple[int, ...]
 
@@ -49,9 +50,7 @@ def names() -> list[str]:
 
 
 def source(name: str, *, input_shapes: Sequence[Shape] | None, batch: int | None,
-           seq_len: int | None):  # noqa: ANN201  (ModelSource)
-    from costplan.models import Instance, ModelSource
-
+           seq_len: int | None):
     arch = _ARCHS.get(name)
     if arch is None:
         raise CostplanError(f"unknown model 'hf:{name}'.{close_names(name, _ARCHS)} "

@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from costplan.models.source import Instance, ModelSource
+
 Shape = tuple[int, ...]
 
 # Inputs the architectures were designed for, where one 224x224 RGB image is not it.
@@ -51,9 +53,7 @@ def _offline_kwargs(name: str) -> dict[str, object]:
     return kwargs
 
 
-def source(name: str, shapes: tuple[Shape, ...]):  # noqa: ANN201  (ModelSource; avoids a cycle)
-    from costplan.models import Instance, ModelSource
-
+def source(name: str, shapes: tuple[Shape, ...]):
     def build(device: str) -> Instance:
         import torchvision
 

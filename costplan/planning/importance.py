@@ -1,7 +1,8 @@
 """How much a pruning choice removes: the share of each layer's importance that goes with it.
 
-Per-weight scores are squared magnitudes by default (needs no data) or first-order Taylor
-|w * dL/dw| accumulated over calibration batches (Molchanov et al., CVPR 2019). Each layer's scores
+Per-weight scores come from :mod:`costplan.scoring`, the criteria the pruner ranks by: squared
+magnitudes by default (needs no data), or any other criterion (``l1``, first-order Taylor
+|w * dL/dw| accumulated over calibration batches, Molchanov et al., CVPR 2019, ...). Each layer's scores
 are normalised to sum to one, as LAMP (Lee et al., ICLR 2021) normalises magnitudes layer by layer,
 so no layer is cheap to prune merely because its weights are small. Where a model has no real
 weights (traced on the meta device), weights are taken as Gaussian, for which the shares have closed
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 
-from costplan.planfile import Pattern
-from costplan.sparsity import weight_param
+from costplan.modules import out_in
+from costplan.patterns import Pattern, block_sums, elementwise_mask
 from costplan.trace.graph import LayerGraph
 from costplan.trace.groups import PrunableGroup, structure_of, unit_scores
 
@@ -27,53 +28,10 @@ from costplan.trace.groups import PrunableGroup, structure_of, unit_scores
 def scored_params(graph: LayerGraph) -> list[str]:
     """The parameters importance reads: every conv/linear weight, and the rows the prunable groups'
     members write (an LSTM's gate weights)."""
-    names = [l.attrs["weight"] for l in graph.layers if l.has_weights and isinstance(l.attrs.get("weight"), str)]
+    names = [l.weight_param for l in graph.layers if l.weight_param]
     names += [s.param for g in structure_of(graph).prunable() for s in g.slices if s.role == "out" and s.tensor != "bias"
               and not s.tensor.startswith("bias")]
     return list(dict.fromkeys(names))
-
-
-def magnitude_scores(module: torch.nn.Module, params: Iterable[str]) -> dict[str, torch.Tensor]:
-    """w^2 per weight element, keyed by parameter name (in the parameter's own layout)."""
-    out = {}
-    for name in params:
-        try:
-            w = module.get_parameter(name)
-        except AttributeError:
-            continue
-        if not w.is_meta:
-            out[name] = w.detach().float().pow(2)
-    return out
-
-
-def taylor_scores(module: torch.nn.Module, params: Iterable[str], batches: Iterable[object],
-                  loss_fn: Callable[[torch.nn.Module, object], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """|w * dL/dw| summed over ``batches``, keyed by parameter name; ``loss_fn(module, batch)`` returns
-    a scalar loss. Gradients are accumulated into copies: the module's own ``.grad`` fields are restored."""
-    wanted = {}
-    for name in params:
-        try:
-            wanted[name] = module.get_parameter(name)
-        except AttributeError:
-            continue
-    everything = list(module.parameters())
-    saved = [p.grad.clone() if p.grad is not None else None for p in everything]
-    totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in wanted.items()}
-    was_training = module.training
-    module.eval()
-    try:
-        for batch in batches:
-            for p in everything:
-                p.grad = None
-            loss_fn(module, batch).backward()
-            for name, p in wanted.items():
-                if p.grad is not None:
-                    totals[name] += (p.detach() * p.grad).abs().float()
-    finally:
-        for p, grad in zip(everything, saved):
-            p.grad = grad
-        module.train(was_training)
-    return totals
 
 
 # ---- Gaussian weights: closed forms -------------------------------------------------------------
@@ -125,10 +83,9 @@ class Importance:
                  heads: Mapping[str, int] | None = None, origin: str | None = None) -> None:
         self.graph = graph
         self.raw = dict(scores or {})
-        transposed = {l.attrs["weight"] for l in graph.layers if l.attrs.get("transposed_weight")
-                      and isinstance(l.attrs.get("weight"), str)}
+        self.transposed = {l.weight_param for l in graph.layers if l.transposed_weight}
         # element-wise patterns read weights as (outputs, inputs, ...), each normalised to sum to one
-        self.scores = {name: _normalised(s.t() if name in transposed else s) for name, s in self.raw.items()}
+        self.scores = {name: _normalised(out_in(s, name in self.transposed)) for name, s in self.raw.items()}
         self.heads = dict(heads or graph.heads)
         self.kind = "measured" if self.scores else "gaussian"
         self.origin = origin or ("scores given" if self.scores else "Gaussian weights")   # said with every plan
@@ -140,17 +97,14 @@ class Importance:
         blocks are sorted once and their running sums reused for every ratio level."""
         key = (layer, rows, cols)
         if key not in self._cumulative:
-            matrix = self.scores[layer].flatten(1)
-            r, c = matrix.shape[0] - matrix.shape[0] % rows, matrix.shape[1] - matrix.shape[1] % cols
-            blocks = matrix[:r, :c].reshape(r // rows, rows, c // cols, cols).sum((1, 3)).flatten()
+            blocks = block_sums(self.scores[layer], rows, cols) if (rows, cols) != (1, 1) else self.scores[layer]
             self._cumulative[key] = np.cumsum(_sorted(blocks), dtype=np.float64)
         cumulative = self._cumulative[key]
         count = min(count, cumulative.size)
         return float(cumulative[count - 1]) if count > 0 else 0.0
 
     def _blocks(self, layer: str, rows: int, cols: int) -> int:
-        shape = self.scores[layer].flatten(1).shape
-        return (shape[0] // rows) * (shape[1] // cols)
+        return block_sums(self.scores[layer], rows, cols).numel()
 
     def removed_structured(self, group: PrunableGroup, kept: int) -> float:
         """Importance removed when ``group`` keeps ``kept`` of its ``width`` units (channels or heads):
@@ -173,7 +127,7 @@ class Importance:
             return 0.0
         if option.structured:   # type: ignore[attr-defined]
             return self.removed_structured(unit.group, option.kept)   # type: ignore[attr-defined]
-        return sum(self.removed_elementwise(weight_param(self.graph.layer(n)), option.pattern, option.sparsity)  # type: ignore[attr-defined]
+        return sum(self.removed_elementwise(self.graph.layer(n).weight_param, option.pattern, option.sparsity)  # type: ignore[attr-defined]
                    for n in unit.layers)   # type: ignore[attr-defined]
 
     def removed_elementwise(self, weight: str, pattern: Pattern, sparsity: float) -> float:
@@ -188,10 +142,8 @@ class Importance:
         if pattern.kind == "nm":
             if scores is None:
                 return gaussian_nm(pattern.n, pattern.m)
-            rows = scores.movedim(1, -1).reshape(-1, scores.shape[1]) if scores.dim() > 2 else scores
-            usable = rows.shape[1] - rows.shape[1] % pattern.m
-            groups = rows[:, :usable].reshape(rows.shape[0], -1, pattern.m)
-            return float(torch.sort(groups, dim=-1).values[..., : pattern.m - pattern.n].sum())
+            full = 1.0 - pattern.n / pattern.m    # N:M scored at its own sparsity, as the masks keep it
+            return float((scores * ~elementwise_mask(scores, pattern, full)).sum())
         if pattern.kind == "block":
             r, c = pattern.n, pattern.m
             if scores is None:

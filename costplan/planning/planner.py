@@ -11,6 +11,8 @@ against a tighter one, so the prediction reported is ``analyze --plan``'s.
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -20,7 +22,8 @@ import numpy as np
 from costplan.errors import CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate
 from costplan.hardware.roofline import context, layer_latency
-from costplan.planfile import LayerPlan, Pattern, Plan
+from costplan.planfile import LayerPlan, Plan, PlanInput
+from costplan.patterns import Pattern
 from costplan.planning.importance import Importance
 from costplan.planning.problem import Infeasible, Pair, Problem, Solution, SolverStatus
 from costplan.planning.solver import solve
@@ -32,7 +35,7 @@ from costplan.planning.units import (
     default_fixed,
     plan_from_choice,
 )
-from costplan.sparsity import apply_plan, effective_totals, layer_effective, resolve, weight_param
+from costplan.sparsity import apply_plan, effective_totals, layer_effective, resolve
 from costplan.trace.graph import Layer, LayerGraph
 from costplan.trace.groups import Structure, structure_of
 
@@ -147,7 +150,7 @@ def _effects(unit: Unit, option: Option, layer: Layer, own: bool) -> tuple[dict[
     """What choosing ``option`` of ``unit`` changes for ``layer``: units kept per group, and (when the
     layer is the unit's own) its weight's element-wise entry."""
     keep = {unit.group.name: option.kept} if option.structured and unit.group is not None else {}
-    param = weight_param(layer)
+    param = layer.weight_param
     lp = option.layer_plan()
     ew = {param: lp} if own and param and lp is not None and lp.pattern.elementwise else {}
     return keep, ew
@@ -222,7 +225,7 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     target = budget.seconds(dense.latency_s)
     meta = dict(model=graph.model, hardware=profile.name,
                 budget={"latency_ms": round(target * 1e3, 6), **({"speedup": budget.value} if budget.kind == "speedup" else {})},
-                extra={"input": {"shapes": [list(s) for s in graph.inputs.shapes], "dtype": graph.inputs.dtype}})
+                input=PlanInput(tuple(tuple(s) for s in graph.inputs.shapes), graph.inputs.dtype))
     goal, warnings = target, list(dense.warnings)   # a precision the device lacks, said once
     for _ in range(4):   # the tables approximate layers of 3+ choices: re-solve until the exact estimate fits
         try:
@@ -262,8 +265,7 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
     }
     extra = {**plan.extra, "solver": info.to_dict(), "importance": importance.kind,
              "importance_from": importance.origin, "patterns": [str(p) for p in patterns]}
-    plan = Plan(layers=plan.layers, model=plan.model, hardware=plan.hardware, budget=plan.budget,
-                predicted=predicted, extra=extra)
+    plan = dataclasses.replace(plan, predicted=predicted, extra=extra)
     rows = []
     for key, lp in plan.layers.items():
         names = [l.name for l in graph.layers_of_module(key)]

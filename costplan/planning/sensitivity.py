@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from costplan.errors import CostplanError
+from costplan.modules import out_in
 from costplan.patterns import best, elementwise_mask
 from costplan.planning.importance import Importance
-from costplan.sparsity import weight_param
 from costplan.trace.graph import LayerGraph
 from costplan.trace.groups import kept_positions, positions_mask, structure_of, unit_scores
 
@@ -97,7 +97,7 @@ class Sensitivity(Importance):
             if w not in self.params or w not in self.scores:
                 continue
             keep = elementwise_mask(self.scores[w].float(), pattern, sparsity)
-            out[w] = keep.t() if keep.shape != self.params[w].shape else keep   # transposed weights
+            out[w] = out_in(keep, w in self.transposed)   # back to the weight's stored layout
         return out
 
     def _measure(self, unit, option) -> float:   # Unit, Option (planning.units)
@@ -106,7 +106,7 @@ class Sensitivity(Importance):
         if option.structured:
             keeps = self._structured_keeps(unit.group.name, option.kept)
         else:
-            weights = [weight_param(self.graph.layer(n)) for n in unit.layers]
+            weights = [self.graph.layer(n).weight_param for n in unit.layers]
             keeps = self._elementwise_keeps([w for w in weights if w], option.pattern, option.sparsity)
         return max(0.0, self._loss(keeps) - self.base)
 

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from costplan.planning.pareto import fronts_solve
+from costplan.planning.fronts import fronts_solve
 from costplan.planning.problem import Infeasible, NotDecomposable, Pair, Problem, Solution, SolverStatus
 
 __all__ = ["Infeasible", "Pair", "Problem", "Solution", "SolverStatus", "brute_force", "greedy", "solve"]

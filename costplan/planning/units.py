@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from costplan.errors import CostplanError
+from costplan.modules import out_in_shape
 from costplan.hardware import HardwareProfile
-from costplan.planfile import LayerPlan, Pattern, Plan, parse_pattern
-from costplan.sparsity import kept_count, weight_param
+from costplan.patterns import Pattern, parse_pattern
+from costplan.planfile import LayerPlan, Plan
+from costplan.sparsity import kept_count
 from costplan.trace.graph import Layer, LayerGraph
 from costplan.trace.groups import PrunableGroup, Structure, structure_of
 
@@ -110,13 +112,11 @@ def structured_options(group: PrunableGroup, ratios: Sequence[float], max_ratio:
 
 
 def _fits(layer: Layer, pattern: Pattern, structure: Structure) -> bool:
-    param = weight_param(layer)
+    param = layer.weight_param
     shape = structure.shapes.get(param) if param else None
     if shape is None:
         return False
-    if layer.attrs.get("transposed_weight") and len(shape) == 2:
-        shape = tuple(reversed(shape))
-    return pattern.fits(shape) is None
+    return pattern.fits(out_in_shape(shape, layer.transposed_weight)) is None
 
 
 def elementwise_options(layers: Sequence[Layer], patterns: Sequence[Pattern], ratios: Sequence[float],
@@ -141,10 +141,10 @@ def _bounded(options: Iterable[Option], layers: Sequence[Layer], bounds: Mapping
 
 def default_fixed(graph: LayerGraph) -> list[str]:
     """The first conv and the classifier: dense by default, as pruning practice keeps them."""
-    producers = [l for l in graph.layers if weight_param(l) and l.width is not None and not l.depthwise]
+    producers = [l for l in graph.layers if l.weight_param and l.width is not None and not l.depthwise]
     if not producers:
         return []
-    first = [producers[0].module or producers[0].name] if "out_channels" in producers[0].attrs else []
+    first = [producers[0].module or producers[0].name] if producers[0].conv_channels else []
     return first + [producers[-1].module or producers[-1].name]
 
 
@@ -163,7 +163,7 @@ def build_units(graph: LayerGraph, structure: Structure, patterns: Sequence[Patt
             continue
         members = [graph.layer(n) for n in group.nodes]
         options = structured_options(group, ratios, max_ratio, channel_multiple) if group.kind in kinds else []
-        if elementwise and all(weight_param(m) for m in members):
+        if elementwise and all(m.weight_param for m in members):
             options += elementwise_options(members, elementwise, ratios, structure)
         options = _bounded([Option(None), *options], members, bounds)
         if len(options) > 1:
@@ -172,7 +172,7 @@ def build_units(graph: LayerGraph, structure: Structure, patterns: Sequence[Patt
     if elementwise:
         for layer in graph.layers:
             if (layer.name in covered or layer.name in excluded or layer.module in excluded
-                    or weight_param(layer) is None or layer.kind != "module"):
+                    or layer.weight_param is None or layer.kind != "module"):
                 continue
             options = _bounded([Option(None), *elementwise_options([layer], elementwise, ratios, structure)],
                                [layer], bounds)
@@ -198,7 +198,7 @@ def uniform_plan(graph: LayerGraph, pattern: str | Pattern, sparsity: float, *, 
                 layers.update({m: entry for m in ([group.name] if p.kind == "head" else group.members)})
     else:
         for layer in graph.layers:
-            if weight_param(layer) and layer.module and layer.module not in excluded and _fits(layer, p, structure):
+            if layer.weight_param and layer.module and layer.module not in excluded and _fits(layer, p, structure):
                 layers[layer.module] = entry
     return Plan(layers=layers)
 

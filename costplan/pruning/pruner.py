@@ -27,11 +27,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from costplan.coerce import as_shapes
+from costplan.spellings import as_shapes
 from costplan.errors import CostplanError
 from costplan.planfile import LayerPlan, Plan, load_plan
+from costplan.models.saved import Provenance
+from costplan.modules import out_in
 from costplan.pruning.compact import shrink
-from costplan.pruning.criteria import Criterion, make_criterion
 from costplan.pruning.masks import (
     Mask,
     attach,
@@ -43,7 +44,8 @@ from costplan.pruning.masks import (
     original,
 )
 from costplan.pruning.schedule import Schedule
-from costplan.sparsity import kept_count, resolve, weight_param
+from costplan.scoring import Criterion, make_criterion
+from costplan.sparsity import kept_count, resolve
 from costplan.trace import LayerGraph, trace
 from costplan.trace.groups import PrunableGroup, kept_positions, positions_mask, structure_of, unit_scores
 
@@ -67,8 +69,8 @@ def _split(param: str) -> tuple[str, str]:
 class Pruner:
     """Prune ``model`` (an ``nn.Module``) to ``plan`` in a training loop.
 
-    ``criterion``: magnitude (L1), l2, random, gradient, taylor, movement, snip_momentum, or a
-    :class:`~costplan.pruning.criteria.Criterion`. ``schedule``: when (default one shot at step 0).
+    ``criterion``: magnitude (= l2, w^2), l1, random, gradient, taylor, movement, snip_momentum, or a
+    :class:`~costplan.scoring.Criterion`: the same definitions the planner's importance scores by. ``schedule``: when (default one shot at step 0).
     ``scope``: 'local' prunes each group and layer to its plan ratio; 'global' ranks unstructured
     weights (and units, by layer-normalised score) across layers, removing the same total.
     The model is traced once, with ``example_inputs`` (a tuple of tensors) or zeros of the shapes in
@@ -97,8 +99,7 @@ class Pruner:
         self.resolved = resolve(self.graph, self.plan)
         self.groups: list[PrunableGroup] = [self.structure.groups[g] for g in self.resolved.keep]
         self.elements: dict[str, LayerPlan] = dict(self.resolved.elementwise)   # weight -> entry
-        self._transposed = {weight_param(l): bool(l.attrs.get("transposed_weight")) for l in self.graph.layers
-                            if weight_param(l)}
+        self._transposed = {l.weight_param: l.transposed_weight for l in self.graph.layers if l.weight_param}
         self._parameters = set(dict(inner.named_parameters()))   # names before masks rename them
         self.step = -1
         self.kept: dict[str, torch.Tensor] = {}          # group -> kept unit indices
@@ -220,14 +221,14 @@ class Pruner:
             shape = self._original(_unwrap(self.model), p).shape
             full = torch.zeros(tuple(reversed(shape)) if flip else shape, dtype=torch.bool)
             full[torch.meshgrid(*index, indexing="ij")] = mask.cpu()
-            out[p] = full.t() if flip else full
+            out[p] = out_in(full, flip)
         return out
 
     def _block(self, param: str, positions: dict[int, torch.Tensor],
                scores: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
         """(scores of the kept block as (outputs, inputs, ...), its index per dim, whether transposed)."""
-        flip = self._transposed.get(param, False)
-        s = scores.t() if flip else scores
+        flip = self._transposed.get(param, False) and scores.dim() == 2
+        s = out_in(scores, flip)
         dims = {(1 - d if flip else d): m for d, m in positions.items()}
         index = [torch.nonzero(dims[d]).flatten() if d in dims else torch.arange(s.shape[d]) for d in range(s.dim())]
         block = s
@@ -249,6 +250,39 @@ class Pruner:
 
     def _tensors(self) -> list[str]:
         return list(dict.fromkeys([*self.elements, *(s.param for g in self.groups for s in g.slices)]))
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, object]:
+        """What a training run must save to resume pruning where it stopped: the step, the kept units,
+        every mask and the criterion's accumulated scores (tensors and plain values only, so
+        ``torch.load(weights_only=True)`` reads it). The model's weights are the model's to save."""
+        return {"format": "costplan-pruner/1", "step": self.step, "begun": self._begun,
+                "kept": {g: k.clone() for g, k in self.kept.items()},
+                "masks": {p: m.mask.detach().clone() for p, m in self._masks.items()},
+                "criterion": {"name": self.criterion.name, "state": {k: v.clone() for k, v in self.criterion.state.items()}}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Resume from :meth:`state_dict`: masks attached (if they are not yet) and set, the step,
+        the kept units and the criterion's scores restored. The plan and criterion must be those the
+        state was saved with."""
+        if not isinstance(state, dict) or state.get("format") != "costplan-pruner/1":
+            raise CostplanError("not a pruner state: give what Pruner.state_dict() returned")
+        crit = state["criterion"]
+        if crit["name"] != self.criterion.name:   # type: ignore[index]
+            raise CostplanError(f"the state was saved with criterion '{crit['name']}', "   # type: ignore[index]
+                                f"not '{self.criterion.name}'")
+        masks: dict[str, torch.Tensor] = state["masks"]   # type: ignore[assignment]
+        unknown = sorted(set(masks) - set(self._tensors()))
+        if unknown:
+            raise CostplanError(f"the state masks tensors this plan does not prune: {', '.join(unknown[:3])}")
+        if state["begun"] and not self._begun:
+            self.on_train_begin()
+        for param, mask in masks.items():
+            self._set(param, mask.bool())
+        self.step = int(state["step"])   # type: ignore[arg-type]
+        self.kept = {g: k.clone() for g, k in state["kept"].items()}   # type: ignore[union-attr]
+        self.criterion.state = {k: v.clone() for k, v in crit["state"].items()}   # type: ignore[index]
 
     # ---- inspecting and finishing ------------------------------------------------------------
 
@@ -281,8 +315,7 @@ class Pruner:
 
     def _describe(self, model: nn.Module, edits: dict) -> None:
         """What costplan.save records to rebuild ``model``: the spec, the shape edits, the input."""
-        model._costplan = {"source": self.source, "edits": edits,
-                           "input": [list(shape) for shape in self.graph.inputs.shapes]}
+        Provenance(self.source, edits, tuple(tuple(s) for s in self.graph.inputs.shapes)).attach(model)
 
 
 def _trace(model: nn.Module, input: Sequence[Sequence[int]] | None, example_inputs: Sequence[object] | None,

@@ -12,6 +12,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from costplan.trace.grids import NONE, Grid, broadcast
+from costplan.trace.ops import ATTENTION_OPS, op_name
 
 # ---- which ops do what --------------------------------------------------------------------------
 
@@ -38,15 +39,8 @@ _REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "var", "var_mean", "
                "nanmean", "median", "nanmedian", "mode", "aminmax"}
 _ALONG_DIM = {"_softmax", "_safe_softmax", "_log_softmax", "softmax", "log_softmax", "cumsum", "cumprod",
               "cummax", "cummin", "logcumsumexp", "sort", "topk", "kthvalue", "flip", "roll", "glu"}
-_ATTENTION = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
-              "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
-              "_scaled_dot_product_attention_math", "_scaled_dot_product_fused_attention_overrideable"}
+_ATTENTION = set(ATTENTION_OPS)
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-def _name(func: object) -> str:
-    packet = getattr(func, "overloadpacket", func)
-    return getattr(packet, "__name__", str(packet)).split(".")[-1]
 
 
 def _bind(func: object, args: Sequence[object], kwargs: Mapping[str, object]) -> dict[str, object]:
@@ -380,7 +374,7 @@ class OpRules:
         grid = grids.get(id(x))
         dims = _dims(bound.get("dim"), x.dim())
         if set(grid.axes) & set(dims):
-            raise Untracked(f"{_name(func)} reduces over them")
+            raise Untracked(f"{op_name(func)} reduces over them")
         keep = bool(bound.get("keepdim", False))
         axes = tuple(a if keep else a - sum(d < a for d in dims) for a in grid.axes)
         return [Grid(axes, grid.ids, tuple(o.shape)) for o in outs]

@@ -28,7 +28,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from costplan.trace.channel_rules import OpRules, Untracked, _name
+from costplan.trace.channel_rules import OpRules, Untracked
 from costplan.trace.grids import (
     NONE,
     Barrier,
@@ -42,11 +42,13 @@ from costplan.trace.grids import (
     _geometry,
     view_grid,
 )
+from costplan.trace.ops import MAC_FORMULAS, MacFormula, formula_of, op_name
 
 class Tracker(OpRules):
     """Follows channel ids through the ops a :class:`~costplan.trace.tracer` recorder sees."""
 
-    def __init__(self, named: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, named: Mapping[str, torch.Tensor], formulas: Mapping[object, MacFormula] = MAC_FORMULAS) -> None:
+        self.formulas = formulas
         self.bases: WeakIdKeyDictionary = WeakIdKeyDictionary()   # tensor -> _Base (views share their base's)
         self.names: WeakIdKeyDictionary = WeakIdKeyDictionary()   # parameter or buffer (or a view) -> name
         self.params = {n: tuple(t.shape) for n, t in named.items()}
@@ -136,7 +138,7 @@ class Tracker(OpRules):
             if g is not None:
                 self.reads.append((g, node))
         self._record_macs(func, args, out, node, macs, grids)
-        name = _name(func)
+        name = op_name(func)
         functional = name.rstrip("_")
         try:
             result = self._rule(func, name, functional, args, kwargs, ins, outs, grids, node, module, scope)
@@ -167,7 +169,7 @@ class Tracker(OpRules):
         parts = self.node_macs.setdefault(node, [])
         weights = [(self.names[a], a) for a in args if isinstance(a, torch.Tensor) and a in self.names
                    and self.names[a] in self.tensors and isinstance(self.tensors[self.names[a]], torch.nn.Parameter)]
-        if _name(func) == "mkldnn_rnn_layer" and len(weights) >= 2:
+        if op_name(func) == "mkldnn_rnn_layer" and len(weights) >= 2:
             # input and hidden projections: MACs in proportion to each weight's elements
             total = sum(math.prod(w.shape) for _, w in weights[:2])
             for name, w in weights[:2]:
@@ -180,7 +182,7 @@ class Tracker(OpRules):
         operands = tuple(grids.get(id(a)) or tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args)
         first = next((t for t in tree_leaves(out) if isinstance(t, torch.Tensor)), None)
         out_grid = self.grid(first, node) if first is not None else None
-        parts.append(MacPart(macs, None, getattr(func, "overloadpacket", func), operands,
+        parts.append(MacPart(macs, None, formula_of(func, self.formulas), operands,
                              out_grid or (tuple(first.shape) if first is not None else ())))
 
     # ---- modules with rules of their own ----------------------------------------------------------

@@ -32,7 +32,8 @@ class Layer:
     act_in_bytes: int
     act_out_bytes: int
     aten_ops: tuple[str, ...] = ()  # the aten ops this layer ran, in order of first use
-    attrs: Mapping[str, object] = field(default_factory=dict)  # conv/linear geometry, heads
+    attrs: Mapping[str, object] = field(default_factory=dict)  # geometry (costplan.modules); read it
+                                                                # through the typed properties below
     param_names: tuple[str, ...] = ()   # qualified names of the parameters first read here
     reads: tuple[str, ...] = ()         # every parameter this call reads
 
@@ -58,14 +59,65 @@ class Layer:
     @property
     def depthwise(self) -> bool:
         """A convolution with one group per input channel: its outputs are its inputs' channels."""
-        groups = int(self.attrs.get("groups", 1))
-        return groups > 1 and groups == self.attrs.get("in_channels")
+        return self.groups > 1 and self.groups == self.attrs.get("in_channels")
 
     @property
     def width(self) -> int | None:
         """Output channels (conv) or features (linear); None for other layers."""
         width = self.attrs.get("out_channels", self.attrs.get("out_features"))
         return int(width) if width else None
+
+    # ---- typed views of the geometry the tracer recorded (costplan.modules) ----------------------
+
+    @property
+    def weight_param(self) -> str | None:
+        """The qualified name of the conv/linear weight this layer multiplies by, if any."""
+        name = self.attrs.get("weight")
+        return name if isinstance(name, str) and self.has_weights else None
+
+    @property
+    def transposed_weight(self) -> bool:
+        """Whether the weight is stored as (inputs, outputs) (GPT-2's ``Conv1D``)."""
+        return bool(self.attrs.get("transposed_weight"))
+
+    @property
+    def conv_channels(self) -> tuple[int, int] | None:
+        """(in_channels, out_channels) of a convolution; None for other layers."""
+        a = self.attrs
+        return (int(a["in_channels"]), int(a["out_channels"])) if "in_channels" in a and "out_channels" in a else None
+
+    @property
+    def linear_features(self) -> tuple[int, int] | None:
+        """(in_features, out_features) of a linear layer; None for other layers."""
+        a = self.attrs
+        return (int(a["in_features"]), int(a["out_features"])) if "in_features" in a and "out_features" in a else None
+
+    @property
+    def groups(self) -> int:
+        return int(self.attrs.get("groups", 1))  # type: ignore[arg-type]
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        """A convolution's window; () for other layers."""
+        return tuple(int(k) for k in self.attrs.get("kernel_size", ()))  # type: ignore[union-attr]
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.attrs.get("stride", ()))  # type: ignore[union-attr]
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.attrs.get("dilation", ()))  # type: ignore[union-attr]
+
+    @property
+    def conv_transposed(self) -> bool:
+        """A transposed convolution (a deconvolution)."""
+        return bool(self.attrs.get("transposed"))
+
+    @property
+    def tied(self) -> bool:
+        """Whether this layer's weight is shared with another layer (an output head tied to embeddings)."""
+        return bool(self.attrs.get("tied"))
 
 
 @dataclass(frozen=True)

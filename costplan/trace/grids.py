@@ -3,7 +3,7 @@ base's ids through the strides (see :mod:`costplan.trace.channels`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +70,7 @@ class MacPart:
 
     macs: int
     param: str | None = None
-    formula: object = None
+    formula: Callable[..., int] | None = None   # the MAC formula in force when traced
     operands: tuple[object, ...] = ()
     out: object = None
 

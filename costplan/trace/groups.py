@@ -29,8 +29,6 @@ from networkx.utils import UnionFind
 from costplan.trace.graph import LayerGraph
 from costplan.trace.grids import ChannelLog, Grid, Source
 from costplan.trace.structure import (
-    HEAD_COUNT_ATTRS,
-    HEAD_WIDTH_ATTRS,
     AxisWidth,
     Dims,
     Keep,
@@ -60,6 +58,59 @@ class _Sources:
             return np.full(ids.shape, -1)
         s = np.searchsorted(self.first, ids, side="right") - 1
         return np.where(ids >= 0, s, -1)
+
+
+class _UnitKeys:
+    """Every channel id as a unit key (group index * 2^32 + unit; -1 where nothing can be removed),
+    and the widths of tensor axes those keys run along. Axes holding a group's units unevenly are
+    collected in ``uneven`` (source -> (why, where))."""
+
+    def __init__(self, builder: _Builder, groups: dict[str, PrunableGroup], group_of: np.ndarray) -> None:
+        self.builder, self.group_of = builder, group_of
+        self.names = list(groups)
+        self.widths = {g.name: g.width for g in groups.values()}
+        self.prunable = np.array([groups[n].prunable for n in groups] or [False])
+        self.uneven: dict[int, tuple[str, str]] = {}
+
+    def keys(self, ids: np.ndarray) -> np.ndarray:
+        s, u = self.builder.unit_of(ids)
+        g = np.where(s >= 0, self.group_of[np.where(s >= 0, s, 0)], -1)
+        ok = (g >= 0) & self.prunable[np.where(g >= 0, g, 0)]
+        return np.where(ok, g.astype(np.int64) * (1 << 32) + u, -1)
+
+    def axis_width(self, k: np.ndarray, size: int, node: str) -> AxisWidth | None:
+        """``k``: (positions, rest) unit keys of one dim."""
+        if (k < 0).all():
+            return None
+        first = k[:, :1]
+        single = ((k == first) | (k < 0)).all(1) & (first[:, 0] >= 0)
+        fixed = int((~single).sum())
+        terms = []
+        for g in np.unique(k[k >= 0] >> 32):
+            name = self.names[int(g)]
+            in_g = (k >> 32) == g
+            rows_g = single & (first[:, 0] >> 32 == g)
+            counts = np.bincount((first[rows_g, 0] & 0xFFFFFFFF).astype(np.int64), minlength=self.widths[name])
+            mixed = in_g.any(1) & ~single
+            # a position holding several units survives while any does: only when it holds them all
+            full = all(np.unique(k[r][(k[r] >> 32) == g]).size == self.widths[name] for r in np.flatnonzero(mixed))
+            if counts.size != self.widths[name] or (counts != counts[0]).any() or not full:
+                for s in np.flatnonzero(self.group_of == g):
+                    self.uneven[int(s)] = ("its units are laid out unevenly in a tensor", node)
+                continue
+            if counts[0]:
+                terms.append((name, int(counts[0])))
+        return AxisWidth(size, fixed, tuple(terms)) if terms else None
+
+    def dims_of(self, grid: Grid | None, node: str) -> Dims | None:
+        if grid is None:
+            return None
+        k = self.keys(grid.ids)
+        axes: list[AxisWidth | None] = [None] * len(grid.shape)
+        for j, a in enumerate(grid.axes):
+            rows = np.moveaxis(k, j, 0).reshape(k.shape[j], -1)
+            axes[a] = self.axis_width(rows, grid.shape[a], node)
+        return Dims(tuple(grid.shape), tuple(axes)) if any(axes) else None
 
 
 class _Builder:
@@ -190,90 +241,22 @@ class _Builder:
 
     def _assemble(self) -> tuple[Structure, dict[int, tuple[str, str]]]:
         groups, group_of = self._groups()
-        widths = {g.name: g.width for g in groups.values()}
-        index = {name: i for i, name in enumerate(groups)}
-        prunable = np.array([groups[n].prunable for n in groups] or [False])
-        uneven: dict[int, tuple[str, str]] = {}
-
-        def keys(ids: np.ndarray) -> np.ndarray:
-            """Unit key per id: group index * 2^32 + unit, or -1 where nothing is removed."""
-            s, u = self.unit_of(ids)
-            g = np.where(s >= 0, group_of[np.where(s >= 0, s, 0)], -1)
-            ok = (g >= 0) & prunable[np.where(g >= 0, g, 0)]
-            return np.where(ok, g.astype(np.int64) * (1 << 32) + u, -1)
-
-        names = list(groups)
-
-        def axis_width(k: np.ndarray, size: int, node: str) -> AxisWidth | None:
-            """``k``: (positions, rest) unit keys of one dim."""
-            if (k < 0).all():
-                return None
-            first = k[:, :1]
-            single = ((k == first) | (k < 0)).all(1) & (first[:, 0] >= 0)
-            fixed = int((~single).sum())
-            terms = []
-            for g in np.unique(k[k >= 0] >> 32):
-                name = names[int(g)]
-                in_g = (k >> 32) == g
-                rows_g = single & (first[:, 0] >> 32 == g)
-                counts = np.bincount((first[rows_g, 0] & 0xFFFFFFFF).astype(np.int64), minlength=widths[name])
-                mixed = in_g.any(1) & ~single
-                # a position holding several units survives while any does: only when it holds them all
-                full = all(np.unique(k[r][(k[r] >> 32) == g]).size == widths[name] for r in np.flatnonzero(mixed))
-                if counts.size != widths[name] or (counts != counts[0]).any() or not full:
-                    for s in np.flatnonzero(group_of == g):
-                        uneven[int(s)] = ("its units are laid out unevenly in a tensor", node)
-                    continue
-                if counts[0]:
-                    terms.append((name, int(counts[0])))
-            return AxisWidth(size, fixed, tuple(terms)) if terms else None
-
-        def dims_of(grid: Grid | None, node: str) -> Dims | None:
-            if grid is None:
-                return None
-            k = keys(grid.ids)
-            axes: list[AxisWidth | None] = [None] * len(grid.shape)
-            for j, a in enumerate(grid.axes):
-                rows = np.moveaxis(k, j, 0).reshape(k.shape[j], -1)
-                axes[a] = axis_width(rows, grid.shape[a], node)
-            return Dims(tuple(grid.shape), tuple(axes)) if any(axes) else None
-
-        params: dict[str, Dims] = {}
+        units = _UnitKeys(self, groups, group_of)
         param_ids: dict[tuple[str, int], np.ndarray] = {}
+        roles: dict[tuple[str, int], str] = {}
         for sl in self.log.slices:
             param_ids.setdefault((sl.param, sl.dim), sl.ids)
-        by_param: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
-        for (p, d), ids in param_ids.items():
-            by_param[p][d] = ids
-        for p, per_dim in by_param.items():
-            shape = self.log.params[p]
-            axes = [None] * len(shape)
-            for d, ids in per_dim.items():
-                axes[d] = axis_width(keys(ids)[:, None], shape[d], p)
-            if any(axes):
-                params[p] = Dims(shape, tuple(axes))
-
-        nodes = {}
-        for layer in self.graph.layers:
-            ins, outs = self.log.tensors.get(layer.name, ((), ()))
-            parts = tuple((part, tuple(dims_of(o, layer.name) if isinstance(o, Grid) else None for o in part.operands),
-                           dims_of(part.out, layer.name) if isinstance(part.out, Grid) else None)
-                          for part in self.log.macs.get(layer.name, ()))
-            nodes[layer.name] = NodeDims(tuple(dims_of(g, layer.name) for g in ins),
-                                         tuple(dims_of(g, layer.name) for g in outs), parts)
-
-        roles = {}
-        for sl in self.log.slices:
             roles.setdefault((sl.param, sl.dim), sl.role)
+        params = self._param_dims(units, param_ids)
+        nodes = {layer.name: self._node_dims(units, layer.name) for layer in self.graph.layers}
         by_group: dict[int, list[TensorSlice]] = defaultdict(list)
         for (p, d), ids in param_ids.items():
-            k = keys(ids)
+            k = units.keys(ids)
             for gi in np.unique(k[k >= 0] >> 32):
-                units = np.where((k >> 32) == gi, k & 0xFFFFFFFF, -1)
-                by_group[int(gi)].append(TensorSlice(p, d, units, roles[(p, d)]))
+                by_group[int(gi)].append(TensorSlice(p, d, np.where((k >> 32) == gi, k & 0xFFFFFFFF, -1), roles[(p, d)]))
         final = {}
-        for name, g in groups.items():
-            slices = by_group[index[name]] if g.prunable else []
+        for gi, (name, g) in enumerate(groups.items()):
+            slices = by_group[gi] if g.prunable else []
             modules = lambda role: tuple(dict.fromkeys(s.module for s in slices if s.role == role))  # noqa: E731
             members = set(g.members)
             final[name] = PrunableGroup(
@@ -281,7 +264,30 @@ class _Builder:
                 tuple(m for m in modules("follow") if m not in members),
                 tuple(m for m in modules("in") if m not in members), tuple(slices), g.attention, g.fixed)
         member_of = {m: g.name for g in final.values() for m in g.members}
-        return Structure(final, params, nodes, member_of, widths, dict(self.log.params)), uneven
+        return Structure(final, params, nodes, member_of, units.widths, dict(self.log.params)), units.uneven
+
+    def _param_dims(self, units: _UnitKeys, param_ids: dict[tuple[str, int], np.ndarray]) -> dict[str, Dims]:
+        """Each parameter's axes that groups' units run along."""
+        by_param: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+        for (p, d), ids in param_ids.items():
+            by_param[p][d] = ids
+        params: dict[str, Dims] = {}
+        for p, per_dim in by_param.items():
+            shape = self.log.params[p]
+            axes: list[AxisWidth | None] = [None] * len(shape)
+            for d, ids in per_dim.items():
+                axes[d] = units.axis_width(units.keys(ids)[:, None], shape[d], p)
+            if any(axes):
+                params[p] = Dims(shape, tuple(axes))
+        return params
+
+    def _node_dims(self, units: _UnitKeys, node: str) -> NodeDims:
+        """The widths of a node's inputs, outputs and MAC operands under groups' units."""
+        ins, outs = self.log.tensors.get(node, ((), ()))
+        parts = tuple((part, tuple(units.dims_of(o, node) if isinstance(o, Grid) else None for o in part.operands),
+                       units.dims_of(part.out, node) if isinstance(part.out, Grid) else None)
+                      for part in self.log.macs.get(node, ()))
+        return NodeDims(tuple(units.dims_of(g, node) for g in ins), tuple(units.dims_of(g, node) for g in outs), parts)
 
     def _groups(self) -> tuple[dict[str, PrunableGroup], np.ndarray]:
         classes: dict[int, list[int]] = defaultdict(list)
@@ -326,6 +332,6 @@ def structure_of(graph: LayerGraph) -> Structure:
     return cached
 
 
-__all__ = ["HEAD_COUNT_ATTRS", "HEAD_WIDTH_ATTRS", "AxisWidth", "Dims", "Keep", "NodeDims", "PrunableGroup", "Structure",
+__all__ = ["AxisWidth", "Dims", "Keep", "NodeDims", "PrunableGroup", "Structure",
            "TensorSlice", "build_structure", "kept_positions", "mac_count", "positions_mask", "structure_of",
            "unit_scores"]

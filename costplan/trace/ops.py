@@ -1,7 +1,9 @@
 """Registry of aten ops: what each costs in MACs, and which kind of op it is.
 
 Shaped like ``torch.utils.flop_counter``: one small pure function per op, registered by
-``@mac_formula(aten.op)``. A formula takes the shapes of the op's tensor arguments (positional, in
+``@mac_formula(aten.op)``; registering an op twice is an error (``override=True`` replaces on
+purpose), and one trace may use other formulas: ``trace(..., mac_formulas={aten.op: fn})``, as
+``FlopCounterMode(custom_mapping=...)`` does. A formula takes the shapes of the op's tensor arguments (positional, in
 order; non-tensor arguments pass through unchanged) and ``out_shape``, and returns MACs. One MAC is
 two FLOPs, so totals agree with ``FlopCounterMode`` / 2.
 
@@ -13,7 +15,7 @@ reductions, data movement) and unknown. Unknown ops are reported, never silently
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 
 import torch
@@ -34,15 +36,40 @@ class OpKind(str, Enum):
     UNKNOWN = "unknown"
 
 
-def mac_formula(*packets: object) -> Callable[[MacFormula], MacFormula]:
-    """Register ``fn`` as the MAC formula of the given aten op packets."""
+def mac_formula(*packets: object, override: bool = False) -> Callable[[MacFormula], MacFormula]:
+    """Register ``fn`` as the MAC formula of the given aten op packets (or ops: their packet is taken).
+    A packet that already has a formula raises ValueError unless ``override``: a second registration
+    silently winning would change every count."""
 
     def register(fn: MacFormula) -> MacFormula:
         for packet in packets:
+            packet = getattr(packet, "overloadpacket", packet)
+            old = MAC_FORMULAS.get(packet)
+            if old is not None and old is not fn and not override:
+                raise ValueError(f"{op_name(packet)} already has a MAC formula ({old.__name__}); pass override=True "
+                                 "to replace it, or give one for a single trace: trace(..., mac_formulas={op: fn})")
             MAC_FORMULAS[packet] = fn
         return fn
 
     return register
+
+
+def with_overrides(overrides: Mapping[object, MacFormula] | None) -> Mapping[object, MacFormula]:
+    """The registry with ``overrides`` (op or packet -> formula) in force, for one trace."""
+    if not overrides:
+        return MAC_FORMULAS
+    return {**MAC_FORMULAS, **{getattr(op, "overloadpacket", op): fn for op, fn in overrides.items()}}
+
+
+def op_name(func: object) -> str:
+    """'aten._safe_softmax.default' (or its packet) -> '_safe_softmax'."""
+    packet = getattr(func, "overloadpacket", func)
+    return getattr(packet, "__name__", str(packet)).split(".")[-1]
+
+
+def formula_of(func: object, formulas: Mapping[object, MacFormula] = MAC_FORMULAS) -> MacFormula | None:
+    """The MAC formula of ``func`` (an aten OpOverload), or None."""
+    return formulas.get(getattr(func, "overloadpacket", None))
 
 
 def _prod(xs: Shape) -> int:
@@ -93,13 +120,15 @@ def _attention_macs(q: Shape, k: Shape, v: Shape) -> int:
     return _prod(batch) * s_q * s_k * (d + d_v)
 
 
-@mac_formula(
-    aten._scaled_dot_product_flash_attention_for_cpu,
-    aten._scaled_dot_product_efficient_attention,
-    aten._scaled_dot_product_flash_attention,
-    aten._scaled_dot_product_cudnn_attention,
-    aten._scaled_dot_product_attention_math,
-)
+# every fused attention kernel torch dispatches scaled_dot_product_attention to (the channel rules read it)
+ATTENTION_OPS = tuple(name for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_attention_math", "_scaled_dot_product_fused_attention_overrideable",
+) if hasattr(aten, name))
+
+
+@mac_formula(*(getattr(aten, name) for name in ATTENTION_OPS))
 def sdpa_macs(q: Shape, k: Shape, v: Shape, *rest: object, out_shape: Shape) -> int:
     return _attention_macs(q, k, v)
 
@@ -217,29 +246,22 @@ _MEMORY = {
 }
 
 
-def _base_name(func: object) -> str:
-    """'aten._safe_softmax.default' -> '_safe_softmax'."""
-    packet = getattr(func, "overloadpacket", func)
-    return getattr(packet, "__name__", str(packet)).split(".")[-1]
-
-
-def classify(func: object) -> OpKind:
-    """Which kind of op ``func`` (an aten OpOverload) is."""
-    packet = getattr(func, "overloadpacket", None)
-    if packet in MAC_FORMULAS:
+def classify(func: object, formulas: Mapping[object, MacFormula] = MAC_FORMULAS) -> OpKind:
+    """Which kind of op ``func`` (an aten OpOverload) is, with ``formulas`` the MAC formulas in force."""
+    if formula_of(func, formulas) is not None:
         return OpKind.MACS
-    name = _base_name(func)
+    name = op_name(func)
     functional = name.rstrip("_")  # in-place 'relu_' behaves as 'relu'
     if getattr(func, "is_view", False) or functional in _VIEWS:
         return OpKind.VIEW
     if name in _SOURCES:
         return OpKind.SOURCE
-    if name in _MEMORY or functional in _MEMORY or _is_pointwise(func, functional):
+    if name in _MEMORY or functional in _MEMORY or is_pointwise(func, functional):
         return OpKind.MEMORY
     return OpKind.UNKNOWN
 
 
-def _is_pointwise(func: object, functional: str) -> bool:
+def is_pointwise(func: object, functional: str) -> bool:
     """Elementwise ops carry torch's pointwise tag; some in-place variants only on their functional twin."""
     if torch.Tag.pointwise in getattr(func, "tags", ()):
         return True
@@ -247,9 +269,10 @@ def _is_pointwise(func: object, functional: str) -> bool:
     return twin is not None and torch.Tag.pointwise in twin.tags
 
 
-def op_macs(func: object, args: Sequence[object], out: object) -> int:
+def op_macs(func: object, args: Sequence[object], out: object,
+            formulas: Mapping[object, MacFormula] = MAC_FORMULAS) -> int:
     """MACs of one call of ``func``; 0 for ops without a formula."""
-    formula = MAC_FORMULAS.get(getattr(func, "overloadpacket", None))
+    formula = formula_of(func, formulas)
     if formula is None:
         return 0
     shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args]
@@ -272,7 +295,7 @@ _FRIENDLY = {
 
 def friendly_name(func: object, weight_shape: Shape | None = None) -> str:
     """A short op name for a node built from one aten call: 'conv2d', 'linear', 'matmul', 'add'."""
-    name = _base_name(func)
+    name = op_name(func)
     if name in ("convolution", "_convolution") and weight_shape is not None:
         return f"conv{len(weight_shape) - 2}d"
     if name in ("addmm", "_addmm_activation") or (name == "mm" and weight_shape is not None):
@@ -280,50 +303,3 @@ def friendly_name(func: object, weight_shape: Shape | None = None) -> str:
     if name.startswith("_scaled_dot_product"):
         return "attention"
     return _FRIENDLY.get(name, name.rstrip("_"))
-
-
-def is_elementwise(aten_op: str) -> bool:
-    """Whether 'aten.relu_.default' (an op as a Layer records it) is elementwise or a batch norm:
-    work a compiler folds into the kernel that produced its input."""
-    parts = aten_op.split(".")
-    packet = getattr(aten, parts[1], None) if len(parts) == 3 else None
-    func = getattr(packet, parts[2], None) if packet is not None else None
-    if func is None:
-        return False
-    name = parts[1].rstrip("_")
-    return "batch_norm" in name or (classify(func) is OpKind.MEMORY and _is_pointwise(func, name)) or \
-        name in ("hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu")
-
-
-_TRANSCENDENTAL = {"gelu", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
-                   "_softmax", "_safe_softmax", "_log_softmax", "pow", "rsqrt"}
-_SIGMOID = {"silu", "sigmoid", "log_sigmoid_forward"}   # one exp per element: 1.6-1.9x GELU's rate here
-_POOLING = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
-            "avg_pool1d", "avg_pool2d", "avg_pool3d"}
-_NORM = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
-         "native_layer_norm", "native_group_norm"}
-RATED_KINDS = ("transcendental", "sigmoid", "pooling", "norm")
-
-
-def rated_kind(aten_op: str) -> str | None:
-    """The kind of memory-only op that CPUs run slower than its bytes would allow, with a rate of
-    its own in a profile: 'transcendental' (GELU, softmax: math per element), 'sigmoid' (sigmoid,
-    SiLU: one exponential per element), 'pooling' (max/avg
-    windows; adaptive pooling, a plain reduction, is not one) or 'norm' (batch/layer/group norm:
-    statistics and a per-channel loop). None for other ops."""
-    parts = aten_op.split(".")
-    if len(parts) != 3:
-        return None
-    name = parts[1]
-    if name.rstrip("_") in _TRANSCENDENTAL:
-        return "transcendental"
-    if name.rstrip("_") in _SIGMOID:
-        return "sigmoid"
-    return "pooling" if name in _POOLING else "norm" if name in _NORM else None
-
-
-def writes_in_place(aten_op: str) -> bool:
-    """Whether 'aten.relu_.default' writes into its input (an in-place op: trailing underscore)
-    rather than a fresh output tensor."""
-    parts = aten_op.split(".")
-    return len(parts) == 3 and parts[1].endswith("_") and not parts[1].endswith("__")

@@ -16,8 +16,6 @@ Keep = Mapping[str, int]   # group name -> units kept (groups not named keep all
 
 # Attention-module attributes that hold a head count, or the width of all heads together: compaction
 # updates them, because attention code reshapes by them.
-HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
-HEAD_WIDTH_ATTRS = ("all_head_size", "split_size")
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,9 +22,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from costplan.trace.channels import Tracker
 from costplan.trace.graph import InputSpec, Layer, LayerGraph
-from costplan.trace.ops import OpKind, classify, friendly_name, op_macs
+from costplan.modules import HEAD_COUNT_ATTRS, geometry
+from costplan.trace.ops import MacFormula, OpKind, classify, friendly_name, op_macs, op_name, with_overrides
 
-_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
 
 
 def _meta_batch_norm(x: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,11 +85,6 @@ class _Frame:
 _COPIES = {"clone", "_to_copy", "contiguous", "copy"}
 
 
-def _name(func: object) -> str:
-    packet = getattr(func, "overloadpacket", func)
-    return getattr(packet, "__name__", str(packet)).split(".")[-1]
-
-
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -101,21 +96,6 @@ def _tensors(tree: object) -> list[torch.Tensor]:
         if isinstance(t, torch.Tensor):
             out += list(t.unbind()) if t.is_nested else [t]
     return out
-
-
-def module_geometry(module: torch.nn.Module) -> dict[str, object]:
-    """The shape facts of a conv or linear layer that pruning and latency models need."""
-    if isinstance(module, torch.nn.modules.conv._ConvNd):
-        return {"in_channels": module.in_channels, "out_channels": module.out_channels,
-                "groups": module.groups, "kernel_size": tuple(module.kernel_size),
-                "stride": tuple(module.stride), "dilation": tuple(module.dilation), "transposed": module.transposed}
-    if isinstance(module, torch.nn.Linear):
-        return {"in_features": module.in_features, "out_features": module.out_features}
-    weight = getattr(module, "weight", None)
-    if isinstance(getattr(module, "nf", None), int) and isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        # GPT-2's Conv1D: a linear layer storing its weight as (in, out)
-        return {"in_features": int(weight.shape[0]), "out_features": module.nf, "transposed_weight": True}
-    return {}
 
 
 def _weight_geometry(op: str, weight: torch.Tensor, groups: object) -> dict[str, object]:
@@ -159,7 +139,8 @@ def _fused_on_meta(sdpa: Callable[..., torch.Tensor]) -> Callable[..., torch.Ten
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, formulas: Mapping[object, MacFormula]) -> None:
+        self.formulas = formulas
         super().__init__()
         self.names = {id(m): n for n, m in model.named_modules()}
         self.graph = nx.DiGraph()
@@ -177,7 +158,7 @@ class _Recorder(TorchDispatchMode):
             self.constant[p] = (name, True)
         for name, b in model.named_buffers():
             self.constant[b] = (name, False)
-        self.channels = Tracker({**dict(model.named_buffers()), **self.param_by_name})
+        self.channels = Tracker({**dict(model.named_buffers()), **self.param_by_name}, formulas)
 
     # ---- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: torch.nn.Module, args: object) -> None:
@@ -229,7 +210,7 @@ class _Recorder(TorchDispatchMode):
             name = frame.name if calls == 0 else f"{frame.name}:{calls}"
             self.used_names.add(name)
             draft = _NodeDraft(name=name, op=type(frame.module).__name__.lower(), module=frame.name,
-                               kind="module", attrs=module_geometry(frame.module))
+                               kind="module", attrs=geometry(frame.module))
             weight = getattr(frame.module, "weight", None)
             if isinstance(weight, torch.nn.Parameter):
                 own = f"{frame.name}.weight" if frame.name else "weight"
@@ -262,7 +243,7 @@ class _Recorder(TorchDispatchMode):
     # ---- dispatch -----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
-        if classify(func) is OpKind.UNKNOWN:
+        if classify(func, self.formulas) is OpKind.UNKNOWN:
             # an op with no formula may be a composite (aten.linear under inference_mode, which skips
             # the autograd decomposition): run its decomposition, whose ops we count, as FlopCounterMode does
             with self:
@@ -276,7 +257,7 @@ class _Recorder(TorchDispatchMode):
         else:
             out = func(*args, **kwargs)
         elapsed = time.perf_counter() - start
-        kind = classify(func)
+        kind = classify(func, self.formulas)
         ins = _tensors((args, kwargs))
         outs = _tensors(out)
         if kind is OpKind.VIEW:
@@ -286,7 +267,7 @@ class _Recorder(TorchDispatchMode):
             return out
         if kind is OpKind.SOURCE or not ins:
             return out
-        if kind is OpKind.MEMORY and len(ins) == 1 and ins[0] in self.constant and _name(func) in _COPIES:
+        if kind is OpKind.MEMORY and len(ins) == 1 and ins[0] in self.constant and op_name(func) in _COPIES:
             self._alias(ins[0], outs)          # a copy of a weight (einsum's contiguous operand) is the weight
             self.channels.alias(ins[0], outs)
             return out
@@ -294,7 +275,7 @@ class _Recorder(TorchDispatchMode):
         node = self._leaf_node(frame) if frame is not None else self._function_node(func, ins, args)
         self._read(node, ins)
         node.seconds += elapsed
-        macs = op_macs(func, args, out)
+        macs = op_macs(func, args, out, self.formulas)
         node.macs += macs
         node.aten_ops[str(func)] = None
         if kind is OpKind.UNKNOWN:
@@ -365,7 +346,7 @@ def attention_heads(model: torch.nn.Module) -> dict[str, int]:
             continue
         config = getattr(module, "config", None)
         for source in (module, config):
-            count = next((getattr(source, a) for a in _HEAD_ATTRS
+            count = next((getattr(source, a) for a in HEAD_COUNT_ATTRS
                           if isinstance(getattr(source, a, None), int)), None)
             if count:
                 heads[name] = count
@@ -381,16 +362,18 @@ def _set_training(model: torch.nn.Module, training: bool) -> None:
 
 
 def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[str, object] | None = None,
-          name: str = "model", timings: dict[str, float] | None = None) -> LayerGraph:
+          name: str = "model", timings: dict[str, float] | None = None,
+          mac_formulas: Mapping[object, MacFormula] | None = None) -> LayerGraph:
     """Run ``model(*args, **kwargs)`` once under the recorder and return its layer graph.
 
     The model runs in eval mode without gradients; on meta tensors nothing is computed or allocated.
     With real tensors, ``timings`` (if given) receives each layer's kernel wall time in seconds: the
     time inside its aten ops, without the Python between them. Exceptions from the model's forward
-    propagate unchanged.
+    propagate unchanged. ``mac_formulas`` (aten op -> formula) replaces or adds MAC formulas for this
+    trace alone; the graph's analysis under a plan re-evaluates the same formulas.
     """
     kwargs = dict(kwargs or {})
-    recorder = _Recorder(model)
+    recorder = _Recorder(model, with_overrides(mac_formulas))
     for t in _tensors((args, kwargs)):
         recorder.model_inputs[t] = True
     handles = [

@@ -1,0 +1,98 @@
+"""Fitting calibration's timings: per op class a plateau rate, three half-dimensions and a fixed cost
+(scipy's ``least_squares`` on log time), saturation curves, and linear byte rates.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares, nnls
+
+from costplan.hardware.probes import CHAIN, AttentionShape, Shape
+from costplan.hardware.roofline import activation_cost
+
+@dataclass(frozen=True)
+class ClassFit:
+    """One op class fitted to its sampled layers: seconds = max(MACs / (rate x utilisation), memory
+    seconds) + per-op overhead + ``fixed_s``, utilisation = product of d / (d + half) over the GEMM
+    dimensions (rows, outputs, reduction), times ``strided`` for a strided convolution."""
+
+    rate: float                            # MAC/s plateau
+    half_dims: tuple[float, float, float]  # rows, outputs, reduction at half the plateau
+    fixed_s: float                         # seconds per call beyond the generic per-op overhead
+    median_error: float                    # median |predicted / measured - 1| over the samples
+    strided: float = 1.0                   # rate of a stride > 1 layer over a stride-1 one's
+
+
+def saturating(macs: np.ndarray, peak: float, half: float) -> np.ndarray:
+    """Attained MAC/s of an op of ``macs`` MACs: peak x macs / (macs + half)."""
+    return peak * macs / (macs + half)
+
+
+def fit_saturation(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    """(peak MAC/s, half-utilisation MACs) fitted to (MACs, MAC/s) samples.
+
+    Relative residuals with a soft-L1 loss: one shape timed while the machine was busy does not drag
+    the whole curve down.
+    """
+    macs = np.array([s[0] for s in samples])
+    rates = np.array([s[1] for s in samples])
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        return saturating(macs, p[0], p[1]) / rates - 1.0
+
+    fit = least_squares(residuals, x0=(rates.max(), float(np.median(macs)) / 10), loss="soft_l1", f_scale=0.1,
+                        bounds=([rates.max() * 0.3, 0.0], [rates.max() * 3, macs.max()]))
+    return float(fit.x[0]), float(fit.x[1])
+
+
+def _memory_seconds(shapes: Sequence[Shape | AttentionShape], bandwidth: float, onchip_bandwidth: float, onchip_bytes: float) -> np.ndarray:
+    """Weights from DRAM, activations in cache or DRAM: the roofline's memory side for each sampled shape."""
+    def activation(nbytes: float) -> float:
+        return activation_cost(nbytes, bandwidth, onchip_bytes, onchip_bandwidth)[0]
+    return np.array([s.weight_bytes / bandwidth + sum(map(activation, s.activation_bytes)) for s in shapes])
+
+
+def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], memory_s: np.ndarray, per_op: float) -> ClassFit:
+    """Fit :class:`ClassFit` to timed shapes on log time, weighted by the square root of time, with a
+    soft-L1 loss: one shape timed while the machine was busy does not drag the whole fit."""
+    macs = np.array([s.macs for s in shapes], dtype=float)
+    dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
+    strided = np.array([getattr(s, "stride", 1) > 1 for s in shapes])
+    measured = np.array(seconds)
+    top = float((macs / measured).max())
+
+    def predict(p: np.ndarray) -> np.ndarray:
+        u = np.prod(dims / (dims + p[1:4]), axis=1) * np.where(strided, p[5], 1.0)
+        return np.maximum(macs / (p[0] * top * u), memory_s) + per_op + p[4] * 1e-6
+
+    # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
+    # relative error matters less than a 3 ms one's. Strided convolutions read their input with
+    # gaps and run slower per MAC (fitted here at 0.81-0.86 of the rate, beside the cost per call):
+    # their own factor, or stride-1 layers (most of a ResNet) are predicted slow by the blend of the two.
+    weight = np.sqrt(measured / np.median(measured))
+    high = 1.5 if strided.any() else 1.0 + 1e-9
+    fit = least_squares(lambda p: weight * np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0),
+                        loss="soft_l1", f_scale=0.1, bounds=([0.3, 0, 0, 0, 0, 0.3], [5.0, 1e5, 1e4, 1e4, 1e3, high]))
+    error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
+    rows, outputs, reduction = (float(v) for v in fit.x[1:4])
+    return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error,
+                    float(fit.x[5]) if strided.any() else 1.0)
+
+
+def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:
+    """(fixed seconds, bytes/s) of ``seconds - per_op = fixed + bytes / rate`` over (bytes, seconds)
+    samples, both non-negative (scipy's NNLS)."""
+    nbytes = np.array([b for b, _ in samples])
+    seconds = np.array([t for _, t in samples]) - per_op
+    (fixed, per_byte), _ = nnls(np.column_stack([np.ones_like(nbytes), nbytes]), seconds)
+    return float(fixed), 1.0 / max(float(per_byte), 1e-15)
+
+
+def _onchip(samples: list[tuple[float, float]], per_op: float) -> float:
+    """Bytes/s at which memory-only ops (ReLU, GELU/softmax) move cache-sized activations inside a
+    network, from chains of them (each op reading what the previous one wrote), less the per-op overhead."""
+    return statistics.median(nbytes / CHAIN / max(seconds - per_op, 1e-9) for nbytes, seconds in samples)

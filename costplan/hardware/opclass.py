@@ -1,0 +1,55 @@
+"""Which op classes a hardware profile prices apart, read off the aten op a layer records: memory-only
+ops slower than their bytes, elementwise work a compiler folds, ops that write in place. Hardware
+facts about ops, so they live with the hardware; the op registry only says what an op is.
+"""
+
+from __future__ import annotations
+
+from costplan.trace.ops import OpKind, aten, classify, is_pointwise
+
+
+def is_elementwise(aten_op: str) -> bool:
+    """Whether 'aten.relu_.default' (an op as a Layer records it) is elementwise or a batch norm:
+    work a compiler folds into the kernel that produced its input."""
+    parts = aten_op.split(".")
+    packet = getattr(aten, parts[1], None) if len(parts) == 3 else None
+    func = getattr(packet, parts[2], None) if packet is not None else None
+    if func is None:
+        return False
+    name = parts[1].rstrip("_")
+    return "batch_norm" in name or (classify(func) is OpKind.MEMORY and is_pointwise(func, name)) or \
+        name in ("hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu")
+
+
+_TRANSCENDENTAL = {"gelu", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
+                   "_softmax", "_safe_softmax", "_log_softmax", "pow", "rsqrt"}
+_SIGMOID = {"silu", "sigmoid", "log_sigmoid_forward"}   # one exp per element: 1.6-1.9x GELU's rate here
+_POOLING = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+            "avg_pool1d", "avg_pool2d", "avg_pool3d"}
+_NORM = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+         "native_layer_norm", "native_group_norm"}
+RATED_KINDS = ("transcendental", "sigmoid", "pooling", "norm")
+
+
+def rated_kind(aten_op: str) -> str | None:
+    """The kind of memory-only op that CPUs run slower than its bytes would allow, with a rate of
+    its own in a profile: 'transcendental' (GELU, softmax: math per element), 'sigmoid' (sigmoid,
+    SiLU: one exponential per element), 'pooling' (max/avg
+    windows; adaptive pooling, a plain reduction, is not one) or 'norm' (batch/layer/group norm:
+    statistics and a per-channel loop). None for other ops."""
+    parts = aten_op.split(".")
+    if len(parts) != 3:
+        return None
+    name = parts[1]
+    if name.rstrip("_") in _TRANSCENDENTAL:
+        return "transcendental"
+    if name.rstrip("_") in _SIGMOID:
+        return "sigmoid"
+    return "pooling" if name in _POOLING else "norm" if name in _NORM else None
+
+
+def writes_in_place(aten_op: str) -> bool:
+    """Whether 'aten.relu_.default' writes into its input (an in-place op: trailing underscore)
+    rather than a fresh output tensor."""
+    parts = aten_op.split(".")
+    return len(parts) == 3 and parts[1].endswith("_") and not parts[1].endswith("__")

@@ -1,0 +1,304 @@
+"""What calibration times: layers sampled as networks have them (GEMMs, 3x3, 1x1 and depthwise
+convolutions, fused attention), memory and overhead probes, held-out networks, and the facts of
+this machine (cache size, SIMD width, CPU name) a profile records.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from costplan.hardware.roofline import Dims, attention_dims, gemm_dims
+from costplan.hardware.timing import Probe, timed
+from costplan.models import Instance
+
+ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
+NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
+POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
+# (batch, heads, tokens, head width) of fused attention as encoders run it: ViT-B (197 tokens), BERT
+# (128-384), small encoders (64), GPT-2 blocks
+ATTENTION_SHAPES = ((1, 8, 64, 32), (1, 12, 128, 64), (1, 12, 197, 64), (1, 12, 384, 64), (1, 4, 32, 64),
+                    (1, 16, 256, 64), (8, 12, 128, 64), (8, 8, 64, 32), (2, 12, 197, 64), (1, 8, 512, 64))
+CHAIN = 8  # ops per chain: each reads what the previous one wrote, as layers in a network do
+WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072)
+BATCHES = (1, 1, 1, 2, 4, 8)  # convolutions' batch: most users time batch 1, throughput runs batch more
+MAX_ACTIVATION = 2 ** 21  # floats (8 MB): the largest input or output a sampled layer may have
+FRESH_OUTPUT_BYTES = 32 * 2 ** 20  # glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One sampled layer: a convolution (``kernel`` >= 1) or a linear layer (``kernel`` 0, ``spatial``
+    its rows). Widths are multiples of 8, as pruned layers' should be."""
+
+    kind: str          # gemm | conv | pointwise | depthwise
+    cin: int
+    cout: int
+    spatial: int
+    kernel: int = 0
+    stride: int = 1
+    batch: int = 1     # convolutions only: a linear layer's batch is in its rows
+    groups: int = 1    # grouped 3x3 convolutions (RegNet, ResNeXt); depthwise ones are their own kind
+
+    @property
+    def positions(self) -> int:
+        """Output positions: a linear layer's rows, a convolution's batch x output pixels."""
+        return self.spatial if self.kernel == 0 else self.batch * math.ceil(self.spatial / self.stride) ** 2
+
+    @property
+    def macs(self) -> int:
+        per_output = self.kernel ** 2 if self.kind == "depthwise" else self.cin // self.groups * max(self.kernel, 1) ** 2
+        return self.positions * self.cout * per_output
+
+    @property
+    def dims(self) -> Dims:
+        """The GEMM the roofline gives this layer (:func:`costplan.hardware.roofline.gemm_dims`)."""
+        return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=max(self.kernel, 1) ** 2,
+                         depthwise=self.kind == "depthwise", strided=self.stride > 1)
+
+    rows = property(lambda self: self.dims.rows)
+    outputs = property(lambda self: self.dims.outputs)
+    reduction = property(lambda self: self.dims.reduction)
+
+    @property
+    def weight_bytes(self) -> int:
+        return 4 * self.cout * self.macs // (self.positions * self.cout)
+
+    @property
+    def activation_bytes(self) -> tuple[int, int]:
+        inputs = self.cin * (self.spatial if self.kernel == 0 else self.batch * self.spatial ** 2)
+        return 4 * inputs, 4 * self.positions * self.cout
+
+
+def _width(value: float) -> int:
+    return int(min(2048, max(8, round(value / 8) * 8)))
+
+
+def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
+    """``count`` layers of one op class drawn as networks have them (seeded). Convolutions:
+    a 7x7 to 112x112 map, a width about 64 x 56 / side (channels grow as maps shrink) scaled by
+    1/4 to 3 for pruned and wide layers, the output width 1/4 to 4 times the input's (bottlenecks,
+    expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1), batch 1 (half the
+    draws) to 8; a quarter of the 3x3 ones grouped, 8 to 64 channels a group, as RegNets and ResNeXts
+    have them. GEMMs: 1 to 8192 rows (tokens, or the pixels of channels-last linears in ConvNeXt),
+    independent widths from 8 to 3072."""
+    rng = np.random.default_rng(seed)
+    out: list[Shape] = []
+    while len(out) < count:
+        stride = int(rng.choice((1, 1, 2)))
+        spatial = int(rng.choice((7, 14, 28, 56, 112)))
+        cin = _width(64 * 56 / spatial * 2 ** rng.uniform(-2, 1.5))
+        cout = _width(cin * float(rng.choice((0.25, 0.5, 1, 1, 2, 4))))
+        batch = int(rng.choice(BATCHES))
+        if kind == "gemm":
+            cin, cout = (int(w) for w in rng.choice(WIDTHS, 2))
+            shape = Shape(kind, cin, cout, int(rng.choice((1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192))))
+        elif kind == "depthwise":
+            shape = Shape(kind, cout, cout, spatial, int(rng.choice((3, 3, 5))), stride, batch)
+        elif kind == "conv" and rng.random() < 0.25:
+            group = int(rng.choice((8, 16, 24, 32, 64)))
+            width = max(group, round(cin / group) * group)
+            shape = Shape(kind, width, width, spatial, 3, stride, batch, width // group)
+        elif kind == "conv":
+            shape = Shape(kind, cin, cout, spatial, 3, stride, batch)
+        else:  # stride-2 1x1 convolutions (ResNet shortcuts) run another kernel, ~30% slower than this fit
+            shape = Shape(kind, cin, cout, spatial, 1, 1, batch)
+        inputs, outputs = shape.activation_bytes
+        if 2e5 <= shape.macs <= 4e8 * shape.batch ** 0.5 and max(inputs, outputs) <= 4 * MAX_ACTIVATION * min(batch, 3):
+            out.append(shape)
+    return out
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Fused self-attention over ``tokens`` tokens: the GEMM dimensions the roofline gives it
+    (rows = batch x heads x queries, outputs = value width, reduction = keys); MACs as the tracer
+    counts them (Q K^T and the weighted sum of V)."""
+
+    batch: int
+    heads: int
+    tokens: int
+    width: int
+
+    @property
+    def cout(self) -> int:
+        return self.width
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.heads * self.tokens * self.tokens * 2 * self.width
+
+    @property
+    def dims(self) -> Dims:
+        """The GEMM the roofline gives fused attention (:func:`costplan.hardware.roofline.attention_dims`)."""
+        return attention_dims(self.macs, self.tokens, self.width, self.width)
+
+    rows = property(lambda self: self.dims.rows)
+    outputs = property(lambda self: self.dims.outputs)
+    reduction = property(lambda self: self.dims.reduction)
+
+    @property
+    def weight_bytes(self) -> int:
+        return 0
+
+    @property
+    def activation_bytes(self) -> tuple[int, int]:
+        queries = self.batch * self.heads * self.tokens
+        return 3 * 4 * queries * self.width, 4 * queries * self.width
+
+    def __str__(self) -> str:
+        return f"{self.batch}x{self.heads}x{self.tokens}x{self.width}"
+
+
+def attention_shapes(quick: bool = False) -> list[AttentionShape]:
+    shapes = [AttentionShape(*s) for s in ATTENTION_SHAPES]
+    return shapes[::2] if quick else shapes
+
+
+def _module(shape: Shape) -> tuple[torch.nn.Module, torch.Tensor]:
+    if shape.kind == "gemm":
+        return torch.nn.Linear(shape.cin, shape.cout), torch.randn(shape.spatial, shape.cin)
+    groups = shape.cin if shape.kind == "depthwise" else 1
+    layer = torch.nn.Conv2d(shape.cin, shape.cout, shape.kernel, stride=shape.stride, padding=shape.kernel // 2,
+                            groups=groups if shape.kind == "depthwise" else shape.groups, bias=False)
+    return layer, torch.randn(shape.batch, shape.cin, shape.spatial, shape.spatial)
+
+
+def cache_bytes() -> int:
+    """The largest CPU cache, read from sysfs (the last-level cache holds activations between ops)."""
+    sizes = []
+    for index in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")) if os.path.isdir(
+            "/sys/devices/system/cpu/cpu0/cache") else []:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1024, "M": 1024 ** 2}.get(text[-1], 1)
+        sizes.append(int(text.rstrip("KM")) * scale)
+    return max(sizes, default=8 * 1024 ** 2)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def channel_multiple() -> int:
+    """Float32 lanes of the widest vector unit PyTorch uses here: kernels tile channels by it."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if "512" in capability else 8 if "AVX" in capability else 4
+
+
+def _probes(shapes: dict[str, list[Shape]], quick: bool,
+            kept_memory: bool = False) -> dict[str, tuple[str, float, Probe, float]]:
+    """name -> (kind, size, probe, divisor): the probe's seconds divided by ``divisor`` are the sample;
+    the fresh-page probes only where freed memory is not kept (see :func:`keep_freed_memory`)."""
+    probes: dict[str, tuple[str, float, Probe, float]] = {}
+    for kind, kind_shapes in shapes.items():
+        for i, shape in enumerate(kind_shapes):
+            module, x = _module(shape)
+            probes[f"{kind} {i}"] = (kind, float(shape.macs), timed(lambda m=module.eval(), x=x: m(x)), 1.0)
+    for c, hw in ELEMENTWISE_SHAPES:
+        chain, x = torch.nn.Sequential(*[torch.nn.ReLU() for _ in range(CHAIN)]).eval(), torch.randn(1, c, hw, hw)
+        probes[f"relu {c}x{hw}"] = ("elementwise", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
+    for c, hw in ELEMENTWISE_SHAPES[1::2]:
+        ops = (torch.nn.GELU(), torch.nn.Softmax(1))
+        chain, x = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval(), torch.randn(1, c, hw, hw)
+        probes[f"gelu {c}x{hw}"] = ("transcendental", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
+        ops = (torch.nn.SiLU(), torch.nn.Sigmoid())
+        chain = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval()
+        probes[f"silu {c}x{hw}"] = ("sigmoid", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
+    for c, hw in (NORM_SHAPES[::2] if quick else NORM_SHAPES):
+        # timed right after the convolution that writes its input, as in a network: a batch norm
+        # reading a convolution's fresh output runs 1.5-3x slower than one re-reading its own input
+        conv, bn, x = torch.nn.Conv2d(64, c, 1, bias=False).eval(), torch.nn.BatchNorm2d(c).eval(), torch.randn(1, 64, hw, hw)
+
+        def norm(conv: torch.nn.Module = conv, bn: torch.nn.Module = bn, x: torch.Tensor = x) -> float:
+            y = conv(x)
+            start = time.perf_counter()
+            bn(y)
+            return time.perf_counter() - start
+        probes[f"norm {c}x{hw}"] = ("norm", 2.0 * c * hw * hw * 4, norm, 1.0)
+    for shape in attention_shapes(quick):
+        q = torch.randn(shape.batch, shape.heads, shape.tokens, shape.width)
+        probes[f"attention {shape}"] = ("attention", float(shape.macs),
+                                        timed(lambda q=q: torch.nn.functional.scaled_dot_product_attention(q, q, q)), 1.0)
+    for c, hw in POOLING_SHAPES:
+        pool, x = torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)
+        probes[f"pool {c}x{hw}"] = ("pooling", 4.0 * x.numel() * 1.25, timed(lambda p=pool, x=x: p(x)), 1.0)
+    n = (16 if quick else 64) * 1024 * 1024   # floats: well past any cache
+    src, dst = torch.randn(n), torch.empty(n)
+    probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)
+    if not kept_memory:
+        # with glibc's defaults, blocks over 32 MiB are mapped afresh on every allocation and a layer
+        # writing such an output faults in every page of it (where freed memory is kept, none does)
+        fresh_n = (FRESH_OUTPUT_BYTES + 16 * 2 ** 20) // 4
+        reused = torch.empty(fresh_n)
+        probes["fresh pages"] = ("first_touch", 4.0 * fresh_n, timed(lambda: torch.empty(fresh_n).fill_(1.0)), 1.0)
+        probes["reused pages"] = ("reused", 4.0 * fresh_n, timed(lambda: reused.fill_(1.0)), 1.0)
+    relu, tiny = torch.nn.ReLU(), torch.randn(1, 8)
+    probes["overhead"] = ("overhead", 0.0, timed(lambda: relu(tiny)), 1.0)
+    return probes
+
+
+def check_networks() -> dict[str, Instance]:
+    """Three networks calibration never fits on, at batch 1: a residual CNN, a depthwise CNN and a
+    stack of transformer encoder layers (run unfused, as costplan models them: see :class:`_Unfused`)."""
+    import torchvision
+
+    encoder = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(256, 8, 1024, batch_first=True), 4,
+                                          enable_nested_tensor=False)
+    return {"resnet18": Instance(torchvision.models.resnet18(), (torch.randn(1, 3, 224, 224),)),
+            "mobilenet_v2": Instance(torchvision.models.mobilenet_v2(), (torch.randn(1, 3, 224, 224),)),
+            "transformer encoder": Instance(_Unfused(encoder), (torch.randn(1, 64, 256),))}
+
+
+class _Unfused(torch.nn.Module):
+    """Runs ``inner`` with PyTorch's fused encoder fast path off: the separate layers costplan
+    models (the tracer turns it off too), not one fused kernel."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: object) -> object:
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return self.inner(*args)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _warm_call(network: Instance) -> Probe:
+    """A probe of ``network``'s second call in a row: the steady state of repeated inference that
+    users time, not a first call whose weights and code other probes have pushed out of the caches
+    (18% slower for mobilenet_v2 here)."""
+    module = network.module.eval()
+
+    def probe() -> float:
+        module(*network.args, **network.kwargs)
+        start = time.perf_counter()
+        module(*network.args, **network.kwargs)
+        return time.perf_counter() - start
+    return probe
+
+
+def check_probes(networks: Mapping[str, Instance]) -> dict[str, tuple[str, float, Probe, float]]:
+    """Held-out networks as probes, timed in the same interleaved rounds as the fitted layers,
+    so a drift of the machine's speed cannot pass for an error of the fit."""
+    return {f"check {name}": ("check", 0.0, _warm_call(n), 1.0) for name, n in networks.items()}

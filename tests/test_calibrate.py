@@ -1,0 +1,242 @@
+"""Calibration (costplan/hardware/calibrate.py, probes.py, fitting.py): fits recover known parameters,
+probes are the GEMMs the roofline sees, a busy machine gets no profile."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from costplan.api import load_graph
+from costplan.hardware.profile import parse_profile
+from costplan.hardware.roofline import dims, layer_latency
+from costplan.sparsity import Effective
+from tests.conftest import TOY
+
+
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
+def test_a_calibration_file_states_what_was_measured(tmp_path) -> None:
+    """The TOML read on its own (tomllib, not the writer's parser) gives the figures calibrate measured."""
+    import tomllib
+
+    from costplan.hardware import load_profile
+    from costplan.hardware.calibrate import calibrate, profile_toml
+
+    c = calibrate(quick=True, progress=False, strict=False)
+    text = profile_toml(c)
+    data = tomllib.loads(text)
+    assert data["peak_tflops"]["float32"] * 1e12 / 2 == pytest.approx(c.peak_macs, rel=1e-5)
+    assert data["memory"]["bandwidth_gbs"] * 1e9 == pytest.approx(c.bandwidth, rel=1e-3)
+    assert data["memory"]["onchip_bandwidth_gbs"] * 1e9 == pytest.approx(c.onchip_bandwidth, rel=1e-3)
+    assert data["memory"]["norm_gbs"] * 1e9 == pytest.approx(c.rated_bandwidth["norm"], rel=1e-3)
+    assert data["overhead"]["per_op_us"] * 1e-6 == pytest.approx(c.per_op_s, rel=1e-3)
+    for kind, fit in c.fits.items():
+        assert data["efficiency"][kind] == pytest.approx(c.efficiency[kind], rel=1e-3)
+        assert data["overhead"]["per_class_us"][kind] * 1e-6 == pytest.approx(fit.fixed_s, rel=1e-3, abs=1e-9)
+        written = data["efficiency"]["half_util_dims"][kind]
+        assert written == pytest.approx([v if v >= 1e-3 else 0 for v in fit.half_dims], rel=1e-3)
+    assert data["threads"] == c.threads and data["channel_multiple"] == c.channel_multiple
+    assert data["memory"]["weights_overlap"] is False and not c.profile().weights_overlap
+    assert data["efficiency"]["strided"]["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
+    assert c.profile().strided["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
+    assert "self-check (held-out networks" in text and "interleaved rounds" in text    # the header grades it
+    assert set(c.quality.check) == {"resnet18", "mobilenet_v2", "transformer encoder"}
+    if platform.libc_ver()[0] == "glibc":     # timed without page faults, and the header says so
+        assert c.kept_memory and "keeping freed memory" in text
+        assert "first_touch_gbs" not in data["memory"] and "first_touch" not in c.samples   # nothing faults
+    path = tmp_path / "local.toml"
+    path.write_text(text)
+    assert load_profile(path).bandwidth == pytest.approx(c.bandwidth, rel=1e-3)
+
+
+def test_a_busy_machine_gets_no_profile(tmp_path) -> None:
+    from costplan.hardware.calibrate import Quality, refusal
+    from costplan.hardware.fitting import ClassFit
+
+    fits = {"conv": ClassFit(1e11, (1.0, 1.0, 1.0), 0.0, 0.08)}
+    quiet = Quality(200, 6, 0.02, 0.01, 3, 0.05)
+    assert refusal(quiet, fits) is None
+    busy = refusal(Quality(200, 6, 0.02, 0.01, 3, 0.95), fits)
+    assert "other processes kept 0.95 cores busy" in busy and "no profile was written" in busy
+    noisy = refusal(Quality(200, 6, 0.18, 0.45, 60, 0.0), fits)
+    assert "45% of the timings still varied" in noisy
+    assert "conv 40%" in refusal(quiet, {"conv": ClassFit(1e11, (1.0, 1.0, 1.0), 0.0, 0.40)})
+
+
+def test_calibration_fit_recovers_known_parameters() -> None:
+    """Timings made by the model itself (rate 50 GMAC/s, halves 40/24/16, 30 us fixed) with 5%
+    noise on a third of them: the fit finds the parameters and the calibrated prediction matches
+    the roofline's for the same layer."""
+    import numpy as np
+
+    from costplan.hardware.fitting import _memory_seconds, fit_class
+    from costplan.hardware.probes import sample_shapes
+
+    shapes = sample_shapes("conv", 48, seed=3)
+    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
+    u = np.array([s.rows / (s.rows + 40) * s.outputs / (s.outputs + 24) * s.reduction / (s.reduction + 16) for s in shapes])
+    seconds = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u), memory) + 5e-6 + 30e-6
+    seconds[::3] *= 1.05
+    fit = fit_class(shapes, list(seconds), memory, per_op=5e-6)
+    assert fit.rate == pytest.approx(50e9, rel=0.05)
+    assert fit.half_dims == pytest.approx((40, 24, 16), rel=0.25)
+    assert fit.fixed_s == pytest.approx(30e-6, rel=0.25)
+    assert fit.median_error < 0.03
+    # outliers: a busy spell triples a tenth of the timings; the robust loss keeps the parameters
+    spiked = seconds.copy()
+    spiked[1::10] *= 3.0
+    robust_fit = fit_class(shapes, list(spiked), memory, per_op=5e-6)
+    assert robust_fit.rate == pytest.approx(50e9, rel=0.10)
+    # the fixed cost is under a third of the smallest layer's time, so spikes may move it; what
+    # must hold is that the robust fit still predicts the clean timings
+    fitted_u = np.array([np.prod([d / (d + h) for d, h in zip((s.rows, s.outputs, s.reduction), robust_fit.half_dims)])
+                         for s in shapes])
+    predicted = (np.maximum(np.array([s.macs for s in shapes]) / (robust_fit.rate * fitted_u), memory) + 5e-6
+                 + robust_fit.fixed_s)
+    clean = seconds / np.where(np.arange(len(seconds)) % 3 == 0, 1.05, 1.0)
+    assert np.median(np.abs(predicted / clean - 1)) < 0.05
+    assert robust_fit.median_error < 0.05        # the median error marks the fit good, the spikes as off
+    assert fit.strided == pytest.approx(1.0, abs=0.03)       # these timings treat strides alike
+    # strided convolutions at 0.8 of the rate: the fit finds the factor instead of blending the two
+    slower = np.where([s.stride > 1 for s in shapes], 1 / 0.8, 1.0)
+    timed = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u) * slower, memory) + 5e-6 + 30e-6
+    assert fit_class(shapes, list(timed), memory, per_op=5e-6).strided == pytest.approx(0.8, rel=0.05)
+
+
+def test_batch_norm_costs_a_fixed_part_and_its_bytes() -> None:
+    """fit_linear recovers 40 us + bytes / 25 GB/s; a profile with those figures prices a batch norm
+    on 64x56x56 (0.8 MB in, 0.8 MB out) at per-op + 40 us + 1.6 MB / 25 GB/s."""
+    import torch
+
+    from costplan.hardware.fitting import fit_linear
+
+    samples = [(b, 5e-6 + 40e-6 + b / 25e9) for b in (0.4e6, 1.6e6, 6.4e6, 3.2e6)]
+    fixed, rate = fit_linear(samples, per_op=5e-6)
+    assert fixed == pytest.approx(40e-6) and rate == pytest.approx(25e9)
+    profile = parse_profile({**TOY, "memory": {**TOY["memory"], "norm_gbs": 25.0},
+                             "overhead": {"per_op_us": 1.0, "per_class_us": {"norm": 40.0}}}, "toy")
+    layer = load_graph(torch.nn.BatchNorm2d(64).eval(), input="1x64x56x56").layers[0]
+    lat = layer_latency(layer, Effective(0, layer.params), profile, "float32")
+    nbytes = 2 * 64 * 56 * 56 * 4
+    assert lat.memory_s == pytest.approx(layer.weights_read * 4 / 1e11 + nbytes / 25e9)  # norm rate, not 1e11
+    assert lat.latency_s == pytest.approx(41e-6 + lat.memory_s)
+
+
+def test_outputs_over_the_fresh_page_size_pay_for_first_touch() -> None:
+    """A 1x1 conv writing 8x96x112x112 floats (38.5 MB, over 32 MiB) faults its pages in at
+    2 GB/s on a profile that says so; the same conv at batch 4 (19.3 MB) and an in-place ReLU do not."""
+    import torch
+
+    data = {**TOY, "memory": {**TOY["memory"], "fresh_output_mb": 33.554432, "first_touch_gbs": 2.0}}
+    profile, plain = parse_profile(data, "toy"), parse_profile(TOY, "toy")
+    for batch, fresh in ((8, True), (4, False)):
+        layer = load_graph(torch.nn.Conv2d(16, 96, 1, bias=False), input=f"{batch}x16x112x112").layers[0]
+        eff = Effective(layer.macs, layer.params)
+        extra = layer_latency(layer, eff, profile, "float32").memory_s - layer_latency(layer, eff, plain, "float32").memory_s
+        assert extra == pytest.approx(batch * 96 * 112 * 112 * 4 / 2e9 if fresh else 0.0)
+    relu = load_graph(torch.nn.ReLU(inplace=True), input="8x96x112x112").layers[0]
+    assert relu.aten_ops == ("aten.relu_.default",)
+    assert layer_latency(relu, Effective(0, 0), profile, "float32") == layer_latency(relu, Effective(0, 0), plain, "float32")
+
+
+def test_calibration_shapes_are_the_gemms_the_roofline_sees() -> None:
+    """The fit's half-dimensions are read back by roofline.dims: both must count rows, outputs and
+    reduction (inputs x kernel window) alike, or a 3x3 conv's reduction half is off by 9x; a grouped
+    convolution is the GEMM one group runs (8 outputs, 8 x 9 reduction for groups of 8)."""
+    from costplan.hardware.probes import Shape, _module, sample_shapes
+
+    grouped = Shape("conv", 64, 64, 14, 3, 1, 2, groups=8)
+    assert (grouped.outputs, grouped.reduction, grouped.macs) == (8, 72, 2 * 14 * 14 * 64 * 72)
+    shapes = [s for kind in ("gemm", "conv", "pointwise", "depthwise") for s in sample_shapes(kind, 4, seed=7)]
+    assert any(s.groups > 1 for s in sample_shapes("conv", 48, seed=1))
+    for shape in [*shapes, grouped]:
+        module, x = _module(shape)
+        layer = next(l for l in load_graph(module, input="x".join(map(str, x.shape))).layers if l.macs)
+        seen = dims(layer, Effective(layer.macs, layer.params))
+        assert (seen.rows, seen.outputs, seen.reduction) == (shape.rows, shape.outputs, shape.reduction), shape
+        assert layer.macs == shape.macs
+
+
+def test_a_calibrated_profile_warns_on_convolutions_it_never_timed() -> None:
+    """Calibration probes 2-D convolutions and linear layers; a 1-D convolution network on its
+    profile is estimated with a warning naming the layers (they ran 2x slower than predicted on the
+    MNIST-1D network of benchmarks/planning_quality.py). 2-D networks and shipped profiles get none."""
+    import torch
+
+    import costplan
+    from tests.conftest import SmallCNN
+
+    calibrated = "tests/data/avx2-calibrated.toml"
+    conv1d = torch.nn.Sequential(torch.nn.Conv1d(1, 16, 5), torch.nn.ReLU(), torch.nn.Conv1d(16, 16, 3),
+                                 torch.nn.Flatten(), torch.nn.Linear(16 * 34, 10))
+    graph = costplan.load_graph(conv1d, input="8x1x40")
+    (warning,) = costplan.estimate_latency(graph, calibrated).warnings
+    assert "1-D/3-D convolutions ('0' and 1 more) were never timed" in warning
+    assert costplan.estimate_latency(graph, "cpu-xeon").warnings == ()
+    assert costplan.estimate_latency(costplan.load_graph(SmallCNN(), input="1x3x8x8"), calibrated).warnings == ()
+
+
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
+def test_a_held_out_network_is_timed_on_its_second_call_in_a_row() -> None:
+    """Users time repeated inference: a check probe runs the network once untimed, then times the
+    next call (here the first of each pair sleeps 50 ms, the second does not)."""
+    import time
+
+    import torch
+
+    from costplan.hardware.probes import check_probes
+    from costplan.models import Instance
+
+    class Alternating(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            Alternating.calls += 1
+            if Alternating.calls % 2:
+                time.sleep(0.05)
+            return x
+
+    (kind, _, probe, _), = check_probes({"net": Instance(Alternating(), (torch.zeros(1),))}).values()
+    assert kind == "check" and probe() < 0.02 and Alternating.calls == 2
+
+
+def test_fused_attention_is_its_own_class_with_gemm_figures_by_default() -> None:
+    """softmax(Q K^T) V over 8 heads x 64 tokens x 32 wide (2.1 MMAC) as one fused kernel: its GEMM is
+    512 rows x 32 outputs x 64 keys; a profile with attention figures (efficiency 0.25, half at 64
+    keys: utilisation 1/2) gives 2.1 MMAC / (1e12 x 0.25 x 0.5) = 16.8 us, one without gives it the
+    GEMM's (0.5, no curve): 4.2 us."""
+    import torch
+
+    from costplan.hardware.roofline import op_class
+    from costplan.trace import trace
+
+    class Attention(torch.nn.Module):
+        def forward(self, q: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    graph = trace(Attention(), (torch.randn(1, 8, 64, 32),))
+    (layer,) = [l for l in graph.layers if l.macs]
+    assert op_class(layer) == "attention" and layer.macs == 8 * 64 * 64 * 64
+    eff = Effective(layer.macs, 0)
+    shape = dims(layer, eff)
+    assert (shape.rows, shape.outputs, shape.reduction) == (512, 32, 64)
+    tuned = parse_profile({**TOY, "efficiency": {**TOY["efficiency"], "attention": 0.25,
+                                                 "half_util_dims": {"attention": [0, 0, 64]}}}, "toy")
+    assert layer_latency(layer, eff, tuned, "float32").compute_s == pytest.approx(layer.macs / (1e12 * 0.25 * 0.5))
+    plain = parse_profile(TOY, "toy")
+    assert plain.efficiency["attention"] == plain.efficiency["gemm"]
+    assert layer_latency(layer, eff, plain, "float32").compute_s == pytest.approx(layer.macs / (1e12 * 0.5))
+
+
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
+def test_a_lasting_load_is_refused_without_timing_every_round(monkeypatch) -> None:
+    """Load is read after every round; from the second on, a load over the limit refuses at once
+    rather than after the whole timing (52 s with one core busy here). A limit of -1 core is
+    exceeded by any load; one cheap probe stands in for the microbenchmarks."""
+    import costplan.hardware.calibrate as calibration
+    from costplan.errors import CostplanError
+    from costplan.hardware.timing import timed
+
+    monkeypatch.setattr(calibration, "_probes", lambda *_: {"tick": ("overhead", 0.0, timed(lambda: None), 1.0)})
+    with pytest.raises(CostplanError, match="after 2 of 4 rounds of timing, the machine was too busy"):
+        calibration.calibrate(quick=True, progress=False, check=False, load_limit=-1.0)

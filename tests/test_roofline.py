@@ -1,0 +1,278 @@
+"""Roofline latency (costplan/hardware/roofline.py): hand-computed layers, GEMM dimensions, op-class
+rates, and what each device gains from each sparsity pattern."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costplan.api import analyze, estimate_latency, load_graph
+from costplan.errors import CostplanError
+from costplan.hardware import load_profile
+from costplan.hardware.profile import parse_profile
+from costplan.hardware.roofline import algorithm_speedup, dims, layer_latency
+from costplan.planfile import Plan
+from costplan.sparsity import Effective, apply_plan
+from tests.conftest import SHIPPED, TOY, applied, graph_of, whole_groups
+
+
+def test_winograd_convolutions_need_fewer_multiplies_where_the_profile_says() -> None:
+    """cuDNN runs FP32 3x3 stride-1 convolutions as Winograd (F(2x2,3x3): 2.25x fewer multiplies);
+    strided, dilated, grouped and 5x5 convolutions, other dtypes and TF32 tensor cores run direct."""
+    from torch.nn import Conv2d
+
+    toy = parse_profile({**TOY, "peak_tflops": {"float32": 2.0, "float16": 2.0},
+                         "winograd": {"speedup": 2.25, "dtypes": ["float32"]}}, "toy")
+
+    def compute(module, dtype: str = "float32") -> tuple[float, float]:
+        layer = load_graph(module, input="1x64x32x32").layers[0]
+        return layer_latency(layer, Effective(layer.macs, layer.params), toy, dtype).compute_s, layer.macs
+
+    seconds, macs = compute(Conv2d(64, 64, 3, padding=1))
+    assert macs == 32 * 32 * 64 * 64 * 9 and seconds == pytest.approx(macs / 2.25 / 0.5e12)
+    for direct in (Conv2d(64, 64, 3, stride=2, padding=1), Conv2d(64, 64, 3, padding=2, dilation=2),
+                   Conv2d(64, 64, 3, padding=1, groups=2), Conv2d(64, 64, 5, padding=2)):
+        seconds, macs = compute(direct)
+        assert seconds == pytest.approx(macs / 0.5e12), direct
+    seconds, macs = compute(Conv2d(64, 64, 3, padding=1), "float16")
+    assert seconds == pytest.approx(macs / 0.5e12)
+    v100 = load_profile("v100")
+    assert (v100.winograd_speedup, v100.winograd_dtypes) == (2.25, ("float32",))
+    layer = load_graph(Conv2d(64, 64, 3, padding=1), input="1x64x32x32").layers[0]
+    assert algorithm_speedup(layer, "conv", v100, "float32") == 2.25
+    a100 = replace(load_profile("a100"), winograd_speedup=2.25, winograd_dtypes=("float32",))
+    assert algorithm_speedup(layer, "conv", a100, "float32") == 1.0     # TF32 tensor cores
+    with pytest.raises(CostplanError, match="winograd.dtypes"):
+        parse_profile({**TOY, "winograd": {"speedup": 2.25, "dtypes": ["fp32"]}}, "toy")
+
+
+def test_a_strided_convolution_runs_at_its_factor_of_the_rate() -> None:
+    """``[efficiency] strided = { conv = 0.8 }`` on a profile with per-dimension fits: a stride-2 3x3
+    conv takes 1 / 0.8 the compute time of its utilisation alone; stride 1 and linear layers do not."""
+    from torch.nn import Conv2d, Linear
+
+    base = {**TOY, "efficiency": {"gemm": 0.5, "conv": 0.5, "half_util_dims": {"conv": [0, 0, 0], "gemm": [0, 0, 0]}}}
+    plain = parse_profile(base, "toy")
+    strided = parse_profile({**base, "efficiency": {**base["efficiency"], "strided": {"conv": 0.8}}}, "toy")
+    for module, shape, factor in ((Conv2d(64, 64, 3, stride=2, padding=1), "1x64x32x32", 1 / 0.8),
+                                  (Conv2d(64, 64, 3, padding=1), "1x64x32x32", 1.0), (Linear(64, 64), "8x64", 1.0)):
+        layer = load_graph(module, input=shape).layers[0]
+        eff = Effective(layer.macs, layer.params)
+        assert layer_latency(layer, eff, strided, "float32").compute_s == \
+            pytest.approx(layer_latency(layer, eff, plain, "float32").compute_s * factor)
+        assert layer_latency(layer, eff, plain, "float32").compute_s == pytest.approx(layer.macs / 0.5e12)
+    with pytest.raises(CostplanError, match="efficiency.strided.convs"):
+        parse_profile({**base, "efficiency": {**base["efficiency"], "strided": {"convs": 0.8}}}, "toy")
+
+
+def test_linear_layer_by_hand() -> None:
+    """Linear 1024->1024 at batch 1: 1 MMAC in 2 us of compute, 4 MiB of weights in 42 us: memory-bound."""
+    import torch
+
+    profile = parse_profile(TOY, "toy")
+    for batch, bound in ((1, "memory"), (4096, "compute")):
+        graph = load_graph(torch.nn.Linear(1024, 1024, bias=False), input=f"{batch}x1024")
+        layer = graph.layers[0]
+        lat = layer_latency(layer, Effective(layer.macs, layer.params), profile, "float32")
+        compute = batch * 1024 * 1024 / (1e12 * 0.5)
+        memory = (1024 * 1024 * 4 + 2 * batch * 1024 * 4) / 1e11
+        assert lat.compute_s == pytest.approx(compute)
+        assert lat.memory_s == pytest.approx(memory)
+        assert lat.latency_s == pytest.approx(max(compute, memory) + 1e-6)
+        assert lat.bound == bound
+
+
+def test_weights_that_do_not_overlap_add_their_read_to_the_math() -> None:
+    """A calibrated CPU (``weights_overlap = false``): Linear 1024->1024 at batch 4096 computes for
+    8.6 ms, moves 33.5 MB of activations in 0.34 ms and reads 4 MiB of weights in 42 us; the weights
+    add (8.6 ms + 42 us + 1 us), where an overlapping device hides them (8.6 ms + 1 us)."""
+    import torch
+
+    overlapping = parse_profile(TOY, "toy")
+    serial = parse_profile({**TOY, "memory": {**TOY["memory"], "weights_overlap": False}}, "toy")
+    assert overlapping.weights_overlap and not serial.weights_overlap
+    graph = load_graph(torch.nn.Linear(1024, 1024, bias=False), input="4096x1024")
+    layer = graph.layers[0]
+    compute, weights = 4096 * 1024 * 1024 / (1e12 * 0.5), 1024 * 1024 * 4 / 1e11
+    lat = layer_latency(layer, Effective(layer.macs, layer.params), serial, "float32")
+    assert lat.latency_s == pytest.approx(compute + weights + 1e-6)
+    assert layer_latency(layer, Effective(layer.macs, layer.params), overlapping, "float32").latency_s == \
+        pytest.approx(compute + 1e-6)
+
+
+def _conv_layer(cin: int = 64, cout: int = 128, size: int = 56):
+    import torch
+
+    return load_graph(torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), input=f"1x{cin}x{size}x{size}").layers[0]
+
+
+def test_gemm_dimensions_of_a_pruned_conv_by_hand() -> None:
+    """Conv 64->128, 3x3 at 56x56: 3136 rows; keeping 48 inputs and 64 outputs leaves a
+    3136 x 64 x (48 x 9) GEMM. Keeping 44.8 inputs (70%) runs as 48: padding 48 / 44.8."""
+    layer = _conv_layer()
+    shape = dims(layer, Effective(0, 0, in_keep=0.75, out_keep=0.5), multiple=8)
+    assert (shape.rows, shape.outputs, shape.reduction, shape.padding) == (3136, 64, 432, 1.0)
+    padded = dims(layer, Effective(0, 0, in_keep=0.7, out_keep=0.5), multiple=8)
+    assert padded.reduction == 48 * 9 and padded.padding == pytest.approx(48 / 44.8)
+    assert dims(layer, Effective(0, 0, in_keep=0.7, out_keep=0.5), multiple=1).reduction == pytest.approx(44.8 * 9)
+    rgb = load_graph(__import__("torch").nn.Conv2d(3, 64, 7, stride=2, padding=3), input="1x3x224x224").layers[0]
+    assert dims(rgb, Effective(0, 0), multiple=8).padding == 1.0  # a width that never was a multiple keeps its kernel
+
+
+def test_per_dimension_utilisation_by_hand() -> None:
+    """Where a profile gives half_util_dims, compute = MACs / (peak x eff x prod d / (d + half)):
+    a 3136 x 128 x 576 conv with halves (64, 16, 32) on 1e12 MAC/s at 50% efficiency."""
+    layer = _conv_layer()
+    data = {**TOY, "efficiency": {**TOY["efficiency"], "half_util_dims": {"conv": [64, 16, 32]}},
+            "overhead": {"per_op_us": 1.0, "per_class_us": {"conv": 20.0}}}
+    profile = parse_profile(data, "toy")
+    u = 3136 / (3136 + 64) * 128 / (128 + 16) * 576 / (576 + 32)
+    lat = layer_latency(layer, Effective(layer.macs, layer.params), profile, "float32")
+    assert lat.compute_s == pytest.approx(layer.macs / (1e12 * 0.5 * u))
+    assert lat.overhead_s == pytest.approx(21e-6)
+    assert lat.latency_s == pytest.approx(max(lat.compute_s, lat.memory_s) + 21e-6)
+    # halving the outputs costs more than half the time: the thinner GEMM runs slower
+    half = layer_latency(layer, Effective(layer.macs / 2, 0, out_keep=0.5, shape_scale=0.5), profile, "float32")
+    assert half.compute_s == pytest.approx(layer.macs / 2 / (1e12 * 0.5 * u * (64 / 80) / (128 / 144)))
+    assert half.compute_s > lat.compute_s / 2
+
+
+def test_pooling_moves_at_its_calibrated_rate() -> None:
+    import torch
+
+    graph = load_graph(torch.nn.MaxPool2d(3, 2, 1), input="1x64x112x112")
+    layer = graph.layers[0]
+    profile = parse_profile({**TOY, "memory": {**TOY["memory"], "pooling_gbs": 1.0}}, "toy")
+    lat = layer_latency(layer, Effective(0, 0), profile, "float32")
+    assert lat.memory_s == pytest.approx((64 * 112 * 112 + 64 * 56 * 56) * 4 / 1e9)
+    assert layer_latency(layer, Effective(0, 0), parse_profile(TOY, "toy"), "float32").memory_s < lat.memory_s / 10
+
+
+def test_silu_moves_at_the_sigmoid_rate_and_old_profiles_keep_the_transcendental_one() -> None:
+    """SiLU on 1x64x56x56 (0.8 MB in, 0.8 MB out) at sigmoid_gbs = 2 moves 1.6 MB in 0.8 ms; GELU
+    stays at transcendental_gbs = 1 (1.6 ms); a file without sigmoid_gbs gives SiLU the
+    transcendental rate, as before the two were timed apart."""
+    import torch
+
+    from costplan.hardware.opclass import rated_kind
+
+    assert rated_kind("aten.silu_.default") == "sigmoid" and rated_kind("aten.gelu.default") == "transcendental"
+    nbytes = 2 * 64 * 56 * 56 * 4
+    both = parse_profile({**TOY, "memory": {**TOY["memory"], "transcendental_gbs": 1.0, "sigmoid_gbs": 2.0}}, "toy")
+    old = parse_profile({**TOY, "memory": {**TOY["memory"], "transcendental_gbs": 1.0}}, "toy")
+    for module, profile, rate in ((torch.nn.SiLU(), both, 2e9), (torch.nn.GELU(), both, 1e9),
+                                  (torch.nn.SiLU(), old, 1e9)):
+        layer = load_graph(module, input="1x64x56x56").layers[0]
+        assert layer_latency(layer, Effective(0, 0), profile, "float32").memory_s == pytest.approx(nbytes / rate)
+
+
+def _inner_convs(graph) -> list[str]:
+    return [l.module for l in graph.layers if l.has_weights and l.op == "conv2d" and l.module != "conv1"]
+
+
+def _speedup(graph, hw: str, pattern: str, sparsity: float, dtype: str | None = None, layers=None) -> float:
+    layers = layers or _inner_convs(graph)
+    plan = Plan.from_dict({"layers": {m: {"sparsity": sparsity, "pattern": pattern} for m in layers}})
+    dense = estimate_latency(graph, hw, None, dtype).latency_s
+    return dense / estimate_latency(graph, hw, plan, dtype).latency_s
+
+
+def test_gpu_gains_nothing_from_scattered_zeros_but_from_channels_and_2_4(resnet50_graph) -> None:
+    assert _speedup(resnet50_graph, "rtx3090", "unstructured", 0.7) == pytest.approx(1.0)
+    assert _speedup(resnet50_graph, "rtx3090", "channel", 0.7) > 1.3
+    assert _speedup(resnet50_graph, "rtx3090", "2:4", 0.5, "float16") > 1.05
+    assert _speedup(resnet50_graph, "rtx3090", "2:4", 0.5, "float32") == pytest.approx(1.0)
+
+
+def test_memory_bound_accelerator_gains_from_compressed_weights(resnet50_graph, bert_graph) -> None:
+    """edge-npu decompresses weights on chip: bandwidth-bound layers speed up, compute-bound do not."""
+    est = estimate_latency(resnet50_graph, "edge-npu")
+    memory_bound = [n for n, l in est.layers.items() if l.bound == "memory" and resnet50_graph.layer(n).has_weights]
+    compute_bound = [n for n, l in est.layers.items() if l.bound == "compute"]
+    assert memory_bound and compute_bound
+    plan = Plan.from_dict({"layers": {resnet50_graph.layer(n).module: {"sparsity": 0.7, "pattern": "unstructured"}
+                                      for n in memory_bound + compute_bound}})
+    sparse = estimate_latency(resnet50_graph, "edge-npu", plan)
+    assert all(sparse.layers[n].latency_s < est.layers[n].latency_s for n in memory_bound)
+    # the classifier's time is its weights: 30% of int8 weights + 4-bit indices is 45% of the bytes
+    assert sparse.layers["fc"].latency_s < 0.5 * est.layers["fc"].latency_s
+    assert all(sparse.layers[n].latency_s == pytest.approx(est.layers[n].latency_s) for n in compute_bound)
+    linears = [l.module for l in bert_graph.layers if l.op == "linear"]
+    assert _speedup(bert_graph, "edge-npu", "unstructured", 0.7, layers=linears) > 1.15
+
+
+def test_fpga_zero_skipping_speeds_up_compute_bound_layers(resnet50_graph) -> None:
+    est = estimate_latency(resnet50_graph, "fpga-zcu102")
+    layer = "layer2.1.conv2"
+    assert est.layers[layer].bound == "compute"
+    plan = Plan.from_dict({"layers": {layer: {"sparsity": 0.7, "pattern": "unstructured"}}})
+    assert estimate_latency(resnet50_graph, "fpga-zcu102", plan).layers[layer].latency_s < \
+        0.45 * est.layers[layer].latency_s
+    assert _speedup(resnet50_graph, "fpga-zcu102", "unstructured", 0.7) > 1.5
+
+
+def test_batch_moves_layers_from_memory_to_compute_bound() -> None:
+    one = analyze(graph_of("resnet50"), hw="rtx3090")
+    many = analyze(graph_of("resnet50", batch=64), hw="rtx3090")
+    fc1 = next(r for r in one.layers if r.name == "fc")
+    fc64 = next(r for r in many.layers if r.name == "fc")
+    assert fc1.bound == "memory" and fc64.bound == "compute"
+    assert fc64.intensity > fc1.intensity * 30
+    # weights are reused across the batch, activations are not: every weight layer's intensity rises
+    by_name = {r.name: r for r in many.layers}
+    assert all(by_name[r.name].intensity > r.intensity for r in one.layers if r.params and r.macs)
+
+
+def test_report_fields_on_hardware(resnet50_graph) -> None:
+    report = analyze(resnet50_graph, hw="rtx3090").to_dict()
+    t = report["totals"]
+    assert report["hardware"] == "rtx3090" and t["latency_ms"] > 0
+    assert t["latency_ms"] == pytest.approx(sum(l["latency_ms"] for l in report["layers"]))
+    assert t["energy_mj"] == pytest.approx(sum(l["energy_mj"] for l in report["layers"]))
+    assert t["ridge_macs_per_byte"] == pytest.approx(17.8e12 / 936e9, rel=1e-3)
+    conv = next(l for l in report["layers"] if l["name"] == "layer1.0.conv2")
+    assert conv["bound"] in ("compute", "memory", "overhead") and 0 < conv["attained"] <= 1
+    assert {l["bound"] for l in report["layers"]} >= {"compute", "fused"}
+
+
+def test_int8_rescales_bytes(resnet50_graph) -> None:
+    fp32 = analyze(resnet50_graph, hw="edge-npu")  # the NPU runs int8 whatever was traced
+    assert fp32.totals["precision"] == "int8"
+    fc = next(r for r in fp32.layers if r.name == "fc")
+    assert fc.extra["dram_bytes"] >= 2048 * 1000  # one byte per weight, not four
+    assert fc.extra["dram_bytes"] < 2048 * 1000 * 2
+
+
+CALIBRATED = str(Path(__file__).parent / "data" / "avx2-calibrated.toml")
+
+
+PROFILES = [*SHIPPED, CALIBRATED]
+
+
+PATTERNS = ["unstructured", "2:4", "4x1", "channel"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(PROFILES), st.sampled_from(PATTERNS), st.sampled_from(["float32", "float16", "int8"]),
+       st.floats(0.0, 0.9), st.floats(0.0, 0.09), st.integers(0, 19))
+def test_more_sparsity_never_predicts_more_latency(hw, pattern, dtype, low, more, index) -> None:
+    graph = graph_of("resnet18")
+    layer = [l for l in graph.layers if l.has_weights and l.module != "fc"][index]
+    plans = [Plan.from_dict({"layers": whole_groups(graph, {layer.module: (s, pattern)})}) for s in (low, low + more)]
+    for p in plans:
+        applied(graph, p)
+    a, b = (estimate_latency(graph, hw, p, dtype).latency_s for p in plans)
+    assert b <= a * (1 + 1e-12)
+    assert a <= estimate_latency(graph, hw, None, dtype).latency_s * (1 + 1e-12)
+
+
+def test_plan_effects_feed_latency(resnet50_graph) -> None:
+    plan = Plan.from_dict({"layers": {"layer1.0.conv1": {"sparsity": 0.5, "pattern": "channel"}}})
+    eff = apply_plan(resnet50_graph, plan)
+    dense, pruned = estimate_latency(resnet50_graph, "rtx3090"), estimate_latency(resnet50_graph, "rtx3090", plan)
+    assert pruned.layers["layer1.0.conv2"].latency_s < dense.layers["layer1.0.conv2"].latency_s
+    assert eff["layer1.0.conv2"].in_keep == 0.5

@@ -1,0 +1,137 @@
+"""Timing (costplan/hardware/timing.py): quiet blocks, shuffled rounds, machine speed by round, the load
+meter and page faults."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+
+
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_kept_memory_stops_page_faults_between_calls() -> None:
+    """With glibc's defaults a 64 MiB tensor allocated and freed in a loop is mapped afresh and
+    faults its 16,384 pages in every time; after keep_freed_memory() (as calibrate times) it reuses
+    them once the heap has grown (a few calls). A fresh process each way: the setting lasts for the
+    process."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys, torch\n"
+            "from costplan.hardware.timing import keep_freed_memory\n"
+            "assert sys.argv[1] == 'default' or keep_freed_memory()\n"
+            "for _ in range(4):\n    torch.empty(2 ** 24).fill_(1.0)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(5):\n    torch.empty(2 ** 24).fill_(1.0)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+
+    def faults(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                  check=True).stdout)
+
+    assert faults("default") > 5 * 10_000
+    assert faults("kept") < 1_000
+
+
+def test_measure_warns_when_forward_passes_fault_pages_in() -> None:
+    """measure counts page faults per timed pass and says what they cost and how to avoid them."""
+    from costplan.measure import FAULTS_NOTED, Comparison, fault_warning
+    from costplan.render import measure_table
+
+    assert fault_warning(None) is None and fault_warning(FAULTS_NOTED - 1) is None
+    said = fault_warning(78_668)
+    assert "78,668 page faults (322 MB" in said and "MALLOC_MMAP_MAX_=0" in said
+    c = Comparison(model="m", hardware="h", input_shapes=((1, 3),), predicted_ms=1.0, measured_ms=2.0,
+                   measured_runs_ms=(2.0,), layers=(), page_faults_per_run=78_668)
+    assert c.warnings == (said,) and c.to_dict()["warnings"] == [said]
+    assert "78,668 page faults" in str(measure_table(c)[1])
+    assert Comparison(**{**c.__dict__, "page_faults_per_run": 0.0}).warnings == ()
+
+
+def test_robust_timing_takes_quiet_blocks_and_reports_noise() -> None:
+    from costplan.hardware.timing import robust, round_robin
+
+    spell = robust([1.0, 2.6, 1.02, 3.1, 2.9])          # three of five blocks in a busy spell
+    fluke = robust([1.6, 1.0, 1.7, 1.65, 1.62])         # one block unlike all the others
+    assert spell.seconds == 1.0 and spell.noise == pytest.approx(0.02)   # two quiet blocks agree
+    assert fluke.seconds == 1.0 and fluke.noise == pytest.approx(0.6)    # the lowest stands alone
+    ticks = iter([0.5] * 4 + [0.5, 0.9, 0.5, 0.5, 0.5, 0.5, 0.9, 0.5] * 3)   # two warm-up calls, then blocks
+    timings = round_robin({"a": lambda: next(ticks), "b": lambda: 0.001}, rounds=3, block_s=0.0)
+    assert timings["a"].seconds == 0.5 and timings["b"].noise == 0.0
+
+
+def test_shuffled_rounds_spread_a_fast_spell_over_every_kind_of_probe() -> None:
+    """The machine runs fast for the first 20 calls of each round after the first. In a fixed order
+    the first 20 probes always catch the spell and the other 20 never do: two kinds timed 2x apart
+    on the same machine. In a new order each round nearly every probe catches it once."""
+    from costplan.hardware.timing import round_robin
+
+    calls = [10 ** 6]
+
+    def probe() -> float:
+        calls[0] += 1
+        return 1.0 if calls[0] <= 20 else 2.0
+
+    def new_round(r: int) -> None:
+        calls[0] = 0
+
+    probes = {f"p{i}": probe for i in range(40)}
+    fixed = round_robin(probes, 6, block_s=0.0, on_round=new_round)
+    assert sum(t.seconds == 1.0 for t in fixed.values()) == 20
+    calls[0] = 10 ** 6
+    shuffled = round_robin(probes, 6, block_s=0.0, on_round=new_round, shuffle=0)
+    assert sum(t.seconds == 1.0 for t in shuffled.values()) >= 36
+    assert all(len(t.blocks) == 6 for t in shuffled.values())
+
+
+def test_a_machine_that_changes_speed_between_rounds_is_named_in_the_profile() -> None:
+    """Forty probes with scattered noise; in rounds 3 and 4 every probe runs 1.3x slower (a VM whose
+    host got busy). The speed by round sees the 30% through the noise, and the profile's header warns;
+    the same probes without the slow spell show no drift and no warning."""
+    import random
+
+    from costplan.hardware.calibrate import Quality
+    from costplan.hardware.timing import robust, speed_by_round
+
+    rng = random.Random(0)
+    base = [rng.uniform(1e-4, 1e-2) for _ in range(40)]
+
+    def timings(slow: float) -> dict[str, object]:
+        out = {}
+        for i, t in enumerate(base):
+            blocks = [t * (1 + abs(rng.gauss(0, 0.03))) * (slow if r in (2, 3) else 1.0) for r in range(6)]
+            blocks[rng.randrange(6)] *= 1.5            # one busy block per probe, in no particular round
+            out[f"p{i}"] = robust(blocks)
+        return out
+
+    drifting = speed_by_round(timings(1.3), 6)
+    assert max(drifting) / min(drifting) == pytest.approx(1.3, rel=0.05)
+    steady = speed_by_round(timings(1.0), 6)
+    assert max(steady) / min(steady) < 1.05
+    said = Quality(200, 6, 0.02, 0.01, 0, 0.0, speed=drifting)
+    assert said.drift == pytest.approx(0.3, abs=0.05)
+    assert any("speed changed by 3" in w for w in said.warnings())
+    assert any("machine speed by round" in line for line in said.lines())
+    assert Quality(200, 6, 0.02, 0.01, 0, 0.0, speed=steady).warnings() == []
+
+
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
+def test_the_load_meter_sees_another_process() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from costplan.hardware.timing import LoadMeter
+
+    meter = LoadMeter()
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)
+        meter.start()
+        time.sleep(1.5)
+        load = meter.stop()
+    finally:
+        busy.kill()
+    assert load is not None and load > 0.5     # one busy loop: about one core
