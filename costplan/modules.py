@@ -104,9 +104,22 @@ def sync_attributes(module: nn.Module) -> dict[str, int]:
     return attrs
 
 
-def head_count(module: nn.Module) -> int | None:
-    """The number of attention heads ``module`` declares, if it declares one."""
+def head_count(module: object) -> int | None:
+    """The number of attention heads ``module`` (or a config) declares, if it declares one."""
     return next((int(getattr(module, a)) for a in HEAD_COUNT_ATTRS if isinstance(getattr(module, a, None), int)), None)
+
+
+def attention_heads(model: nn.Module) -> dict[str, int]:
+    """Attention modules of ``model`` and their head counts, from the usual attribute names (on the
+    module, or its ``config``)."""
+    heads: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if "attention" not in type(module).__name__.lower() or not name:
+            continue
+        count = head_count(module) or head_count(getattr(module, "config", None))
+        if count:
+            heads[name] = count
+    return heads
 
 
 def out_in(tensor: torch.Tensor, transposed: bool) -> torch.Tensor:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from costplan.errors import CostplanError
 from costplan.hardware.fitting import ClassFit, _memory_seconds, _onchip, fit_class, fit_linear, fit_saturation
 from costplan.hardware.probes import (
     CHAIN,
@@ -191,8 +192,6 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
     Sets glibc's malloc to keep freed memory for the rest of the process (:func:`keep_freed_memory`),
     so that page faults, which depend on the process's history, do not pass for kernel time; the
     profile's header says so."""
-    from costplan.errors import CostplanError
-
     before = torch.get_num_threads()
     if threads is not None:
         if threads <= 0:
@@ -207,56 +206,17 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
 
 def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping[str, Instance],
                load_limit: float, strict: bool) -> Calibration:
-    from costplan.errors import CostplanError
-
-    rounds, block_s = (4, 0.002) if quick else (6, 0.004)
     kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
     classes = ("gemm", "conv", "pointwise", "depthwise")
     shapes = {kind: sample_shapes(kind, 16 if quick else 48, seed + i) for i, kind in enumerate(classes)}
-    meter = LoadMeter()
-    meter.start()
     with torch.inference_mode():
         probes = {**_probes(shapes, quick, kept), **check_probes(check)}
-
-        def refuse_a_lasting_load(r: int) -> None:
-            # from the second round on: a load that lasts, which retries will not help, refuses at once
-            load = meter.stop()
-            if strict and r >= 1 and load is not None and load > load_limit:
-                why = refusal(Quality(len(probes), r + 1, 0.0, 0.0, 0, load), {}, load_limit) or ""
-                raise CostplanError(f"after {r + 1} of {rounds} rounds of timing, {why}")
-        timings = _time_all(probes, rounds, block_s, progress, "calibrating", refuse_a_lasting_load, seed)
-        speed = speed_by_round(timings, rounds)
-        retried: set[str] = set()
-        for attempt in range(2):   # a busy spell passes: re-time what it disturbed
-            unstable = {k: probes[k] for k, t in timings.items() if t.noise > NOISE_LIMIT}
-            if not unstable:
-                break
-            retried |= set(unstable)
-            again = _time_all(unstable, rounds, block_s, progress, f"re-timing {len(unstable)} noisy probes",
-                              seed=seed + attempt + 1)
-            for k, t in again.items():
-                timings[k] = Timing(min(t.seconds, timings[k].seconds), t.noise, timings[k].blocks + t.blocks)
-    load = meter.stop()         # over the whole timing, retries included
-    noise = [t.noise for t in timings.values()]
-    quality = Quality(len(probes), rounds, statistics.median(noise),
-                      sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load, speed=speed)
-
+        timings, quality = _measure(probes, quick, progress, seed, load_limit)
     samples: dict[str, list[tuple[float, float]]] = {}
     for key, (kind, size, _, divisor) in probes.items():
         samples.setdefault(kind, []).append((size, timings[key].seconds / divisor))
     per_op = samples["overhead"][0][1]
-    dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
-    onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
-    norm_fixed, norm_bandwidth = fit_linear(samples["norm"], per_op)
-    first_touch_bw = None   # kept memory: outputs reuse pages, nothing is faulted in
-    if "first_touch" in samples:
-        touched, fresh_s = samples["first_touch"][0]
-        touch_s = max(fresh_s - samples["reused"][0][1], 0.0)
-        first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
-    rated = {"transcendental": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["transcendental"]], per_op),
-             "sigmoid": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["sigmoid"]], per_op),
-             "norm": norm_bandwidth,
-             "pooling": statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])}
+    dram, onchip, norm_fixed, rated, first_touch_bw = _memory_rates(samples, per_op)
     onchip_bytes = cache_bytes()
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
@@ -280,6 +240,57 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
         checked = Quality(**{**quality.__dict__, "check": {n: (predicted[n], measured[n]) for n in predicted}})
         calibration = Calibration(**{**calibration.__dict__, "quality": checked})
     return calibration
+
+
+def _measure(probes: dict[str, tuple[str, float, Probe, float]], quick: bool, progress: bool, seed: int,
+             load_limit: float) -> tuple[dict[str, Timing], Quality]:
+    """Time ``probes`` in shuffled interleaved rounds, re-time the noisy ones, and grade the machine:
+    a lasting load over ``load_limit`` cores refuses from the second round on."""
+    rounds, block_s = (4, 0.002) if quick else (6, 0.004)
+    meter = LoadMeter()
+    meter.start()
+
+    def refuse_a_lasting_load(r: int) -> None:
+        # from the second round on: a load that lasts, which retries will not help, refuses at once
+        load = meter.stop()
+        if r >= 1 and load is not None and load > load_limit:
+            why = refusal(Quality(len(probes), r + 1, 0.0, 0.0, 0, load), {}, load_limit) or ""
+            raise CostplanError(f"after {r + 1} of {rounds} rounds of timing, {why}")
+    timings = _time_all(probes, rounds, block_s, progress, "calibrating", refuse_a_lasting_load, seed)
+    speed = speed_by_round(timings, rounds)
+    retried: set[str] = set()
+    for attempt in range(2):   # a busy spell passes: re-time what it disturbed
+        unstable = {k: probes[k] for k, t in timings.items() if t.noise > NOISE_LIMIT}
+        if not unstable:
+            break
+        retried |= set(unstable)
+        again = _time_all(unstable, rounds, block_s, progress, f"re-timing {len(unstable)} noisy probes",
+                          seed=seed + attempt + 1)
+        for k, t in again.items():
+            timings[k] = Timing(min(t.seconds, timings[k].seconds), t.noise, timings[k].blocks + t.blocks)
+    load = meter.stop()         # over the whole timing, retries included
+    noise = [t.noise for t in timings.values()]
+    return timings, Quality(len(probes), rounds, statistics.median(noise),
+                            sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load, speed=speed)
+
+
+def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: float
+                  ) -> tuple[float, float, float, dict[str, float], float | None]:
+    """DRAM and in-cache bandwidth, a batch norm's fixed cost, the rates of memory-only ops slower
+    than their bytes, and the first-touch rate of fresh pages (None where nothing faults)."""
+    dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
+    onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
+    norm_fixed, norm_bandwidth = fit_linear(samples["norm"], per_op)
+    first_touch_bw = None   # kept memory: outputs reuse pages, nothing is faulted in
+    if "first_touch" in samples:
+        touched, fresh_s = samples["first_touch"][0]
+        touch_s = max(fresh_s - samples["reused"][0][1], 0.0)
+        first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
+    rated = {"transcendental": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["transcendental"]], per_op),
+             "sigmoid": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["sigmoid"]], per_op),
+             "norm": norm_bandwidth,
+             "pooling": statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])}
+    return dram, onchip, norm_fixed, rated, first_touch_bw
 
 
 def calibrated_profile(c: Calibration) -> HardwareProfile:

@@ -74,46 +74,58 @@ def solve(problem: Problem, budget: float | None, *, minimise: str = "importance
     return _milp(problem, budget, minimise=minimise, time_limit=time_limit, rel_gap=rel_gap, start=start)
 
 
-def _milp(problem: Problem, budget: float | None, *, minimise: str, time_limit: float, rel_gap: float,
-          start: float) -> Solution:
-    n_units = len(problem.cost)
+class _Rows:
+    """Sparse constraint rows ``lower <= A x <= upper``, added one at a time."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.vals: list[float] = []
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+
+    def add(self, entries: list[tuple[int, float]], lo: float, hi: float) -> None:
+        for col, val in entries:
+            self.rows.append(len(self.lower))
+            self.cols.append(col)
+            self.vals.append(val)
+        self.lower.append(lo)
+        self.upper.append(hi)
+
+    def constraint(self, n_vars: int) -> LinearConstraint:
+        matrix = coo_matrix((self.vals, (self.rows, self.cols)), shape=(len(self.lower), n_vars)).tocsr()
+        return LinearConstraint(matrix, self.lower, self.upper)
+
+
+def _assignment(problem: Problem) -> tuple[_Rows, np.ndarray, np.ndarray]:
+    """The MILP's variables and rows: one 0/1 variable per option (one option per unit), one per cell of
+    each pair's latency table, linked to its two units' options. Returns the rows, every variable's
+    latency coefficient, and where each unit's options start (its last entry: the option count)."""
     x_offset = np.cumsum([0] + [len(c) for c in problem.cost])
-    n_x = int(x_offset[-1])
-    y_offset = [n_x]
+    y_offset = [int(x_offset[-1])]
     for p in problem.pairs:
         y_offset.append(y_offset[-1] + p.table.size)
-    n_vars = y_offset[-1]
-
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
-    lower: list[float] = []
-    upper: list[float] = []
-
-    def add(entries: list[tuple[int, float]], lo: float, hi: float) -> None:
-        for col, val in entries:
-            rows.append(len(lower))
-            cols.append(col)
-            vals.append(val)
-        lower.append(lo)
-        upper.append(hi)
-
-    for u in range(n_units):  # one option per unit
-        add([(int(x_offset[u]) + k, 1.0) for k in range(len(problem.cost[u]))], 1.0, 1.0)
-    latency = np.zeros(n_vars)
-    for u in range(n_units):
+    rows, latency = _Rows(), np.zeros(y_offset[-1])
+    for u in range(len(problem.cost)):
+        rows.add([(int(x_offset[u]) + k, 1.0) for k in range(len(problem.cost[u]))], 1.0, 1.0)
         latency[x_offset[u]:x_offset[u + 1]] += problem.unary[u]
     for i, p in enumerate(problem.pairs):
         n_classes, n_b = p.table.shape
         base = y_offset[i]
         for c in range(n_classes):  # sum_k y[c, k] = x_a in class c
             members = np.flatnonzero(p.class_of_a == c)
-            add([(base + c * n_b + k, 1.0) for k in range(n_b)] +
-                [(int(x_offset[p.a]) + int(m), -1.0) for m in members], 0.0, 0.0)
+            rows.add([(base + c * n_b + k, 1.0) for k in range(n_b)] +
+                     [(int(x_offset[p.a]) + int(m), -1.0) for m in members], 0.0, 0.0)
         for k in range(n_b):  # sum_c y[c, k] = x_b[k]
-            add([(base + c * n_b + k, 1.0) for c in range(n_classes)] + [(int(x_offset[p.b]) + k, -1.0)], 0.0, 0.0)
+            rows.add([(base + c * n_b + k, 1.0) for c in range(n_classes)] + [(int(x_offset[p.b]) + k, -1.0)], 0.0, 0.0)
         latency[base:base + p.table.size] += p.table.ravel()
+    return rows, latency, x_offset
 
+
+def _milp(problem: Problem, budget: float | None, *, minimise: str, time_limit: float, rel_gap: float,
+          start: float) -> Solution:
+    rows, latency, x_offset = _assignment(problem)
+    n_x, n_vars = int(x_offset[-1]), len(latency)
     if minimise == "latency":
         objective = latency
     else:
@@ -122,13 +134,11 @@ def _milp(problem: Problem, budget: float | None, *, minimise: str, time_limit: 
         if budget is not None:
             # latency in units of the budget: coefficients near 1 keep HiGHS's tolerances meaningful
             nonzero = np.flatnonzero(latency)
-            add(list(zip(nonzero.tolist(), (latency[nonzero] / budget).tolist())), -np.inf,
-                (budget - problem.constant) / budget)
-
-    matrix = coo_matrix((vals, (rows, cols)), shape=(len(lower), n_vars)).tocsr()
+            rows.add(list(zip(nonzero.tolist(), (latency[nonzero] / budget).tolist())), -np.inf,
+                     (budget - problem.constant) / budget)
     integrality = np.zeros(n_vars)
     integrality[:n_x] = 1
-    result = milp(objective, constraints=LinearConstraint(matrix, lower, upper), integrality=integrality,
+    result = milp(objective, constraints=rows.constraint(n_vars), integrality=integrality,
                   bounds=Bounds(0, 1), options={"time_limit": time_limit, "mip_rel_gap": rel_gap})
     if result.x is None:
         if result.status == 1 and budget is not None and minimise != "latency":   # out of time, no plan yet
@@ -137,7 +147,7 @@ def _milp(problem: Problem, budget: float | None, *, minimise: str, time_limit: 
                             time.perf_counter() - start, SolverStatus.HEURISTIC, "greedy (no MILP solution in time)")
         raise Infeasible(result.message)
     x = result.x[:n_x]
-    choice = tuple(int(np.argmax(x[x_offset[u]:x_offset[u + 1]])) for u in range(n_units))
+    choice = tuple(int(np.argmax(x[x_offset[u]:x_offset[u + 1]])) for u in range(len(problem.cost)))
     reported = getattr(result, "mip_gap", None)
     gap = None if reported is None else float(reported)
     status = SolverStatus.OPTIMAL if result.status == 0 else SolverStatus.TIME_LIMIT

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -22,22 +22,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from costplan.trace.channels import Tracker
 from costplan.trace.graph import InputSpec, Layer, LayerGraph
-from costplan.modules import HEAD_COUNT_ATTRS, geometry
+from costplan.modules import attention_heads, geometry
+from costplan.trace.meta import FAST_META, fused_on_meta
 from costplan.trace.ops import MacFormula, OpKind, classify, friendly_name, op_macs, op_name, with_overrides
 
-
-
-def _meta_batch_norm(x: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shapes of an eval-mode batch norm: torch's meta kernel decomposes it in Python, 3 ms a call."""
-    channels = x.shape[1] if x.dim() > 1 else 0
-    return torch.empty_like(x), x.new_empty((channels,)), x.new_empty((channels,))
-
-
-# Shape-only stand-ins for meta kernels that are slow; they return what the real ones would.
-_FAST_META = {
-    torch.ops.aten.native_batch_norm.default: _meta_batch_norm,
-    torch.ops.aten._native_batch_norm_legit_no_training.default: _meta_batch_norm,
-}
 
 
 @dataclass
@@ -118,24 +106,6 @@ def _param_owner(param_name: str) -> tuple[str, str]:
     else:
         base = f"{owner}.{leaf.removesuffix('_weight').removesuffix('_bias')}"
     return owner or leaf, base
-
-
-def _fused_on_meta(sdpa: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``scaled_dot_product_attention`` that, for meta tensors, calls the fused CPU kernel's meta
-    function instead of the math decomposition PyTorch runs on meta (two matmuls and a softmax): a
-    real CPU or GPU run calls one fused kernel, and a graph traced on meta should have the layer it
-    runs (same MACs, no score matrix written and read back)."""
-    def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                  enable_gqa: bool = False) -> torch.Tensor:
-        tensors = (query, key, value)
-        if (all(isinstance(t, torch.Tensor) and t.is_meta and t.dim() == 4 for t in tensors) and not dropout_p
-                and not enable_gqa and query.shape[1] == key.shape[1] == value.shape[1]):
-            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, 0.0, bool(is_causal), attn_mask=attn_mask, scale=scale)[0]
-        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                    enable_gqa=enable_gqa)
-    return attention
 
 
 class _Recorder(TorchDispatchMode):
@@ -250,7 +220,7 @@ class _Recorder(TorchDispatchMode):
                 decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
-        fast = _FAST_META.get(func)
+        fast = FAST_META.get(func)
         start = time.perf_counter()
         if fast is not None and not kwargs and args[0].is_meta:
             out = fast(*args)
@@ -338,22 +308,6 @@ class _Recorder(TorchDispatchMode):
                 self.graph.add_edge(producer.name, node.name)
 
 
-def attention_heads(model: torch.nn.Module) -> dict[str, int]:
-    """Attention modules and their head counts, read from the usual attribute names."""
-    heads: dict[str, int] = {}
-    for name, module in model.named_modules():
-        if "attention" not in type(module).__name__.lower() or not name:
-            continue
-        config = getattr(module, "config", None)
-        for source in (module, config):
-            count = next((getattr(source, a) for a in HEAD_COUNT_ATTRS
-                          if isinstance(getattr(source, a, None), int)), None)
-            if count:
-                heads[name] = count
-                break
-    return heads
-
-
 def _set_training(model: torch.nn.Module, training: bool) -> None:
     try:
         model.train(training)
@@ -385,7 +339,7 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)   # the fused encoder kernel hides its layers
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    torch.nn.functional.scaled_dot_product_attention = _fused_on_meta(sdpa)   # read at call time by
+    torch.nn.functional.scaled_dot_product_attention = fused_on_meta(sdpa)   # read at call time by
     try:                                                                      # HF and nn.MultiheadAttention
         with torch.no_grad(), recorder:
             result = model(*args, **kwargs)
