@@ -35,6 +35,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="allow loading a pickled model with torch.load(weights_only=False): runs code in the file")
 
 
+# the weight-only criteria of costplan.scoring (tests/test_scoring.py checks) and Gaussian weights; named
+# here so that --help needs no torch
+IMPORTANCE_CHOICES = ("magnitude", "l1", "l2", "random", "gaussian")
+
+
+def _runtime_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=("eager", "fused", "graph"),
+                   help="the execution to model: eager PyTorch, fused (TensorRT-like) or graph (TF1); "
+                        "default: the profile's")
+
+
 def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     """`costplan analyze`'s flags."""
     a = sub.add_parser("analyze", help="per-layer MACs, parameters, bytes and weight reuse",
@@ -46,8 +57,7 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     out = a.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="write the report as JSON")
     out.add_argument("--csv", action="store_true", help="write the per-layer rows as CSV")
-    a.add_argument("--runtime", choices=("eager", "fused", "graph"),
-                   help="the execution to model: eager PyTorch, fused (TensorRT-like) or graph (TF1); default: the profile's")
+    _runtime_arg(a)
     a.add_argument("-o", "--output", metavar="FILE", help="write JSON/CSV here instead of stdout")
     a.add_argument("--top", type=_positive_int, metavar="N", help="show only the N heaviest layers")
     a.add_argument("--depth", type=_positive_int, metavar="D", help="group layers by the first D parts of their names")
@@ -65,8 +75,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--budget", help="latency budget: 2ms, 500us, or a speedup such as 2x")
     target.add_argument("--speedup", help="speedup over the dense model, e.g. 2x")
     pl.add_argument("--hw", required=True, metavar="PROFILE", help="hardware profile name or .toml path")
-    pl.add_argument("--runtime", choices=("eager", "fused", "graph"),
-                    help="the execution to plan for: eager PyTorch, fused (TensorRT-like) or graph; default: the profile's")
+    _runtime_arg(pl)
     pl.add_argument("--pattern", default="auto",
                     help="auto (every pattern the device exploits), or a comma list of channel, head, "
                          "unstructured, N:M (2:4), RxC (4x1)")
@@ -76,7 +85,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--ratio", action="append", default=[], metavar="LAYER=MIN:MAX",
                     help="bound one layer's ratio, e.g. layer4.0.conv1=0:0.5 (repeatable)")
     pl.add_argument("--prune-ends", action="store_true", help="also prune the first conv and the classifier")
-    pl.add_argument("--importance", default="magnitude", choices=["magnitude", "l1", "l2", "random", "gaussian"],
+    pl.add_argument("--importance", default="magnitude", choices=IMPORTANCE_CHOICES,
                     help="magnitude (= l2): normalised w^2 of the model's weights, as prune --criterion "
                          "ranks them; l1: |w|; gaussian: no weights needed")
     pl.add_argument("--time-limit", type=float, default=10.0, help="solver time limit in seconds (default 10)")

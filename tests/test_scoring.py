@@ -63,3 +63,11 @@ def test_taylor_scores_are_the_criterion_the_pruner_accumulates() -> None:
     loss(model, (x, y)).backward()
     expected = 2 * (model[0].weight.detach() * model[0].weight.grad).abs()
     assert torch.allclose(scores, expected)
+
+
+def test_the_cli_offers_every_weight_only_criterion_as_importance() -> None:
+    from costplan.arguments import IMPORTANCE_CHOICES
+    from costplan.scoring import CRITERIA
+
+    weight_only = {name for name, kind in CRITERIA.items() if not kind().needs_grad}
+    assert set(IMPORTANCE_CHOICES) == weight_only | {"gaussian"}
