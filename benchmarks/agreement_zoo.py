@@ -23,27 +23,18 @@ warnings.filterwarnings("ignore")
 import costplan  # noqa: E402
 from costplan.api import importance_for  # noqa: E402
 from costplan.planfile import Plan  # noqa: E402
-from costplan.pruning.pruner import Pruner  # noqa: E402
-from tests.zoo import ZOO, budgets, copy_of, counted_macs, output, traced  # noqa: E402
+from tests.zoo import ZOO, budgets, prune_and_compact, traced  # noqa: E402
 
 
 def row(name: str, label: str, plan: Plan) -> str:
-    model, inputs, graph = traced(name)
-    model = copy_of(model)
-    report = costplan.analyze(graph, plan=plan)
-    pruner = Pruner(model, plan, graph=graph)
-    pruner.prune()
-    with torch.no_grad():
-        masked = output(model(*inputs))
-    small = pruner.compact().eval()
-    macs, out = counted_macs(small, inputs, sparse=list(pruner.elements))
-    params = sum(p.numel() for p in small.parameters())
+    report = costplan.analyze(traced(name)[2], plan=plan)
+    done = prune_and_compact(name, plan)
     kinds = sorted({str(lp.pattern) for lp in plan.layers.values()})
-    same = "yes" if torch.allclose(out, masked, atol=1e-4, rtol=1e-3) else "NO"
+    same = "yes" if torch.allclose(done.compacted, done.masked, atol=1e-4, rtol=1e-3) else "NO"
     t = report.totals
-    agree = "exact" if (macs, params) == (t["effective_macs"], t["nonzero_params"]) else "DIFFER"
-    return (f"{name:20s} {label:9s} {'+'.join(kinds):14s} {t['macs']:>13,} {t['effective_macs']:>13,} {macs:>13,} "
-            f"{t['nonzero_params']:>11,} {params:>11,} {agree:>7s} {same:>8s}")
+    agree = "exact" if (done.macs, done.params) == (t["effective_macs"], t["nonzero_params"]) else "DIFFER"
+    return (f"{name:20s} {label:9s} {'+'.join(kinds):14s} {t['macs']:>13,} {t['effective_macs']:>13,} {done.macs:>13,} "
+            f"{t['nonzero_params']:>11,} {done.params:>11,} {agree:>7s} {same:>8s}")
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from small_resnet import SmallResNet
+from small_resnet import SmallResNet, accuracy, batches
 from torch import nn
 
 import costplan
@@ -64,21 +64,6 @@ def data() -> tuple[torch.Tensor, ...]:
     return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y) - BATCH + 1, BATCH):
-            j = order[i:i + BATCH]
-            yield x[j], y[j]
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
-
-
 def train_dense(x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
     torch.manual_seed(0)
     model = DigitsNet()
@@ -86,7 +71,7 @@ def train_dense(x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=steps)
     model.train()
-    for xb, yb in batches(x, y, epochs, 0):
+    for xb, yb in batches(x, y, epochs, 0, BATCH):
         F.cross_entropy(model(xb), yb).backward()
         opt.step()
         opt.zero_grad()
@@ -101,7 +86,7 @@ def fine_tune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.
     student.train()
     if pruner is not None:
         pruner.on_train_begin()
-    for step, (xb, yb) in enumerate(batches(x, y, epochs, 1)):
+    for step, (xb, yb) in enumerate(batches(x, y, epochs, 1, BATCH)):
         if pruner is not None:
             pruner.on_step_begin(step)
         if on_step is not None:

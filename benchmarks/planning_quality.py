@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from small_resnet import SmallResNet
+from small_resnet import SmallResNet, accuracy, batches
 from torch import nn
 
 import costplan
@@ -82,21 +82,6 @@ class Net1d(SmallResNet):
 
     def __init__(self, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__(1, widths, 5)
-
-
-def batches(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, size: int = BATCH):
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y) - size + 1, size):
-            j = order[i:i + size]
-            yield x[j], y[j]
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float(torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(y), 500)]).eq(y).float().mean())
 
 
 def train_dense(x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:

@@ -145,7 +145,7 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
     if importance == "sensitivity":
         return Sensitivity(graph, module, data, loss, scores,  # type: ignore[arg-type]
                            origin=f"units ranked by magnitude, {origin}")
-    return Importance(graph, scores, origin=f"{criterion.name if importance != 'magnitude' else 'magnitude'}, {origin}")
+    return Importance(graph, scores, origin=f"{importance}, {origin}")
 
 
 def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",

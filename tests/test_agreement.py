@@ -17,7 +17,7 @@ from costplan.errors import CostplanError
 from costplan.planfile import Plan
 from costplan.pruning.pruner import Pruner
 from costplan.trace.groups import structure_of
-from tests.zoo import ZOO, budgets, copy_of, counted_macs, output, traced
+from tests.zoo import ZOO, budgets, copy_of, prune_and_compact, traced
 
 PATTERNS = ["channel", "head", "unstructured", "2:4", "4x1"]
 
@@ -37,21 +37,14 @@ def check(name: str, plan: Plan) -> str:
         after = model.state_dict()
         assert all(torch.equal(v, after[k]) for k, v in before.items())
         return "refused"
-    pruner = Pruner(model, plan, graph=graph)
-    pruner.prune()
-    with torch.no_grad():
-        masked = output(model(*inputs))
-    small = pruner.compact().eval()
-    macs, compacted = counted_macs(small, inputs, sparse=list(pruner.elements))
-    zeros = sum(int((small.get_parameter(p) == 0).sum()) for p in pruner.elements)
-    params = sum(p.numel() for p in small.parameters()) - zeros
-    predicted = report.totals["effective_macs"]
-    if pruner.elements:   # zeros inside a weight: per-layer MACs times density, rounded per layer
-        assert abs(macs - predicted) <= 1e-6 * predicted + len(pruner.elements), (macs, predicted)
+    done = prune_and_compact(name, plan, model)
+    macs, predicted = done.macs, report.totals["effective_macs"]
+    if done.elements:   # zeros inside a weight: per-layer MACs times density, rounded per layer
+        assert abs(macs - predicted) <= 1e-6 * predicted + len(done.elements), (macs, predicted)
     else:
         assert macs == predicted, (macs, predicted)
-    assert params == report.totals["nonzero_params"], (params, report.totals["nonzero_params"])
-    assert torch.allclose(compacted, masked, atol=1e-4, rtol=1e-3), (compacted - masked).abs().max()
+    assert done.params == report.totals["nonzero_params"], (done.params, report.totals["nonzero_params"])
+    assert torch.allclose(done.compacted, done.masked, atol=1e-4, rtol=1e-3), (done.compacted - done.masked).abs().max()
     return "agreed"
 
 

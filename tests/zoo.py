@@ -199,3 +199,31 @@ def budgets(name: str) -> list[float]:
         layers.update(costplan.uniform_plan(graph, kind, 0.85).layers)
     fast = costplan.estimate_latency(graph, "cpu-xeon", Plan(layers)).latency_s
     return [(dense - f * (dense - fast)) * 1e3 for f in (0.3, 0.7)]
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A zoo model pruned to a plan the way ``costplan prune`` does it, beside what was predicted."""
+
+    masked: torch.Tensor           # the masked model's output
+    compacted: torch.Tensor        # the compacted model's output
+    macs: int                      # the compacted model's MACs (FlopCounterMode / 2), zeros counted out
+    params: int                    # its parameters, zeros inside element-wise pruned weights counted out
+    elements: tuple[str, ...]      # the weights pruned element-wise
+
+
+def prune_and_compact(name: str, plan: object, model: nn.Module | None = None) -> Pruned:
+    """Mask ``model`` (a copy of the zoo's, by default) to ``plan``, compact it and count the result."""
+    from costplan.pruning.pruner import Pruner
+
+    _, inputs, graph = traced(name)
+    model = model if model is not None else copy_of(traced(name)[0])
+    pruner = Pruner(model, plan, graph=graph)
+    pruner.prune()
+    with torch.no_grad():
+        masked = output(model(*inputs))
+    small = pruner.compact().eval()
+    macs, compacted = counted_macs(small, inputs, sparse=list(pruner.elements))
+    zeros = sum(int((small.get_parameter(p) == 0).sum()) for p in pruner.elements)
+    params = sum(p.numel() for p in small.parameters()) - zeros
+    return Pruned(masked, compacted, macs, params, tuple(pruner.elements))

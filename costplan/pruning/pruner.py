@@ -70,7 +70,8 @@ class Pruner:
     """Prune ``model`` (an ``nn.Module``) to ``plan`` in a training loop.
 
     ``criterion``: magnitude (= l2, w^2), l1, random, gradient, taylor, movement, snip_momentum, or a
-    :class:`~costplan.scoring.Criterion`: the same definitions the planner's importance scores by. ``schedule``: when (default one shot at step 0).
+    :class:`~costplan.scoring.Criterion`: the same definitions the planner's importance scores by.
+    ``schedule``: when (default one shot at step 0).
     ``scope``: 'local' prunes each group and layer to its plan ratio; 'global' ranks unstructured
     weights (and units, by layer-normalised score) across layers, removing the same total.
     The model is traced once, with ``example_inputs`` (a tuple of tensors) or zeros of the shapes in
@@ -260,7 +261,8 @@ class Pruner:
         return {"format": "costplan-pruner/1", "step": self.step, "begun": self._begun,
                 "kept": {g: k.clone() for g, k in self.kept.items()},
                 "masks": {p: m.mask.detach().clone() for p, m in self._masks.items()},
-                "criterion": {"name": self.criterion.name, "state": {k: v.clone() for k, v in self.criterion.state.items()}}}
+                "criterion": {"name": self.criterion.name,
+                              "state": {k: v.clone() for k, v in self.criterion.state.items()}}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Resume from :meth:`state_dict`: masks attached (if they are not yet) and set, the step,

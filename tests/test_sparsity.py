@@ -1,4 +1,5 @@
-"""Effective MACs and non-zero parameters under a plan (the plan contract of shared/DESIGN.md)."""
+"""Effective MACs and non-zero parameters under a plan (costplan/sparsity.py; the plan contract of
+shared/DESIGN.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""MAC and parameter counts against published figures and against torch's own FlopCounterMode."""
+"""MAC and parameter counts of a trace (costplan/trace/tracer.py, ops.py) against published figures
+and torch's own FlopCounterMode."""
 
 from __future__ import annotations
 
