@@ -215,13 +215,17 @@ class PruneResult:
     weights: tuple[str, ...]
     steps: int
     warnings: tuple[str, ...]
+    history: tuple[object, ...] = ()      # costplan.pruning.loop.Checkpoint, one per progress report
+    before: object = None                 # costplan.pruning.loop.Evaluation of the model as given
+    after: object = None                  # ... of the pruned model
 
 
 def prune_with_result(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, criterion: str = "magnitude",
           scope: str = "local", compact: bool = True, input: str | Sequence | None = None,
           example_inputs: Sequence[object] | None = None, graph: LayerGraph | None = None, source: str | None = None,
           data: object = None, loss_fn: object = None, steps: int = 0, lr: float = 0.01, frequency: int | None = None,
-          decay: str = "cube", progress: bool = False, **load: object) -> PruneResult:
+          decay: str = "cube", progress: bool = False, eval_data: object = None, report_every: int | None = None,
+          log: object = None, **load: object) -> PruneResult:
     """Prune ``model`` (a module, left unchanged, or a spec such as ``resnet50``, built with its initial
     weights on the CPU) to ``plan``; with ``compact`` the physically smaller model, else the masked copy
     with the masks folded in.
@@ -229,10 +233,13 @@ def prune_with_result(model: torch.nn.Module | str, plan: Plan | str | os.PathLi
     Without ``data``: one shot, by a weight-only ``criterion``. With ``data`` (batches, cycled) and
     ``steps``: SGD at ``lr`` with ``loss_fn(model, batch)`` (default cross entropy of (inputs, targets)),
     pruning gradually over the first three quarters of the steps (every ``frequency`` steps, ``decay``
-    ramp), then fine-tuning at the plan's sparsity. For your own loop use :class:`Pruner`."""
+    ramp), then fine-tuning at the plan's sparsity, reporting to ``log`` (a function of one line) every
+    ``report_every`` steps: loss, the schedule's progress, zeros reached and, with ``eval_data``
+    ((inputs, targets) batches), the evaluation. ``eval_data`` is also evaluated before and after
+    (:attr:`PruneResult.before`, ``after``). For your own loop use :class:`Pruner`."""
     import copy
 
-    from costplan.pruning.loop import cross_entropy, train_while_pruning
+    from costplan.pruning.loop import cross_entropy, evaluate, train_while_pruning
     from costplan.pruning.pruner import Pruner
     from costplan.pruning.schedule import Schedule
 
@@ -255,16 +262,21 @@ def prune_with_result(model: torch.nn.Module | str, plan: Plan | str | os.PathLi
     notes = plan_notes(pruner.plan, pruner.graph)
     for note in notes:
         warnings.warn(note, stacklevel=2)
+    loss = loss_fn or cross_entropy
+    before = evaluate(pruner.model, eval_data, loss) if eval_data is not None else None   # type: ignore[arg-type]
+    history: list = []
     if data is not None:
-        train_while_pruning(pruner, data, steps, lr=lr, loss_fn=loss_fn or cross_entropy, progress=progress)  # type: ignore[arg-type]
+        history = train_while_pruning(pruner, data, steps, lr=lr, loss_fn=loss, progress=progress,  # type: ignore[arg-type]
+                                      eval_data=eval_data, report_every=report_every, log=log)  # type: ignore[arg-type]
     else:
         if pruner.criterion.needs_grad:
             raise CostplanError(f"criterion '{criterion}' needs gradients: give training data (--train) or use "
                                 "costplan.Pruner in a training loop")
         pruner.prune()
     small = pruner.compact() if compact else pruner.remove()
+    after = evaluate(small, eval_data, loss) if eval_data is not None else None   # type: ignore[arg-type]
     return PruneResult(small, tuple(g.name for g in pruner.groups), tuple(pruner.elements),
-                       steps if data is not None else 0, tuple(notes))
+                       steps if data is not None else 0, tuple(notes), tuple(history), before, after)
 
 
 def prune(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], **kwargs: object) -> torch.nn.Module:

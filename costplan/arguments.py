@@ -140,6 +140,10 @@ def _prune_parser(sub: argparse._SubParsersAction) -> None:
     pn.add_argument("--scope", default="local", choices=("local", "global"), help="per-layer ratios or one ranking")
     pn.add_argument("--train", metavar="FILE.py:FUNCTION", help="training data (runs that file: your own code)")
     pn.add_argument("--steps", type=_positive_int, default=1000, help="training steps with --train (default 1000)")
+    pn.add_argument("--eval", metavar="FILE.py:FUNCTION",
+                    help="evaluation batches of (inputs, targets): loss and accuracy before, during and after (runs that file)")
+    pn.add_argument("--report-every", type=_positive_int, metavar="N",
+                    help="with --train, a progress line every N steps (default: ten lines)")
     pn.add_argument("--lr", type=float, default=0.01, help="SGD learning rate with --train (default 0.01)")
     pn.add_argument("--frequency", type=_positive_int, help="prune every N steps (default steps/20)")
     pn.add_argument("--decay", default="cube", choices=("cube", "exp", "cos", "linear"),

@@ -226,23 +226,46 @@ def cmd_prune(args: argparse.Namespace) -> int:
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        trust_pickle=args.trust_pickle, weights=args.weights)
     data, loss_fn = training_data(args.train) if args.train else (None, None)
+    eval_data = training_data(args.eval)[0] if args.eval else None
+    console = _console()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # the plan's notes come back in the result, printed below
-        done = prune_with_result(args.model, plan, criterion=args.criterion, scope=args.scope, compact=not args.no_compact,
-                      input=args.input, batch=args.batch, seq_len=args.seq_len, trust=args.trust_pickle,
-                      weights=args.weights, data=data, loss_fn=loss_fn, steps=args.steps if args.train else 0, lr=args.lr,
-                      frequency=args.frequency, decay=args.decay, progress=True)
+        done = prune_with_result(
+            args.model, plan, criterion=args.criterion, scope=args.scope, compact=not args.no_compact,
+            input=args.input, batch=args.batch, seq_len=args.seq_len, trust=args.trust_pickle, weights=args.weights,
+            data=data, loss_fn=loss_fn, steps=args.steps if args.train else 0, lr=args.lr, frequency=args.frequency,
+            decay=args.decay, progress=True, eval_data=eval_data, report_every=args.report_every,
+            log=lambda line: console.print(line, highlight=False))
     small = done.model
     save(small, args.output)
     for note in done.warnings:
         print(f"costplan: warning: {note}", file=sys.stderr)
+    for line in _prune_summary(graph, done, args):
+        console.print(line, highlight=False)
+    return 0
+
+
+def _prune_summary(graph, done, args: argparse.Namespace) -> list[str]:  # noqa: ANN001  (LayerGraph, PruneResult)
+    """What a prune did, in counts that say what they count, and what to do next."""
+    small = done.model
     after = sum(p.numel() for p in small.parameters())
     zeros = sum(int((p == 0).sum()) for p in small.parameters())
-    console = _console()
-    console.print(f"pruned {len(done.weights)} weight(s) element-wise and {len(done.groups)} channel/head "
-                  f"group(s) of {graph.model}" + (f" over {done.steps} training steps" if done.steps else " (one shot)"))
-    console.print(f"parameters {graph.total_params:,} -> {after:,} ({zeros:,} zeros); wrote {args.output}")
-    return 0
+    how = f"over {done.steps} training steps" if done.steps else "in one shot, without training"
+    lines = [f"pruned {graph.model} {how}: {len(done.groups)} channel/head group(s) cut out, "
+             f"{len(done.weights)} weight tensor(s) pruned element-wise",
+             f"parameters {graph.total_params:,} -> {after:,} ({zeros:,} of them zero); wrote {args.output}"]
+    if done.before is not None:
+        lines.append(f"before: {done.before}")
+        lines.append(f"after:  {done.after}")
+    if not done.steps:
+        lines.append("One-shot pruning removes weights the model was trained with: its accuracy usually drops "
+                     "(more the deeper the cut) until it is fine-tuned. In benchmarks/planning_quality.py "
+                     "(MNIST-1D, 1.4-1.75x faster) 3 epochs of fine-tuning brought every pruned model back to "
+                     "within 1.3 points of the dense model's accuracy. To fine-tune: "
+                     f"costplan prune {args.model} --plan {args.plan} -o {args.output} --train FILE.py:FUNCTION "
+                     "--steps N (add --eval FILE.py:FUNCTION to watch the accuracy), which prunes gradually over "
+                     "the first three quarters of the steps and fine-tunes in the last quarter.")
+    return lines
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -344,7 +344,7 @@ def test_hugging_face_trainer_callback(tmp_path) -> None:
 
 # ---- the command line ----------------------------------------------------------------------------
 
-def test_prune_command_one_shot_and_with_training(tmp_path) -> None:
+def test_prune_command_one_shot_and_with_training(tmp_path, capsys) -> None:
     from costplan.cli import main
 
     (tmp_path / "net.py").write_text(
@@ -362,9 +362,16 @@ def test_prune_command_one_shot_and_with_training(tmp_path) -> None:
     assert main(["prune", model, "--plan", str(plan), "-o", str(out)]) == 0
     small = costplan.load(out, trust_code=True)
     assert small.conv2.out_channels == 16 and small.dw.groups == 16
-    assert main(["prune", model, "--plan", str(plan), "-o", str(out), "--train", f"{tmp_path / 'net.py'}:data",
-                 "--steps", "8", "--criterion", "taylor"]) == 0
+    said = capsys.readouterr().out
+    assert "in one shot, without training: 1 channel/head group(s) cut out, 0 weight tensor(s)" in said
+    assert "until it is fine-tuned" in said and "--train FILE.py:FUNCTION" in said      # and how to
+    data = f"{tmp_path / 'net.py'}:data"
+    assert main(["prune", model, "--plan", str(plan), "-o", str(out), "--train", data, "--eval", data,
+                 "--steps", "8", "--report-every", "4", "--criterion", "taylor"]) == 0
     assert costplan.load(out, trust_code=True).conv3.in_channels == 16
+    said = capsys.readouterr().out        # not a terminal: plain lines, one every 4 steps
+    assert "step 4/8: train loss" in said and "step 8/8: train loss" in said and "schedule at 100%" in said
+    assert said.count("eval loss") == 4 and "accuracy" in said and "fine-tuned" not in said
     assert main(["prune", model, "--plan", str(plan), "-o", str(out), "--criterion", "taylor"]) == 2
 
 
