@@ -15,7 +15,7 @@ from costplan.hardware.profile import profile_fields
 from costplan.coerce import as_plan, as_profile, as_shapes, canonical_dtype, traced_dtype, writable
 from costplan.models import Instance, ModelSource, instantiate, resolve
 from costplan.atomic import write_atomic
-from costplan.planfile import Plan, load_plan, save_plan
+from costplan.planfile import SWEEP_FORMAT, Plan, load_plan, save_plan
 from costplan.report import Report, build_report, reports_csv
 from costplan.sparsity import apply_plan, plan_notes
 from costplan.trace import LayerGraph, trace
@@ -355,6 +355,6 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     write(model, path)
 
 
-__all__ = ["PruneResult", "analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles",
+__all__ = ["SWEEP_FORMAT", "PruneResult", "analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles",
            "load", "load_graph", "load_plan", "load_profile", "profile_fields", "reports_csv", "measure", "model_names", "parse_budget", "plan", "prune", "prune_with_result",
            "save", "save_plan", "sweep", "training_data", "uniform_plan", "writable", "write_atomic", "write_profile"]

@@ -133,7 +133,8 @@ def _prune_parser(sub: argparse._SubParsersAction) -> None:
                                     "a loader of (inputs, targets) batches, or (loader, loss_fn(model, batch)); "
                                     "the pruner prunes gradually while training with SGD.")
     _model_args(pn)
-    pn.add_argument("--plan", required=True, metavar="FILE", help="plan JSON (from `costplan plan -o`)")
+    pn.add_argument("--plan", required=True, metavar="FILE", help="plan JSON (from `costplan plan -o`), or a sweep file")
+    pn.add_argument("--point", type=_positive_int, metavar="K", help="with a sweep file: prune to its point K")
     pn.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the pruned model (.pt)")
     pn.add_argument("--criterion", default="magnitude",
                     help="magnitude (= l2, w^2), l1, random; with --train also gradient, taylor, movement, snip_momentum")

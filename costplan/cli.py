@@ -186,10 +186,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 weights=args.weights)
     options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
     if args.sweep:
+        from costplan.api import SWEEP_FORMAT
         from costplan.render import sweep_rows, sweep_table
 
         front = sweep(graph, fractions=_fractions(args.sweep), **options)
-        text = json.dumps(sweep_rows(front), indent=2) + "\n"
+        text = json.dumps({"costplan": SWEEP_FORMAT, "model": graph.model, "hardware": args.hw,
+                           "points": sweep_rows(front)}, indent=2) + "\n"
         if args.output:
             _write(text, args.output)
         if args.json:
@@ -197,7 +199,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             return 0
         _console().print(sweep_table(front, graph.model, args.hw))
         if args.output:
-            print(f"wrote {args.output}", file=sys.stderr)
+            print(f"wrote {args.output}: every point's plan; prune one with "
+                  f"costplan prune {args.model} --plan {args.output} --point K", file=sys.stderr)
         return 0
     result = plan(graph, budget=budget, **options)
     if args.output:
@@ -222,7 +225,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from costplan.api import load_graph, load_plan, prune_with_result, save, training_data, writable
 
     writable(args.output, "pruned model")
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, args.point)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        trust_pickle=args.trust_pickle, weights=args.weights)
     data, loss_fn = training_data(args.train) if args.train else (None, None)

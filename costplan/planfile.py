@@ -16,6 +16,7 @@ from costplan.errors import CostplanError
 from costplan.patterns import Pattern, parse_pattern
 
 PLAN_FORMAT = "plan/1"
+SWEEP_FORMAT = "sweep/1"   # a sweep's points, each with its plan (or why none met that budget)
 @dataclass(frozen=True)
 class LayerPlan:
     sparsity: float                # fraction removed: of weights, of output channels, or of heads
@@ -92,8 +93,9 @@ class Plan:
                    extra={k: v for k, v in data.items() if k not in known})
 
 
-def load_plan(path: str | os.PathLike[str]) -> Plan:
-    """Read a plan JSON file."""
+def load_plan(path: str | os.PathLike[str], point: int | None = None) -> Plan:
+    """Read a plan JSON file, or point ``point`` (1-based, as the sweep table numbers them) of a sweep
+    file ``costplan plan --sweep -o`` wrote."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -101,7 +103,23 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
         raise CostplanError(f"no such plan file: {path}") from None
     except json.JSONDecodeError as exc:
         raise CostplanError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("costplan") == SWEEP_FORMAT:
+        return _sweep_point(data, point, str(path))
+    if point is not None:
+        raise CostplanError(f"{path} is one plan, not a sweep: drop --point")
     return Plan.from_dict(data, source=str(path))
+
+
+def _sweep_point(data: dict, point: int | None, source: str) -> Plan:
+    points = data.get("points") or []
+    numbers = [p.get("point") for p in points if isinstance(p, dict) and p.get("plan")]
+    if point is None or point not in numbers:
+        listed = ", ".join(f"{p['point']} ({p['budget_fraction']:g}x dense)" for p in points
+                           if isinstance(p, dict) and p.get("plan"))
+        why = "holds several plans: pick one with --point K" if point is None else f"has no plan at point {point}"
+        raise CostplanError(f"{source} is a sweep and {why} (points with a plan: {listed or 'none'})")
+    entry = next(p for p in points if p.get("point") == point)
+    return Plan.from_dict(entry["plan"], source=f"{source}, point {point}")
 
 
 def save_plan(plan: Plan, path: str | os.PathLike[str]) -> None:

@@ -230,28 +230,29 @@ def plan_text(result, path: str | None = None) -> Text:  # PlanResult
 
 
 def sweep_rows(points: list) -> list[dict]:
-    """A sweep's points (SweepPoint) as JSON rows."""
+    """A sweep's points (SweepPoint) as JSON rows, numbered from 1, each with its plan."""
     rows = []
-    for pt in points:
+    for k, pt in enumerate(points, 1):
         if pt.result is None:
-            rows.append({"budget_fraction": round(pt.fraction, 4), "unreachable": pt.unreachable})
+            rows.append({"point": k, "budget_fraction": round(pt.fraction, 4), "unreachable": pt.unreachable})
             continue
         p = pt.result.plan.predicted
-        rows.append({"budget_fraction": round(pt.fraction, 4), "latency_ms": pt.result.latency_s * 1e3,
+        rows.append({"point": k, "budget_fraction": round(pt.fraction, 4), "latency_ms": pt.result.latency_s * 1e3,
                      "speedup": p["speedup"], "importance_kept": p["importance_kept"], "macs": p["macs"],
-                     "params": p["params"], "status": pt.result.solver.status.value, "gap": pt.result.solver.gap})
+                     "params": p["params"], "status": pt.result.solver.status.value, "gap": pt.result.solver.gap,
+                     "plan": pt.result.plan.to_dict()})
     return rows
 
 
 def sweep_table(points: list, model: str, hw: str) -> Table:
     """The latency/importance front: one row per budget."""
     table = Table(title=f"{model} on {hw}: importance kept against latency", title_justify="left", header_style="bold")
-    for col in ("budget x dense", "latency ms", "speedup", "importance kept", "MACs", "params"):
+    for col in ("point", "budget x dense", "latency ms", "speedup", "importance kept", "MACs", "params"):
         table.add_column(col, justify="right")
     for r in sweep_rows(points):
         if "unreachable" in r:
-            table.add_row(f"{r['budget_fraction']:.3f}", "unreachable", "", "", "", "")
+            table.add_row(str(r["point"]), f"{r['budget_fraction']:.3f}", "unreachable", "", "", "", "")
             continue
-        table.add_row(f"{r['budget_fraction']:.3f}", f"{r['latency_ms']:.4f}", f"{r['speedup']:.2f}x",
+        table.add_row(str(r["point"]), f"{r['budget_fraction']:.3f}", f"{r['latency_ms']:.4f}", f"{r['speedup']:.2f}x",
                       "-" if r["importance_kept"] is None else f"{r['importance_kept']:.1%}", si(r["macs"]), si(r["params"]))
     return table

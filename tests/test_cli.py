@@ -244,7 +244,7 @@ def test_plan_command(tmp_path, capsys) -> None:
     assert "pruning_ratio_dict" in json.loads(capsys.readouterr().out)
     assert main(["plan", "resnet18", "--hw", "cpu-xeon", "--importance", "gaussian", "--sweep", "0.6:1:3",
                  "--json"]) == 0
-    front = json.loads(capsys.readouterr().out)
+    front = json.loads(capsys.readouterr().out)["points"]
     assert [round(r["budget_fraction"], 2) for r in front] == [0.6, 0.8, 1.0]
     assert front[0]["importance_kept"] <= front[1]["importance_kept"] <= front[2]["importance_kept"]
 

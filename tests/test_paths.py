@@ -278,7 +278,16 @@ def test_a_typo_in_a_profile_is_an_error() -> None:
 def test_sweeps_write_their_file_and_plans_record_what_they_were_made_for(tmp_path, capsys) -> None:
     front = tmp_path / "sweep.json"
     assert main(["plan", "resnet18", "--hw", "cpu-xeon", "--sweep", "0.8:0.9:2", "-o", str(front)]) == 0
-    assert [row["budget_fraction"] for row in json.loads(front.read_text())] == [0.8, 0.9]
+    points = json.loads(front.read_text())["points"]
+    assert [(p["point"], p["budget_fraction"]) for p in points] == [(1, 0.8), (2, 0.9)]
+    picked = tmp_path / "picked.pt"       # the point a user picks from the table is the one pruned
+    assert main(["prune", "resnet18", "--plan", str(front), "--point", "1", "-o", str(picked)]) == 0
+    pruned = costplan.load(picked)
+    assert sum(p.numel() for p in pruned.parameters()) == points[0]["plan"]["predicted"]["params"]
+    assert sum(p.numel() for p in pruned.parameters()) < points[1]["plan"]["predicted"]["params"]
+    capsys.readouterr()
+    assert main(["prune", "resnet18", "--plan", str(front), "-o", str(picked)]) == 2
+    assert "pick one with --point K (points with a plan: 1 (0.8x dense), 2 (0.9x dense))" in capsys.readouterr().err
     plan = tmp_path / "plan.json"
     assert main(["plan", "resnet18", "--budget", "1.2x", "--hw", "cpu-xeon", "-o", str(plan)]) == 0
     data = json.loads(plan.read_text())
