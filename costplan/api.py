@@ -14,10 +14,11 @@ from costplan.hardware import Estimate, HardwareProfile, estimate, list_profiles
 from costplan.hardware.profile import profile_fields
 from costplan.coerce import as_plan, as_profile, as_shapes, canonical_dtype, traced_dtype, writable
 from costplan.models import Instance, ModelSource, instantiate, resolve
+from costplan.models.saved import provenance
 from costplan.atomic import write_atomic
 from costplan.planfile import SWEEP_FORMAT, Plan, load_plan, save_plan
 from costplan.report import Report, build_report, reports_csv
-from costplan.sparsity import apply_plan, plan_notes
+from costplan.sparsity import apply_plan, plan_in_force, plan_notes
 from costplan.trace import LayerGraph, trace
 
 Shape = tuple[int, ...]
@@ -31,6 +32,14 @@ def _describe(instance: Instance) -> str:
 
 
 def _trace_source(source: ModelSource) -> LayerGraph:
+    graph = _traced(source)
+    pruned = source.pruned
+    if pruned is not None and pruned.plan:   # type: ignore[attr-defined]
+        graph.applied = {"plan": pruned.plan, "compacted": pruned.compacted, "source": pruned.source}  # type: ignore[attr-defined]
+    return graph
+
+
+def _traced(source: ModelSource) -> LayerGraph:
     if source.meta:
         try:
             inst = instantiate(source, "meta")
@@ -64,7 +73,11 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
                 raise CostplanError("give example_inputs or input= (a shape) to trace a module")
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             example_inputs = tuple(torch.zeros(s, device=device) for s in shapes)
-        return trace(model, tuple(example_inputs), name=type(model).__name__)
+        graph = trace(model, tuple(example_inputs), name=type(model).__name__)
+        pruned = provenance(model)
+        if pruned is not None and pruned.plan:    # a model costplan pruned: what was done to it
+            graph.applied = {"plan": pruned.plan, "compacted": pruned.compacted, "source": pruned.source}
+        return graph
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
                      trust=trust_pickle, weights=weights)
     return _trace_source(source)
@@ -73,7 +86,8 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
                      dtype: str | None = None, runtime: str | None = None) -> Estimate:
     """Per-layer roofline latency of ``graph`` on ``hw`` (under ``runtime``) and ``plan`` (seconds, joules)."""
-    return estimate(graph, as_profile(hw, runtime), apply_plan(graph, as_plan(plan)), dtype and canonical_dtype(dtype))
+    return estimate(graph, as_profile(hw, runtime), apply_plan(graph, plan_in_force(graph, as_plan(plan))),
+                    dtype and canonical_dtype(dtype))
 
 
 def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None = None,
@@ -87,7 +101,7 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     """
     dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
-    parsed = as_plan(plan)
+    parsed = plan_in_force(graph, as_plan(plan))
     if hw is None:
         return build_report(graph, parsed, warnings=plan_notes(parsed, graph))
     profile = as_profile(hw, runtime)

@@ -23,7 +23,7 @@ from costplan.errors import CostplanError
 from costplan.hardware import estimate
 from costplan.hardware.timing import minor_faults
 from costplan.models import Instance, instantiate, resolve
-from costplan.sparsity import apply_plan
+from costplan.sparsity import apply_plan, plan_in_force
 from costplan.trace import trace
 
 
@@ -146,13 +146,15 @@ def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float
     try:
         layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
         graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
+        if source.pruned is not None and source.pruned.plan:   # type: ignore[attr-defined]
+            graph.applied = {"plan": source.pruned.plan, "compacted": source.pruned.compacted}  # type: ignore[attr-defined]
         time_forward(instance, 0, warmup)
         before_faults = minor_faults()
         runs = time_forward(instance, repeat, 0)
         after_faults = minor_faults()
     finally:
         torch.set_num_threads(before)
-    est = estimate(graph, profile, apply_plan(graph, as_plan(plan)), dtype)
+    est = estimate(graph, profile, apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype)
     layers = tuple(LayerTiming(l.name, l.op, est.layers[l.name].latency_s * 1e3,
                                layer_seconds.get(l.name, 0.0) * 1e3, est.layers[l.name].bound)
                    for l in graph.layers)

@@ -12,6 +12,8 @@ element-wise patterns keep exactly the weights their masks keep (``Pattern.kept`
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -247,6 +249,21 @@ def _share(dims: tuple, shapes: tuple, structure: Structure, keep: Keep) -> floa
     return kept / total if total else 1.0
 
 
+def plan_in_force(graph: LayerGraph, plan: Plan | None) -> Plan | None:
+    """The plan analysis of ``graph`` applies: ``plan`` as given; for a model costplan pruned, given
+    nothing or the plan its file records, that recorded plan: its element-wise entries where the
+    channels and heads were already cut out (their zeros are still in the weights), all of it where
+    they are zeros in dense shapes."""
+    applied = graph.applied
+    if applied is None:
+        return plan
+    recorded = Plan.from_dict(applied["plan"], source=f"the plan {graph.model} records")
+    if plan is not None and dict(plan.layers) != dict(recorded.layers):
+        return plan
+    layers = {k: lp for k, lp in recorded.layers.items() if lp.pattern.elementwise or not applied["compacted"]}
+    return dataclasses.replace(recorded, layers=layers, model=graph.model, input=None)
+
+
 def plan_notes(plan: Plan | None, graph: LayerGraph, hardware: str | None = None,
                runtime: str | None = None) -> tuple[str, ...]:
     """Warnings when ``plan`` was made for another model, input, device or runtime than it is applied to."""
@@ -287,4 +304,4 @@ def effective_totals(graph: LayerGraph, effective: Mapping[str, Effective]) -> t
 
 
 __all__ = ["Effective", "Pattern", "Resolved", "apply_plan", "effective_totals", "heads_of", "kept_count",
-           "kept_fraction", "layer_effective", "plan_notes", "resolve"]
+           "kept_fraction", "layer_effective", "plan_in_force", "plan_notes", "resolve"]

@@ -212,6 +212,29 @@ def test_every_listed_model_analyzes_offline(monkeypatch, name: str) -> None:
     assert load_graph(name).total_macs > 0
 
 
+def test_a_pruned_file_says_what_was_done_to_it(tmp_path, capsys) -> None:
+    """analyze of a file prune wrote reports its non-zero parameters, effective MACs and latency under
+    its patterns with no --plan, as analyze of the original under the plan predicted; giving the plan
+    again changes nothing and warns of nothing."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"model": "resnet18", "layers": {
+        "layer2.0.conv1": {"sparsity": 0.5, "pattern": "channel"},
+        "layer3.1.conv2": {"sparsity": 0.5, "pattern": "2:4"}, "layer4.0.conv2": {"sparsity": 0.5, "pattern": "2:4"}}}))
+    pruned = tmp_path / "pruned.pt"
+    assert main(["prune", "resnet18", "--plan", str(plan), "-o", str(pruned)]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--plan", str(plan)]):
+        assert main(["analyze", str(pruned), "--hw", "rtx3090", "--dtype", "fp16", "--json", *extra]) == 0
+        out = capsys.readouterr()
+        report = json.loads(out.out)
+        assert not report.get("warnings") and "made for" not in out.err
+        expected = analyze("resnet18", hw="rtx3090", dtype="fp16", plan=str(plan)).totals
+        for key in ("effective_macs", "nonzero_params"):
+            assert report["totals"][key] == expected[key], key
+        assert report["totals"]["latency_ms"] == pytest.approx(expected["latency_ms"], rel=1e-9)
+        assert report["totals"]["nonzero_params"] < report["totals"]["params"]      # the 2:4 zeros, counted
+
+
 def test_the_cli_reads_the_models_it_writes(tmp_path, capsys) -> None:
     plan, pruned = tmp_path / "plan.json", tmp_path / "pruned.pt"
     assert main(["plan", "resnet18", "--budget", "1.3x", "--hw", "cpu-xeon", "-o", str(plan)]) == 0

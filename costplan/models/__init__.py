@@ -7,6 +7,7 @@ random weights), ``file.py:factory`` (runs the user's code), or a saved file (To
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -59,12 +60,11 @@ def resolve(spec: str, *, input_shapes: Sequence[Shape] | None = None, batch: in
             load_weights(instance.module, state, weights, spec, device)
             return instance
 
-        source = ModelSource(base.name, base.family, build, base.meta, weights=str(weights))
+        source = dataclasses.replace(base, build=build, weights=str(weights))
     if dtype_ == torch.float32:
         return source
     built = source
-    return ModelSource(built.name, built.family, lambda device: _cast(built.build(device), dtype_), built.meta,
-                       weights=built.weights)
+    return dataclasses.replace(built, build=lambda device: _cast(built.build(device), dtype_))
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -110,14 +110,15 @@ def _load_saved(path: str, trust: bool, load_saved: LoadSaved) -> tuple[torch.nn
 
 def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None, trust: bool,
            load_saved: LoadSaved) -> ModelSource:  # noqa: ANN201
-    is_factory = ".py:" in spec
+    is_factory, pruned = ".py:" in spec, None
     if is_factory:
         path, _, name = spec.rpartition(":")
         factory = load_callable(path, name)
     elif spec.endswith(".py"):
         raise CostplanError(f"name the function that builds the model: {spec}:FUNCTION")
     else:
-        _load_saved(spec, trust, load_saved)  # fail early, before any tracing
+        module, _ = _load_saved(spec, trust, load_saved)  # fail early, before any tracing
+        pruned = provenance(module)
 
     def build(device: str) -> Instance:
         if is_factory:
@@ -141,4 +142,4 @@ def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
                          for a in args)
         return Instance(module, args, kwargs)
 
-    return ModelSource(spec, "file", build, meta=is_factory)
+    return ModelSource(spec, "file", build, meta=is_factory, pruned=pruned)

@@ -24,11 +24,15 @@ FORMAT = "costplan-model/2"
 class Provenance:
     """What rebuilds a model costplan built, pruned or compacted: the spec it was built from
     (``resnet50``, ``hf:bert-base``, ``file.py:factory``), the attribute edits compaction made (module
-    -> attribute -> value) and the input shapes it was traced with."""
+    -> attribute -> value) and the input shapes it was traced with; for a pruned model, the plan it
+    was pruned to (plan JSON) and whether its channels and heads were cut out (``compacted``) or are
+    zeros in dense shapes."""
 
     source: str | None
     edits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     input: Sequence[Sequence[int]] = ()
+    plan: Mapping[str, object] | None = None
+    compacted: bool = False
 
     def attach(self, model: nn.Module) -> None:
         """Record this on ``model``, where :func:`provenance` and ``costplan.save`` read it."""
@@ -66,5 +70,6 @@ def load(path: str | os.PathLike[str], *, build: Callable[[str, Sequence[Sequenc
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
         raise CostplanError(f"{path}: weights do not fit the rebuilt {spec}: {str(exc).splitlines()[0]}") from None
-    Provenance(spec, description["edits"], tuple(tuple(s) for s in description.get("input") or ())).attach(model)
+    Provenance(spec, description["edits"], tuple(tuple(s) for s in description.get("input") or ()),
+               description.get("plan"), bool(description.get("compacted"))).attach(model)
     return model.eval()

@@ -30,3 +30,4 @@ class ModelSource:
     build: Callable[[str], Instance]
     meta: bool = True
     weights: str | None = None     # the state dict file its builds load (None: initial weights)
+    pruned: object = None          # a file costplan.save wrote: its models.saved.Provenance

@@ -303,7 +303,7 @@ class Pruner:
         detach_all(inner)
         self._masks.clear()
         self._begun = False
-        self._describe(inner, {})
+        self._describe(inner, {}, compacted=False)
         return self.model
 
     def compact(self) -> nn.Module:
@@ -312,12 +312,14 @@ class Pruner:
         if self.groups and not self.kept:
             raise CostplanError("nothing to compact yet: the schedule has not pruned (call prune() or step on)")
         small = folded_copy(_unwrap(self.model))
-        self._describe(small, shrink(small, self.structure, self.kept))
+        self._describe(small, shrink(small, self.structure, self.kept), compacted=True)
         return small
 
-    def _describe(self, model: nn.Module, edits: dict) -> None:
-        """What costplan.save records to rebuild ``model``: the spec, the shape edits, the input."""
-        Provenance(self.source, edits, tuple(tuple(s) for s in self.graph.inputs.shapes)).attach(model)
+    def _describe(self, model: nn.Module, edits: dict, compacted: bool) -> None:
+        """What costplan.save records to rebuild ``model`` (the spec, the shape edits, the input) and
+        what was done to it (the plan, and whether its units were cut out)."""
+        Provenance(self.source, edits, tuple(tuple(s) for s in self.graph.inputs.shapes), self.plan.to_dict(),
+                   compacted).attach(model)
 
 
 def _trace(model: nn.Module, input: Sequence[Sequence[int]] | None, example_inputs: Sequence[object] | None,

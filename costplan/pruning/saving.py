@@ -25,7 +25,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
                             "(resnet50, hf:bert-base, file.py:factory); give Pruner(source=...) for your own "
                             "modules, or save the state_dict with torch.save")
     return {"format": FORMAT, "source": info.source, "edits": {k: dict(v) for k, v in info.edits.items()},
-            "input": [list(s) for s in info.input]}
+            "input": [list(s) for s in info.input], "plan": info.plan, "compacted": info.compacted}
 
 
 def save(model: nn.Module, path: str | os.PathLike[str]) -> None:

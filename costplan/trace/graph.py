@@ -146,6 +146,8 @@ class LayerGraph:
     module_names: frozenset[str]   # every named_modules() name, leaves and containers
     heads: Mapping[str, int] = field(default_factory=dict)  # attention module -> head count
     channels: ChannelLog | None = field(default=None, repr=False)  # how channels flow (trace.channels)
+    # a model pruned by costplan: {"plan": plan JSON, "compacted": bool, "source": spec}, read from its file
+    applied: Mapping[str, object] | None = None
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
