@@ -131,7 +131,7 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
     if importance is None:
         importance = "sensitivity" if data is not None else "magnitude"
     if importance == "gaussian" or isinstance(model, LayerGraph):
-        return Importance(graph, origin="Gaussian weights (no real weights given)")
+        return Importance(graph, origin="Gaussian weights (no real weights given)")   # kind "gaussian"
     if importance not in IMPORTANCES and importance not in CRITERIA:
         raise CostplanError(f"unknown importance '{importance}': use {', '.join(IMPORTANCES)} or a criterion "
                             f"({', '.join(CRITERIA)})")
@@ -159,7 +159,7 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
     if importance == "sensitivity":
         return Sensitivity(graph, module, data, loss, scores,  # type: ignore[arg-type]
                            origin=f"units ranked by magnitude, {origin}")
-    return Importance(graph, scores, origin=f"{importance}, {origin}")
+    return Importance(graph, scores, origin=f"{importance}, {origin}", kind=str(importance))
 
 
 def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",

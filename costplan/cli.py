@@ -285,9 +285,21 @@ COMMANDS = {"analyze": cmd_analyze, "plan": cmd_plan, "models": cmd_models, "pro
             "calibrate": cmd_calibrate, "measure": cmd_measure, "prune": cmd_prune}
 
 
+def _values_like_options(argv: Sequence[str]) -> list[str]:
+    """``--budget -1ms`` as ``--budget=-1ms``: argparse takes a value starting with '-' for an option
+    and gives a usage error; bound to its flag, the budget's own check says what is wrong with it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--budget", "--speedup") and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_values_like_options(sys.argv[1:] if argv is None else argv))
     if args.version:
         from costplan import __version__
 

@@ -194,14 +194,17 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
 
 
 def plan_table(result) -> Table:  # PlanResult
-    """Per pruned layer: ratio, pattern, latency before and after, bound."""
+    """Every layer whose time the plan changes: what it removes there, latency before and after, bound."""
     table = Table(title=f"{result.graph.model} on {result.profile.name} at {result.precision}, "
-                        f"{result.profile.runtime} runtime: budget {result.plan.budget['latency_ms']:.3f} ms", title_justify="left", header_style="bold")
-    for col in ("layer", "pattern", "ratio", "before ms", "after ms", "bound"):
-        table.add_column(col, justify="right" if col in ("ratio", "before ms", "after ms") else "left")
+                        f"{result.profile.runtime} runtime: budget {result.plan.budget['latency_ms']:.3f} ms",
+                  caption="removed: the share of the layer's weights (channel: output channels; head: heads) its "
+                          "plan entry takes out; '-': no entry of its own, it shrinks with or reads pruned channels",
+                  title_justify="left", header_style="bold")
+    for col in ("layer", "pattern", "removed", "before ms", "after ms", "bound after"):
+        table.add_column(col, justify="right" if col in ("removed", "before ms", "after ms") else "left")
     for row in result.rows:
-        table.add_row(row.layer, row.pattern, f"{row.sparsity:.0%}", f"{row.before_ms:.4f}", f"{row.after_ms:.4f}",
-                      row.bound)
+        table.add_row(row.layer, row.pattern, "-" if row.sparsity is None else f"{row.sparsity:.0%}",
+                      f"{row.before_ms:.4f}", f"{row.after_ms:.4f}", row.bound)
     if not result.rows:
         table.add_row("(no layer needs pruning: the dense model meets the budget)", "", "", "", "", "")
     return table

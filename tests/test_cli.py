@@ -252,7 +252,8 @@ def test_plan_command(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("args,fragment", [
     (["--budget", "2", "--hw", "rtx3090"], "unparseable budget"),
     (["--budget", "0ms", "--hw", "rtx3090"], "must be positive"),
-    (["--budget=-1ms", "--hw", "rtx3090"], "unparseable budget"),
+    (["--budget=-1ms", "--hw", "rtx3090"], "the budget must be positive, got '-1ms'"),
+    (["--budget", "-1ms", "--hw", "rtx3090"], "the budget must be positive, got '-1ms'"),
     (["--budget", "2ms", "--hw", "rtx3090", "--pattern", "diagonal"], "unknown sparsity pattern"),
     (["--budget", "2ms", "--hw", "rtx3090", "--pattern", "unstructured"], "does not speed up rtx3090"),
     (["--budget", "0.01ms", "--hw", "rtx3090"], "lowest latency reachable"),
@@ -267,3 +268,18 @@ def test_plot_draws_a_png(tmp_path) -> None:
     assert main(["analyze", "resnet18", "--hw", "rtx3090,edge-npu", "--plot", str(out), "--top", "2"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     assert main(["analyze", "resnet18", "--plot", str(tmp_path / "x.png")]) == 2      # needs --hw
+
+
+@pytest.mark.parametrize("args,named,not_named", [
+    # 2:4 is fixed at half: no --max-ratio; channels the device also exploits were left out
+    (["--pattern", "2:4", "--dtype", "fp16", "--budget", "3x", "--hw", "rtx3090"], ["--pattern auto"], ["--max-ratio"]),
+    # channel groups at the cap on compute-bound layers: a higher cap would help
+    (["--pattern", "channel", "--budget", "20x", "--hw", "rtx3090"], ["--max-ratio"], ["--pattern auto", "--runtime"]),
+    # eager at batch 1 is all per-op overhead: neither the cap nor more pruning helps, another runtime does
+    (["--budget", "3x", "--hw", "v100", "--runtime", "eager"], ["per-op overhead", "--runtime graph, fused"],
+     ["--max-ratio", "--prune-ends"]),
+])
+def test_an_impossible_budget_names_only_the_levers_that_would_help(args, named, not_named) -> None:
+    result = run("plan", "resnet18", "--importance", "gaussian", *args)
+    assert_clean_error(result, "lowest latency reachable", *named)
+    assert not any(n in result.stderr for n in not_named), result.stderr

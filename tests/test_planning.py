@@ -306,7 +306,7 @@ def test_taylor_importance_through_the_api() -> None:
     before = [p.clone() for p in model.parameters()]
     result = costplan.plan(model, input="1x3x8x8", budget="1.3x", hw=TOY, importance="taylor",
                            data=batches, loss_fn=loss)
-    assert result.importance == "measured" and result.plan.layers
+    assert result.importance == "taylor" and result.plan.layers
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing modified
     assert all(p.grad is None for p in model.parameters())
 
@@ -343,3 +343,16 @@ def test_plans_for_a_profile_with_a_channel_multiple_keep_whole_tiles() -> None:
     assert result.plan.layers
     for name, entry in result.plan.layers.items():
         assert kept_count(widths[name], entry.sparsity) % 8 == 0, name
+
+
+def test_the_plan_table_lists_every_layer_whose_time_it_changes(resnet50_graph) -> None:
+    """Rows cover the pruned layers and the ones reading their channels (kept whole, inputs fewer), so
+    the rows' savings add up to the plan's; the JSON names the importance that scored it."""
+    result = costplan.plan(resnet50_graph, budget="1.3x", hw="cpu-xeon", importance="gaussian")
+    rows = {r.layer: r for r in result.rows}
+    saved = sum(r.before_ms - r.after_ms for r in result.rows)
+    assert saved == pytest.approx((result.dense_latency_s - result.latency_s) * 1e3, rel=1e-9)
+    readers = [r for r in result.rows if r.pattern == "-"]
+    assert readers and all(r.sparsity is None and r.after_ms < r.before_ms for r in readers)
+    assert set(result.plan.layers) <= set(rows)
+    assert result.plan.to_dict()["importance"] == "gaussian"

@@ -77,17 +77,19 @@ def _lowest_share(values: torch.Tensor, count: int) -> float:
 class Importance:
     """Removed-importance of every choice the planner can make, from scores or Gaussian weights.
 
-    ``scores`` are per-element scores keyed by parameter name, in the parameter's own layout."""
+    ``scores`` are per-element scores keyed by parameter name, in the parameter's own layout; ``kind``
+    names what scored them (a criterion of :mod:`costplan.scoring`), ``origin`` whose weights."""
 
     def __init__(self, graph: LayerGraph, scores: Mapping[str, torch.Tensor] | None = None,
-                 heads: Mapping[str, int] | None = None, origin: str | None = None) -> None:
+                 heads: Mapping[str, int] | None = None, origin: str | None = None, kind: str | None = None) -> None:
         self.graph = graph
         self.raw = dict(scores or {})
         self.transposed = {l.weight_param for l in graph.layers if l.transposed_weight}
         # element-wise patterns read weights as (outputs, inputs, ...), each normalised to sum to one
         self.scores = {name: _normalised(out_in(s, name in self.transposed)) for name, s in self.raw.items()}
         self.heads = dict(heads or graph.heads)
-        self.kind = "measured" if self.scores else "gaussian"
+        # what scored the weights (plan JSON's "importance"): the criterion's name, or gaussian
+        self.kind = kind or ("measured" if self.scores else "gaussian")
         self.origin = origin or ("scores given" if self.scores else "Gaussian weights")   # said with every plan
         self._cumulative: dict[tuple[str, int, int], np.ndarray] = {}
         self._units: dict[str, np.ndarray | None] = {}

@@ -56,7 +56,7 @@ class Budget:
 
 def parse_budget(text: str) -> Budget:
     """'2ms', '500us', '0.5s' or '2x' (a speedup)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|µs|s|x)\s*", str(text).lower())
+    m = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|µs|s|x)\s*", str(text).lower())
     if not m:
         raise CostplanError(f"unparseable budget '{text}': give a latency like 2ms or 500us, or a speedup like 2x")
     value, unit = float(m[1]), m[2]
@@ -90,11 +90,12 @@ class SolverInfo:
 
 @dataclass(frozen=True)
 class PlanRow:
-    """One pruned plan entry: its layers' latency before and after (milliseconds)."""
+    """A module whose time the plan changes: its entry (pattern and share removed; none for a layer
+    that only reads pruned channels) and its layers' latency before and after (milliseconds)."""
 
     layer: str
     pattern: str
-    sparsity: float
+    sparsity: float | None
     before_ms: float
     after_ms: float
     bound: str
@@ -114,7 +115,7 @@ class PlanResult:
     solver: SolverInfo
     units: tuple[Unit, ...]
     rows: tuple[PlanRow, ...]
-    importance: str                # 'measured', 'gaussian' or 'sensitivity'
+    importance: str                # what scored it: a criterion (magnitude, l1, taylor, ...), gaussian or sensitivity
     patterns: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     importance_from: str = ""      # whose weights the importance was read from
@@ -231,8 +232,9 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
         try:
             solution = solve(problem, goal, time_limit=time_limit)
         except Infeasible:
+            usable = candidate_patterns("auto", profile, precision, structure)
             raise CostplanError(_unreachable(graph, profile, precision, problem, units, budget, target,
-                                             dense.latency_s, pattern_list, dtype)) from None
+                                             dense.latency_s, pattern_list, dtype, usable)) from None
         plan = plan_from_choice(graph, units, solution.choice, **meta)
         exact = estimate(graph, profile, apply_plan(graph, plan), dtype).latency_s
         if exact <= target * (1 + 1e-9):
@@ -266,20 +268,36 @@ def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: P
     extra = {**plan.extra, "solver": info.to_dict(), "importance": importance.kind,
              "importance_from": importance.origin, "patterns": [str(p) for p in patterns]}
     plan = dataclasses.replace(plan, predicted=predicted, extra=extra)
-    rows = []
-    for key, lp in plan.layers.items():
-        names = [l.name for l in graph.layers_of_module(key)]
-        after = [est.layers[n] for n in names]
-        rows.append(PlanRow(key, str(lp.pattern), lp.sparsity, sum(dense.layers[n].latency_s for n in names) * 1e3,
-                            sum(a.latency_s for a in after) * 1e3,
-                            max(after, key=lambda a: a.latency_s).bound if after else "-"))
+    rows = _rows(graph, plan, dense, est)
     return PlanResult(plan, graph, profile, precision, dense_s, est.latency_s, solution, info, tuple(units),
                       tuple(rows), importance.kind, tuple(str(p) for p in patterns), warnings, importance.origin)
 
 
+def _rows(graph: LayerGraph, plan: Plan, dense: Estimate, est: Estimate) -> tuple[PlanRow, ...]:
+    """Every module whose predicted time the plan changes, in model order: the pruned ones with their
+    entry, and the layers that read pruned channels (their inputs shrink) with none."""
+    by_module: dict[str, list[str]] = {}
+    for layer in graph.layers:
+        if abs(est.layers[layer.name].latency_s - dense.layers[layer.name].latency_s) > 1e-12 or \
+                (layer.module or layer.name) in plan.layers:
+            by_module.setdefault(layer.module or layer.name, []).append(layer.name)
+    for key in plan.layers:             # a head entry names the attention module, not a layer
+        if key not in by_module:
+            by_module[key] = [l.name for l in graph.layers_of_module(key)]
+    rows = []
+    for key, names in by_module.items():
+        entry = plan.layers.get(key)
+        after = [est.layers[n] for n in names]
+        rows.append(PlanRow(key, str(entry.pattern) if entry else "-", entry.sparsity if entry else None,
+                            sum(dense.layers[n].latency_s for n in names) * 1e3, sum(a.latency_s for a in after) * 1e3,
+                            max(after, key=lambda a: a.latency_s).bound if after else "-"))
+    return tuple(rows)
+
+
 def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, problem: Problem,
                  units: Sequence[Unit], budget: Budget, target: float, dense_s: float,
-                 patterns: Sequence[Pattern], dtype: str | None) -> str:
+                 patterns: Sequence[Pattern], dtype: str | None, usable: Sequence[Pattern]) -> str:
+    """Why the budget cannot be met, with only the levers that would help in this case."""
     fastest = solve(problem, None, minimise="latency")
     plan = plan_from_choice(graph, units, fastest.choice)
     est = estimate(graph, profile, apply_plan(graph, plan), dtype)
@@ -287,14 +305,43 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, pr
     for lat in est.layers.values():
         by_bound[lat.bound] = by_bound.get(lat.bound, 0.0) + lat.latency_s
     top = max(by_bound, key=by_bound.get)
-    fixed = sum(est.layers[l.name].latency_s for l in graph.layers if not any(l.name in u.layers for u in units)
-                and l.has_weights)
+    dense_layers = [l.name for l in graph.layers if not any(l.name in u.layers for u in units) and l.has_weights]
+    fixed = sum(est.layers[n].latency_s for n in dense_layers)
     return (f"the budget {budget} ({target * 1e3:.3f} ms) cannot be met on {profile.name} "
             f"at {precision} ({profile.runtime} runtime): the "
             f"lowest latency reachable with {', '.join(map(str, patterns))} pruning (up to the maximum ratio) is "
             f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point {by_bound[top] / est.latency_s:.0%} "
-            f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. Raise the budget, allow "
-            "more patterns (--pattern auto) or a higher --max-ratio")
+            f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. "
+            + _levers(profile, est, units, fastest.choice, patterns, usable, dense_layers))
+
+
+def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choice: Sequence[int],
+            patterns: Sequence[Pattern], usable: Sequence[Pattern], dense_layers: Sequence[str]) -> str:
+    """The changes that could reach a lower latency here, each named only where it would help: a higher
+    cap where structured groups sit at it with time pruning can shrink (N:M is fixed at its own
+    share), patterns the device exploits that were left out, the layers kept dense, and, where per-op
+    overhead dominates, a runtime with less of it."""
+    def shrinkable(names: Sequence[str]) -> float:   # share of the time that is compute- or memory-bound
+        return sum(est.layers[n].latency_s for n in names if est.layers[n].bound in ("compute", "memory")) / est.latency_s
+
+    levers = ["raise the budget"]
+    capped = [u for u, k in zip(units, choice) if u.options[k].structured
+              and u.options[k].sparsity >= max(o.sparsity for o in u.options if o.structured) - 1e-9]
+    if capped and shrinkable([n for u in capped for n in u.layers]) > 0.05:
+        levers.append(f"allow a higher --max-ratio ({len(capped)} channel/head group(s) are at it)")
+    missing = [str(p) for p in usable if p not in patterns]
+    if missing:
+        levers.append(f"add the patterns {profile.name} also exploits ({', '.join(missing)}; --pattern auto)")
+    if shrinkable(dense_layers) > 0.1:
+        levers.append(f"prune the layers kept dense ({shrinkable(dense_layers):.0%} of the time; --prune-ends, "
+                      "fewer --exclude)")
+    overhead = sum(l.latency_s for l in est.layers.values() if l.bound == "overhead") / est.latency_s
+    if overhead > 0.3:
+        lighter = [name for name, (per_op, _) in profile.runtimes.items() if per_op < profile.per_op_s]
+        levers.append(f"{overhead:.0%} of the time is per-op overhead, which pruning does not remove: "
+                      + (f"a runtime with less of it (--runtime {', '.join(lighter)}) or " if lighter else "")
+                      + "a larger batch")
+    return levers[0][0].upper() + "; ".join(levers)[1:] + "."
 
 
 __all__ = ["Budget", "PlanResult", "PlanRow", "SolverInfo", "SweepPoint", "build_problem", "make_plan", "parse_budget"]
