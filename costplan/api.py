@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from costplan.models import Instance, ModelSource, instantiate, resolve
 from costplan.models.saved import provenance
 from costplan.atomic import write_atomic
 from costplan.planfile import SWEEP_FORMAT, Plan, load_plan, save_plan
+from costplan.progress import status
 from costplan.report import Report, build_report, reports_csv
 from costplan.sparsity import apply_plan, plan_in_force, plan_notes
 from costplan.trace import LayerGraph, trace
@@ -59,7 +61,8 @@ def _traced(source: ModelSource) -> LayerGraph:
 
 def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: int | None = None,
                seq_len: int | None = None, dtype: str = "float32", trust_pickle: bool = False,
-               example_inputs: Sequence[object] | None = None, weights: str | os.PathLike[str] | None = None) -> LayerGraph:
+               example_inputs: Sequence[object] | None = None, weights: str | os.PathLike[str] | None = None,
+               progress: bool = False) -> LayerGraph:
     """Trace ``model`` into a :class:`LayerGraph`.
 
     ``model`` is a spec string (``resnet50``, ``hf:bert-base``, ``file.py:factory``, a saved file) or
@@ -80,7 +83,8 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
         return graph
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
                      trust=trust_pickle, weights=weights)
-    return _trace_source(source)
+    with status(f"tracing {model}") if progress else contextlib.nullcontext():   # after the spec was checked
+        return _trace_source(source)
 
 
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
@@ -282,12 +286,14 @@ def prune_with_result(model: torch.nn.Module | str, plan: Plan | str | os.PathLi
     if data is not None:
         history = train_while_pruning(pruner, data, steps, lr=lr, loss_fn=loss, progress=progress,  # type: ignore[arg-type]
                                       eval_data=eval_data, report_every=report_every, log=log)  # type: ignore[arg-type]
+        small = pruner.compact() if compact else pruner.remove()
     else:
         if pruner.criterion.needs_grad:
             raise CostplanError(f"criterion '{criterion}' needs gradients: give training data (--train) or use "
                                 "costplan.Pruner in a training loop")
-        pruner.prune()
-    small = pruner.compact() if compact else pruner.remove()
+        with status("pruning and compacting") if progress else contextlib.nullcontext():
+            pruner.prune()
+            small = pruner.compact() if compact else pruner.remove()
     after = evaluate(small, eval_data, loss) if eval_data is not None else None   # type: ignore[arg-type]
     return PruneResult(small, tuple(g.name for g in pruner.groups), tuple(pruner.elements),
                        steps if data is not None else 0, tuple(notes), tuple(history), before, after)

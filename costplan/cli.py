@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Sequence
 
 from costplan.arguments import build_parser
+from costplan.progress import status
 
 def _write(text: str, path: str | None) -> None:
     if path:
@@ -19,11 +20,8 @@ def _write(text: str, path: str | None) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from costplan.api import analyze, load_graph, traced_dtype
-
+    from costplan.api import analyze, load_graph, traced_dtype, writable
     from costplan.errors import CostplanError
-
-    from costplan.api import writable
 
     writable(args.output)
     writable(args.plot, "plot")
@@ -35,8 +33,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         pyplot()   # fail on a missing matplotlib before tracing
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle,
-                       weights=args.weights)
+                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights,
+                       progress=True)
     reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype, runtime=args.runtime if hw else None)
                for hw in profiles]
     if args.plot:
@@ -79,23 +77,20 @@ def _console():  # noqa: ANN202
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from costplan.api import list_profiles, load_profile
+    import costplan     # the lazy public API: reading profiles imports no torch (well under a second)
     from costplan.render import profile_table
 
     if args.action == "show":
         if not args.name:
-            from costplan.errors import CostplanError
-
-            raise CostplanError("name the profile: costplan profiles show rtx3090")
-        from costplan.api import profile_fields
+            raise costplan.CostplanError("name the profile: costplan profiles show rtx3090")
         from costplan.render import profile_detail
 
-        profile = load_profile(args.name)
+        profile = costplan.load_profile(args.name)
         console = _console()
         console.print(profile_table([profile]))
-        console.print(profile_detail(profile, profile_fields(args.name)))
+        console.print(profile_detail(profile, costplan.profile_fields(args.name)))
         return 0
-    _console().print(profile_table([load_profile(n) for n in list_profiles()]))
+    _console().print(profile_table([costplan.load_profile(n) for n in costplan.list_profiles()]))
     return 0
 
 
@@ -119,9 +114,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     writable(args.output)
 
-    comparison = measure(args.model, hw=args.hw, plan=args.plan, input=args.input, batch=args.batch,
-                         seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle, weights=args.weights,
-                         repeat=args.repeat, warmup=args.warmup)
+    with status(f"timing {args.model} on this CPU ({args.warmup} warm-up and {args.repeat} timed runs)"):
+        comparison = measure(args.model, hw=args.hw, plan=args.plan, input=args.input, batch=args.batch,
+                             seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle,
+                             weights=args.weights, repeat=args.repeat, warmup=args.warmup)
     if args.json:
         _write(comparison.to_json(), args.output)
         return 0
@@ -181,15 +177,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
                    bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit,
                    runtime=args.runtime)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights)
+                       dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights,
+                       progress=True)
     load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle,
                 weights=args.weights)
-    options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
+    with status(f"scoring {args.model}'s weights ({args.importance})"):
+        options["importance"] = importance_for(graph, args.model, options["importance"], None, None, load)
     if args.sweep:
         from costplan.api import SWEEP_FORMAT
         from costplan.render import sweep_rows, sweep_table
 
-        front = sweep(graph, fractions=_fractions(args.sweep), **options)
+        with status(f"planning {len(_fractions(args.sweep))} budgets"):
+            front = sweep(graph, fractions=_fractions(args.sweep), **options)
         text = json.dumps({"costplan": SWEEP_FORMAT, "model": graph.model, "hardware": args.hw,
                            "points": sweep_rows(front)}, indent=2) + "\n"
         if args.output:
@@ -202,7 +201,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"wrote {args.output}: every point's plan; prune one with "
                   f"costplan prune {args.model} --plan {args.output} --point K", file=sys.stderr)
         return 0
-    result = plan(graph, budget=budget, **options)
+    with status(f"planning {args.model} for {args.hw}"):
+        result = plan(graph, budget=budget, **options)
     if args.output:
         save_plan(result.plan, args.output)
     if args.export:
@@ -227,7 +227,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     writable(args.output, "pruned model")
     plan = load_plan(args.plan, args.point)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
-                       trust_pickle=args.trust_pickle, weights=args.weights)
+                       trust_pickle=args.trust_pickle, weights=args.weights, progress=True)
     data, loss_fn = training_data(args.train) if args.train else (None, None)
     eval_data = training_data(args.eval)[0] if args.eval else None
     console = _console()

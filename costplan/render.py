@@ -5,12 +5,18 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from typing import TYPE_CHECKING
+
 from costplan.humanize import bytes_, si
-from costplan.report import LayerCost, Report, group_rows
+
+if TYPE_CHECKING:   # the report module imports torch; profile tables need none of it
+    from costplan.report import LayerCost, Report
 
 
 def select_rows(report: Report, top: int | None = None, depth: int | None = None) -> list[LayerCost]:
     """The rows to show: grouped to ``depth`` dotted parts, the ``top`` heaviest, in model order."""
+    from costplan.report import group_rows
+
     rows = group_rows(report.layers, depth) if depth else list(report.layers)
     if top:
         key = (lambda r: r.latency_ms or 0.0) if report.hardware else (lambda r: r.macs)

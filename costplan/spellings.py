@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+from typing import TYPE_CHECKING
 
 from costplan.errors import CostplanError, close_names
+
+if TYPE_CHECKING:
+    import torch
 
 Shape = tuple[int, ...]
 
@@ -22,7 +25,6 @@ DTYPES = {
 }
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 QUANTISED = ("int8",)  # precisions a model is not traced in: bytes are rescaled from float32
-_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def canonical_dtype(name: str) -> str:
@@ -42,7 +44,9 @@ def traced_dtype(name: str) -> str:
 
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype a model is built in for a precision."""
-    return _TORCH[traced_dtype(name)]
+    import torch   # here, not above: reading a profile's dtypes needs no torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[traced_dtype(name)]
 
 
 def parse_shapes(text: str) -> tuple[Shape, ...]:

@@ -35,6 +35,7 @@ from costplan.hardware.profile import OP_CLASSES, HardwareProfile, SparsitySuppo
 from costplan.hardware.schema import profile_toml as write_profile
 from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, speed_by_round
 from costplan.models import Instance
+from costplan.progress import progress as bar
 
 @dataclass(frozen=True)
 class Calibration:
@@ -153,15 +154,12 @@ def refusal(quality: Quality, fits: dict[str, ClassFit], load_limit: float = LOA
 def _time_all(probes: dict[str, tuple[str, float, Probe, float]], rounds: int, block_s: float,
               progress: bool, label: str, after_round: Callable[[int], None] | None = None,
               seed: int = 0) -> dict[str, Timing]:
-    from rich.progress import Progress
+    with bar(f"{label} (rounds of {len(probes)} probes)", rounds, progress) as advance:
+        def on_round(r: int) -> None:
+            advance()
+            if after_round is not None:
+                after_round(r)
 
-    def on_round(r: int) -> None:
-        bar.advance(task)
-        if after_round is not None:
-            after_round(r)
-
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(label, total=rounds)
         return round_robin({k: v[2] for k, v in probes.items()}, rounds, block_s, on_round=on_round, shuffle=seed)
 
 
@@ -181,7 +179,7 @@ def predict_checks(profile: HardwareProfile, networks: Mapping[str, Instance]) -
 def calibrate(name: str = "local", quick: bool = False, progress: bool = True, seed: int = 0,
               threads: int | None = None, check: bool | Mapping[str, Instance] = True,
               load_limit: float = LOAD_LIMIT, strict: bool = True) -> Calibration:
-    """Run the microbenchmarks (about 20 s; fewer shapes and rounds with ``quick``) on ``threads``
+    """Run the microbenchmarks (15-30 s on 2 cores; about 8 s with ``quick``) on ``threads``
     threads (default: torch's), and grade the fitted profile on held-out networks timed in the same
     interleaved rounds: :func:`check_networks`, or the ``check`` mapping given (name -> instance).
 

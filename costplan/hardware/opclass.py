@@ -5,12 +5,13 @@ facts about ops, so they live with the hardware; the op registry only says what 
 
 from __future__ import annotations
 
-from costplan.trace.ops import OpKind, aten, classify, is_pointwise
 
 
 def is_elementwise(aten_op: str) -> bool:
     """Whether 'aten.relu_.default' (an op as a Layer records it) is elementwise or a batch norm:
     work a compiler folds into the kernel that produced its input."""
+    from costplan.trace.ops import OpKind, aten, classify, is_pointwise   # torch: only when estimating
+
     parts = aten_op.split(".")
     packet = getattr(aten, parts[1], None) if len(parts) == 3 else None
     func = getattr(packet, parts[2], None) if packet is not None else None

@@ -25,6 +25,7 @@ from costplan.errors import CostplanError
 from costplan.modules import out_in
 from costplan.patterns import best, elementwise_mask
 from costplan.planning.importance import Importance
+from costplan.progress import progress
 from costplan.trace.graph import LayerGraph
 from costplan.trace.groups import kept_positions, positions_mask, structure_of, unit_scores
 
@@ -113,16 +114,13 @@ class Sensitivity(Importance):
     def prepare(self, units: Sequence) -> None:
         """Measure every option of every unit not measured yet (one forward pass each), with a progress
         bar; each pattern's curve is then made convex in the share removed (see :func:`_convex`)."""
-        from rich.progress import Progress
-
         todo = [u for u in units if u.name not in self._curves]
-        with Progress(transient=True, disable=not self.progress) as bar:
-            task = bar.add_task("sensitivity scan", total=sum(len(u.options) for u in todo))
+        with progress("sensitivity scan (forward passes)", sum(len(u.options) for u in todo), self.progress) as advance:
             for unit in todo:
                 values = np.zeros(len(unit.options))
                 for i, option in enumerate(unit.options):
                     values[i] = self._measure(unit, option)
-                    bar.advance(task)
+                    advance()
                 by_pattern: dict[str, list[int]] = {}
                 for i, option in enumerate(unit.options):
                     if option.pattern is not None:

@@ -3,12 +3,13 @@ the loss, the sparsity reached and (given evaluation batches) the accuracy."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from rich.progress import Progress
 
+from costplan.progress import progress as bar
 from costplan.pruning.pruner import Pruner
 
 LossFn = Callable[[torch.nn.Module, object], torch.Tensor]
@@ -93,8 +94,9 @@ def train_while_pruning(pruner: Pruner, batches: Iterable[object], steps: int, *
     model.train()
     pruner.on_train_begin()
     source, losses, reports = iter(batches), [], []
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("pruning while training", total=steps)
+    # in a terminal, the bar and the reports; elsewhere the reports are the progress lines
+    terminal = progress and sys.stderr.isatty()
+    with bar("pruning while training (steps)", steps, terminal) as advance:
         for step in range(steps):
             try:
                 batch = next(source)
@@ -109,14 +111,14 @@ def train_while_pruning(pruner: Pruner, batches: Iterable[object], steps: int, *
             optimizer.step()
             optimizer.zero_grad()
             pruner.on_after_optimizer_step()
-            bar.advance(task)
+            advance()
             if (step + 1) % every == 0 or step + 1 == steps:
                 point = Checkpoint(step + 1, steps, sum(losses) / len(losses), pruner.schedule.progress(step),
                                    masked_zeros(pruner), evaluate(model, eval_data, loss_fn) if eval_data else None)
                 reports.append(point)
                 losses = []
                 if log is not None:
-                    (bar.console.print if progress and bar.console.is_terminal else log)(str(point))
+                    log(str(point))
     pruner.on_train_end()
     model.eval()
     return reports
