@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from costplan.report import Report, build_report, reports_csv
 from costplan.sparsity import apply_plan, plan_in_force, plan_notes
 from costplan.trace import LayerGraph, trace
 
+if TYPE_CHECKING:
+    from costplan.pruning.loop import Checkpoint, Evaluation
+
 Shape = tuple[int, ...]
 ModelLike = str | torch.nn.Module
 IMPORTANCES = ("sensitivity", "gaussian")   # besides the criteria of costplan.scoring
@@ -35,9 +39,8 @@ def _describe(instance: Instance) -> str:
 
 def _trace_source(source: ModelSource) -> LayerGraph:
     graph = _traced(source)
-    pruned = source.pruned
-    if pruned is not None and pruned.plan:   # type: ignore[attr-defined]
-        graph.applied = {"plan": pruned.plan, "compacted": pruned.compacted, "source": pruned.source}  # type: ignore[attr-defined]
+    if source.pruned is not None:   # a file costplan.save wrote: what was done to it
+        graph.applied = source.pruned.applied()  # type: ignore[attr-defined]
     return graph
 
 
@@ -78,8 +81,8 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
             example_inputs = tuple(torch.zeros(s, device=device) for s in shapes)
         graph = trace(model, tuple(example_inputs), name=type(model).__name__)
         pruned = provenance(model)
-        if pruned is not None and pruned.plan:    # a model costplan pruned: what was done to it
-            graph.applied = {"plan": pruned.plan, "compacted": pruned.compacted, "source": pruned.source}
+        if pruned is not None:    # a model costplan pruned: what was done to it
+            graph.applied = pruned.applied()
         return graph
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
                      trust=trust_pickle, weights=weights)
@@ -233,9 +236,9 @@ class PruneResult:
     weights: tuple[str, ...]
     steps: int
     warnings: tuple[str, ...]
-    history: tuple[object, ...] = ()      # costplan.pruning.loop.Checkpoint, one per progress report
-    before: object = None                 # costplan.pruning.loop.Evaluation of the model as given
-    after: object = None                  # ... of the pruned model
+    history: tuple[Checkpoint, ...] = ()  # one per progress report while training
+    before: Evaluation | None = None      # on eval_data: the model as given
+    after: Evaluation | None = None       # ... and pruned
 
 
 def prune_with_result(model: torch.nn.Module | str, plan: Plan | str | os.PathLike[str], *, criterion: str = "magnitude",

@@ -187,8 +187,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from costplan.api import SWEEP_FORMAT
         from costplan.render import sweep_rows, sweep_table
 
-        with status(f"planning {len(_fractions(args.sweep))} budgets"):
-            front = sweep(graph, fractions=_fractions(args.sweep), **options)
+        fractions = _fractions(args.sweep)
+        with status(f"planning {len(fractions)} budgets"):
+            front = sweep(graph, fractions=fractions, **options)
         text = json.dumps({"costplan": SWEEP_FORMAT, "model": graph.model, "hardware": args.hw,
                            "points": sweep_rows(front)}, indent=2) + "\n"
         if args.output:

@@ -146,8 +146,8 @@ def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float
     try:
         layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
         graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
-        if source.pruned is not None and source.pruned.plan:   # type: ignore[attr-defined]
-            graph.applied = {"plan": source.pruned.plan, "compacted": source.pruned.compacted}  # type: ignore[attr-defined]
+        if source.pruned is not None:   # a file costplan.save wrote: measured under what was done to it
+            graph.applied = source.pruned.applied()  # type: ignore[attr-defined]
         time_forward(instance, 0, warmup)
         before_faults = minor_faults()
         runs = time_forward(instance, repeat, 0)

@@ -381,3 +381,21 @@ def test_a_layer_that_reads_and_writes_its_own_group() -> None:
     plan = small_plan("channel", 0.5)
     small = compare(model, plan, {"x": torch.randn(2, 3, 8, 8)}, input="1x3x8x8")
     assert (small.conv3.in_channels, small.conv3.out_channels, small.fc.in_features) == (16, 16, 16)
+
+
+def test_evaluation_reads_accuracy_off_the_losss_own_forward_pass() -> None:
+    """Loss and accuracy from one forward pass per batch; accuracy counted by hand."""
+    from costplan.pruning.loop import evaluate
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))            # the output is the input: class = larger coordinate
+    calls = []
+    model.register_forward_hook(lambda m, a, o: calls.append(1))
+    batches = [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])),
+               (torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 1]))]
+    result = evaluate(model, batches)
+    assert len(calls) == 2 and result.samples == 4
+    assert result.accuracy == pytest.approx(3 / 4)
+    expected = sum(float(torch.nn.functional.cross_entropy(x, y)) * len(y) for x, y in batches) / 4
+    assert result.loss == pytest.approx(expected)

@@ -109,7 +109,7 @@ def _load_saved(path: str, trust: bool, load_saved: LoadSaved) -> tuple[torch.nn
 
 
 def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None, trust: bool,
-           load_saved: LoadSaved) -> ModelSource:  # noqa: ANN201
+           load_saved: LoadSaved) -> ModelSource:
     is_factory, pruned = ".py:" in spec, None
     if is_factory:
         path, _, name = spec.rpartition(":")

@@ -34,6 +34,11 @@ class Provenance:
     plan: Mapping[str, object] | None = None
     compacted: bool = False
 
+    def applied(self) -> dict[str, object] | None:
+        """What a trace of this model records as done to it (``LayerGraph.applied``), or None
+        when it was not pruned."""
+        return {"plan": self.plan, "compacted": self.compacted, "source": self.source} if self.plan else None
+
     def attach(self, model: nn.Module) -> None:
         """Record this on ``model``, where :func:`provenance` and ``costplan.save`` read it."""
         model._costplan_provenance = self   # type: ignore[assignment]
