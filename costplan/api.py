@@ -351,10 +351,19 @@ def write_profile(calibration: object, path: str | os.PathLike[str]) -> None:
 
 
 def measure(model: str, *, hw: HardwareProfile | str, **kwargs: object):  # noqa: ANN201  (measure.Comparison)
-    """Run ``model`` on this CPU and set measured against predicted latency, per layer and in total."""
+    """Run ``model`` on the device ``hw`` describes (this CPU; a CUDA GPU for a GPU profile) and set
+    measured against predicted latency, per layer and in total (:func:`costplan.measure.measure`)."""
     from costplan.measure import measure as run
 
     return run(model, hw=hw, **kwargs)
+
+
+def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, **kwargs: object):  # noqa: ANN201
+    """Time two models alternately on the device ``hw`` describes; their measured ratio beside the
+    predicted one (:func:`costplan.measure.measure_pair`)."""
+    from costplan.measure import measure_pair as run
+
+    return run(first, second, hw=hw, **kwargs)
 
 
 def model_names() -> dict[str, list[str]]:
@@ -379,5 +388,5 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
 
 
 __all__ = ["SWEEP_FORMAT", "PruneResult", "analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles",
-           "load", "load_graph", "load_plan", "load_profile", "profile_fields", "reports_csv", "measure", "model_names", "parse_budget", "plan", "prune", "prune_with_result",
+           "load", "load_graph", "load_plan", "load_profile", "profile_fields", "reports_csv", "measure", "measure_pair", "model_names", "parse_budget", "plan", "prune", "prune_with_result",
            "save", "save_plan", "sweep", "training_data", "uniform_plan", "writable", "write_atomic", "write_profile"]

@@ -115,8 +115,16 @@ def _measure_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run MODEL with random weights on this machine's CPU (warm-up, repeats, "
                                    "median) and print measured against predicted latency per layer and in total.")
     _model_args(m)
-    m.add_argument("--hw", required=True, metavar="PROFILE", help="profile to predict with, e.g. local.toml from calibrate")
+    m.add_argument("against", nargs="?", metavar="MODEL_B",
+                   help="a second model (a pruned file costplan saved, say): both are timed alternately in one run "
+                        "and their measured ratio is set beside the predicted one")
+    m.add_argument("--hw", required=True, metavar="PROFILE",
+                   help="profile to predict with, e.g. local.toml from calibrate; a GPU profile needs a CUDA GPU here")
     m.add_argument("--plan", metavar="FILE", help="a plan: predict under it (the model is measured as given)")
+    m.add_argument("--allocator", choices=("kept", "as-is"), default="kept",
+                   help="kept (default): time with glibc keeping freed memory, as calibrate does (measure restarts "
+                        "itself with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647); as-is: this process's "
+                        "allocator settings")
     m.add_argument("--repeat", type=_positive_int, default=10, help="timed runs (default 10)")
     m.add_argument("--warmup", type=_positive_int, default=3, help="untimed runs first (default 3)")
     m.add_argument("--top", type=_positive_int, metavar="N", help="show only the N slowest layers")

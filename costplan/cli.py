@@ -109,24 +109,49 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
+
+def _restart_with_kept_memory() -> None:
+    """Run this command again in a process that keeps freed memory from its start (glibc reads these
+    variables once, at startup), unless it already does or the allocator is not glibc's."""
+    import os
+    import platform
+
+    preloaded = any(a in os.environ.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc", "mimalloc"))
+    if platform.libc_ver()[0] != "glibc" or preloaded or all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "costplan", *sys.argv[1:]], {**os.environ, **ALLOCATOR_ENV})
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
-    from costplan.api import measure, writable
+    from costplan.api import measure, measure_pair, writable
 
     writable(args.output)
-
-    with status(f"timing {args.model} on this CPU ({args.warmup} warm-up and {args.repeat} timed runs)"):
-        comparison = measure(args.model, hw=args.hw, plan=args.plan, input=args.input, batch=args.batch,
-                             seq_len=args.seq_len, dtype=args.dtype, trust_pickle=args.trust_pickle,
-                             weights=args.weights, repeat=args.repeat, warmup=args.warmup)
+    if args.allocator == "kept" and args.restartable:
+        _restart_with_kept_memory()
+    common = dict(hw=args.hw, plan=args.plan, input=args.input, batch=args.batch, seq_len=args.seq_len,
+                  dtype=args.dtype, trust_pickle=args.trust_pickle, weights=args.weights, repeat=args.repeat,
+                  warmup=args.warmup, keep_memory=args.allocator == "kept")
+    what = args.model if args.against is None else f"{args.model} and {args.against} alternately"
+    with status(f"timing {what} ({args.warmup} warm-up and {args.repeat} timed runs)"):
+        if args.against is None:
+            comparison = measure(args.model, **common)
+        else:
+            comparison = measure_pair(args.model, args.against, **common)
     if args.json:
         _write(comparison.to_json(), args.output)
         return 0
-    from costplan.render import measure_table
+    from costplan.render import measure_pair_text, measure_table
 
-    table, summary = measure_table(comparison, top=args.top)
     console = _console()
-    console.print(table)
-    console.print(summary)
+    if args.against is None:
+        table, summary = measure_table(comparison, top=args.top)
+        console.print(table)
+        console.print(summary)
+    else:
+        console.print(measure_pair_text(comparison))
     return 0
 
 
@@ -301,6 +326,7 @@ def _values_like_options(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_values_like_options(sys.argv[1:] if argv is None else argv))
+    args.restartable = argv is None     # the command line is this process's own: it may re-exec itself
     if args.version:
         from costplan import __version__
 

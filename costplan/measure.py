@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,8 +21,10 @@ import torch
 
 from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, canonical_dtype
 from costplan.errors import CostplanError
-from costplan.hardware import estimate
-from costplan.hardware.timing import minor_faults
+from costplan.hardware import HardwareProfile, estimate
+from costplan.hardware.roofline import Estimate
+from costplan.hardware.timing import keep_freed_memory, minor_faults
+from costplan.trace.graph import LayerGraph
 from costplan.models import Instance, instantiate, resolve
 from costplan.sparsity import apply_plan, plan_in_force
 from costplan.trace import trace
@@ -48,11 +51,16 @@ class Comparison:
     measured_runs_ms: tuple[float, ...]
     layers: tuple[LayerTiming, ...]
     page_faults_per_run: float | None = None   # minor page faults per timed forward pass (None: unknown)
+    device: str = "cpu"                        # where it was timed: cpu | cuda
+    estimate_warnings: tuple[str, ...] = ()    # what the prediction said of itself (kinds never calibrated)
 
     @property
     def warnings(self) -> tuple[str, ...]:
         warning = fault_warning(self.page_faults_per_run)
-        return (warning,) if warning else ()
+        out = self.estimate_warnings + ((warning,) if warning else ())
+        if self.device != "cpu":
+            out += ("per-layer times are taken on the CPU only: on CUDA only the whole forward pass is timed",)
+        return out
 
     @property
     def error(self) -> float:
@@ -67,7 +75,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "hardware": self.hardware,
                 "input": {"shapes": [list(s) for s in self.input_shapes]},
-                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
+                "device": self.device, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
                 "error": self.error, "unattributed_ms": self.unattributed_ms,
                 "measured_runs_ms": list(self.measured_runs_ms),
                 "page_faults_per_run": self.page_faults_per_run, "warnings": list(self.warnings),
@@ -91,14 +99,24 @@ def fault_warning(faults_per_run: float | None, page_bytes: int = 4096) -> str |
             "MALLOC_TRIM_THRESHOLD_=2147483647 set, or with jemalloc or tcmalloc")
 
 
+def _synchronize(instance: Instance) -> None:
+    """Wait for ``instance``'s device to finish its queued kernels (CUDA runs them asynchronously)."""
+    if any(p.is_cuda for p in instance.module.parameters()) or any(
+            getattr(a, "is_cuda", False) for a in instance.args):
+        torch.cuda.synchronize()
+
+
 def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[float]:
-    """Seconds of each of ``repeat`` forward passes, after ``warmup`` untimed ones."""
+    """Seconds of each of ``repeat`` forward passes, after ``warmup`` untimed ones (on CUDA, each
+    waited for to its end)."""
     module, args, kwargs = instance.module, instance.args, instance.kwargs
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeat):
+            _synchronize(instance)
             start = time.perf_counter()
             module(*args, **kwargs)
+            _synchronize(instance)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return times
@@ -127,39 +145,147 @@ def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
     return {name: statistics.median(run.get(name, 0.0) for run in runs) for name in runs[0]}
 
 
-def measure(model: str, *, hw: str, plan: str | None = None, dtype: str = "float32", repeat: int = 10,
-            warmup: int = 3, input: str | None = None, batch: int | None = None, seq_len: int | None = None,
-            trust_pickle: bool = False, weights: str | None = None) -> Comparison:
-    """Build ``model`` (random weights, or ``weights``) on the CPU, time it, and compare with ``hw``'s
-    prediction."""
+def device_for(profile: HardwareProfile) -> str:
+    """Where a model is timed to set it beside ``profile``'s predictions: this CPU for a CPU profile,
+    the CUDA GPU for a GPU profile where one is present; anything else compares unlike with unlike."""
+    if profile.kind == "cpu":
+        return "cpu"
+    if profile.kind == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    here = "this machine has no CUDA GPU" if profile.kind == "gpu" else f"costplan cannot run models on an {profile.kind}"
+    raise CostplanError(
+        f"{profile.name} is a {profile.kind} profile and measure times the model here, where {here}: its "
+        f"predictions cannot be checked on this machine. Give a profile of this CPU (`costplan calibrate` writes "
+        f"one), or run measure on a machine with the device")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    name: str
+    instance: Instance
+    graph: LayerGraph
+    estimate: Estimate
+    layer_seconds: dict[str, float]
+
+
+def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None, dtype: str, repeat: int,
+             **kwargs: Any) -> _Prepared:
+    source = resolve(model, dtype=dtype, **kwargs)
+    instance = instantiate(source, device)
+    # per-layer kernel times come from the tracer's clock around each op, which CUDA's queue makes meaningless
+    layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat))) if device == "cpu" else {}
+    graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
+    if source.pruned is not None:   # a file costplan.save wrote: measured under what was done to it
+        graph.applied = source.pruned.applied()  # type: ignore[attr-defined]
+    est = estimate(graph, profile, apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype)
+    return _Prepared(source.name, instance, graph, est, layer_seconds)
+
+
+def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
+                device: str) -> Comparison:
+    layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
+                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound)
+                   for l in p.graph.layers)
+    return Comparison(model=p.name, hardware=profile.name, input_shapes=p.graph.inputs.shapes,
+                      predicted_ms=p.estimate.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
+                      measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers, page_faults_per_run=faults,
+                      device=device, estimate_warnings=p.estimate.warnings)
+
+
+def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, dtype: str = "float32",
+            repeat: int = 10, warmup: int = 3, input: str | None = None, batch: int | None = None,
+            seq_len: int | None = None, trust_pickle: bool = False, weights: str | None = None,
+            keep_memory: bool = True) -> Comparison:
+    """Build ``model`` (random weights, or ``weights``) on the device ``hw`` describes (this CPU, or
+    a CUDA GPU for a GPU profile: :func:`device_for`), time it, and compare with ``hw``'s prediction.
+
+    With ``keep_memory`` (default) glibc's malloc keeps freed memory for the rest of the process, as
+    ``calibrate`` timed (:func:`costplan.hardware.timing.keep_freed_memory`)."""
+    profile, device, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, weights)
+    with _threads(profile):
+        prepared = _prepare(model, profile, device, plan, dtype, repeat, **shared)
+        time_forward(prepared.instance, 0, warmup)
+        before_faults = minor_faults()
+        runs = time_forward(prepared.instance, repeat, 0)
+        after_faults = minor_faults()
+    faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, len(runs))
+    return _comparison(prepared, profile, runs, faults, device)
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    """Two models timed alternately in one run on one device: each one's comparison, and their
+    measured ratio beside the predicted one (first over second: a speedup when the second is pruned)."""
+
+    first: Comparison
+    second: Comparison
+    round_ratios: tuple[float, ...]   # first / second in each round: a drift of the machine cancels out
+
+    @property
+    def predicted_ratio(self) -> float:
+        return self.first.predicted_ms / self.second.predicted_ms
+
+    @property
+    def measured_ratio(self) -> float:
+        """Median over rounds of the first model's time over the second's, timed back to back."""
+        return statistics.median(self.round_ratios)
+
+    @property
+    def ratio_error(self) -> float:
+        return self.predicted_ratio / self.measured_ratio - 1.0
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.first.warnings + self.second.warnings))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"first": self.first.to_dict(), "second": self.second.to_dict(),
+                "predicted_ratio": self.predicted_ratio, "measured_ratio": self.measured_ratio,
+                "ratio_error": self.ratio_error, "round_ratios": list(self.round_ratios)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: str | None = None,
+                 dtype: str = "float32", repeat: int = 10, warmup: int = 3, input: str | None = None,
+                 batch: int | None = None, seq_len: int | None = None, trust_pickle: bool = False,
+                 weights: str | None = None, keep_memory: bool = True) -> PairComparison:
+    """Time ``first`` and ``second`` alternately, one forward pass of each per round for ``repeat``
+    rounds, and compare their measured ratio with the predicted one: whether a pruned model met its
+    plan, in one run on a machine whose speed drifts. ``plan`` and ``weights`` apply to ``first``;
+    a file costplan saved is predicted under the plan it records. See :func:`measure`."""
+    profile, device, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, None)
+    with _threads(profile):
+        a = _prepare(first, profile, device, plan, dtype, repeat, **{**shared, "weights": weights})
+        b = _prepare(second, profile, device, None, dtype, repeat, **shared)
+        runs = time_round_robin({"a": a.instance, "b": b.instance}, rounds=repeat, warmup=warmup)
+    ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
+    return PairComparison(_comparison(a, profile, runs["a"], None, device),
+                          _comparison(b, profile, runs["b"], None, device), ratios)
+
+
+def _setup(hw: HardwareProfile | str, dtype: str, keep_memory: bool, input: str | None, batch: int | None,
+           seq_len: int | None, trust_pickle: bool, weights: str | None
+           ) -> tuple[HardwareProfile, str, dict[str, Any]]:
     dtype = canonical_dtype(dtype)
     if dtype in QUANTISED:
-        raise CostplanError(f"measure runs the model in PyTorch on this CPU; {dtype} is not a dtype it can run")
-
+        raise CostplanError(f"measure runs the model in PyTorch; {dtype} is not a dtype it can run")
     profile = as_profile(hw)
-    source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
-                     trust=trust_pickle, weights=weights)
-    instance = instantiate(source, "cpu")
+    device = device_for(profile)
+    if keep_memory:
+        keep_freed_memory()
+    return profile, device, {"input_shapes": as_shapes(input), "batch": batch, "seq_len": seq_len,
+                             "trust": trust_pickle, "weights": weights}
+
+
+@contextmanager
+def _threads(profile: HardwareProfile) -> Iterator[None]:
+    """The threads the profile was calibrated with, while timing: its figures hold for them."""
     before = torch.get_num_threads()
-    if profile.threads:      # the threads the profile was calibrated with: its figures hold for them
+    if profile.threads and profile.kind == "cpu":
         torch.set_num_threads(profile.threads)
     try:
-        layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat)))
-        graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
-        if source.pruned is not None:   # a file costplan.save wrote: measured under what was done to it
-            graph.applied = source.pruned.applied()  # type: ignore[attr-defined]
-        time_forward(instance, 0, warmup)
-        before_faults = minor_faults()
-        runs = time_forward(instance, repeat, 0)
-        after_faults = minor_faults()
+        yield
     finally:
         torch.set_num_threads(before)
-    est = estimate(graph, profile, apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype)
-    layers = tuple(LayerTiming(l.name, l.op, est.layers[l.name].latency_s * 1e3,
-                               layer_seconds.get(l.name, 0.0) * 1e3, est.layers[l.name].bound)
-                   for l in graph.layers)
-    return Comparison(model=source.name, hardware=profile.name, input_shapes=graph.inputs.shapes,
-                      predicted_ms=est.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
-                      measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers,
-                      page_faults_per_run=None if before_faults is None or after_faults is None
-                      else (after_faults - before_faults) / max(1, len(runs)))

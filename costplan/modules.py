@@ -62,6 +62,13 @@ def _norm_sync(m: nn.Module) -> dict[str, int]:
     return {"num_features": int(ref.shape[0])}
 
 
+def _recurrent_geometry(m: nn.Module) -> dict[str, object]:
+    """What runs per step: the cell ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU'), its widths and stacking."""
+    return {"mode": str(m.mode), "input_size": int(m.input_size), "hidden_size": int(m.hidden_size),
+            "num_layers": int(m.num_layers), "bidirectional": bool(m.bidirectional),
+            "proj_size": int(getattr(m, "proj_size", 0)), "batch_first": bool(m.batch_first)}
+
+
 KINDS: tuple[ModuleKind, ...] = (
     ModuleKind("conv", lambda m: isinstance(m, nn.modules.conv._ConvNd), _conv_geometry, _conv_sync,
                ("in_channels", "out_channels", "groups")),
@@ -75,7 +82,7 @@ KINDS: tuple[ModuleKind, ...] = (
                ("nf", "nx"), transposed_weight=True),
     ModuleKind("batch_norm", lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm), lambda m: {}, _norm_sync,
                ("num_features",)),
-    ModuleKind("recurrent", lambda m: isinstance(m, nn.RNNBase), lambda m: {},
+    ModuleKind("recurrent", lambda m: isinstance(m, nn.RNNBase), _recurrent_geometry,
                lambda m: {"hidden_size": int(m.weight_hh_l0.shape[1]), "input_size": int(m.weight_ih_l0.shape[1])},
                ("hidden_size", "input_size")),
 )

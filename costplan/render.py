@@ -199,6 +199,23 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
     return table, text
 
 
+def measure_pair_text(pair) -> Text:  # PairComparison
+    """Two models timed alternately: each one's prediction against its measurement, and the ratio."""
+    text = Text()
+    for c in (pair.first, pair.second):
+        text.append(f"{c.model}", style="bold")
+        text.append(f"  predicted {c.predicted_ms:.3f} ms ({c.hardware}), measured {c.measured_ms:.3f} ms "
+                    f"(median of {len(c.measured_runs_ms)}), error {c.error:+.1%}\n")
+    low, high = min(pair.round_ratios), max(pair.round_ratios)
+    text.append("ratio  ", style="bold")
+    text.append(f"{pair.first.model} / {pair.second.model}: predicted {pair.predicted_ratio:.3f}x, measured "
+                f"{pair.measured_ratio:.3f}x (median of {len(pair.round_ratios)} back-to-back rounds, "
+                f"{low:.2f}x to {high:.2f}x), error {pair.ratio_error:+.1%}")
+    for warning in pair.warnings:
+        text.append(f"\nwarning: {warning}", style="yellow")
+    return text
+
+
 def plan_table(result) -> Table:  # PlanResult
     """Every layer whose time the plan changes: what it removes there, latency before and after, bound."""
     table = Table(title=f"{result.graph.model} on {result.profile.name} at {result.precision}, "

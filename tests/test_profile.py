@@ -200,15 +200,17 @@ def test_calibrate_writes_its_profile_through_the_schema() -> None:
     from costplan.hardware.fitting import ClassFit
 
     fits = {k: ClassFit(5e10 + i * 1e9, (20.0 + i, 8.0, 1e-17), 1e-5 * (i + 1), 0.1, 0.8 if k == "conv" else 1.0)
-            for i, k in enumerate(("gemm", "conv", "pointwise", "depthwise", "attention"))}
-    c = Calibration(name="local", peak_macs=5.4e10, half_util_macs={"gemm": 3e6},
-                    efficiency={k: f.rate / 5.4e10 for k, f in fits.items()}, fits=fits, bandwidth=2.5e10,
+            for i, k in enumerate(("gemm", "conv", "pointwise", "depthwise", "attention", "conv1d", "recurrent"))}
+    c = Calibration(name="local", peak_macs=5.6e10, half_util_macs={"gemm": 3e6},
+                    efficiency={k: f.rate / 5.6e10 for k, f in fits.items()}, fits=fits, bandwidth=2.5e10,
                     onchip_bandwidth=4.7e10, rated_bandwidth={"transcendental": 7.9e9, "sigmoid": 1.3e10,
-                                                              "norm": 6e9, "pooling": 9e8},
-                    norm_fixed_s=3e-6, first_touch_bandwidth=None, per_op_s=5.7e-6, onchip_bytes=33_554_432,
+                                                              "norm": 6e9, "pooling": 9e8, "gather": 4e10},
+                    fixed_s={"norm": 3e-6, "pooling": 1e-6, "elementwise": 0.0}, first_touch_bandwidth=None, per_op_s=5.7e-6, onchip_bytes=33_554_432,
                     threads=2, channel_multiple=8, cpu="a test CPU", samples={"gemm": [(1.0, 1.0)] * 3})
     text = profile_toml(c)
     read = parse_profile(tomllib.loads(text), "calibrated")
     _same_profile(calibrated_profile(c), read)
     assert read.half_util_dims["conv"] == (21.0, 8.0, 0.0) and read.strided == {"conv": 0.8}
-    assert "gemm = 0.9259259259   # linear layers, 3 shapes, fit's median error 10%" in text
+    assert read.calibrated == (*fits, "transcendental", "sigmoid", "norm", "pooling", "gather", "elementwise")
+    assert read.half_util_macs["recurrent"] == 0.0 and read.per_class_s["recurrent"] == pytest.approx(7e-5)
+    assert "gemm = 0.8928571429   # linear layers, 3 shapes, fit's median error 10%" in text

@@ -29,9 +29,11 @@ from costplan.hardware.probes import (
     channel_multiple,
     check_networks,
     check_probes,
+    recurrent_shapes,
     sample_shapes,
 )
-from costplan.hardware.profile import OP_CLASSES, HardwareProfile, SparsitySupport, parse_profile
+from costplan.hardware.roofline import recurrent_cost
+from costplan.hardware.profile import LEADERS, OP_CLASSES, HardwareProfile, SparsitySupport, parse_profile
 from costplan.hardware.schema import profile_toml as write_profile
 from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, speed_by_round
 from costplan.models import Instance
@@ -49,7 +51,7 @@ class Calibration:
     bandwidth: float
     onchip_bandwidth: float
     rated_bandwidth: dict[str, float]  # 'transcendental' | 'pooling' | 'norm' -> bytes/s
-    norm_fixed_s: float                # a batch norm's cost per call beyond the per-op overhead
+    fixed_s: dict[str, float]          # memory kind -> cost per call beyond the per-op overhead (norm, pooling, ...)
     first_touch_bandwidth: float | None  # bytes/s of faulting in fresh pages; None where it costs nothing
     per_op_s: float
     onchip_bytes: int
@@ -71,6 +73,8 @@ class Calibration:
                 f"({rated} GB/s), {self.per_op_s * 1e6:.1f} us/op, channels in multiples of {self.channel_multiple}, {self.threads} threads")
 
 
+SAMPLED = ("gemm", "conv", "pointwise", "depthwise", "conv1d", "conv3d")  # classes drawn by sample_shapes
+MINOR = ("conv1d", "conv3d")   # rarer in networks: half as many shapes
 NOISE_LIMIT = 0.10      # a probe whose two quietest blocks differ by more than 10% is unstable
 UNSTABLE_LIMIT = 0.20   # share of probes still unstable after the retries at which calibrate refuses
 LOAD_LIMIT = 0.35       # cores other processes may keep busy on average before calibrate refuses
@@ -205,33 +209,48 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
 def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping[str, Instance],
                load_limit: float, strict: bool) -> Calibration:
     kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
-    classes = ("gemm", "conv", "pointwise", "depthwise")
-    shapes = {kind: sample_shapes(kind, 16 if quick else 48, seed + i) for i, kind in enumerate(classes)}
+    shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i)
+              for i, kind in enumerate(SAMPLED)}
+    rnns = recurrent_shapes(9 if quick else 18, seed)
     with torch.inference_mode():
-        probes = {**_probes(shapes, quick, kept), **check_probes(check)}
+        probes = {**_probes(shapes, quick, kept, rnns), **check_probes(check)}
         timings, quality = _measure(probes, quick, progress, seed, load_limit)
     samples: dict[str, list[tuple[float, float]]] = {}
     for key, (kind, size, _, divisor) in probes.items():
         samples.setdefault(kind, []).append((size, timings[key].seconds / divisor))
     per_op = samples["overhead"][0][1]
-    dram, onchip, norm_fixed, rated, first_touch_bw = _memory_rates(samples, per_op)
+    dram, onchip, fixed, rated, first_touch_bw = _memory_rates(samples, per_op)
     onchip_bytes = cache_bytes()
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
         memory = _memory_seconds(kind_shapes, dram, onchip, onchip_bytes)
         fits[kind] = fit_class(kind_shapes, [t for _, t in samples[kind]], memory, per_op)
+    _, half_gemm = fit_saturation([(m, m / t) for m, t in samples["gemm"]])
+
+    def calibration_of(fits: dict[str, ClassFit]) -> Calibration:
+        peak = max(f.rate for f in fits.values())
+        return Calibration(
+            name=name, peak_macs=peak, half_util_macs={"gemm": half_gemm},
+            efficiency={k: float(min(1.0, max(0.005, f.rate / peak))) for k, f in fits.items()}, fits=fits,
+            bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, fixed_s=fixed,
+            first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
+            threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
+            quality=quality, kept_memory=kept)
+    # a recurrent step is what a call leaves over its once-per-call work, priced by the fits above
+    before = calibration_of(fits).profile()
+    steps = [(t - recurrent_cost(r.recurrent, before, "float32", weight_bytes=r.weight_total,
+                                 act_bytes=r.sequence_bytes).call_s) / r.steps
+             for r, (_, t) in zip(rnns, samples["recurrent"])]
+    if min(steps) <= 0:
+        raise CostplanError("calibration timed a recurrent layer faster than its input projection alone: the "
+                            "machine's speed changed while timing; run `costplan calibrate` again")
+    memory = _memory_seconds(rnns, dram, onchip, onchip_bytes)
+    fits["recurrent"] = fit_class(rnns, steps, memory, 0.0)
+    samples["recurrent"] = [(float(r.macs), t) for r, t in zip(rnns, steps)]
     why = refusal(quality, fits, load_limit)
     if why and strict:
         raise CostplanError(why)
-    peak = max(f.rate for f in fits.values())
-    _, half_gemm = fit_saturation([(m, m / t) for m, t in samples["gemm"]])
-    calibration = Calibration(
-        name=name, peak_macs=peak, half_util_macs={"gemm": half_gemm},
-        efficiency={k: float(min(1.0, max(0.005, f.rate / peak))) for k, f in fits.items()}, fits=fits,
-        bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, norm_fixed_s=norm_fixed,
-        first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
-        threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
-        quality=quality, kept_memory=kept)
+    calibration = calibration_of(fits)
     if check:
         predicted = predict_checks(calibration.profile(), check)
         measured = {key.removeprefix("check "): timings[key].seconds for key in probes if key.startswith("check ")}
@@ -273,12 +292,17 @@ def _measure(probes: dict[str, tuple[str, float, Probe, float]], quick: bool, pr
 
 
 def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: float
-                  ) -> tuple[float, float, float, dict[str, float], float | None]:
-    """DRAM and in-cache bandwidth, a batch norm's fixed cost, the rates of memory-only ops slower
-    than their bytes, and the first-touch rate of fresh pages (None where nothing faults)."""
+                  ) -> tuple[float, float, dict[str, float], dict[str, float], float | None]:
+    """DRAM and in-cache bandwidth, fixed costs per call of memory kinds (norm, pooling, gather,
+    elementwise), the rates of memory-only ops slower than their bytes, and the first-touch rate of
+    fresh pages (None where nothing faults)."""
     dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
     onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
-    norm_fixed, norm_bandwidth = fit_linear(samples["norm"], per_op)
+    fixed, fitted = {}, {}
+    for kind in ("norm", "pooling", "pooling1d", "gather"):
+        fixed[kind], fitted[kind] = fit_linear(samples[kind], per_op)
+    # a lone small op (a residual add, a bias) beyond dispatch and its bytes in cache
+    fixed["elementwise"] = statistics.median(max(t - per_op - b / onchip, 0.0) for b, t in samples["binary"])
     first_touch_bw = None   # kept memory: outputs reuse pages, nothing is faulted in
     if "first_touch" in samples:
         touched, fresh_s = samples["first_touch"][0]
@@ -286,23 +310,22 @@ def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: floa
         first_touch_bw = touched / touch_s if touch_s * dram > 0.2 * touched else None  # under 20% of a copy: noise
     rated = {"transcendental": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["transcendental"]], per_op),
              "sigmoid": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["sigmoid"]], per_op),
-             "norm": norm_bandwidth,
-             "pooling": statistics.median(b / max(t - per_op, 1e-9) for b, t in samples["pooling"])}
-    return dram, onchip, norm_fixed, rated, first_touch_bw
+             **fitted}
+    return dram, onchip, fixed, rated, first_touch_bw
 
 
 def calibrated_profile(c: Calibration) -> HardwareProfile:
     """The profile a calibration describes: eager PyTorch at float32 on this CPU."""
-    classes = list(c.fits)
     return HardwareProfile(
         name=c.name, kind="cpu", description=f"{c.cpu} ({c.threads} threads), calibrated {datetime.date.today()}",
         peak_macs={"float32": c.peak_macs}, bandwidth=c.bandwidth, onchip_bytes=c.onchip_bytes,
-        onchip_bandwidth=c.onchip_bandwidth, efficiency={k: c.efficiency[k] for k in classes}, memory_efficiency=1.0,
-        half_util_macs=dict.fromkeys(OP_CLASSES, c.half_util_macs["gemm"]), per_op_s=c.per_op_s,
+        onchip_bandwidth=c.onchip_bandwidth, efficiency={k: c.efficiency.get(k, c.efficiency.get(LEADERS.get(k, ""), 1.0)) for k in OP_CLASSES}, memory_efficiency=1.0,
+        half_util_macs={**dict.fromkeys(OP_CLASSES, c.half_util_macs["gemm"]), "recurrent": 0.0}, per_op_s=c.per_op_s,
         fuse_elementwise=False, weights_on_chip=False, default_dtype="float32",
         sparsity={"unstructured": SparsitySupport()}, threads=c.threads,
         half_util_dims={k: tuple(v if v >= 1e-3 else 0.0 for v in f.half_dims) for k, f in c.fits.items()},  # fits' 1e-17 is 0
-        per_class_s={**{k: f.fixed_s for k, f in c.fits.items()}, "norm": c.norm_fixed_s},
+        per_class_s={**{k: f.fixed_s for k, f in c.fits.items()}, **c.fixed_s},
+        calibrated=(*c.fits, *c.rated_bandwidth, "elementwise"),
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
         weights_overlap=False, rated_bandwidth=dict(c.rated_bandwidth), channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
@@ -312,6 +335,8 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
 def _notes(c: Calibration) -> dict[str, str]:
     """What each calibrated figure was measured on, beside it in the file."""
     def fit(kind: str, what: str) -> str:
+        if kind not in c.fits:
+            return ""
         return f"{what}, {len(c.samples.get(kind, []))} shapes, fit's median error {c.fits[kind].median_error:.0%}"
     return {
         "channel_multiple": f"float32 lanes of {torch.backends.cpu.get_cpu_capability()}: kernels tile channels by it",
@@ -324,19 +349,26 @@ def _notes(c: Calibration) -> dict[str, str]:
         "memory.transcendental_gbs": "GELU/softmax chains: per-element math, not bandwidth, bounds them",
         "memory.sigmoid_gbs": "SiLU/sigmoid chains: one exponential per element",
         "memory.norm_gbs": "batch norms right after a convolution, ResNet shapes (+ per_class_us.norm per call)",
-        "memory.pooling_gbs": "3x3 stride-2 max-pools: window loops, not bandwidth, bound them",
+        "memory.pooling_gbs": "2-D and 1-D max/average pools: window loops, not bandwidth, bound them (+ per_class_us.pooling)",
+        "memory.pooling1d_gbs": "1-D max-pools (+ per_class_us.pooling1d)",
+        "memory.gather_gbs": "embedding lookups, rows read and written (+ per_class_us.gather)",
         "memory.fresh_output_mb": "outputs over 32 MiB: glibc maps fresh pages for them on every call",
         "memory.first_touch_gbs": "faulting those pages in: a fresh 48 MiB fill less a reused one",
         "efficiency.gemm": fit("gemm", "linear layers"), "efficiency.conv": fit("conv", "3x3 convolutions"),
         "efficiency.pointwise": fit("pointwise", "1x1 convolutions"),
         "efficiency.depthwise": fit("depthwise", "depthwise convolutions"),
         "efficiency.attention": fit("attention", "fused scaled-dot-product attention"),
+        "efficiency.conv1d": fit("conv1d", "1-D convolutions, 10 to 4000 steps"),
+        "efficiency.conv3d": fit("conv3d", "3-D convolutions on small cubes"),
+        "efficiency.recurrent": fit("recurrent", "LSTM/GRU/RNN steps (a call less its input projection)"),
+        "calibrated": "the op classes and memory kinds these figures were measured on",
         "efficiency.memory": "the bandwidth above is what a copy attains",
         "efficiency.half_util_macs": "matmuls without a layer shape",
         "efficiency.half_util_dims": "per GEMM dimension (rows, outputs, reduction): half the class's rate",
         "efficiency.strided": "a stride > 1 convolution's rate over a stride-1 one's",
         "overhead.per_op_us": "an nn.ReLU call on a tiny tensor: eager dispatch per layer",
-        "overhead.per_class_us": "fitted: oneDNN setup, weight reorders",
+        "overhead.per_class_us": "fitted: oneDNN setup, weight reorders; recurrent: per step (gates and their dispatch); "
+                                 "elementwise: a lone small op beyond dispatch",
         "overhead.fuse_elementwise": "eager PyTorch runs every norm and activation as its own op",
         "sparsity.unstructured.compute_speedup": "dense kernels multiply zeros",
     }

@@ -25,19 +25,22 @@ def is_elementwise(aten_op: str) -> bool:
 _TRANSCENDENTAL = {"gelu", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
                    "_softmax", "_safe_softmax", "_log_softmax", "pow", "rsqrt"}
 _SIGMOID = {"silu", "sigmoid", "log_sigmoid_forward"}   # one exp per element: 1.6-1.9x GELU's rate here
-_POOLING = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
-            "avg_pool1d", "avg_pool2d", "avg_pool3d"}
+_POOLING = {"max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+            "avg_pool2d", "avg_pool3d"}
+_POOLING_1D = {"max_pool1d", "max_pool1d_with_indices"}   # a kernel of its own, ~10x 2-D pools' bytes/s on CPUs
 _NORM = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
          "native_layer_norm", "native_group_norm"}
-RATED_KINDS = ("transcendental", "sigmoid", "pooling", "norm")
+_GATHER = {"embedding", "index_select", "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only"}
+RATED_KINDS = ("transcendental", "sigmoid", "pooling", "pooling1d", "norm", "gather")
 
 
 def rated_kind(aten_op: str) -> str | None:
     """The kind of memory-only op that CPUs run slower than its bytes would allow, with a rate of
     its own in a profile: 'transcendental' (GELU, softmax: math per element), 'sigmoid' (sigmoid,
     SiLU: one exponential per element), 'pooling' (max/avg
-    windows; adaptive pooling, a plain reduction, is not one) or 'norm' (batch/layer/group norm:
-    statistics and a per-channel loop). None for other ops."""
+    windows; adaptive pooling, a plain reduction, is not one; 1-D max pools are 'pooling1d'), 'norm' (batch/layer/group norm:
+    statistics and a per-channel loop) or 'gather' (embedding lookups: rows read at scattered
+    addresses). None for other ops."""
     parts = aten_op.split(".")
     if len(parts) != 3:
         return None
@@ -46,7 +49,17 @@ def rated_kind(aten_op: str) -> str | None:
         return "transcendental"
     if name.rstrip("_") in _SIGMOID:
         return "sigmoid"
+    if name in _GATHER:
+        return "gather"
+    if name in _POOLING_1D:
+        return "pooling1d"
     return "pooling" if name in _POOLING else "norm" if name in _NORM else None
+
+
+def is_gather(aten_op: str) -> bool:
+    """Whether 'aten.embedding.default' reads rows of its weight picked by indices: it reads the rows
+    it picks, not the table."""
+    return rated_kind(aten_op) == "gather"
 
 
 def writes_in_place(aten_op: str) -> bool:

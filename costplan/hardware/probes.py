@@ -16,12 +16,18 @@ import numpy as np
 import torch
 
 from costplan.hardware.roofline import Dims, attention_dims, gemm_dims
+from costplan.trace.graph import GATES, Recurrent
 from costplan.hardware.timing import Probe, timed
 from costplan.models import Instance
 
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
 POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
+# (vocabulary, width, tokens) of embedding lookups: word tables of text models, from a batch's few
+# tokens to a long prompt's
+GATHER_SHAPES = ((1000, 64, 64), (30522, 768, 128), (50257, 768, 1024), (32000, 256, 16), (8000, 512, 4096),
+                 (50000, 40, 800))
+SMALL_ELEMENTWISE = (256, 4096, 65536, 262144, 1048576)  # elements of a binary add: residuals, biases, gates
 # (batch, heads, tokens, head width) of fused attention as encoders run it: ViT-B (197 tokens), BERT
 # (128-384), small encoders (64), GPT-2 blocks
 ATTENTION_SHAPES = ((1, 8, 64, 32), (1, 12, 128, 64), (1, 12, 197, 64), (1, 12, 384, 64), (1, 4, 32, 64),
@@ -46,21 +52,26 @@ class Shape:
     stride: int = 1
     batch: int = 1     # convolutions only: a linear layer's batch is in its rows
     groups: int = 1    # grouped 3x3 convolutions (RegNet, ResNeXt); depthwise ones are their own kind
+    ndim: int = 2      # a convolution's spatial dimensions: 1 (conv1d), 2, 3 (conv3d)
 
     @property
     def positions(self) -> int:
         """Output positions: a linear layer's rows, a convolution's batch x output pixels."""
-        return self.spatial if self.kernel == 0 else self.batch * math.ceil(self.spatial / self.stride) ** 2
+        return self.spatial if self.kernel == 0 else self.batch * math.ceil(self.spatial / self.stride) ** self.ndim
+
+    @property
+    def window(self) -> int:
+        return max(self.kernel, 1) ** (self.ndim if self.kernel else 1)
 
     @property
     def macs(self) -> int:
-        per_output = self.kernel ** 2 if self.kind == "depthwise" else self.cin // self.groups * max(self.kernel, 1) ** 2
+        per_output = self.window if self.kind == "depthwise" else self.cin // self.groups * self.window
         return self.positions * self.cout * per_output
 
     @property
     def dims(self) -> Dims:
         """The GEMM the roofline gives this layer (:func:`costplan.hardware.roofline.gemm_dims`)."""
-        return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=max(self.kernel, 1) ** 2,
+        return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=self.window,
                          depthwise=self.kind == "depthwise", strided=self.stride > 1)
 
     rows = property(lambda self: self.dims.rows)
@@ -73,7 +84,7 @@ class Shape:
 
     @property
     def activation_bytes(self) -> tuple[int, int]:
-        inputs = self.cin * (self.spatial if self.kernel == 0 else self.batch * self.spatial ** 2)
+        inputs = self.cin * (self.spatial if self.kernel == 0 else self.batch * self.spatial ** self.ndim)
         return 4 * inputs, 4 * self.positions * self.cout
 
 
@@ -102,6 +113,16 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
             shape = Shape(kind, cin, cout, int(rng.choice((1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192))))
         elif kind == "depthwise":
             shape = Shape(kind, cout, cout, spatial, int(rng.choice((3, 3, 5))), stride, batch)
+        elif kind == "conv1d":     # sequences: 10 to 4000 steps (MNIST-1D, audio front ends, text CNNs)
+            length = int(rng.choice((10, 20, 40, 100, 250, 1000, 4000)))
+            cin = _width(2 ** rng.uniform(3, 9))
+            shape = Shape(kind, cin, _width(cin * float(rng.choice((0.5, 1, 1, 2)))), length,
+                          int(rng.choice((1, 3, 3, 5, 7))), stride, int(rng.choice((1, 1, 8, 32))), ndim=1)
+        elif kind == "conv3d":     # video and volumes: small cubes
+            side = int(rng.choice((4, 8, 14, 28)))
+            cin = _width(2 ** rng.uniform(3, 7))
+            shape = Shape(kind, cin, _width(cin * float(rng.choice((0.5, 1, 2)))), side, 3, stride,
+                          int(rng.choice((1, 1, 2))), ndim=3)
         elif kind == "conv" and rng.random() < 0.25:
             group = int(rng.choice((8, 16, 24, 32, 64)))
             width = max(group, round(cin / group) * group)
@@ -165,10 +186,98 @@ def attention_shapes(quick: bool = False) -> list[AttentionShape]:
 def _module(shape: Shape) -> tuple[torch.nn.Module, torch.Tensor]:
     if shape.kind == "gemm":
         return torch.nn.Linear(shape.cin, shape.cout), torch.randn(shape.spatial, shape.cin)
-    groups = shape.cin if shape.kind == "depthwise" else 1
-    layer = torch.nn.Conv2d(shape.cin, shape.cout, shape.kernel, stride=shape.stride, padding=shape.kernel // 2,
-                            groups=groups if shape.kind == "depthwise" else shape.groups, bias=False)
-    return layer, torch.randn(shape.batch, shape.cin, shape.spatial, shape.spatial)
+    conv = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)[shape.ndim - 1]
+    layer = conv(shape.cin, shape.cout, shape.kernel, stride=shape.stride, padding=shape.kernel // 2,
+                 groups=shape.cin if shape.kind == "depthwise" else shape.groups, bias=False)
+    return layer, torch.randn(shape.batch, shape.cin, *(shape.spatial,) * shape.ndim)
+
+
+@dataclass(frozen=True)
+class RecurrentShape:
+    """One step of a one-layer, one-direction LSTM/GRU/RNN: the GEMM of ``batch`` hidden states by
+    the (gates x hidden, hidden) weight, and the gate work; a probe runs ``steps`` of them after the
+    input projection (:func:`costplan.hardware.roofline.recurrent_latency` prices the same)."""
+
+    mode: str          # LSTM | GRU | RNN_TANH
+    inputs: int
+    hidden: int
+    batch: int
+    steps: int
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.mode]
+
+    @property
+    def macs(self) -> int:
+        """MACs of one step's hidden-to-gates GEMM."""
+        return self.batch * self.gates * self.hidden * self.hidden
+
+    @property
+    def dims(self) -> Dims:
+        return Dims(self.batch, self.gates * self.hidden, self.hidden)
+
+    rows = property(lambda self: self.dims.rows)
+    outputs = property(lambda self: self.dims.outputs)
+    reduction = property(lambda self: self.dims.reduction)
+
+    @property
+    def weight_bytes(self) -> int:
+        return 0       # read from DRAM once per call, not per step: see the call's rest in calibrate
+
+    @property
+    def activation_bytes(self) -> tuple[int, int]:
+        return 3 * 4 * self.batch * self.gates * self.hidden, 0   # gates read twice, the state written
+
+    @property
+    def recurrent(self) -> Recurrent:
+        """The call as the tracer records it."""
+        return Recurrent(self.mode, self.inputs, self.hidden, 1, 1, 0, self.steps, self.batch)
+
+    @property
+    def weight_total(self) -> int:
+        """Bytes of both weights and both biases, read once per call."""
+        return 4 * self.gates * self.hidden * (self.inputs + self.hidden + 2)
+
+    @property
+    def sequence_bytes(self) -> tuple[int, int]:
+        """The sequence in and the hidden states out."""
+        return 4 * self.batch * self.steps * self.inputs, 4 * self.batch * self.steps * self.hidden
+
+    def module(self) -> torch.nn.Module:
+        cls = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN_TANH": torch.nn.RNN}[self.mode]
+        return cls(self.inputs, self.hidden, batch_first=True).eval()
+
+    def __str__(self) -> str:
+        return f"{self.mode} {self.inputs}->{self.hidden} b{self.batch} t{self.steps}"
+
+
+def recurrent_shapes(count: int, seed: int = 0) -> list[RecurrentShape]:
+    """``count`` recurrent layers as sequence models have them (seeded): LSTM, GRU and tanh RNN
+    cells alike, hidden 32 to 1024, batch 1 to 32, 10 to 50 steps, a call under 10 ms or so."""
+    rng = np.random.default_rng(seed)
+    modes = ("LSTM", "GRU", "RNN_TANH")
+    out: list[RecurrentShape] = []
+    while len(out) < count:
+        shape = RecurrentShape(modes[len(out) % 3], _width(2 ** rng.uniform(4, 9)), _width(2 ** rng.uniform(5, 10)),
+                               int(rng.choice((1, 1, 2, 8, 32))), int(rng.choice((10, 20, 50))))
+        if shape.macs * shape.steps <= 2e8:
+            out.append(shape)
+    return out
+
+
+def _pools() -> list[tuple[torch.nn.Module, torch.Tensor]]:
+    """Pooling as networks run it: ResNet's 3x3 stride-2 max-pool, VGG's 2x2, 2x2 average pools, and
+    1-D max/average pools of sequence models, batch 1 and 8."""
+    out: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    for c, hw in POOLING_SHAPES:
+        out.append((torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)))
+        out.append((torch.nn.MaxPool2d(2, 2), torch.randn(1, c, hw, hw)))
+    out += [(torch.nn.AvgPool2d(2, 2), torch.randn(1, 128, 56, 56)), (torch.nn.MaxPool2d(2, 2), torch.randn(8, 64, 28, 28)),
+            (torch.nn.MaxPool1d(2), torch.randn(8, 64, 100)), (torch.nn.MaxPool1d(3, 2, 1), torch.randn(1, 128, 1000)),
+            (torch.nn.MaxPool1d(2), torch.randn(32, 256, 250)), (torch.nn.MaxPool1d(2), torch.randn(1, 32, 40)),
+            (torch.nn.AvgPool1d(2), torch.randn(32, 128, 40))]
+    return [(p.eval(), x) for p, x in out]
 
 
 def cache_bytes() -> int:
@@ -203,8 +312,8 @@ def channel_multiple() -> int:
     return 16 if "512" in capability else 8 if "AVX" in capability else 4
 
 
-def _probes(shapes: dict[str, list[Shape]], quick: bool,
-            kept_memory: bool = False) -> dict[str, tuple[str, float, Probe, float]]:
+def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = False,
+            recurrent: list[RecurrentShape] = ()) -> dict[str, tuple[str, float, Probe, float]]:  # type: ignore[assignment]
     """name -> (kind, size, probe, divisor): the probe's seconds divided by ``divisor`` are the sample;
     the fresh-page probes only where freed memory is not kept (see :func:`keep_freed_memory`)."""
     probes: dict[str, tuple[str, float, Probe, float]] = {}
@@ -212,6 +321,16 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool,
         for i, shape in enumerate(kind_shapes):
             module, x = _module(shape)
             probes[f"{kind} {i}"] = (kind, float(shape.macs), timed(lambda m=module.eval(), x=x: m(x)), 1.0)
+    for i, rnn in enumerate(recurrent):
+        x = torch.randn(rnn.batch, rnn.steps, rnn.inputs)
+        probes[f"recurrent {i}"] = ("recurrent", float(rnn.macs), timed(lambda m=rnn.module(), x=x: m(x)), 1.0)
+    for vocab, dim, tokens in GATHER_SHAPES[::2] if quick else GATHER_SHAPES:
+        table, ids = torch.nn.Embedding(vocab, dim).eval(), torch.randint(0, vocab, (tokens,))
+        probes[f"gather {vocab}x{dim} {tokens}"] = ("gather", 8.0 * tokens + 2 * 4.0 * tokens * dim,
+                                                     timed(lambda e=table, i=ids: e(i)), 1.0)
+    for n in SMALL_ELEMENTWISE:
+        a, b = torch.randn(n), torch.randn(n)
+        probes[f"add {n}"] = ("binary", 3 * 4.0 * n, timed(lambda a=a, b=b: torch.add(a, b)), 1.0)
     for c, hw in ELEMENTWISE_SHAPES:
         chain, x = torch.nn.Sequential(*[torch.nn.ReLU() for _ in range(CHAIN)]).eval(), torch.randn(1, c, hw, hw)
         probes[f"relu {c}x{hw}"] = ("elementwise", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
@@ -237,9 +356,11 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool,
         q = torch.randn(shape.batch, shape.heads, shape.tokens, shape.width)
         probes[f"attention {shape}"] = ("attention", float(shape.macs),
                                         timed(lambda q=q: torch.nn.functional.scaled_dot_product_attention(q, q, q)), 1.0)
-    for c, hw in POOLING_SHAPES:
-        pool, x = torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)
-        probes[f"pool {c}x{hw}"] = ("pooling", 4.0 * x.numel() * 1.25, timed(lambda p=pool, x=x: p(x)), 1.0)
+    for i, (pool, x) in enumerate(_pools()):
+        out = pool(x)
+        kind = "pooling1d" if isinstance(pool, torch.nn.MaxPool1d) else "pooling"
+        probes[f"pool {i} {pool.__class__.__name__} {tuple(x.shape)}"] = (
+            kind, 4.0 * (x.numel() + out.numel()), timed(lambda p=pool, x=x: p(x)), 1.0)
     n = (16 if quick else 64) * 1024 * 1024   # floats: well past any cache
     src, dst = torch.randn(n), torch.empty(n)
     probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)

@@ -21,9 +21,15 @@ from costplan.hardware.schema import CLASS_TABLES, PEAK_SCALE, RATED_SCALE, read
 from costplan.hardware.opclass import RATED_KINDS
 from costplan.spellings import DTYPE_BYTES, canonical_dtype
 
-# pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention (a profile without
-# figures of its own gives it the GEMM's)
-OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention")
+# pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention; conv1d/conv3d = 1-D
+# and 3-D convolutions; recurrent = one time step of an LSTM/GRU/RNN (its hidden-to-hidden GEMM and gates)
+OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention", "conv1d", "conv3d", "recurrent")
+# a class a profile gives no figures of its own takes its leader's
+LEADERS = {"pointwise": "conv", "conv1d": "conv", "conv3d": "conv", "attention": "gemm", "recurrent": "gemm"}
+# what a layer costs as, beyond the op classes: memory-only kinds with rates of their own (embedding
+# row gathers among them), and plain memory-only ops (elementwise, copies)
+MEMORY_KINDS = (*RATED_KINDS, "elementwise")
+COST_KINDS = (*OP_CLASSES, *MEMORY_KINDS)
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,15 @@ class HardwareProfile:
     # cores), needing ``winograd_speedup`` times fewer multiplies than the direct convolution
     winograd_speedup: float = 1.0
     winograd_dtypes: tuple[str, ...] = ()
+    # the op classes and memory kinds (COST_KINDS) whose figures were measured on this device by
+    # `costplan calibrate`; empty for a profile from spec sheets and published figures
+    calibrated: tuple[str, ...] = ()
+
+    def class_figure(self, table: Mapping[str, Any], klass: str, default: Any = None) -> Any:
+        """``table[klass]``, or its leader's (:data:`LEADERS`) where the profile gives none of its own."""
+        if klass in table:
+            return table[klass]
+        return table.get(LEADERS.get(klass, klass), default)
 
     def with_runtime(self, runtime: str | None) -> HardwareProfile:
         """This device under another execution (its per-op overhead and fusion)."""
@@ -124,13 +139,15 @@ class HardwareProfile:
 
     def peak_for(self, precision: str, klass: str | None) -> float:
         """MAC/s an op class gets at ``precision``: TF32 for float32 convolutions where the device runs them so."""
-        if precision == "float32" and self.tf32_macs and klass in self.tf32_classes:
+        if precision == "float32" and self.tf32_macs and (klass in self.tf32_classes
+                                                          or LEADERS.get(klass or "") in self.tf32_classes):
             return self.tf32_macs
         return self.peak_macs[precision]
 
     def efficiency_for(self, precision: str, klass: str) -> float:
         """Attainable share of ``peak_for(precision, klass)`` on large shapes."""
-        return self.efficiency_by_dtype.get(precision, {}).get(klass, self.efficiency[klass])
+        own = self.efficiency_by_dtype.get(precision, {})
+        return own[klass] if klass in own else self.class_figure(self.efficiency, klass)
 
     def precision(self, dtype: str) -> str:
         """The dtype the device runs ``dtype`` (any spelling: fp16, half, bf16) at: itself, or the
@@ -213,11 +230,12 @@ def _class_table(fields: Fields, key: str, allowed: tuple[str, ...] = OP_CLASSES
 
 
 def _efficiencies(eff: Fields, base: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Class efficiencies; a class left out takes ``base``'s (1 without), except that pointwise
-    follows conv and attention follows gemm where those are given here or there is no base."""
-    default = base or dict.fromkeys(OP_CLASSES, 1.0)
-    out = {c: eff.number(c, default[c], high=1.0, positive=True) for c in ("conv", "depthwise", "gemm")}
-    for klass, leader in (("pointwise", "conv"), ("attention", "gemm")):
+    """Class efficiencies; a class left out takes ``base``'s (1 without), except that a class with
+    a leader (:data:`LEADERS`: pointwise follows conv, attention gemm, ...) follows it where the leader
+    is given here or there is no base."""
+    default = {**dict.fromkeys(OP_CLASSES, 1.0), **(base or {})}
+    out = {c: eff.number(c, default[c], high=1.0, positive=True) for c in OP_CLASSES if c not in LEADERS}
+    for klass, leader in LEADERS.items():
         follows = base is None or leader in eff.data
         out[klass] = eff.number(klass, out[leader] if follows else default[klass], high=1.0, positive=True)
     return out
@@ -239,14 +257,17 @@ def _winograd(f: Fields) -> tuple[float, tuple[str, ...]]:
 
 
 def _half_util(eff: Fields) -> dict[str, float]:
-    """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's)."""
+    """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's),
+    except a recurrent step's (0 unless given): its floor is its fixed cost per step
+    (``per_class_us.recurrent``), not a MAC count, which at a hundred steps of batch rows would
+    price a GRU at a GPU's half-wave floor a hundred times."""
     value = eff.get("half_util_macs", 0.0)
     if isinstance(value, dict):
         table = _class_table(eff, "half_util_macs")
         default = table.number("gemm", 0.0)
-        return {c: table.number(c, default) for c in OP_CLASSES}
+        return {c: table.number(c, 0.0 if c == "recurrent" else default) for c in OP_CLASSES}
     shared = eff.number("half_util_macs", 0.0)
-    return {c: shared for c in OP_CLASSES}
+    return {c: 0.0 if c == "recurrent" else shared for c in OP_CLASSES}
 
 
 def _half_util_dims(eff: Fields) -> dict[str, tuple[float, float, float]]:
@@ -272,7 +293,7 @@ def _scale(attr: str) -> float:
 
 
 def _per_class(overhead: Fields) -> dict[str, float]:
-    table = _class_table(overhead, "per_class_us", (*OP_CLASSES, *RATED_KINDS))
+    table = _class_table(overhead, "per_class_us", COST_KINDS)
     return {key: table.number(key) * _scale("per_class_s") for key in table.data}
 
 
@@ -284,6 +305,17 @@ def _rated(memory: Fields) -> dict[str, float]:
     if "sigmoid" not in rated and "transcendental" in rated:
         rated["sigmoid"] = rated["transcendental"]
     return rated
+
+
+def _calibrated(f: Fields, half_util_dims: Mapping[str, object], rated: Mapping[str, float]) -> tuple[str, ...]:
+    """``calibrated``: the kinds a calibration measured. A calibrated profile written before the field
+    existed (it has per-shape fits) measured its fitted classes, its rated kinds and elementwise chains."""
+    value = f.get("calibrated")
+    if value is None:
+        return (*half_util_dims, *rated, "elementwise") if half_util_dims else ()
+    if not isinstance(value, list) or any(v not in COST_KINDS for v in value):
+        raise f.fail("calibrated", f"must be a list of {', '.join(COST_KINDS)}")
+    return tuple(value)
 
 
 def _runtimes(f: Fields) -> dict[str, tuple[float, bool]]:
@@ -317,6 +349,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         raise memory.fail("first_touch_gbs", "and 'memory.fresh_output_mb' must be given together")
     scalars = read_scalars({"": f, "memory": memory, "efficiency": eff, "overhead": overhead, "energy": energy})
     efficiency = _efficiencies(eff)
+    half_util_dims, rated = _half_util_dims(eff), _rated(memory)
     winograd_speedup, winograd_dtypes = _winograd(f)
     profile = HardwareProfile(
         **scalars,
@@ -327,10 +360,10 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         default_dtype=default_dtype,
         sparsity=_sparsity(f.table("sparsity", required=False)),
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
-        half_util_dims=_half_util_dims(eff),
+        half_util_dims=half_util_dims,
         strided=_strided(eff),
         per_class_s=_per_class(overhead),
-        rated_bandwidth=_rated(memory),
+        rated_bandwidth=rated, calibrated=_calibrated(f, half_util_dims, rated),
         source=where,
         runtime=runtime, runtimes=_runtimes(f),
         tf32_macs=tf32 * PEAK_SCALE if tf32 else None, tf32_classes=tuple(tf32_classes),

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from costplan.hardware.profile import HardwareProfile
 from costplan.spellings import DTYPE_BYTES
 from costplan.patterns import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph
-from costplan.hardware.opclass import is_elementwise, rated_kind, writes_in_place
+from costplan.hardware.opclass import is_elementwise, is_gather, rated_kind, writes_in_place
+from costplan.trace.graph import Recurrent
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,21 @@ class Estimate:
     precision: str                 # the precision the device runs
     layers: Mapping[str, LayerLatency]
     requested: str | None = None   # the precision asked for
-    unsampled: tuple[str, ...] = ()  # layers of a kind the profile's per-shape fits never timed
+    # cost kind -> names of the layers of a kind the profile's calibration never timed
+    unsampled: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def warnings(self) -> tuple[str, ...]:
         note = self.profile.precision_note(self.requested) if self.requested else None
         out = (note,) if note else ()
-        if self.unsampled:
-            first, more = self.unsampled[0], len(self.unsampled) - 1
-            out += ((f"{self.profile.name} was calibrated on 2-D convolutions, linear layers and attention; "
-                     f"this model's 1-D/3-D convolutions ('{first}'{f' and {more} more' if more else ''}) were never timed "
-                     "and may be off by 2x (`costplan measure` shows it per layer)"),)
+        total = self.latency_s
+        for kind, names in self.unsampled.items():
+            share = sum(self.layers[n].latency_s for n in names) / total if total > 0 else 0.0
+            listed = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            out += ((f"{self.profile.name} was calibrated without timing any {KIND_WORDS.get(kind, kind)}: this "
+                     f"model's {len(names)} ({listed}) carry {share:.0%} of its predicted time, priced from other "
+                     "kinds' figures, and may be off by several times (recalibrate with this version's "
+                     "`costplan calibrate`; `costplan measure` shows it per layer)"),)
         return out
 
     @property
@@ -68,17 +73,38 @@ class Estimate:
 
 
 def op_class(layer: Layer) -> str | None:
-    """'conv', 'pointwise', 'depthwise', 'attention' or 'gemm' for layers with MACs; None for
-    memory-only layers."""
+    """'conv', 'pointwise', 'depthwise', 'conv1d', 'conv3d', 'attention', 'recurrent' or 'gemm' for
+    layers with MACs; None for memory-only layers."""
     if layer.macs == 0:
         return None
+    if layer.recurrent is not None:
+        return "recurrent"
     if layer.op == "attention":
         return "attention"
     if layer.op.startswith("conv"):
         if layer.depthwise:
             return "depthwise"
+        if len(layer.kernel_size) in (1, 3):
+            return f"conv{len(layer.kernel_size)}d"
         return "pointwise" if all(k == 1 for k in layer.kernel_size or (0,)) else "conv"
     return "gemm"
+
+
+def cost_kind(layer: Layer) -> str:
+    """What ``layer`` is priced as (one of ``profile.COST_KINDS``): its op class, else the rated kind
+    of its memory-only ops (pooling, norm, gather, ...), else 'elementwise'."""
+    klass = op_class(layer)
+    if klass is not None:
+        return klass
+    return next((k for k in map(rated_kind, layer.aten_ops) if k is not None), "elementwise")
+
+
+def weights_touched(layer: Layer) -> float:
+    """Parameters the call reads: all it holds, except that an embedding lookup reads only the rows
+    its indices pick (one output element per weight element read)."""
+    if layer.aten_ops and any(map(is_gather, layer.aten_ops)) and layer.out_shapes:
+        return min(layer.weights_read, math.prod(layer.out_shapes[0]))
+    return layer.weights_read
 
 
 @dataclass(frozen=True)
@@ -148,9 +174,9 @@ def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwarePr
     """Share of the class's plateau rate an op attains: per GEMM dimension where the profile
     gives ``half_util_dims`` and the layer has a shape (times its ``strided`` factor for a strided
     convolution), else by its MAC count."""
-    halves = profile.half_util_dims.get(klass)
+    halves = profile.class_figure(profile.half_util_dims, klass)
     if halves is not None and shape is not None:
-        u = profile.strided.get(klass, 1.0) if shape.strided else 1.0
+        u = profile.class_figure(profile.strided, klass, 1.0) if shape.strided else 1.0
         for size, half in zip((shape.rows, shape.outputs, shape.reduction), halves):
             u *= size / (size + half) if size > 0 else 0.0
         return u
@@ -240,7 +266,11 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         return LayerLatency(0.0, 0.0, 0.0, 0.0, "fused", 0.0, 0.0, 0.0, 0.0 if _has_energy(profile, precision) else None)
     klass = op_class(layer)
     element = DTYPE_BYTES[precision]
-    weights = 0.0 if weights_cached else layer.weights_read * eff.shape_scale
+    rnn = layer.recurrent
+    if rnn is not None and layer.macs > 0:
+        return recurrent_latency(layer, rnn, eff, profile, precision, byte_scale=byte_scale,
+                                 weights_cached=weights_cached)
+    weights = 0.0 if weights_cached else weights_touched(layer) * eff.shape_scale
     in_bytes = layer.act_in_bytes * eff.in_keep * byte_scale
     out_bytes = layer.act_out_bytes * eff.out_keep * byte_scale
     act_in_s, act_in_dram = activation_seconds(in_bytes, profile)
@@ -253,7 +283,8 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         act = max(act, (in_bytes + out_bytes) / min(rates))
     shape_macs = eff.shape_macs if eff.shape_macs is not None else eff.macs / eff.density if eff.density else 0.0
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
-    overhead = profile.per_op_s + sum(profile.per_class_s.get(k, 0.0) for k in ({klass} | rated) if k is not None)
+    kinds = ({klass} | rated) - {None} or {"elementwise"}
+    overhead = profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)
 
     fewer = algorithm_speedup(layer, klass, profile, precision)
     best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead, fewer)
@@ -277,6 +308,72 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         attained=exec_macs / (latency * peak) if latency > 0 else 0.0,
         energy_j=_energy(profile, precision, exec_macs, dram), sparse_path=sparse,
     )
+
+
+@dataclass(frozen=True)
+class RecurrentCost:
+    """An LSTM/GRU/RNN call's seconds: ``call_s`` for what runs once (dispatch, the input
+    projections, the weights' DRAM read, the sequence in and out) and ``step_s`` summed over every
+    step of every layer and direction (the recurrent GEMM or the gates' bytes, and the fixed cost
+    per step)."""
+
+    call_s: float
+    step_s: float
+    step_fixed_s: float            # the part of step_s that is fixed cost per step
+    project_s: float               # the part of call_s that is input projections' math
+    memory_s: float                # the part of call_s that is DRAM and cache traffic
+    macs: float
+    weight_bytes: float
+
+
+def recurrent_cost(rnn: Recurrent, profile: HardwareProfile, precision: str, *, in_keep: float = 1.0,
+                   out_keep: float = 1.0, weight_bytes: float = 0.0, act_bytes: tuple[float, ...] = ()) -> RecurrentCost:
+    """:class:`RecurrentCost` of ``rnn``: per layer and direction, the input projection as one
+    'gemm' over the whole sequence (``steps`` x ``batch`` rows), then ``steps`` times the
+    hidden-to-gates GEMM at ``batch`` rows ('recurrent' class: its rate, its half dimensions and its
+    fixed cost per step, which holds the gate kernels and their dispatch) or the gates' bytes if
+    those take longer. ``out_keep`` scales the hidden units, ``in_keep`` the first layer's inputs;
+    ``weight_bytes`` are read from DRAM once per call, ``act_bytes`` (input and output) move once."""
+    element = DTYPE_BYTES[precision]
+    hidden = rnn.hidden_size * out_keep
+    state = rnn.state_size * (out_keep if not rnn.proj_size else 1.0)
+    gates = rnn.gates * hidden
+    rows = rnn.steps * rnn.batch
+    project_s = step_s = macs = 0.0
+    for l in range(rnn.num_layers):
+        width = rnn.input_size * in_keep if l == 0 else state * rnn.directions
+        project = rows * gates * width
+        step = rnn.batch * gates * state + rnn.batch * hidden * rnn.proj_size
+        gate_s = activation_seconds(3.0 * rnn.batch * gates * element, profile)[0]  # gates read twice, state written
+        one_step = max(compute_seconds(step, "recurrent", profile, precision, Dims(rnn.batch, gates, state)), gate_s)
+        project_s += rnn.directions * compute_seconds(project, "gemm", profile, precision, Dims(rows, gates, width))
+        step_s += rnn.directions * rnn.steps * one_step
+        macs += rnn.directions * (project + rnn.steps * step)
+    calls = rnn.num_layers * rnn.directions
+    fixed = calls * rnn.steps * profile.class_figure(profile.per_class_s, "recurrent", 0.0)
+    memory = weight_bytes / (profile.bandwidth * profile.memory_efficiency) + \
+        sum(activation_seconds(b, profile)[0] for b in act_bytes)
+    call = profile.per_op_s + calls * profile.class_figure(profile.per_class_s, "gemm", 0.0) + project_s + memory
+    return RecurrentCost(call, step_s + fixed, fixed, project_s, memory, macs, weight_bytes)
+
+
+def recurrent_latency(layer: Layer, rnn: Recurrent, eff: Effective, profile: HardwareProfile, precision: str, *,
+                      byte_scale: float = 1.0, weights_cached: bool = False) -> LayerLatency:
+    """An LSTM/GRU/RNN layer as it runs (:func:`recurrent_cost`) under its plan entry."""
+    element = DTYPE_BYTES[precision]
+    weights = 0.0 if weights_cached else layer.weights_read * eff.shape_scale * element
+    cost = recurrent_cost(rnn, profile, precision, in_keep=eff.in_keep, out_keep=eff.out_keep, weight_bytes=weights,
+                          act_bytes=(layer.act_in_bytes * eff.in_keep * byte_scale,
+                                     layer.act_out_bytes * eff.out_keep * byte_scale))
+    latency = cost.call_s + cost.step_s
+    compute = cost.project_s + cost.step_s - cost.step_fixed_s
+    overhead = latency - compute - cost.memory_s
+    bound = "overhead" if overhead > max(compute, cost.memory_s) else "compute" if compute >= cost.memory_s else "memory"
+    peak = profile.peak_macs[precision]
+    return LayerLatency(latency_s=latency, compute_s=compute, memory_s=cost.memory_s, overhead_s=overhead, bound=bound,
+                        exec_macs=cost.macs, dram_bytes=weights,
+                        attained=cost.macs / (latency * peak) if latency > 0 else 0.0,
+                        energy_j=_energy(profile, precision, cost.macs, weights))
 
 
 def _has_energy(profile: HardwareProfile, precision: str) -> bool:
@@ -321,12 +418,24 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
     return Estimate(profile, ctx.precision, layers, dtype or traced, unsampled_layers(graph, profile))
 
 
-def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> tuple[str, ...]:
-    """Convolutions other than 2-D where ``profile`` has per-shape fits (``half_util_dims``: a
-    calibrated CPU, whose probes are 2-D convolutions, linear layers and attention): its rates were never
-    measured for them (1-D convolutions at short lengths ran 2x slower than predicted here)."""
-    if not profile.half_util_dims:
-        return ()
-    return tuple(l.name for l in graph.layers
-                 if l.op.startswith("conv") and len(l.kernel_size or (0, 0)) != 2)
+KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",
+              "gemm": "linear layer", "attention": "attention", "conv1d": "1-D convolution",
+              "conv3d": "3-D convolution", "recurrent": "recurrent layer (LSTM/GRU/RNN)",
+              "transcendental": "GELU/softmax", "sigmoid": "sigmoid/SiLU", "pooling": "pooling layer",
+              "norm": "normalisation", "gather": "embedding lookup", "elementwise": "elementwise op"}
+
+
+def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> dict[str, tuple[str, ...]]:
+    """Cost kind -> the layers of that kind, for every kind a calibrated ``profile`` (one that lists
+    what it ``calibrated``) never timed: their price comes from other kinds' figures (a GRU priced as
+    one big GEMM was 95% fast here; 1-D convolutions at short lengths 2x). Empty for profiles from
+    spec sheets, which are checked against published figures instead."""
+    if not profile.calibrated:
+        return {}
+    out: dict[str, list[str]] = {}
+    for layer in graph.layers:
+        kind = cost_kind(layer)
+        if kind not in profile.calibrated:
+            out.setdefault(kind, []).append(layer.name)
+    return {k: tuple(v) for k, v in out.items()}
 

@@ -135,6 +135,8 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
     p, w = profile, _Writer(notes or {})
     w.put("default_dtype", p.default_dtype)
     w.put("runtime", p.runtime)
+    if p.calibrated:
+        w.put("calibrated", list(p.calibrated))
     for field in SCALARS:
         value = getattr(p, field.attr)
         if value is not None:
@@ -148,8 +150,12 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
         w.put(f"memory.{kind}_gbs", rate / RATED_SCALE)
     for klass, value in p.efficiency.items():
         w.put(f"efficiency.{klass}", value)
-    halves = set(p.half_util_macs.values())
-    w.put("efficiency.half_util_macs", halves.pop() if len(halves) == 1 else dict(p.half_util_macs))
+    shared = {k: v for k, v in p.half_util_macs.items() if k != "recurrent"}   # 0 unless given: see _half_util
+    halves = set(shared.values())
+    if len(halves) == 1 and not p.half_util_macs.get("recurrent"):
+        w.put("efficiency.half_util_macs", halves.pop())
+    else:
+        w.put("efficiency.half_util_macs", dict(p.half_util_macs))
     if p.half_util_dims:
         w.put("efficiency.half_util_dims", {k: list(v) for k, v in p.half_util_dims.items()})
     for key, attr, scale in CLASS_TABLES:

@@ -12,6 +12,38 @@ from costplan.trace.grids import ChannelLog
 Shape = tuple[int, ...]
 
 
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+@dataclass(frozen=True)
+class Recurrent:
+    """An LSTM/GRU/RNN call as it runs: per layer and direction, one GEMM projects the whole input
+    sequence (``steps`` x ``batch`` rows) onto the gates, then every step multiplies the hidden state
+    (``batch`` rows) by the hidden-to-gates weight and applies the gates."""
+
+    mode: str                      # LSTM | GRU | RNN_TANH | RNN_RELU
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    directions: int
+    proj_size: int                 # LSTM projection width (0: none)
+    steps: int
+    batch: int
+
+    @property
+    def gates(self) -> int:
+        return GATES.get(self.mode, 1)
+
+    @property
+    def state_size(self) -> int:
+        """Width of the hidden state a step multiplies (the projection's, where an LSTM has one)."""
+        return self.proj_size or self.hidden_size
+
+    def layer_input(self, layer: int) -> int:
+        """Input width of stacked layer ``layer``: the input's, then the previous layer's output."""
+        return self.input_size if layer == 0 else self.state_size * self.directions
+
+
 @dataclass(frozen=True)
 class Layer:
     """One node of the layer graph: a leaf module's call, or a functional op between modules.
@@ -113,6 +145,21 @@ class Layer:
     def conv_transposed(self) -> bool:
         """A transposed convolution (a deconvolution)."""
         return bool(self.attrs.get("transposed"))
+
+    @property
+    def recurrent(self) -> Recurrent | None:
+        """What an LSTM/GRU/RNN layer runs, step by step; None for other layers."""
+        a = self.attrs
+        if "mode" not in a or not self.out_shapes:
+            return None
+        directions = 2 if a.get("bidirectional") else 1
+        out = self.out_shapes[0]
+        if len(out) == 3:
+            steps, batch = (out[1], out[0]) if a.get("batch_first") else (out[0], out[1])
+        else:      # unbatched (steps, features), or a packed sequence's (tokens, features): batch 1
+            steps, batch = out[0] if out else 1, 1
+        return Recurrent(str(a["mode"]), int(a["input_size"]), int(a["hidden_size"]), int(a["num_layers"]),  # type: ignore[arg-type]
+                         directions, int(a.get("proj_size", 0)), int(steps), int(batch))  # type: ignore[arg-type]
 
     @property
     def tied(self) -> bool:
