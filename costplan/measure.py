@@ -53,6 +53,16 @@ class Comparison:
     page_faults_per_run: float | None = None   # minor page faults per timed forward pass (None: unknown)
     device: str = "cpu"                        # where it was timed: cpu | cuda
     estimate_warnings: tuple[str, ...] = ()    # what the prediction said of itself (kinds never calibrated)
+    # the calibration's reference workload, timed between this model's runs, over its time when the
+    # profile was calibrated: > 1 when the machine runs slower now (None: the profile has no reference)
+    reference_ratio: float | None = None
+
+    @property
+    def adjusted_error(self) -> float | None:
+        """The error with the prediction scaled by how the machine's speed moved since calibration."""
+        if self.reference_ratio is None:
+            return None
+        return self.predicted_ms * self.reference_ratio / self.measured_ms - 1.0
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -76,7 +86,8 @@ class Comparison:
         return {"model": self.model, "hardware": self.hardware,
                 "input": {"shapes": [list(s) for s in self.input_shapes]},
                 "device": self.device, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
-                "error": self.error, "unattributed_ms": self.unattributed_ms,
+                "error": self.error, "reference_ratio": self.reference_ratio, "adjusted_error": self.adjusted_error,
+                "unattributed_ms": self.unattributed_ms,
                 "measured_runs_ms": list(self.measured_runs_ms),
                 "page_faults_per_run": self.page_faults_per_run, "warnings": list(self.warnings),
                 "layers": [asdict(layer) for layer in self.layers]}
@@ -123,25 +134,31 @@ def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[
 
 
 def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
-                     warmup: int = 1) -> dict[str, list[float]]:
+                     warmup: int = 1, warm: frozenset[str] = frozenset()) -> dict[str, list[float]]:
     """Seconds of each forward pass of each instance, ``repeat`` runs of each in turn for ``rounds``
-    rounds after ``warmup`` untimed runs of each: a machine whose speed drifts weighs on all alike."""
+    rounds after ``warmup`` untimed runs of each: a machine whose speed drifts weighs on all alike.
+    The instances named in ``warm`` run once untimed at each turn, as calibration times its probes
+    (a second call in a row, its weights in cache)."""
     for instance in instances.values():
         time_forward(instance, repeat=0, warmup=warmup)
     runs: dict[str, list[float]] = {name: [] for name in instances}
     for _ in range(rounds):
         for name, instance in instances.items():
-            runs[name] += time_forward(instance, repeat=repeat, warmup=0)
+            runs[name] += time_forward(instance, repeat=repeat, warmup=1 if name in warm else 0)
     return runs
 
 
 def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
-    """Median kernel seconds per layer over ``repeat`` traced runs."""
+    """Median kernel seconds per layer over ``repeat`` traced runs after an untimed one (a first
+    call pays for first-time setup). The tracer runs under no_grad, not the inference mode the forward
+    passes are timed in: a text CNN's 1-D convolutions read 1.6x slower so, but tracing a GRU model
+    under inference mode after a plain forward pass grew memory without bound here."""
     runs: list[dict[str, float]] = []
-    for _ in range(repeat):
+    for i in range(repeat + 1):
         timings: dict[str, float] = {}
         trace(instance.module, instance.args, instance.kwargs, timings=timings)
-        runs.append(timings)
+        if i:
+            runs.append(timings)
     return {name: statistics.median(run.get(name, 0.0) for run in runs) for name in runs[0]}
 
 
@@ -172,6 +189,9 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
              **kwargs: Any) -> _Prepared:
     source = resolve(model, dtype=dtype, **kwargs)
     instance = instantiate(source, device)
+    # timed as it is predicted, in eval mode: a factory's model comes in training mode, whose dropout
+    # and batch statistics are work inference does not do (a transformer encoder ran 2x as long)
+    instance.module.eval()
     # per-layer kernel times come from the tracer's clock around each op, which CUDA's queue makes meaningless
     layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat))) if device == "cpu" else {}
     graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
@@ -182,14 +202,16 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
 
 
 def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
-                device: str) -> Comparison:
+                device: str, reference: list[float]) -> Comparison:
     layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
                                p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound)
                    for l in p.graph.layers)
     return Comparison(model=p.name, hardware=profile.name, input_shapes=p.graph.inputs.shapes,
                       predicted_ms=p.estimate.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
                       measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers, page_faults_per_run=faults,
-                      device=device, estimate_warnings=p.estimate.warnings)
+                      device=device, estimate_warnings=p.estimate.warnings,
+                      reference_ratio=statistics.median(reference) / profile.reference_s
+                      if reference and profile.reference_s else None)
 
 
 def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, dtype: str = "float32",
@@ -204,12 +226,23 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
     profile, device, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, weights)
     with _threads(profile):
         prepared = _prepare(model, profile, device, plan, dtype, repeat, **shared)
-        time_forward(prepared.instance, 0, warmup)
+        # the calibration's reference workload in turn with the model: how the machine's speed moved since
+        timed = {"model": prepared.instance, **_reference(profile, device)}
+        time_round_robin(timed, rounds=0, warmup=warmup)
         before_faults = minor_faults()
-        runs = time_forward(prepared.instance, repeat, 0)
+        runs = time_round_robin(timed, rounds=repeat, warmup=0, warm=frozenset({"reference"}))
         after_faults = minor_faults()
-    faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, len(runs))
-    return _comparison(prepared, profile, runs, faults, device)
+    faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, repeat)
+    return _comparison(prepared, profile, runs["model"], faults, device, runs.get("reference", []))
+
+
+def _reference(profile: HardwareProfile, device: str) -> dict[str, Instance]:
+    """The reference workload where the profile recorded its time (calibrated CPUs), else nothing."""
+    if not profile.reference_s or device != "cpu":
+        return {}
+    from costplan.hardware.probes import reference_workload
+
+    return {"reference": reference_workload()}
 
 
 @dataclass(frozen=True)
@@ -259,10 +292,12 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
     with _threads(profile):
         a = _prepare(first, profile, device, plan, dtype, repeat, **{**shared, "weights": weights})
         b = _prepare(second, profile, device, None, dtype, repeat, **shared)
-        runs = time_round_robin({"a": a.instance, "b": b.instance}, rounds=repeat, warmup=warmup)
+        runs = time_round_robin({"a": a.instance, "b": b.instance, **_reference(profile, device)},
+                                rounds=repeat, warmup=warmup, warm=frozenset({"reference"}))
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
-    return PairComparison(_comparison(a, profile, runs["a"], None, device),
-                          _comparison(b, profile, runs["b"], None, device), ratios)
+    reference = runs.get("reference", [])
+    return PairComparison(_comparison(a, profile, runs["a"], None, device, reference),
+                          _comparison(b, profile, runs["b"], None, device, reference), ratios)
 
 
 def _setup(hw: HardwareProfile | str, dtype: str, keep_memory: bool, input: str | None, batch: int | None,

@@ -194,6 +194,10 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                     "framework time is not known: they are taken under the tracer, whose bookkeeping between "
                     "kernels leaves short kernels to start cold (read their measured times as high), and the "
                     "machine's speed may have changed between them"))
+    if c.reference_ratio is not None:
+        text.append(f"\nmachine speed: the calibration's reference workload ran {c.reference_ratio:.2f}x as long as "
+                    f"when {c.hardware} was calibrated; with the prediction scaled by that, error "
+                    f"{c.adjusted_error:+.1%}")
     for warning in c.warnings:
         text.append(f"\nwarning: {warning}", style="yellow")
     return table, text
@@ -211,6 +215,9 @@ def measure_pair_text(pair) -> Text:  # PairComparison
     text.append(f"{pair.first.model} / {pair.second.model}: predicted {pair.predicted_ratio:.3f}x, measured "
                 f"{pair.measured_ratio:.3f}x (median of {len(pair.round_ratios)} back-to-back rounds, "
                 f"{low:.2f}x to {high:.2f}x), error {pair.ratio_error:+.1%}")
+    if pair.first.reference_ratio is not None:
+        text.append(f"\nmachine speed: the calibration's reference workload ran {pair.first.reference_ratio:.2f}x as "
+                    f"long as when {pair.first.hardware} was calibrated (the ratio needs no such correction)")
     for warning in pair.warnings:
         text.append(f"\nwarning: {warning}", style="yellow")
     return text

@@ -180,8 +180,8 @@ def test_a_calibrated_profile_names_every_kind_it_never_timed_with_its_share() -
     assert "without timing any 1-D convolution: this model's 2 ('0', '2') carry" in warning
     assert f"carry {share:.0%} of its predicted time" in warning and share > 0.5
     assert costplan.estimate_latency(graph, "cpu-xeon").warnings == ()
-    (norms,) = costplan.estimate_latency(costplan.load_graph(SmallCNN(), input="1x3x8x8"), calibrated).warnings
-    assert "normalisation: this model's 2 ('bn1', 'bn2')" in norms
+    norms, means = costplan.estimate_latency(costplan.load_graph(SmallCNN(), input="1x3x8x8"), calibrated).warnings
+    assert "normalisation: this model's 2 ('bn1', 'bn2')" in norms and "reduction (mean, max over a dimension, global pooling): this model's 1 ('mean')" in means
     with open(calibrated, "rb") as f:         # the same figures, stated as timed on every kind: silent
         data = tomllib.load(f)
     everything = parse_profile({**data, "calibrated": list(COST_KINDS)}, "everything")

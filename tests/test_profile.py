@@ -200,7 +200,7 @@ def test_calibrate_writes_its_profile_through_the_schema() -> None:
     from costplan.hardware.fitting import ClassFit
 
     fits = {k: ClassFit(5e10 + i * 1e9, (20.0 + i, 8.0, 1e-17), 1e-5 * (i + 1), 0.1, 0.8 if k == "conv" else 1.0)
-            for i, k in enumerate(("gemm", "conv", "pointwise", "depthwise", "attention", "conv1d", "recurrent"))}
+            for i, k in enumerate(("gemm", "conv", "pointwise", "depthwise", "attention", "conv1d", "gru"))}
     c = Calibration(name="local", peak_macs=5.6e10, half_util_macs={"gemm": 3e6},
                     efficiency={k: f.rate / 5.6e10 for k, f in fits.items()}, fits=fits, bandwidth=2.5e10,
                     onchip_bandwidth=4.7e10, rated_bandwidth={"transcendental": 7.9e9, "sigmoid": 1.3e10,
@@ -212,5 +212,5 @@ def test_calibrate_writes_its_profile_through_the_schema() -> None:
     _same_profile(calibrated_profile(c), read)
     assert read.half_util_dims["conv"] == (21.0, 8.0, 0.0) and read.strided == {"conv": 0.8}
     assert read.calibrated == (*fits, "transcendental", "sigmoid", "norm", "pooling", "gather", "elementwise")
-    assert read.half_util_macs["recurrent"] == 0.0 and read.per_class_s["recurrent"] == pytest.approx(7e-5)
+    assert read.half_util_macs["gru"] == 0.0 and read.per_class_s["gru"] == pytest.approx(7e-5)
     assert "gemm = 0.8928571429   # linear layers, 3 shapes, fit's median error 10%" in text

@@ -22,6 +22,7 @@ from costplan.hardware.fitting import ClassFit, _memory_seconds, _onchip, fit_cl
 from costplan.hardware.probes import (
     CHAIN,
     FRESH_OUTPUT_BYTES,
+    GATHER_SHAPES,
     _cpu_name,
     _probes,
     attention_shapes,
@@ -33,7 +34,7 @@ from costplan.hardware.probes import (
     sample_shapes,
 )
 from costplan.hardware.roofline import recurrent_cost
-from costplan.hardware.profile import LEADERS, OP_CLASSES, HardwareProfile, SparsitySupport, parse_profile
+from costplan.hardware.profile import LEADERS, OP_CLASSES, RECURRENT, HardwareProfile, SparsitySupport, parse_profile
 from costplan.hardware.schema import profile_toml as write_profile
 from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, speed_by_round
 from costplan.models import Instance
@@ -61,6 +62,7 @@ class Calibration:
     samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (MACs, seconds)
     quality: Quality | None = None     # how noisy the machine was, and the self-check
     kept_memory: bool = False          # timed with glibc keeping freed memory (timing.keep_freed_memory)
+    reference_s: float | None = None   # seconds of probes.reference_workload(), timed in the rounds
 
     def profile(self) -> HardwareProfile:
         """The calibration as a profile, exactly as ``--hw`` would read the file :func:`profile_toml` writes."""
@@ -211,7 +213,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
     shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i)
               for i, kind in enumerate(SAMPLED)}
-    rnns = recurrent_shapes(9 if quick else 18, seed)
+    rnns = recurrent_shapes(15 if quick else 24, seed)
     with torch.inference_mode():
         probes = {**_probes(shapes, quick, kept, rnns), **check_probes(check)}
         timings, quality = _measure(probes, quick, progress, seed, load_limit)
@@ -235,18 +237,19 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
             bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, fixed_s=fixed,
             first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
             threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
-            quality=quality, kept_memory=kept)
+            quality=quality, kept_memory=kept, reference_s=samples["reference"][0][1])
     # a recurrent step is what a call leaves over its once-per-call work, priced by the fits above
     before = calibration_of(fits).profile()
-    steps = [(t - recurrent_cost(r.recurrent, before, "float32", weight_bytes=r.weight_total,
-                                 act_bytes=r.sequence_bytes).call_s) / r.steps
-             for r, (_, t) in zip(rnns, samples["recurrent"])]
-    if min(steps) <= 0:
-        raise CostplanError("calibration timed a recurrent layer faster than its input projection alone: the "
-                            "machine's speed changed while timing; run `costplan calibrate` again")
-    memory = _memory_seconds(rnns, dram, onchip, onchip_bytes)
-    fits["recurrent"] = fit_class(rnns, steps, memory, 0.0)
-    samples["recurrent"] = [(float(r.macs), t) for r, t in zip(rnns, steps)]
+    for cell in RECURRENT:     # each cell's steps: what its calls leave over their once-per-call work
+        cells = [r for r in rnns if r.recurrent.cell == cell]
+        steps = [(t - recurrent_cost(r.recurrent, before, "float32", weight_bytes=r.weight_total,
+                                     act_bytes=r.sequence_bytes).call_s) / r.steps
+                 for r, (_, t) in zip(cells, samples[cell])]
+        if min(steps) <= 0:
+            raise CostplanError(f"calibration timed an {cell.upper()} layer faster than its input projection alone: "
+                                "the machine's speed changed while timing; run `costplan calibrate` again")
+        fits[cell] = fit_class(cells, steps, _memory_seconds(cells, dram, onchip, onchip_bytes), 0.0)
+        samples[cell] = [(float(r.macs), t) for r, t in zip(cells, steps)]
     why = refusal(quality, fits, load_limit)
     if why and strict:
         raise CostplanError(why)
@@ -299,8 +302,12 @@ def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: floa
     dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
     onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
     fixed, fitted = {}, {}
-    for kind in ("norm", "pooling", "pooling1d", "gather"):
+    for kind in ("norm", "pooling", "pooling1d", "reduction"):
         fixed[kind], fitted[kind] = fit_linear(samples[kind], per_op)
+    # a lookup's rows are read from DRAM as weights are (roofline.weights_touched), its rate bounds the rest
+    rows = [4.0 * batch * tokens * dim
+            for _, dim, batch, tokens in GATHER_SHAPES[::2 if len(samples["gather"]) < len(GATHER_SHAPES) else 1]]
+    fixed["gather"], fitted["gather"] = fit_linear([(b, t - r / dram) for (b, t), r in zip(samples["gather"], rows)], per_op)
     # a lone small op (a residual add, a bias) beyond dispatch and its bytes in cache
     fixed["elementwise"] = statistics.median(max(t - per_op - b / onchip, 0.0) for b, t in samples["binary"])
     first_touch_bw = None   # kept memory: outputs reuse pages, nothing is faulted in
@@ -320,7 +327,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         name=c.name, kind="cpu", description=f"{c.cpu} ({c.threads} threads), calibrated {datetime.date.today()}",
         peak_macs={"float32": c.peak_macs}, bandwidth=c.bandwidth, onchip_bytes=c.onchip_bytes,
         onchip_bandwidth=c.onchip_bandwidth, efficiency={k: c.efficiency.get(k, c.efficiency.get(LEADERS.get(k, ""), 1.0)) for k in OP_CLASSES}, memory_efficiency=1.0,
-        half_util_macs={**dict.fromkeys(OP_CLASSES, c.half_util_macs["gemm"]), "recurrent": 0.0}, per_op_s=c.per_op_s,
+        half_util_macs={**dict.fromkeys(OP_CLASSES, c.half_util_macs["gemm"]), **dict.fromkeys(RECURRENT, 0.0)}, per_op_s=c.per_op_s,
         fuse_elementwise=False, weights_on_chip=False, default_dtype="float32",
         sparsity={"unstructured": SparsitySupport()}, threads=c.threads,
         half_util_dims={k: tuple(v if v >= 1e-3 else 0.0 for v in f.half_dims) for k, f in c.fits.items()},  # fits' 1e-17 is 0
@@ -329,7 +336,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
         weights_overlap=False, rated_bandwidth=dict(c.rated_bandwidth), channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
-        first_touch_bandwidth=c.first_touch_bandwidth, runtime="eager")
+        first_touch_bandwidth=c.first_touch_bandwidth, runtime="eager", reference_s=c.reference_s)
 
 
 def _notes(c: Calibration) -> dict[str, str]:
@@ -351,6 +358,7 @@ def _notes(c: Calibration) -> dict[str, str]:
         "memory.norm_gbs": "batch norms right after a convolution, ResNet shapes (+ per_class_us.norm per call)",
         "memory.pooling_gbs": "2-D and 1-D max/average pools: window loops, not bandwidth, bound them (+ per_class_us.pooling)",
         "memory.pooling1d_gbs": "1-D max-pools (+ per_class_us.pooling1d)",
+        "memory.reduction_gbs": "means and maxima over a dimension, global average pools (+ per_class_us.reduction)",
         "memory.gather_gbs": "embedding lookups, rows read and written (+ per_class_us.gather)",
         "memory.fresh_output_mb": "outputs over 32 MiB: glibc maps fresh pages for them on every call",
         "memory.first_touch_gbs": "faulting those pages in: a fresh 48 MiB fill less a reused one",
@@ -360,14 +368,16 @@ def _notes(c: Calibration) -> dict[str, str]:
         "efficiency.attention": fit("attention", "fused scaled-dot-product attention"),
         "efficiency.conv1d": fit("conv1d", "1-D convolutions, 10 to 4000 steps"),
         "efficiency.conv3d": fit("conv3d", "3-D convolutions on small cubes"),
-        "efficiency.recurrent": fit("recurrent", "LSTM/GRU/RNN steps (a call less its input projection)"),
+        **{f"efficiency.{cell}": fit(cell, f"{cell.upper()} steps (a call less its input projection)") for cell in RECURRENT},
         "calibrated": "the op classes and memory kinds these figures were measured on",
+        "calibration.reference_ms": "a fixed mix of convolutions, a linear layer and ReLUs (probes.reference_workload), "
+                                    "timed in the rounds: measure times it again to see how the machine's speed moved",
         "efficiency.memory": "the bandwidth above is what a copy attains",
         "efficiency.half_util_macs": "matmuls without a layer shape",
         "efficiency.half_util_dims": "per GEMM dimension (rows, outputs, reduction): half the class's rate",
         "efficiency.strided": "a stride > 1 convolution's rate over a stride-1 one's",
         "overhead.per_op_us": "an nn.ReLU call on a tiny tensor: eager dispatch per layer",
-        "overhead.per_class_us": "fitted: oneDNN setup, weight reorders; recurrent: per step (gates and their dispatch); "
+        "overhead.per_class_us": "fitted: oneDNN setup, weight reorders; lstm, gru, rnn: per step (gates and their dispatch); "
                                  "elementwise: a lone small op beyond dispatch",
         "overhead.fuse_elementwise": "eager PyTorch runs every norm and activation as its own op",
         "sparsity.unstructured.compute_speedup": "dense kernels multiply zeros",

@@ -31,7 +31,10 @@ _POOLING_1D = {"max_pool1d", "max_pool1d_with_indices"}   # a kernel of its own,
 _NORM = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
          "native_layer_norm", "native_group_norm"}
 _GATHER = {"embedding", "index_select", "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only"}
-RATED_KINDS = ("transcendental", "sigmoid", "pooling", "pooling1d", "norm", "gather")
+_REDUCTION = {"sum", "mean", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean", "logsumexp",
+              "prod", "norm", "linalg_vector_norm", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
+              "adaptive_max_pool2d", "argmax", "argmin"}
+RATED_KINDS = ("transcendental", "sigmoid", "pooling", "pooling1d", "norm", "gather", "reduction")
 
 
 def rated_kind(aten_op: str) -> str | None:
@@ -39,8 +42,9 @@ def rated_kind(aten_op: str) -> str | None:
     its own in a profile: 'transcendental' (GELU, softmax: math per element), 'sigmoid' (sigmoid,
     SiLU: one exponential per element), 'pooling' (max/avg
     windows; adaptive pooling, a plain reduction, is not one; 1-D max pools are 'pooling1d'), 'norm' (batch/layer/group norm:
-    statistics and a per-channel loop) or 'gather' (embedding lookups: rows read at scattered
-    addresses). None for other ops."""
+    statistics and a per-channel loop), 'gather' (embedding lookups: rows read at scattered
+    addresses) or 'reduction' (sums, means, maxima over a dimension; global average pooling).
+    None for other ops."""
     parts = aten_op.split(".")
     if len(parts) != 3:
         return None
@@ -51,6 +55,8 @@ def rated_kind(aten_op: str) -> str | None:
         return "sigmoid"
     if name in _GATHER:
         return "gather"
+    if name in _REDUCTION and parts[2] != "other":    # max.other is elementwise
+        return "reduction"
     if name in _POOLING_1D:
         return "pooling1d"
     return "pooling" if name in _POOLING else "norm" if name in _NORM else None

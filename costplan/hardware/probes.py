@@ -23,10 +23,15 @@ from costplan.models import Instance
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
 POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
-# (vocabulary, width, tokens) of embedding lookups: word tables of text models, from a batch's few
-# tokens to a long prompt's
-GATHER_SHAPES = ((1000, 64, 64), (30522, 768, 128), (50257, 768, 1024), (32000, 256, 16), (8000, 512, 4096),
-                 (50000, 40, 800))
+# (vocabulary, width, tokens) of embedding lookups: word tables of text models (most far larger than a
+# cache: their rows come from DRAM at scattered addresses), from a batch's few tokens to a long prompt's
+# (vocabulary, width, batch, tokens): a batch of sentences looks up by a 2-D index, slower than a flat one
+GATHER_SHAPES = ((1000, 64, 1, 64), (30522, 768, 1, 128), (50257, 768, 8, 128), (32000, 1024, 1, 64),
+                 (8000, 512, 1, 4096), (100000, 256, 64, 128), (250000, 64, 1, 2048), (50000, 40, 8, 100))
+# (shape, dimension) of reductions as networks run them: a mean over tokens, a max over time, a
+# global average pool, a softmax-free sum over features
+REDUCTION_SHAPES = (((64, 128, 256), 1), ((32, 100, 200), -1), ((1, 512, 7, 7), (2, 3)), ((8, 2048, 7, 7), (2, 3)),
+                    ((1, 197, 768), -1), ((16, 50, 256), 1))
 SMALL_ELEMENTWISE = (256, 4096, 65536, 262144, 1048576)  # elements of a binary add: residuals, biases, gates
 # (batch, heads, tokens, head width) of fused attention as encoders run it: ViT-B (197 tokens), BERT
 # (128-384), small encoders (64), GPT-2 blocks
@@ -323,11 +328,20 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
             probes[f"{kind} {i}"] = (kind, float(shape.macs), timed(lambda m=module.eval(), x=x: m(x)), 1.0)
     for i, rnn in enumerate(recurrent):
         x = torch.randn(rnn.batch, rnn.steps, rnn.inputs)
-        probes[f"recurrent {i}"] = ("recurrent", float(rnn.macs), timed(lambda m=rnn.module(), x=x: m(x)), 1.0)
-    for vocab, dim, tokens in GATHER_SHAPES[::2] if quick else GATHER_SHAPES:
-        table, ids = torch.nn.Embedding(vocab, dim).eval(), torch.randint(0, vocab, (tokens,))
-        probes[f"gather {vocab}x{dim} {tokens}"] = ("gather", 8.0 * tokens + 2 * 4.0 * tokens * dim,
+        probes[f"{rnn.recurrent.cell} {i}"] = (rnn.recurrent.cell, float(rnn.macs), timed(lambda m=rnn.module(), x=x: m(x)), 1.0)
+    for vocab, dim, batch, tokens in GATHER_SHAPES[::2] if quick else GATHER_SHAPES:
+        table = torch.nn.Embedding(vocab, dim).eval()
+        ids = torch.randint(0, vocab, (batch, tokens) if batch > 1 else (tokens,))
+        tokens *= batch
+        # the size is what the roofline's rate applies to (indices in, rows out); the rows read come on top
+        probes[f"gather {vocab}x{dim} {batch}x{tokens}"] = ("gather", 8.0 * tokens + 4.0 * tokens * dim,
                                                      timed(lambda e=table, i=ids: e(i)), 1.0)
+    for i, (shape, dim) in enumerate(REDUCTION_SHAPES):
+        x = torch.randn(shape)
+        out = x.mean(dim)
+        probes[f"reduce {i} {shape}"] = ("reduction", 4.0 * (x.numel() + out.numel()),
+                                         timed((lambda x=x, d=dim: x.mean(d)) if i % 2 == 0 else
+                                               (lambda x=x, d=dim: x.amax(d))), 1.0)
     for n in SMALL_ELEMENTWISE:
         a, b = torch.randn(n), torch.randn(n)
         probes[f"add {n}"] = ("binary", 3 * 4.0 * n, timed(lambda a=a, b=b: torch.add(a, b)), 1.0)
@@ -376,6 +390,16 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
     return probes
 
 
+def reference_workload() -> Instance:
+    """A fixed mix of what networks run (3x3 and 1x1 convolutions, a linear layer on 64 rows, ReLUs),
+    about a millisecond on 2 cores: calibrate records its time, and measure times it again beside a
+    model to see how the machine's speed has moved since."""
+    torch.manual_seed(0)
+    convs = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 128, 1),
+                                torch.nn.ReLU(), torch.nn.Flatten(2), torch.nn.Linear(28 * 28, 256), torch.nn.ReLU())
+    return Instance(convs.eval(), (torch.randn(1, 64, 28, 28),))
+
+
 def check_networks() -> dict[str, Instance]:
     """Three networks calibration never fits on, at batch 1: a residual CNN, a depthwise CNN and a
     stack of transformer encoder layers (run unfused, as costplan models them: see :class:`_Unfused`)."""
@@ -421,5 +445,6 @@ def _warm_call(network: Instance) -> Probe:
 
 def check_probes(networks: Mapping[str, Instance]) -> dict[str, tuple[str, float, Probe, float]]:
     """Held-out networks as probes, timed in the same interleaved rounds as the fitted layers,
-    so a drift of the machine's speed cannot pass for an error of the fit."""
-    return {f"check {name}": ("check", 0.0, _warm_call(n), 1.0) for name, n in networks.items()}
+    so a drift of the machine's speed cannot pass for an error of the fit; and the reference workload."""
+    return {**{f"check {name}": ("check", 0.0, _warm_call(n), 1.0) for name, n in networks.items()},
+            "reference": ("reference", 0.0, _warm_call(reference_workload()), 1.0)}

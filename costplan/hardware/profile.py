@@ -22,10 +22,13 @@ from costplan.hardware.opclass import RATED_KINDS
 from costplan.spellings import DTYPE_BYTES, canonical_dtype
 
 # pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention; conv1d/conv3d = 1-D
-# and 3-D convolutions; recurrent = one time step of an LSTM/GRU/RNN (its hidden-to-hidden GEMM and gates)
-OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention", "conv1d", "conv3d", "recurrent")
+# and 3-D convolutions; lstm/gru/rnn = one time step of that cell (its hidden-to-gates GEMM and gates:
+# CPUs run the three by different code, an LSTM step here in half a GRU step's time)
+RECURRENT = ("lstm", "gru", "rnn")
+OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention", "conv1d", "conv3d", *RECURRENT)
 # a class a profile gives no figures of its own takes its leader's
-LEADERS = {"pointwise": "conv", "conv1d": "conv", "conv3d": "conv", "attention": "gemm", "recurrent": "gemm"}
+LEADERS = {"pointwise": "conv", "conv1d": "conv", "conv3d": "conv", "attention": "gemm",
+           **dict.fromkeys(RECURRENT, "gemm")}
 # what a layer costs as, beyond the op classes: memory-only kinds with rates of their own (embedding
 # row gathers among them), and plain memory-only ops (elementwise, copies)
 MEMORY_KINDS = (*RATED_KINDS, "elementwise")
@@ -118,6 +121,9 @@ class HardwareProfile:
     # the op classes and memory kinds (COST_KINDS) whose figures were measured on this device by
     # `costplan calibrate`; empty for a profile from spec sheets and published figures
     calibrated: tuple[str, ...] = ()
+    # seconds of probes.reference_workload() when calibrated: `costplan measure` times it again beside a
+    # model, to say how much faster or slower the machine runs now than when its figures were measured
+    reference_s: float | None = None
 
     def class_figure(self, table: Mapping[str, Any], klass: str, default: Any = None) -> Any:
         """``table[klass]``, or its leader's (:data:`LEADERS`) where the profile gives none of its own."""
@@ -259,15 +265,15 @@ def _winograd(f: Fields) -> tuple[float, tuple[str, ...]]:
 def _half_util(eff: Fields) -> dict[str, float]:
     """``half_util_macs`` is one number for every class, or a table by class (missing ones: gemm's),
     except a recurrent step's (0 unless given): its floor is its fixed cost per step
-    (``per_class_us.recurrent``), not a MAC count, which at a hundred steps of batch rows would
+    (``per_class_us.lstm``, ``gru``, ``rnn``), not a MAC count, which at a hundred steps of batch rows would
     price a GRU at a GPU's half-wave floor a hundred times."""
     value = eff.get("half_util_macs", 0.0)
     if isinstance(value, dict):
         table = _class_table(eff, "half_util_macs")
         default = table.number("gemm", 0.0)
-        return {c: table.number(c, 0.0 if c == "recurrent" else default) for c in OP_CLASSES}
+        return {c: table.number(c, 0.0 if c in RECURRENT else default) for c in OP_CLASSES}
     shared = eff.number("half_util_macs", 0.0)
-    return {c: 0.0 if c == "recurrent" else shared for c in OP_CLASSES}
+    return {c: 0.0 if c in RECURRENT else shared for c in OP_CLASSES}
 
 
 def _half_util_dims(eff: Fields) -> dict[str, tuple[float, float, float]]:
@@ -347,7 +353,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     energy = f.table("energy", required=False)
     if ("fresh_output_mb" in memory.data) != ("first_touch_gbs" in memory.data):
         raise memory.fail("first_touch_gbs", "and 'memory.fresh_output_mb' must be given together")
-    scalars = read_scalars({"": f, "memory": memory, "efficiency": eff, "overhead": overhead, "energy": energy})
+    scalars = read_scalars({"": f, "memory": memory, "efficiency": eff, "overhead": overhead, "energy": energy,
+                            "calibration": f.table("calibration", required=False)})
     efficiency = _efficiencies(eff)
     half_util_dims, rated = _half_util_dims(eff), _rated(memory)
     winograd_speedup, winograd_dtypes = _winograd(f)

@@ -73,12 +73,12 @@ class Estimate:
 
 
 def op_class(layer: Layer) -> str | None:
-    """'conv', 'pointwise', 'depthwise', 'conv1d', 'conv3d', 'attention', 'recurrent' or 'gemm' for
+    """'conv', 'pointwise', 'depthwise', 'conv1d', 'conv3d', 'attention', 'lstm', 'gru', 'rnn' or 'gemm' for
     layers with MACs; None for memory-only layers."""
     if layer.macs == 0:
         return None
     if layer.recurrent is not None:
-        return "recurrent"
+        return layer.recurrent.cell
     if layer.op == "attention":
         return "attention"
     if layer.op.startswith("conv"):
@@ -330,8 +330,8 @@ def recurrent_cost(rnn: Recurrent, profile: HardwareProfile, precision: str, *, 
                    out_keep: float = 1.0, weight_bytes: float = 0.0, act_bytes: tuple[float, ...] = ()) -> RecurrentCost:
     """:class:`RecurrentCost` of ``rnn``: per layer and direction, the input projection as one
     'gemm' over the whole sequence (``steps`` x ``batch`` rows), then ``steps`` times the
-    hidden-to-gates GEMM at ``batch`` rows ('recurrent' class: its rate, its half dimensions and its
-    fixed cost per step, which holds the gate kernels and their dispatch) or the gates' bytes if
+    hidden-to-gates GEMM at ``batch`` rows (the cell's class, 'lstm', 'gru' or 'rnn': its rate, its
+    half dimensions and its fixed cost per step, which holds the gate kernels and their dispatch) or the gates' bytes if
     those take longer. ``out_keep`` scales the hidden units, ``in_keep`` the first layer's inputs;
     ``weight_bytes`` are read from DRAM once per call, ``act_bytes`` (input and output) move once."""
     element = DTYPE_BYTES[precision]
@@ -345,12 +345,12 @@ def recurrent_cost(rnn: Recurrent, profile: HardwareProfile, precision: str, *, 
         project = rows * gates * width
         step = rnn.batch * gates * state + rnn.batch * hidden * rnn.proj_size
         gate_s = activation_seconds(3.0 * rnn.batch * gates * element, profile)[0]  # gates read twice, state written
-        one_step = max(compute_seconds(step, "recurrent", profile, precision, Dims(rnn.batch, gates, state)), gate_s)
+        one_step = max(compute_seconds(step, rnn.cell, profile, precision, Dims(rnn.batch, gates, state)), gate_s)
         project_s += rnn.directions * compute_seconds(project, "gemm", profile, precision, Dims(rows, gates, width))
         step_s += rnn.directions * rnn.steps * one_step
         macs += rnn.directions * (project + rnn.steps * step)
     calls = rnn.num_layers * rnn.directions
-    fixed = calls * rnn.steps * profile.class_figure(profile.per_class_s, "recurrent", 0.0)
+    fixed = calls * rnn.steps * profile.class_figure(profile.per_class_s, rnn.cell, 0.0)
     memory = weight_bytes / (profile.bandwidth * profile.memory_efficiency) + \
         sum(activation_seconds(b, profile)[0] for b in act_bytes)
     call = profile.per_op_s + calls * profile.class_figure(profile.per_class_s, "gemm", 0.0) + project_s + memory
@@ -420,9 +420,10 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
 
 KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",
               "gemm": "linear layer", "attention": "attention", "conv1d": "1-D convolution",
-              "conv3d": "3-D convolution", "recurrent": "recurrent layer (LSTM/GRU/RNN)",
+              "conv3d": "3-D convolution", "lstm": "LSTM layer", "gru": "GRU layer", "rnn": "RNN layer",
               "transcendental": "GELU/softmax", "sigmoid": "sigmoid/SiLU", "pooling": "pooling layer",
-              "norm": "normalisation", "gather": "embedding lookup", "elementwise": "elementwise op"}
+              "norm": "normalisation", "gather": "embedding lookup", "elementwise": "elementwise op",
+              "pooling1d": "1-D max-pool", "reduction": "reduction (mean, max over a dimension, global pooling)"}
 
 
 def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> dict[str, tuple[str, ...]]:

@@ -46,6 +46,7 @@ SCALARS: tuple[Field, ...] = (
     Field("overhead.per_op_us", "per_op_s", "number", 1e-6, default=0.0),
     Field("overhead.fuse_elementwise", "fuse_elementwise", "flag", default=False),
     Field("energy.pj_per_dram_byte", "energy_pj_per_dram_byte", "optional"),
+    Field("calibration.reference_ms", "reference_s", "optional", 1e-3),
 )
 
 # figures kept per op class (or rated kind) in an inline table: (key, profile attribute, scale)
@@ -150,9 +151,9 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
         w.put(f"memory.{kind}_gbs", rate / RATED_SCALE)
     for klass, value in p.efficiency.items():
         w.put(f"efficiency.{klass}", value)
-    shared = {k: v for k, v in p.half_util_macs.items() if k != "recurrent"}   # 0 unless given: see _half_util
-    halves = set(shared.values())
-    if len(halves) == 1 and not p.half_util_macs.get("recurrent"):
+    steps = ("lstm", "gru", "rnn")        # 0 unless given: see profile._half_util
+    halves = {v for k, v in p.half_util_macs.items() if k not in steps}
+    if len(halves) == 1 and not any(p.half_util_macs.get(k) for k in steps):
         w.put("efficiency.half_util_macs", halves.pop())
     else:
         w.put("efficiency.half_util_macs", dict(p.half_util_macs))

@@ -35,6 +35,11 @@ class Recurrent:
         return GATES.get(self.mode, 1)
 
     @property
+    def cell(self) -> str:
+        """The op class a step of it is priced as: 'lstm', 'gru' or 'rnn'."""
+        return {"LSTM": "lstm", "GRU": "gru"}.get(self.mode, "rnn")
+
+    @property
     def state_size(self) -> int:
         """Width of the hidden state a step multiplies (the projection's, where an LSTM has one)."""
         return self.proj_size or self.hidden_size
