@@ -109,17 +109,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
-
-
 def _restart_with_kept_memory() -> None:
     """Run this command again in a process that keeps freed memory from its start (glibc reads these
     variables once, at startup), unless it already does or the allocator is not glibc's."""
     import os
     import platform
 
-    preloaded = any(a in os.environ.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc", "mimalloc"))
-    if platform.libc_ver()[0] != "glibc" or preloaded or all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
+    from costplan.measure import ALLOCATOR_ENV, allocator
+
+    if platform.libc_ver()[0] != "glibc" or not allocator(False).startswith("glibc's defaults"):
         return
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", "costplan", *sys.argv[1:]], {**os.environ, **ALLOCATOR_ENV})

@@ -56,6 +56,7 @@ class Comparison:
     # the calibration's reference workload, timed between this model's runs, over its time when the
     # profile was calibrated: > 1 when the machine runs slower now (None: the profile has no reference)
     reference_ratio: float | None = None
+    allocator: str = ""                        # how the timing process allocated memory (measure.allocator)
 
     @property
     def adjusted_error(self) -> float | None:
@@ -85,7 +86,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "hardware": self.hardware,
                 "input": {"shapes": [list(s) for s in self.input_shapes]},
-                "device": self.device, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
+                "device": self.device, "allocator": self.allocator, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
                 "error": self.error, "reference_ratio": self.reference_ratio, "adjusted_error": self.adjusted_error,
                 "unattributed_ms": self.unattributed_ms,
                 "measured_runs_ms": list(self.measured_runs_ms),
@@ -94,6 +95,25 @@ class Comparison:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
+
+def allocator(kept_here: bool) -> str:
+    """How this process allocates memory, in words: an allocator preloaded, glibc keeping freed
+    memory from its start (:data:`ALLOCATOR_ENV`) or from now on (``kept_here``: mallopt), or glibc's
+    defaults."""
+    import os
+
+    preloaded = [a for a in ("jemalloc", "tcmalloc", "mimalloc") if a in os.environ.get("LD_PRELOAD", "")]
+    if preloaded:
+        return f"{preloaded[0]} (LD_PRELOAD)"
+    if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
+        return "glibc keeping freed memory from the start (" + " ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items()) + ")"
+    if kept_here:
+        return "glibc keeping freed memory from the model's build on (mallopt)"
+    return "glibc's defaults (freed blocks over its mmap threshold go back to the system)"
 
 
 FAULTS_NOTED = 1000   # page faults per forward pass (4 MB of 4 KiB pages) worth a warning
@@ -202,7 +222,7 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
 
 
 def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
-                device: str, reference: list[float]) -> Comparison:
+                device: str, reference: list[float], kept: bool) -> Comparison:
     layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
                                p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound)
                    for l in p.graph.layers)
@@ -211,7 +231,7 @@ def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], fault
                       measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers, page_faults_per_run=faults,
                       device=device, estimate_warnings=p.estimate.warnings,
                       reference_ratio=statistics.median(reference) / profile.reference_s
-                      if reference and profile.reference_s else None)
+                      if reference and profile.reference_s else None, allocator=allocator(kept))
 
 
 def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, dtype: str = "float32",
@@ -233,7 +253,7 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         runs = time_round_robin(timed, rounds=repeat, warmup=0, warm=frozenset({"reference"}))
         after_faults = minor_faults()
     faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, repeat)
-    return _comparison(prepared, profile, runs["model"], faults, device, runs.get("reference", []))
+    return _comparison(prepared, profile, runs["model"], faults, device, runs.get("reference", []), keep_memory)
 
 
 def _reference(profile: HardwareProfile, device: str) -> dict[str, Instance]:
@@ -296,8 +316,8 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
                                 rounds=repeat, warmup=warmup, warm=frozenset({"reference"}))
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
     reference = runs.get("reference", [])
-    return PairComparison(_comparison(a, profile, runs["a"], None, device, reference),
-                          _comparison(b, profile, runs["b"], None, device, reference), ratios)
+    return PairComparison(_comparison(a, profile, runs["a"], None, device, reference, keep_memory),
+                          _comparison(b, profile, runs["b"], None, device, reference, keep_memory), ratios)
 
 
 def _setup(hw: HardwareProfile | str, dtype: str, keep_memory: bool, input: str | None, batch: int | None,

@@ -194,6 +194,8 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                     "framework time is not known: they are taken under the tracer, whose bookkeeping between "
                     "kernels leaves short kernels to start cold (read their measured times as high), and the "
                     "machine's speed may have changed between them"))
+    if c.allocator:
+        text.append(f"\nmemory: {c.allocator}")
     if c.reference_ratio is not None:
         text.append(f"\nmachine speed: the calibration's reference workload ran {c.reference_ratio:.2f}x as long as "
                     f"when {c.hardware} was calibrated; with the prediction scaled by that, error "

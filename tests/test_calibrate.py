@@ -41,6 +41,12 @@ def test_a_calibration_file_states_what_was_measured(tmp_path) -> None:
     assert c.profile().strided["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
     assert "self-check (held-out networks" in text and "interleaved rounds" in text    # the header grades it
     assert set(c.quality.check) == {"resnet18", "mobilenet_v2", "transformer encoder"}
+    # every kind the roofline prices apart was timed, and the profile says so
+    from costplan.hardware.profile import COST_KINDS
+
+    assert set(data["calibrated"]) == set(COST_KINDS) == set(c.profile().calibrated)
+    assert {"lstm", "gru", "rnn", "conv1d", "conv3d"} <= set(data["overhead"]["per_class_us"])
+    assert data["calibration"]["reference_ms"] * 1e-3 == pytest.approx(c.reference_s, rel=1e-6)
     if platform.libc_ver()[0] == "glibc":     # timed without page faults, and the header says so
         assert c.kept_memory and "keeping freed memory" in text
         assert "first_touch_gbs" not in data["memory"] and "first_touch" not in c.samples   # nothing faults

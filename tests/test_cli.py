@@ -142,6 +142,10 @@ def factory_file(tmp_path):
             return Net(), torch.zeros(1, 3, 32, 32)
         def broken():
             raise RuntimeError("no GPU here")
+        def wide():
+            return torch.nn.Sequential(torch.nn.Linear(256, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 256)), torch.zeros(64, 256)
+        def narrow():
+            return torch.nn.Sequential(torch.nn.Linear(256, 16), torch.nn.ReLU(), torch.nn.Linear(16, 256)), torch.zeros(64, 256)
     """))
     return path
 
@@ -287,3 +291,51 @@ def test_an_impossible_budget_names_only_the_levers_that_would_help(args, named,
     result = run("plan", "resnet18", "--importance", "gaussian", *args)
     assert_clean_error(result, "lowest latency reachable", *named)
     assert not any(n in result.stderr for n in not_named), result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a CUDA GPU, measure times GPU profiles on it")
+def test_measure_refuses_a_profile_of_a_device_it_cannot_time() -> None:
+    """Timing this CPU against an RTX 3090's prediction compares unlike with unlike (-99%, said nothing)."""
+    assert_clean_error(run("measure", "resnet18", "--hw", "rtx3090"), "rtx3090 is a gpu profile",
+                       "no CUDA GPU", "costplan calibrate")
+    assert_clean_error(run("measure", "resnet18", "--hw", "edge-npu"), "edge-npu is a npu profile")
+
+
+def test_measure_times_two_models_alternately_and_sets_their_ratio_beside_the_prediction(tmp_path, factory_file) -> None:
+    """`measure A B`: one forward pass of each per round, the measured ratio the median of the rounds'
+    ratios, beside the predicted one; where the profile recorded its reference workload's time, the
+    machine's speed against calibration (here a reference stated as 1000x quicker than any machine)."""
+    profile = tmp_path / "ref.toml"
+    profile.write_text((Path(__file__).parent / "data" / "avx2-calibrated.toml").read_text()
+                       + "\n[calibration]\nreference_ms = 0.001\n")
+    result = run("measure", f"{factory_file}:wide", f"{factory_file}:narrow", "--hw", str(profile),
+                 "--repeat", "3", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    pair = json.loads(result.stdout)
+    first, second = pair["first"], pair["second"]
+    assert first["model"].endswith(":wide") and second["model"].endswith(":narrow")
+    assert pair["predicted_ratio"] == pytest.approx(first["predicted_ms"] / second["predicted_ms"])
+    assert len(pair["round_ratios"]) == 3 and pair["measured_ratio"] == sorted(pair["round_ratios"])[1]
+    assert pair["predicted_ratio"] > 10 and pair["measured_ratio"] > 1   # 128x the MACs
+    assert first["reference_ratio"] > 100 and first["adjusted_error"] == pytest.approx(
+        first["predicted_ms"] * first["reference_ratio"] / first["measured_ms"] - 1)
+    text = run("measure", f"{factory_file}:wide", f"{factory_file}:narrow", "--hw", str(profile), "--repeat", "2").stdout
+    assert "measured" in text and "back-to-back rounds" in text and "reference workload ran" in text
+
+
+@pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator variables")
+def test_measure_restarts_itself_with_freed_memory_kept(factory_file) -> None:
+    """A user's shell runs measure with glibc's defaults; measure runs itself again with the variables
+    that keep freed memory from the process's start (as the profile was timed), unless told as-is."""
+    shell = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+
+    def allocator(*extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "costplan", "measure", f"{factory_file}:with_example", "--hw",
+                               "tests/data/avx2-calibrated.toml", "--repeat", "2", "--json", *extra],
+                              capture_output=True, text=True, cwd=REPO, timeout=300, env=shell)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["allocator"]
+
+    assert allocator().startswith("glibc keeping freed memory from the start (MALLOC_MMAP_MAX_=0")
+    assert allocator("--allocator", "as-is").startswith("glibc's defaults")

@@ -1,0 +1,124 @@
+"""Every layer kind priced as what runs (costplan/hardware/roofline.py): recurrent layers step by step,
+embedding lookups by the rows they read, classes without figures following their leaders, and the
+probes calibrate times being the shapes the roofline prices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from costplan.api import load_graph
+from costplan.hardware.profile import parse_profile
+from costplan.hardware.roofline import estimate, layer_latency, recurrent_cost, weights_touched
+from costplan.sparsity import Effective, apply_plan
+from costplan.trace import trace
+from tests.conftest import TOY
+
+
+def _layer(module: torch.nn.Module, x: torch.Tensor):
+    graph = load_graph(module, input="x".join(map(str, x.shape)))
+    return graph, next(l for l in graph.layers if l.macs or l.weights_read)
+
+
+class _Recurrent(torch.nn.Module):
+    def __init__(self, cell: type, batch_first: bool, **kwargs: object) -> None:
+        super().__init__()
+        self.rnn = cell(24, 16, batch_first=batch_first, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("cell, kwargs", [(torch.nn.GRU, {}), (torch.nn.LSTM, {"num_layers": 2}),
+                                           (torch.nn.RNN, {"bidirectional": True, "num_layers": 2}),
+                                           (torch.nn.LSTM, {"bidirectional": True, "proj_size": 8})])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_recurrent_layer_is_its_projections_and_its_steps(cell, kwargs, batch_first) -> None:
+    """The tracer counts the MACs the cell runs; the roofline's step-by-step account of the same
+    call (input projections over the sequence, then a hidden-to-gates GEMM per step, every layer and
+    direction) adds up to the same MACs, and reads steps and batch off the output however it is laid out."""
+    x = torch.randn(5, 7, 24) if batch_first else torch.randn(7, 5, 24)      # batch 5, 7 steps
+    _, layer = _layer(_Recurrent(cell, batch_first, **kwargs), x)
+    rnn = layer.recurrent
+    assert (rnn.steps, rnn.batch, rnn.hidden_size) == (7, 5, 16)
+    assert recurrent_cost(rnn, parse_profile(TOY, "toy"), "float32").macs == layer.macs
+
+
+def test_every_step_pays_its_fixed_cost() -> None:
+    """A GRU of 100 steps on a device with 10 us per step (and math and bytes made free) takes
+    100 x 10 us per layer and direction plus one dispatch, one projection's fixed cost each: a step
+    count priced as one big GEMM (as before) costs one dispatch in all."""
+    free = {**TOY, "peak_tflops": {"float32": 1e9}, "memory": {"bandwidth_gbs": 1e9, "onchip_mb": 0.0},
+            "overhead": {"per_op_us": 5.0, "per_class_us": {"gru": 10.0, "gemm": 2.0}}}
+    profile = parse_profile(free, "free")
+    model = _Recurrent(torch.nn.GRU, True, num_layers=2, bidirectional=True)
+    graph, layer = _layer(model, torch.randn(4, 100, 24))
+    latency = layer_latency(layer, apply_plan(graph, None)[layer.name], profile, "float32")
+    assert latency.latency_s == pytest.approx(5e-6 + 4 * 2e-6 + 4 * 100 * 10e-6, rel=1e-3)
+    assert latency.bound == "overhead"
+
+
+def test_spec_sheet_gpus_price_a_step_by_its_kernels_not_a_half_wave() -> None:
+    """A GPU profile's MAC-count floor (half_util_macs) is for one big kernel; a recurrent step is
+    priced at the plateau plus the profile's fixed cost per step (cuDNN's two launches)."""
+    from costplan.hardware import load_profile
+
+    a100 = load_profile("a100")
+    assert a100.half_util_macs["gru"] == 0.0 and a100.half_util_macs["gemm"] > 0
+    graph, layer = _layer(_Recurrent(torch.nn.GRU, True), torch.randn(8, 100, 24))
+    latency = layer_latency(layer, apply_plan(graph, None)[layer.name], a100, "float32")
+    assert latency.latency_s == pytest.approx(a100.per_op_s + a100.per_class_s["gru"] * 100, rel=0.05)
+
+
+def test_an_embedding_lookup_reads_the_rows_it_picks() -> None:
+    """GPT-2's 50,257-row table looked up by 16 tokens reads 16 rows of 64, not the table (which
+    made a lookup dearer than an encoder layer)."""
+    table = torch.nn.Embedding(50257, 64)
+    ids = torch.randint(0, 50257, (1, 16))
+    graph = trace(table, (ids,))
+    (layer,) = graph.layers
+    assert layer.weights_read == 50257 * 64 and weights_touched(layer) == 16 * 64
+    latency = layer_latency(layer, apply_plan(graph, None)[layer.name], parse_profile(TOY, "toy"), "float32")
+    # nothing stays on the toy's chip: the rows read, the int64 indices in, the rows written out
+    assert latency.dram_bytes == 4 * 16 * 64 + 8 * 16 + 4 * 16 * 64
+
+
+def test_a_class_without_figures_follows_its_leader() -> None:
+    """1-D/3-D convolutions follow 2-D ones and recurrent steps linear layers where a profile gives
+    nothing of their own; given, their own figures hold."""
+    plain = parse_profile(TOY, "toy")
+    assert plain.efficiency_for("float32", "conv1d") == plain.efficiency["conv"] == 0.5
+    own = parse_profile({**TOY, "efficiency": {**TOY["efficiency"], "conv1d": 0.25,
+                                               "half_util_dims": {"conv": [1, 2, 3]}}}, "own")
+    assert own.efficiency_for("float32", "conv1d") == 0.25 and own.efficiency_for("float32", "conv3d") == 0.5
+    assert own.class_figure(own.half_util_dims, "conv1d") == (1.0, 2.0, 3.0)
+    assert own.class_figure(own.half_util_dims, "gru") is None
+
+
+def test_calibration_probes_are_what_the_roofline_prices() -> None:
+    """A 1-D or 3-D convolution probe is the GEMM roofline.dims gives the traced layer, and a
+    recurrent probe's step-by-step cost counts the MACs its traced module runs."""
+    from costplan.hardware.probes import _module, recurrent_shapes, sample_shapes
+    from costplan.hardware.roofline import dims
+
+    for shape in [*sample_shapes("conv1d", 4, seed=3), *sample_shapes("conv3d", 3, seed=3)]:
+        module, x = _module(shape)
+        layer = next(l for l in load_graph(module, input="x".join(map(str, x.shape))).layers if l.macs)
+        seen = dims(layer, Effective(layer.macs, layer.params))
+        assert (seen.rows, seen.outputs, seen.reduction) == (shape.rows, shape.outputs, shape.reduction), shape
+        assert layer.macs == shape.macs
+    toy = parse_profile(TOY, "toy")
+    for r in recurrent_shapes(6, seed=2):
+        graph = trace(r.module(), (torch.randn(r.batch, r.steps, r.inputs),))
+        (layer,) = [l for l in graph.layers if l.macs]
+        assert layer.recurrent == r.recurrent
+        assert recurrent_cost(r.recurrent, toy, "float32").macs == layer.macs
+        assert r.macs == r.batch * r.gates * r.hidden ** 2
+
+
+def test_estimates_say_nothing_of_kinds_a_spec_sheet_profile_prices() -> None:
+    """Shipped profiles come from spec sheets and published figures, not calibration: they list no
+    calibrated kinds and their estimates carry no calibration warning."""
+    model = _Recurrent(torch.nn.LSTM, True)
+    graph = load_graph(model, input="2x10x24")
+    assert estimate(graph, parse_profile(TOY, "toy"), apply_plan(graph, None)).warnings == ()
