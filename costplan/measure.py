@@ -22,7 +22,7 @@ import torch
 from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, canonical_dtype
 from costplan.errors import CostplanError
 from costplan.hardware import HardwareProfile, estimate
-from costplan.hardware.roofline import Estimate
+from costplan.hardware.roofline import Estimate, cost_kind
 from costplan.hardware.timing import keep_freed_memory, minor_faults
 from costplan.trace.graph import LayerGraph
 from costplan.models import Instance, instantiate, resolve
@@ -37,6 +37,7 @@ class LayerTiming:
     predicted_ms: float
     measured_ms: float
     bound: str
+    kind: str = ""                 # what it is priced as (roofline.cost_kind): an op class or memory kind
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
 def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
                 device: str, reference: list[float], kept: bool) -> Comparison:
     layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
-                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound)
+                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, cost_kind(l))
                    for l in p.graph.layers)
     return Comparison(model=p.name, hardware=profile.name, input_shapes=p.graph.inputs.shapes,
                       predicted_ms=p.estimate.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
