@@ -41,7 +41,7 @@ def run(label: str) -> dict[str, Row] | None:
         print(f"{label}: refused after {time.perf_counter() - start:.1f} s: {exc}")
         return None
     print(f"{label}: {time.perf_counter() - start:.1f} s")
-    for line in c.quality.warnings() + c.quality.lines():
+    for line in c.warnings() + c.quality.lines():
         print(f"  {line}")
     return dict(c.quality.check)
 

@@ -204,7 +204,7 @@ def main() -> int:
         # probes, so the VM's drift between fitting and measuring cannot pass for model error
         result = calibrate(check=zoo_instances(batches))
         print(f"calibrated: {result.summary()}")
-        for line in result.quality.warnings() + result.quality.lines():
+        for line in result.warnings() + result.quality.lines():
             if not line.startswith(("self-check", "WARNING: this profile is off")):   # the zoo table says it
                 print(line)
         profile = result.profile()

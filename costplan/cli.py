@@ -104,7 +104,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     console.print(f"wrote {args.output}: {result.summary()}")
     for line in result.quality.lines():
         console.print(line)
-    for warning in result.quality.warnings():
+    for warning in result.warnings():
         console.print(f"[bold yellow]{warning}[/]")
     return 0
 
