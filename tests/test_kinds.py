@@ -122,3 +122,38 @@ def test_estimates_say_nothing_of_kinds_a_spec_sheet_profile_prices() -> None:
     model = _Recurrent(torch.nn.LSTM, True)
     graph = load_graph(model, input="2x10x24")
     assert estimate(graph, parse_profile(TOY, "toy"), apply_plan(graph, None)).warnings == ()
+
+
+def test_gpt2s_conv1d_is_a_linear_layer_not_a_convolution() -> None:
+    """transformers' GPT-2 ``Conv1D`` is named like a convolution but is a linear layer with an
+    (in, out) weight: priced by the GEMM class (it was priced by the 3x3 convolutions' fit)."""
+    from transformers.pytorch_utils import Conv1D
+
+    from costplan.hardware.roofline import cost_kind, op_class
+
+    _, layer = _layer(Conv1D(32, 16), torch.randn(4, 16))
+    assert layer.op == "conv1d" and layer.linear_features == (16, 32)
+    assert op_class(layer) == "gemm" == cost_kind(layer)
+    _, conv = _layer(torch.nn.Conv1d(16, 32, 3), torch.randn(1, 16, 20))
+    assert op_class(conv) == "conv1d"
+
+
+class _NewGELU(torch.nn.Module):
+    """GPT-2's GELU as transformers writes it: eight elementwise kernels in eager PyTorch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def test_an_unfused_module_pays_for_every_kernel_it_runs() -> None:
+    """A memory-only module of eight kernels costs eight dispatches and eight passes over its tensor
+    where the runtime runs each op as its own kernel; a fusing runtime folds them into one."""
+    graph = load_graph(torch.nn.Sequential(_NewGELU()), input="1x256")
+    (layer,) = graph.layers
+    assert layer.kernels == 8 and layer.macs == 0
+    eff = apply_plan(graph, None)[layer.name]
+    toy = parse_profile(TOY, "toy")                       # 1 us per op, nothing on chip, 1e11 B/s
+    one_pass = 2 * 4 * 256 / 1e11
+    assert layer_latency(layer, eff, toy, "float32").latency_s == pytest.approx(8 * 1e-6 + 8 * one_pass, rel=1e-6)
+    fused = parse_profile({**TOY, "overhead": {"per_op_us": 1.0, "fuse_elementwise": True}}, "fused")
+    assert layer_latency(layer, eff, fused, "float32").bound == "fused"

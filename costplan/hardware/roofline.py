@@ -81,7 +81,7 @@ def op_class(layer: Layer) -> str | None:
         return layer.recurrent.cell
     if layer.op == "attention":
         return "attention"
-    if layer.op.startswith("conv"):
+    if layer.conv_channels is not None:   # a convolution's geometry (GPT-2's "Conv1D" is a linear layer)
         if layer.depthwise:
             return "depthwise"
         if len(layer.kernel_size) in (1, 3):
@@ -297,6 +297,12 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
     kinds = ({klass} | rated) - {None} or {"elementwise"}
     overhead = profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)
+    if layer.macs == 0 and layer.kernels > 1 and not profile.fuse_elementwise:
+        # an unfused memory-only module of several kernels (GPT-2's GELU, written as seven elementwise
+        # ops: 7x one kernel's time here) dispatches each, and each reads and writes a tensor its size
+        more = layer.kernels - 1
+        overhead += more * profile.per_op_s
+        act += more * 2 * activation_seconds(out_bytes, profile)[0]
 
     fewer = algorithm_speedup(layer, klass, profile, precision)
     best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead, fewer)

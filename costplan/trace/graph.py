@@ -69,6 +69,7 @@ class Layer:
     act_in_bytes: int
     act_out_bytes: int
     aten_ops: tuple[str, ...] = ()  # the aten ops this layer ran, in order of first use
+    kernels: int = 1               # aten op calls (kernels) it ran: GPT-2's GELU is seven
     attrs: Mapping[str, object] = field(default_factory=dict)  # geometry (costplan.modules); read it
                                                                 # through the typed properties below
     param_names: tuple[str, ...] = ()   # qualified names of the parameters first read here

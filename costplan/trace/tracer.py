@@ -51,6 +51,7 @@ class _NodeDraft:
     param_names: list[str] = field(default_factory=list)   # parameters first read here
     reads: list[str] = field(default_factory=list)         # every parameter read here
     seconds: float = 0.0           # wall time of this layer's kernels, when the trace runs for real
+    kernels: int = 0               # aten op calls
 
     def freeze(self) -> Layer:
         return Layer(
@@ -58,7 +59,7 @@ class _NodeDraft:
             in_shapes=tuple(self.in_shapes), out_shapes=tuple(self.out_shapes), macs=self.macs,
             params=self.params, weights_read=self.weights_read, weight_bytes=self.weight_bytes, act_in_bytes=self.act_in_bytes,
             act_out_bytes=self.act_out_bytes, aten_ops=tuple(self.aten_ops), attrs=dict(self.attrs),
-            param_names=tuple(self.param_names), reads=tuple(self.reads),
+            param_names=tuple(self.param_names), reads=tuple(self.reads), kernels=max(1, self.kernels),
         )
 
 
@@ -248,6 +249,7 @@ class _Recorder(TorchDispatchMode):
         macs = op_macs(func, args, out, self.formulas)
         node.macs += macs
         node.aten_ops[str(func)] = None
+        node.kernels += 1
         if kind is OpKind.UNKNOWN:
             self.unsupported[str(func.overloadpacket)] += 1
         self.channels.op(func, args, kwargs, out, node.name, node.module, self.scope(), macs)
