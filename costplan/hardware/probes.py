@@ -9,7 +9,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -318,7 +318,7 @@ def channel_multiple() -> int:
 
 
 def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = False,
-            recurrent: list[RecurrentShape] = ()) -> dict[str, tuple[str, float, Probe, float]]:  # type: ignore[assignment]
+            recurrent: Sequence[RecurrentShape] = ()) -> dict[str, tuple[str, float, Probe, float]]:
     """name -> (kind, size, probe, divisor): the probe's seconds divided by ``divisor`` are the sample;
     the fresh-page probes only where freed memory is not kept (see :func:`keep_freed_memory`)."""
     probes: dict[str, tuple[str, float, Probe, float]] = {}
