@@ -131,24 +131,25 @@ def fault_warning(faults_per_run: float | None, page_bytes: int = 4096) -> str |
             "MALLOC_TRIM_THRESHOLD_=2147483647 set, or with jemalloc or tcmalloc")
 
 
-def _synchronize(instance: Instance) -> None:
-    """Wait for ``instance``'s device to finish its queued kernels (CUDA runs them asynchronously)."""
-    if any(p.is_cuda for p in instance.module.parameters()) or any(
-            getattr(a, "is_cuda", False) for a in instance.args):
-        torch.cuda.synchronize()
+def _on_cuda(instance: Instance) -> bool:
+    """Whether ``instance`` runs on a CUDA device, whose kernels run asynchronously."""
+    return any(p.is_cuda for p in instance.module.parameters()) or any(
+        getattr(a, "is_cuda", False) for a in instance.args)
 
 
 def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[float]:
     """Seconds of each of ``repeat`` forward passes, after ``warmup`` untimed ones (on CUDA, each
     waited for to its end)."""
     module, args, kwargs = instance.module, instance.args, instance.kwargs
+    # asked once, not inside the timed span: walking a model's parameters costs microseconds per call
+    synchronize = torch.cuda.synchronize if _on_cuda(instance) else (lambda: None)
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeat):
-            _synchronize(instance)
+            synchronize()
             start = time.perf_counter()
             module(*args, **kwargs)
-            _synchronize(instance)
+            synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return times
@@ -224,6 +225,7 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
 
 def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
                 device: str, reference: list[float], kept: bool) -> Comparison:
+    """``kept``: whether this process set glibc to keep freed memory (it may have failed to)."""
     layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
                                p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, cost_kind(l))
                    for l in p.graph.layers)
@@ -244,7 +246,7 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
 
     With ``keep_memory`` (default) glibc's malloc keeps freed memory for the rest of the process, as
     ``calibrate`` timed (:func:`costplan.hardware.timing.keep_freed_memory`)."""
-    profile, device, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, weights)
+    profile, device, kept, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, weights)
     with _threads(profile):
         prepared = _prepare(model, profile, device, plan, dtype, repeat, **shared)
         # the calibration's reference workload in turn with the model: how the machine's speed moved since
@@ -254,7 +256,7 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         runs = time_round_robin(timed, rounds=repeat, warmup=0, warm=frozenset({"reference"}))
         after_faults = minor_faults()
     faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, repeat)
-    return _comparison(prepared, profile, runs["model"], faults, device, runs.get("reference", []), keep_memory)
+    return _comparison(prepared, profile, runs["model"], faults, device, runs.get("reference", []), kept)
 
 
 def _reference(profile: HardwareProfile, device: str) -> dict[str, Instance]:
@@ -309,7 +311,7 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
     rounds, and compare their measured ratio with the predicted one: whether a pruned model met its
     plan, in one run on a machine whose speed drifts. ``plan`` and ``weights`` apply to ``first``;
     a file costplan saved is predicted under the plan it records. See :func:`measure`."""
-    profile, device, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, None)
+    profile, device, kept, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, None)
     with _threads(profile):
         a = _prepare(first, profile, device, plan, dtype, repeat, **{**shared, "weights": weights})
         b = _prepare(second, profile, device, None, dtype, repeat, **shared)
@@ -317,21 +319,22 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
                                 rounds=repeat, warmup=warmup, warm=frozenset({"reference"}))
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
     reference = runs.get("reference", [])
-    return PairComparison(_comparison(a, profile, runs["a"], None, device, reference, keep_memory),
-                          _comparison(b, profile, runs["b"], None, device, reference, keep_memory), ratios)
+    return PairComparison(_comparison(a, profile, runs["a"], None, device, reference, kept),
+                          _comparison(b, profile, runs["b"], None, device, reference, kept), ratios)
 
 
 def _setup(hw: HardwareProfile | str, dtype: str, keep_memory: bool, input: str | None, batch: int | None,
            seq_len: int | None, trust_pickle: bool, weights: str | None
-           ) -> tuple[HardwareProfile, str, dict[str, Any]]:
+           ) -> tuple[HardwareProfile, str, bool, dict[str, Any]]:
+    """The profile, the device to time on, whether freed memory is now kept (False where glibc's
+    mallopt is not there to ask, or it was not asked), and the model's build arguments."""
     dtype = canonical_dtype(dtype)
     if dtype in QUANTISED:
         raise CostplanError(f"measure runs the model in PyTorch; {dtype} is not a dtype it can run")
     profile = as_profile(hw)
     device = device_for(profile)
-    if keep_memory:
-        keep_freed_memory()
-    return profile, device, {"input_shapes": as_shapes(input), "batch": batch, "seq_len": seq_len,
+    kept = keep_freed_memory() if keep_memory else False
+    return profile, device, kept, {"input_shapes": as_shapes(input), "batch": batch, "seq_len": seq_len,
                              "trust": trust_pickle, "weights": weights}
 
 

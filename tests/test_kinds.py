@@ -157,3 +157,19 @@ def test_an_unfused_module_pays_for_every_kernel_it_runs() -> None:
     assert layer_latency(layer, eff, toy, "float32").latency_s == pytest.approx(8 * 1e-6 + 8 * one_pass, rel=1e-6)
     fused = parse_profile({**TOY, "overhead": {"per_op_us": 1.0, "fuse_elementwise": True}}, "fused")
     assert layer_latency(layer, eff, fused, "float32").bound == "fused"
+
+
+def test_a_1d_max_pool_is_priced_as_the_1d_kernel_that_runs() -> None:
+    """nn.MaxPool1d reaches the tracer as a 2-D max-pool over a height of 1 but runs a 1-D kernel
+    of its own (about 30x the 2-D one's bytes/s here); a 1-D average pool runs the 2-D kernel."""
+    from costplan.hardware.roofline import cost_kind
+
+    def kind(module: torch.nn.Module, shape: str) -> str:
+        (layer,) = load_graph(torch.nn.Sequential(module), input=shape).layers
+        return cost_kind(layer)
+
+    assert kind(torch.nn.MaxPool1d(2), "8x64x100") == "pooling1d"
+    assert kind(torch.nn.MaxPool2d((1, 2)), "1x64x1x100") == "pooling"   # traced alike, but the 2-D kernel
+    assert kind(torch.nn.MaxPool2d(2), "1x64x28x28") == "pooling"
+    assert kind(torch.nn.AvgPool1d(2), "8x64x100") == "pooling"
+    assert kind(torch.nn.AdaptiveAvgPool2d(1), "1x64x7x7") == "reduction"

@@ -22,9 +22,9 @@ from costplan.hardware.fitting import ClassFit, _memory_seconds, _onchip, fit_cl
 from costplan.hardware.probes import (
     CHAIN,
     FRESH_OUTPUT_BYTES,
-    GATHER_SHAPES,
     _cpu_name,
     _probes,
+    gather_shapes,
     attention_shapes,
     cache_bytes,
     channel_multiple,
@@ -34,7 +34,9 @@ from costplan.hardware.probes import (
     sample_shapes,
 )
 from costplan.hardware.roofline import recurrent_cost
-from costplan.hardware.profile import LEADERS, OP_CLASSES, RECURRENT, HardwareProfile, SparsitySupport, parse_profile
+from costplan.hardware.opclass import RECURRENT
+from costplan.hardware.profile import (HardwareProfile, SparsitySupport, following_leaders, half_util_by_class,
+                                       parse_profile)
 from costplan.hardware.schema import profile_toml as write_profile
 from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, speed_by_round
 from costplan.models import Instance
@@ -231,7 +233,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     for key, (kind, size, _, divisor) in probes.items():
         samples.setdefault(kind, []).append((size, timings[key].seconds / divisor))
     per_op = samples["overhead"][0][1]
-    dram, onchip, fixed, rated, first_touch_bw = _memory_rates(samples, per_op)
+    dram, onchip, fixed, rated, first_touch_bw = _memory_rates(samples, per_op, quick)
     onchip_bytes = cache_bytes()
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
@@ -248,9 +250,8 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
             first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
             threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
             quality=quality, kept_memory=kept, reference_s=samples["reference"][0][1])
-    # a recurrent step is what a call leaves over its once-per-call work, priced by the fits above
     before = calibration_of(fits).profile()
-    for cell in RECURRENT:     # each cell's steps: what its calls leave over their once-per-call work
+    for cell in RECURRENT:     # a step is what a call leaves over its once-per-call work, priced by the fits above
         cells = [r for r in rnns if r.recurrent.cell == cell]
         steps = [(t - recurrent_cost(r.recurrent, before, "float32", weight_bytes=r.weight_total,
                                      act_bytes=r.sequence_bytes).call_s) / r.steps
@@ -304,7 +305,7 @@ def _measure(probes: dict[str, tuple[str, float, Probe, float]], quick: bool, pr
                             sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load, speed=speed)
 
 
-def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: float
+def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: float, quick: bool
                   ) -> tuple[float, float, dict[str, float], dict[str, float], float | None]:
     """DRAM and in-cache bandwidth, fixed costs per call of memory kinds (norm, pooling, gather,
     elementwise), the rates of memory-only ops slower than their bytes, and the first-touch rate of
@@ -316,7 +317,7 @@ def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: floa
         fixed[kind], fitted[kind] = fit_linear(samples[kind], per_op)
     # a lookup's rows are read from DRAM as weights are (roofline.weights_touched), its rate bounds the rest
     rows = [4.0 * batch * tokens * dim
-            for _, dim, batch, tokens in GATHER_SHAPES[::2 if len(samples["gather"]) < len(GATHER_SHAPES) else 1]]
+            for _, dim, batch, tokens in gather_shapes(quick)]
     fixed["gather"], fitted["gather"] = fit_linear([(b, t - r / dram) for (b, t), r in zip(samples["gather"], rows)], per_op)
     # a lone small op (a residual add, a bias) beyond dispatch and its bytes in cache
     fixed["elementwise"] = statistics.median(max(t - per_op - b / onchip, 0.0) for b, t in samples["binary"])
@@ -336,8 +337,8 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
     return HardwareProfile(
         name=c.name, kind="cpu", description=f"{c.cpu} ({c.threads} threads), calibrated {datetime.date.today()}",
         peak_macs={"float32": c.peak_macs}, bandwidth=c.bandwidth, onchip_bytes=c.onchip_bytes,
-        onchip_bandwidth=c.onchip_bandwidth, efficiency={k: c.efficiency.get(k, c.efficiency.get(LEADERS.get(k, ""), 1.0)) for k in OP_CLASSES}, memory_efficiency=1.0,
-        half_util_macs={**dict.fromkeys(OP_CLASSES, c.half_util_macs["gemm"]), **dict.fromkeys(RECURRENT, 0.0)}, per_op_s=c.per_op_s,
+        onchip_bandwidth=c.onchip_bandwidth, efficiency=following_leaders(c.efficiency, 1.0), memory_efficiency=1.0,
+        half_util_macs=half_util_by_class(c.half_util_macs["gemm"]), per_op_s=c.per_op_s,
         fuse_elementwise=False, weights_on_chip=False, default_dtype="float32",
         sparsity={"unstructured": SparsitySupport()}, threads=c.threads,
         half_util_dims={k: tuple(v if v >= 1e-3 else 0.0 for v in f.half_dims) for k, f in c.fits.items()},  # fits' 1e-17 is 0

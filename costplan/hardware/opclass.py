@@ -22,6 +22,9 @@ def is_elementwise(aten_op: str) -> bool:
         name in ("hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu")
 
 
+# op classes of a recurrent cell's step (the roofline's 'lstm', 'gru', 'rnn')
+RECURRENT = ("lstm", "gru", "rnn")
+
 _TRANSCENDENTAL = {"gelu", "tanh", "erf", "exp", "log", "softplus", "mish", "elu",
                    "_softmax", "_safe_softmax", "_log_softmax", "pow", "rsqrt"}
 _SIGMOID = {"silu", "sigmoid", "log_sigmoid_forward"}   # one exp per element: 1.6-1.9x GELU's rate here

@@ -23,13 +23,13 @@ from costplan.models import Instance
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
 POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
-# (vocabulary, width, tokens) of embedding lookups: word tables of text models (most far larger than a
-# cache: their rows come from DRAM at scattered addresses), from a batch's few tokens to a long prompt's
-# (vocabulary, width, batch, tokens): a batch of sentences looks up by a 2-D index, slower than a flat one
+# (vocabulary, width, batch, tokens) of embedding lookups: word tables of text models (most far larger
+# than a cache: their rows come from DRAM at scattered addresses), from a batch's few tokens to a long
+# prompt's; a batch of sentences (batch > 1) looks up by a 2-D index, slower than a flat one
 GATHER_SHAPES = ((1000, 64, 1, 64), (30522, 768, 1, 128), (50257, 768, 8, 128), (32000, 1024, 1, 64),
                  (8000, 512, 1, 4096), (100000, 256, 64, 128), (250000, 64, 1, 2048), (50000, 40, 8, 100))
-# (shape, dimension) of reductions as networks run them: a mean over tokens, a max over time, a
-# global average pool, a softmax-free sum over features
+# (shape, dimension) of reductions as networks run them, means and maxima in turn: over tokens, over
+# time, global average pools, over features
 REDUCTION_SHAPES = (((64, 128, 256), 1), ((32, 100, 200), -1), ((1, 512, 7, 7), (2, 3)), ((8, 2048, 7, 7), (2, 3)),
                     ((1, 197, 768), -1), ((16, 50, 256), 1))
 SMALL_ELEMENTWISE = (256, 4096, 65536, 262144, 1048576)  # elements of a binary add: residuals, biases, gates
@@ -271,6 +271,11 @@ def recurrent_shapes(count: int, seed: int = 0) -> list[RecurrentShape]:
     return out
 
 
+def gather_shapes(quick: bool) -> tuple[tuple[int, int, int, int], ...]:
+    """The embedding lookups calibration times (:data:`GATHER_SHAPES`; every other one when quick)."""
+    return GATHER_SHAPES[::2] if quick else GATHER_SHAPES
+
+
 def _pools() -> list[tuple[torch.nn.Module, torch.Tensor]]:
     """Pooling as networks run it: ResNet's 3x3 stride-2 max-pool, VGG's 2x2, 2x2 average pools, and
     1-D max/average pools of sequence models, batch 1 and 8."""
@@ -329,7 +334,7 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
     for i, rnn in enumerate(recurrent):
         x = torch.randn(rnn.batch, rnn.steps, rnn.inputs)
         probes[f"{rnn.recurrent.cell} {i}"] = (rnn.recurrent.cell, float(rnn.macs), timed(lambda m=rnn.module(), x=x: m(x)), 1.0)
-    for vocab, dim, batch, tokens in GATHER_SHAPES[::2] if quick else GATHER_SHAPES:
+    for vocab, dim, batch, tokens in gather_shapes(quick):
         table = torch.nn.Embedding(vocab, dim).eval()
         ids = torch.randint(0, vocab, (batch, tokens) if batch > 1 else (tokens,))
         tokens *= batch

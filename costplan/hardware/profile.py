@@ -18,13 +18,12 @@ from typing import Any
 from costplan.errors import CostplanError, close_names
 from costplan.hardware.fields import Fields
 from costplan.hardware.schema import CLASS_TABLES, PEAK_SCALE, RATED_SCALE, read_scalars
-from costplan.hardware.opclass import RATED_KINDS
+from costplan.hardware.opclass import RATED_KINDS, RECURRENT
 from costplan.spellings import DTYPE_BYTES, canonical_dtype
 
 # pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention; conv1d/conv3d = 1-D
 # and 3-D convolutions; lstm/gru/rnn = one time step of that cell (its hidden-to-gates GEMM and gates:
-# CPUs run the three by different code, an LSTM step here in half a GRU step's time)
-RECURRENT = ("lstm", "gru", "rnn")
+# CPUs run the three by different code, an LSTM step here in half a GRU step's time: opclass.RECURRENT)
 OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention", "conv1d", "conv3d", *RECURRENT)
 # a class a profile gives no figures of its own takes its leader's
 LEADERS = {"pointwise": "conv", "conv1d": "conv", "conv3d": "conv", "attention": "gemm",
@@ -272,8 +271,18 @@ def _half_util(eff: Fields) -> dict[str, float]:
         table = _class_table(eff, "half_util_macs")
         default = table.number("gemm", 0.0)
         return {c: table.number(c, 0.0 if c in RECURRENT else default) for c in OP_CLASSES}
-    shared = eff.number("half_util_macs", 0.0)
+    return half_util_by_class(eff.number("half_util_macs", 0.0))
+
+
+def half_util_by_class(shared: float) -> dict[str, float]:
+    """One MAC-count floor for every op class but a recurrent step's (0: see :func:`_half_util`)."""
     return {c: 0.0 if c in RECURRENT else shared for c in OP_CLASSES}
+
+
+def following_leaders(values: Mapping[str, float], default: float) -> dict[str, float]:
+    """``values`` for every op class: a class without its own takes its leader's (:data:`LEADERS`),
+    else ``default``."""
+    return {c: values.get(c, values.get(LEADERS.get(c, ""), default)) for c in OP_CLASSES}
 
 
 def _half_util_dims(eff: Fields) -> dict[str, tuple[float, float, float]]:

@@ -16,9 +16,8 @@ from costplan.hardware.profile import HardwareProfile
 from costplan.spellings import DTYPE_BYTES
 from costplan.patterns import Pattern
 from costplan.sparsity import Effective
-from costplan.trace.graph import Layer, LayerGraph
+from costplan.trace.graph import Layer, LayerGraph, Recurrent
 from costplan.hardware.opclass import is_elementwise, is_gather, rated_kind, writes_in_place
-from costplan.trace.graph import Recurrent
 
 
 @dataclass(frozen=True)
@@ -101,12 +100,14 @@ def cost_kind(layer: Layer) -> str:
 
 def rated_kinds(layer: Layer) -> set[str]:
     """The rated kinds (opclass.rated_kind) of a memory-only layer's ops. A 1-D max-pool reaches the
-    tracer as a 2-D one over a height of 1, but runs a 1-D kernel of its own at ~30x the rate."""
+    tracer as a 2-D one over a height of 1, but runs a 1-D kernel of its own at ~30x the rate: an
+    nn.MaxPool1d, or a function over a height of 1 (an nn.MaxPool2d over one is the 2-D kernel)."""
     if layer.macs:
         return set()
     kinds = {rated_kind(op) for op in layer.aten_ops} - {None}
     shape = layer.in_shapes[0] if layer.in_shapes else ()
-    if "pooling" in kinds and len(shape) == 4 and shape[-2] == 1 and any("max_pool" in op for op in layer.aten_ops):
+    one_d = layer.op == "maxpool1d" or (layer.kind == "function" and len(shape) == 4 and shape[-2] == 1)
+    if "pooling" in kinds and one_d and any("max_pool" in op for op in layer.aten_ops):
         kinds = (kinds - {"pooling"}) | {"pooling1d"}
     return kinds  # type: ignore[return-value]
 
@@ -341,7 +342,6 @@ class RecurrentCost:
     project_s: float               # the part of call_s that is input projections' math
     memory_s: float                # the part of call_s that is DRAM and cache traffic
     macs: float
-    weight_bytes: float
 
 
 def recurrent_cost(rnn: Recurrent, profile: HardwareProfile, precision: str, *, in_keep: float = 1.0,
@@ -372,7 +372,7 @@ def recurrent_cost(rnn: Recurrent, profile: HardwareProfile, precision: str, *, 
     memory = weight_bytes / (profile.bandwidth * profile.memory_efficiency) + \
         sum(activation_seconds(b, profile)[0] for b in act_bytes)
     call = profile.per_op_s + calls * profile.class_figure(profile.per_class_s, "gemm", 0.0) + project_s + memory
-    return RecurrentCost(call, step_s + fixed, fixed, project_s, memory, macs, weight_bytes)
+    return RecurrentCost(call, step_s + fixed, fixed, project_s, memory, macs)
 
 
 def recurrent_latency(layer: Layer, rnn: Recurrent, eff: Effective, profile: HardwareProfile, precision: str, *,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from costplan.hardware.fields import Fields
+from costplan.hardware.opclass import RECURRENT
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,8 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
         w.put(f"memory.{kind}_gbs", rate / RATED_SCALE)
     for klass, value in p.efficiency.items():
         w.put(f"efficiency.{klass}", value)
-    steps = ("lstm", "gru", "rnn")        # 0 unless given: see profile._half_util
-    halves = {v for k, v in p.half_util_macs.items() if k not in steps}
-    if len(halves) == 1 and not any(p.half_util_macs.get(k) for k in steps):
+    halves = {v for k, v in p.half_util_macs.items() if k not in RECURRENT}   # 0 unless given: profile._half_util
+    if len(halves) == 1 and not any(p.half_util_macs.get(k) for k in RECURRENT):
         w.put("efficiency.half_util_macs", halves.pop())
     else:
         w.put("efficiency.half_util_macs", dict(p.half_util_macs))
