@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "analyze": "costplan.api",
     "load_graph": "costplan.api",
+    "generation": "costplan.api",
     "plan": "costplan.api",
     "sweep": "costplan.api",
     "estimate_latency": "costplan.api",

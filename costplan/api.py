@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from costplan.atomic import write_atomic
 from costplan.planfile import SWEEP_FORMAT, Plan, load_plan, save_plan
 from costplan.progress import status
 from costplan.report import Report, build_report, reports_csv
+from costplan.hardware.roofline import traced_dtype_of
+from costplan.spellings import byte_scales, kv_dtype, weights_dtype as spell_weights
 from costplan.sparsity import apply_plan, plan_in_force, plan_notes
 from costplan.trace import LayerGraph, trace
 
@@ -44,18 +47,26 @@ def _trace_source(source: ModelSource) -> LayerGraph:
     return graph
 
 
+def _trace_instance(inst: Instance, name: str) -> LayerGraph:
+    return trace(inst.module, inst.args, inst.kwargs, name=name, state=inst.state,
+                 generation=inst.generation, notes=inst.notes)  # type: ignore[arg-type]
+
+
 def _traced(source: ModelSource) -> LayerGraph:
     if source.meta:
         try:
             inst = instantiate(source, "meta")
-            return trace(inst.module, inst.args, inst.kwargs, name=source.name)
+            return _trace_instance(inst, source.name)
         except CostplanError:
             raise
-        except Exception:  # noqa: BLE001  constructors or forwards that need real data: retry below
-            pass
+        except Exception as exc:  # noqa: BLE001  constructors or forwards that need real data: retry below
+            if not source.cpu_fallback:   # a 70B model is not built on the CPU to find out
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise CostplanError(f"{source.name}: tracing on the meta device failed: {type(exc).__name__}: "
+                                    f"{first}") from exc
     inst = instantiate(source, "cpu")
     try:
-        return trace(inst.module, inst.args, inst.kwargs, name=source.name)
+        return _trace_instance(inst, source.name)
     except Exception as exc:  # noqa: BLE001  the user's model failed: say how, with the input used
         raise CostplanError(f"{source.name}: forward failed on input {_describe(inst)}: "
                             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -65,12 +76,14 @@ def _traced(source: ModelSource) -> LayerGraph:
 def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: int | None = None,
                seq_len: int | None = None, dtype: str = "float32", trust_pickle: bool = False,
                example_inputs: Sequence[object] | None = None, weights: str | os.PathLike[str] | None = None,
-               progress: bool = False) -> LayerGraph:
+               progress: bool = False, phase: str | None = None, context: int = 0) -> LayerGraph:
     """Trace ``model`` into a :class:`LayerGraph`.
 
     ``model`` is a spec string (``resnet50``, ``hf:bert-base``, ``file.py:factory``, a saved file) or
     an ``nn.Module``, which is called with ``example_inputs`` or zeros of ``input``'s shape and is
     not modified. Spec models are built on the meta device when possible (no weights allocated).
+    ``phase`` ('prefill' or 'decode') traces an ``hf:`` causal LM's generation pass with a KV cache
+    holding ``context`` tokens (decode: one new token per sequence; prefill: ``seq_len`` of them).
     """
     if isinstance(model, torch.nn.Module):
         if example_inputs is None:
@@ -85,40 +98,128 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
             graph.applied = pruned.applied()
         return graph
     source = resolve(model, input_shapes=as_shapes(input), batch=batch, seq_len=seq_len, dtype=dtype,
-                     trust=trust_pickle, weights=weights)
+                     trust=trust_pickle, weights=weights, phase=phase, context=context)
     with status(f"tracing {model}") if progress else contextlib.nullcontext():   # after the spec was checked
         return _trace_source(source)
 
 
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
-                     dtype: str | None = None, runtime: str | None = None) -> Estimate:
-    """Per-layer roofline latency of ``graph`` on ``hw`` (under ``runtime``) and ``plan`` (seconds, joules)."""
-    return estimate(graph, as_profile(hw, runtime), apply_plan(graph, plan_in_force(graph, as_plan(plan))),
-                    dtype and canonical_dtype(dtype))
+                     dtype: str | None = None, runtime: str | None = None, *, weights_dtype: str | None = None,
+                     tf32: bool = False, autocast: bool = False) -> Estimate:
+    """Per-layer roofline latency of ``graph`` on ``hw`` (under ``runtime``) and ``plan`` (seconds,
+    joules), at the precisions :func:`analyze` takes."""
+    return estimate(graph, as_profile(hw, runtime).with_tf32(tf32),
+                    apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype and canonical_dtype(dtype),
+                    spell_weights(weights_dtype), autocast)
 
 
 def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None = None,
             plan: Plan | str | None = None, dtype: str = "float32", runtime: str | None = None,
+            weights_dtype: str | None = None, tf32: bool = False, autocast: bool = False,
             **kwargs: object) -> Report:
     """Per-layer MACs, parameters, bytes and reuse of ``model``, under ``plan`` if given, and with
     ``hw`` (a profile name, path or HardwareProfile) each layer's roofline latency and bound.
 
-    ``dtype`` is the precision (float32, float16, bfloat16, or int8, which traces in float32 and
-    rescales bytes); ``kwargs`` go to :func:`load_graph` (input, batch, seq_len, trust_pickle, ...).
+    ``dtype`` is the precision of the math (float32, float16, bfloat16, or int8/float8, which trace
+    in float32 and rescale bytes); ``weights_dtype`` stores the weights narrower (weight-only int8,
+    int4 or float8, dequantised in the GEMMs); ``tf32`` runs float32 matmuls on TF32 tensor cores as
+    ``torch.backends.cuda.matmul.allow_tf32 = True`` does; ``autocast`` prices a float32 model run under
+    PyTorch AMP at a 16-bit ``dtype`` (a cast kernel per weighted layer). Byte figures follow these
+    precisions.
+    ``kwargs`` go to :func:`load_graph` (input, batch, seq_len, phase, context, trust_pickle, ...).
     """
     dtype = canonical_dtype(dtype)
+    weights_dtype = spell_weights(weights_dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     parsed = plan_in_force(graph, as_plan(plan))
+    notes = graph.notes + plan_notes(parsed, graph)
     if hw is None:
-        return build_report(graph, parsed, warnings=plan_notes(parsed, graph))
-    profile = as_profile(hw, runtime)
-    est = estimate(graph, profile, apply_plan(graph, parsed), dtype)
+        scales = byte_scales(traced_dtype_of(graph), dtype, weights_dtype)
+        return build_report(graph, parsed, warnings=notes, scales=scales)
+    profile = as_profile(hw, runtime).with_tf32(tf32)
+    est = estimate(graph, profile, apply_plan(graph, parsed), dtype, weights_dtype, autocast)
+    ctx = est.context
     totals = {"precision": est.precision, "requested_precision": canonical_dtype(est.requested or est.precision),
-              "runtime": profile.runtime,
+              "weights_dtype": weights_dtype or est.precision, "kv_cache_dtype": kv_dtype(est.precision),
+              "tf32_matmuls": bool(tf32 and profile.tf32_macs), "autocast": ctx.autocast, "runtime": profile.runtime,
               "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
               "energy_mj": None if est.energy_j is None else est.energy_j * 1e3}
-    return build_report(graph, parsed, hardware=profile.name, latency=est.layers, extra_totals=totals,
-                        warnings=est.warnings + plan_notes(parsed, graph, profile.name, profile.runtime))
+    warnings = est.warnings + graph.notes + plan_notes(parsed, graph, profile.name, profile.runtime)
+    report = build_report(graph, parsed, hardware=profile.name, latency=est.layers, extra_totals=totals,
+                          warnings=warnings, scales=(ctx.byte_scale, ctx.weight_scale, ctx.state_scale),
+                          memory_capacity=profile.memory_capacity)
+    if report.totals.get("fits") is False:
+        need, have = report.totals["memory_bytes"], report.totals["memory_capacity_bytes"]
+        report = dataclasses.replace(report, warnings=report.warnings + (
+            f"does not fit: weights + KV cache + activations need {need / 1e9:.1f} GB and {profile.name} has "
+            f"{have / 1e9:.0f} GB; the latency is for a device with the memory (shard it, quantise the weights "
+            "with --weights-dtype, or shorten --context/--batch)",))
+    return report
+
+
+@dataclass(frozen=True)
+class GenerationEstimate:
+    """A whole generation: prefill of ``prompt`` tokens (its latency is the time to first token), then
+    ``generate - 1`` decode steps at contexts ``prompt`` .. ``prompt + generate - 2``. Decode time is
+    priced at the first and the last step's context and summed as a straight line between them
+    (attention's share grows linearly with the context; the rest does not change)."""
+
+    prefill: Report
+    first: Report                  # the first decode step (context = prompt)
+    last: Report                   # the last decode step
+    prompt: int
+    generate: int
+
+    @property
+    def time_to_first_token_ms(self) -> float:
+        return self.prefill.totals["latency_ms"]
+
+    @property
+    def decode_ms(self) -> float:
+        steps = self.generate - 1
+        return steps * (self.first.totals["latency_ms"] + self.last.totals["latency_ms"]) / 2 if steps else 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return self.time_to_first_token_ms + self.decode_ms
+
+    def to_dict(self) -> dict[str, object]:
+        batch = self.prefill.totals["batch"]
+        steps = self.generate - 1
+        last = self.last.totals
+        return {"model": self.prefill.model, "hardware": self.prefill.hardware,
+                "precision": last.get("precision"), "weights_dtype": last.get("weights_dtype"),
+                "batch": batch, "prompt": self.prompt, "generate": self.generate,
+                "time_to_first_token_ms": self.time_to_first_token_ms,
+                "per_token_ms": {"first": self.first.totals["latency_ms"], "last": last["latency_ms"],
+                                 "mean": self.decode_ms / steps if steps else None},
+                "decode_ms": self.decode_ms, "total_ms": self.total_ms,
+                "decode_tokens_per_s": batch * steps / (self.decode_ms * 1e-3) if steps else None,
+                "tokens_per_s": batch * self.generate / (self.total_ms * 1e-3),
+                "kv_cache_bytes": last["kv_cache_bytes"], "memory_bytes": last["memory_bytes"],
+                "fits": last["fits"],
+                "warnings": list(dict.fromkeys(w for r in (self.prefill, self.first, self.last) for w in r.warnings))}
+
+
+def generation(model: str, *, hw: HardwareProfile | str, prompt: int, generate: int, batch: int | None = None,
+               dtype: str = "float16", weights_dtype: str | None = None, plan: Plan | str | None = None,
+               runtime: str | None = None, tf32: bool = False, progress: bool = False) -> GenerationEstimate:
+    """Time to first token, per-token latency and totals of generating ``generate`` tokens after a
+    ``prompt``-token prompt with an ``hf:`` causal LM (see :class:`GenerationEstimate`)."""
+    if prompt <= 0 or generate <= 0:
+        raise CostplanError("--prompt and --generate must be positive token counts")
+    common = dict(hw=hw, dtype=dtype, weights_dtype=weights_dtype, plan=plan, runtime=runtime, tf32=tf32)
+    traced = traced_dtype(canonical_dtype(dtype))
+    reports = []
+    for phase, seq, ctx in (("prefill", prompt, 0), ("decode", None, prompt), ("decode", None, prompt + generate - 2)):
+        if phase == "decode" and generate == 1:
+            reports.append(reports[0])
+            continue
+        graph = load_graph(model, batch=batch, seq_len=seq, dtype=traced, phase=phase, context=max(ctx, prompt),
+                           progress=progress) if phase == "decode" else \
+            load_graph(model, batch=batch, seq_len=seq, dtype=traced, phase=phase, progress=progress)
+        reports.append(analyze(graph, **common))  # type: ignore[arg-type]
+    return GenerationEstimate(reports[0], reports[1], reports[2], prompt, generate)
 
 
 def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,
@@ -173,8 +274,11 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
          dtype: str = "float32", levels: int = 20, max_ratio: float = 0.9, exclude: Sequence[str] = (),
          keep_ends_dense: bool = True, bounds: dict[str, tuple[float, float]] | None = None,
          importance: object = None, data: object = None, loss_fn: object = None,
-         time_limit: float = 10.0, runtime: str | None = None, **kwargs: object):  # noqa: ANN201  (PlanResult)
+         time_limit: float = 10.0, runtime: str | None = None, weights_dtype: str | None = None,
+         tf32: bool = False, autocast: bool = False, **kwargs: object):  # noqa: ANN201  (PlanResult)
     """Per-layer sparsity meeting ``budget`` ('2ms', '500us', '2x') on ``hw``, removing least importance.
+    ``dtype``, ``weights_dtype``, ``tf32`` and ``autocast`` are the precisions as :func:`analyze` takes them; a
+    generation pass is planned with ``phase`` and ``context`` (passed on to :func:`load_graph`).
 
     ``importance`` is 'sensitivity' (the loss increase measured on ``data`` when each group alone is
     pruned at each level; the default when ``data`` is given), 'magnitude' (normalised w^2 of real
@@ -187,9 +291,10 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
-    return make_plan(graph, as_profile(hw, runtime), budget, patterns=patterns, dtype=dtype, levels=levels,
-                     max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense, bounds=bounds,
-                     importance=scores, time_limit=time_limit)  # type: ignore[arg-type]
+    return make_plan(graph, as_profile(hw, runtime).with_tf32(tf32), budget, patterns=patterns, dtype=dtype,
+                     levels=levels, max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense,
+                     bounds=bounds, importance=scores, time_limit=time_limit,
+                     weights_dtype=spell_weights(weights_dtype), autocast=autocast)  # type: ignore[arg-type]
 
 
 def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions: Sequence[float],
@@ -199,13 +304,15 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
     from costplan.planning.planner import Budget, SweepPoint
 
     profile = as_profile(hw, kwargs.pop("runtime", None))
-    load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle", "weights") if k in kwargs}
+    load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle", "weights", "phase", "context")
+            if k in kwargs}
     dtype = str(kwargs.get("dtype", "float32"))
     graph = model if isinstance(model, LayerGraph) else load_graph(
         model, dtype=traced_dtype(dtype), **load)  # type: ignore[arg-type]
     importance = importance_for(graph, model, kwargs.pop("importance", None), kwargs.pop("data", None),
                                 kwargs.pop("loss_fn", None), load)
-    dense_ms = estimate_latency(graph, profile, None, dtype).latency_s * 1e3
+    precision = {k: kwargs[k] for k in ("weights_dtype", "tf32", "autocast") if k in kwargs}
+    dense_ms = estimate_latency(graph, profile, None, dtype, **precision).latency_s * 1e3  # type: ignore[arg-type]
     points = []
     for fraction in fractions:
         try:
@@ -387,6 +494,6 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     write(model, path)
 
 
-__all__ = ["SWEEP_FORMAT", "PruneResult", "analyze", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles",
+__all__ = ["SWEEP_FORMAT", "GenerationEstimate", "PruneResult", "analyze", "generation", "calibrate", "estimate_latency", "export_plan", "importance_for", "list_profiles",
            "load", "load_graph", "load_plan", "load_profile", "profile_fields", "reports_csv", "measure", "measure_pair", "model_names", "parse_budget", "plan", "prune", "prune_with_result",
            "save", "save_plan", "sweep", "training_data", "uniform_plan", "writable", "write_atomic", "write_profile"]

@@ -28,7 +28,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_positive_int, help="batch size (replaces the first dimension)")
     p.add_argument("--seq-len", type=_positive_int, help="sequence length for hf: text models (default 128)")
     p.add_argument("--dtype", default="float32",
-                   help="float32, float16, bfloat16, or int8 (traced in float32, bytes at 1 per element)")
+                   help="float32, float16, bfloat16, or int8/float8 (traced in float32, bytes at 1 per element)")
     p.add_argument("--weights", metavar="FILE",
                    help="a state dict for the model (torch.load(weights_only=True)): your trained weights")
     p.add_argument("--trust-pickle", "--trust-code", action="store_true", dest="trust_pickle",
@@ -38,6 +38,24 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 # the weight-only criteria of costplan.scoring (tests/test_scoring.py checks) and Gaussian weights; named
 # here so that --help needs no torch
 IMPORTANCE_CHOICES = ("magnitude", "l1", "l2", "random", "gaussian")
+
+
+def _generation_args(p: argparse.ArgumentParser) -> None:
+    """Flags of a causal LM's generation and of the precision of its weights."""
+    g = p.add_argument_group("generation (hf: causal language models)")
+    g.add_argument("--phase", choices=("prefill", "decode"),
+                   help="trace one generation pass with a KV cache: prefill (the prompt, --seq-len tokens) or "
+                        "decode (one new token per sequence against --context cached tokens)")
+    g.add_argument("--context", type=int, default=0, metavar="N", help="tokens already in the KV cache (decode)")
+    p.add_argument("--weights-dtype", metavar="FORMAT",
+                   help="weight-only quantisation: int8, int4 (groups of 128) or float8; the math runs at --dtype "
+                        "(float16/bfloat16) and dequantises")
+    p.add_argument("--tf32", action="store_true",
+                   help="float32 matmuls on TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32 = True); "
+                        "convolutions use TF32 already by PyTorch's default")
+    p.add_argument("--autocast", action="store_true",
+                   help="with --dtype float16/bfloat16: a float32 model under PyTorch AMP (torch.autocast), which "
+                        "casts each weight at every call: a kernel more per conv/linear")
 
 
 def _runtime_arg(p: argparse.ArgumentParser) -> None:
@@ -51,6 +69,10 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("analyze", help="per-layer MACs, parameters, bytes and weight reuse",
                        description="Trace MODEL into a layer graph and report where its work and weights are.")
     _model_args(a)
+    _generation_args(a)
+    a.add_argument("--prompt", type=_positive_int, metavar="P",
+                   help="with --generate: a whole generation, prefill of P prompt tokens then G decode steps")
+    a.add_argument("--generate", type=_positive_int, metavar="G", help="tokens to generate after --prompt")
     a.add_argument("--plan", metavar="FILE", help="plan JSON: report effective MACs and non-zero params under it")
     a.add_argument("--hw", metavar="PROFILE[,PROFILE...]",
                    help="estimate latency on these hardware profiles (names from `costplan profiles`, or .toml paths)")
@@ -71,6 +93,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
                         description="Solve for per-layer sparsity ratios and patterns the device can exploit that "
                                     "meet the budget while removing the least important weights.")
     _model_args(pl)
+    _generation_args(pl)
     target = pl.add_mutually_exclusive_group()
     target.add_argument("--budget", help="latency budget: 2ms, 500us, or a speedup such as 2x")
     target.add_argument("--speedup", help="speedup over the dense model, e.g. 2x")

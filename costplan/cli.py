@@ -32,10 +32,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from costplan.plots import pyplot
 
         pyplot()   # fail on a missing matplotlib before tracing
+    if args.prompt or args.generate:
+        return _generation(args, profiles)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights,
-                       progress=True)
-    reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype, runtime=args.runtime if hw else None)
+                       progress=True, phase=args.phase, context=args.context)
+    reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype, runtime=args.runtime if hw else None,
+                       weights_dtype=args.weights_dtype, tf32=args.tf32, autocast=args.autocast)
                for hw in profiles]
     if args.plot:
         from costplan.api import estimate_latency
@@ -66,6 +69,36 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         console.print(compare_table(reports, top=args.top, depth=args.depth))
         for warning in dict.fromkeys(w for r in reports for w in r.warnings):
             console.print(f"[bold yellow]warning:[/] {warning}")
+    return 0
+
+
+def _generation(args: argparse.Namespace, profiles: list) -> int:
+    """`analyze --prompt P --generate G`: a whole generation on each device."""
+    from costplan.api import generation
+    from costplan.errors import CostplanError
+
+    if not (args.prompt and args.generate):
+        raise CostplanError("a whole generation needs both --prompt P and --generate G")
+    if args.phase or args.context or args.plot or args.csv:
+        raise CostplanError("--prompt/--generate price both phases themselves: leave out --phase, --context, --plot "
+                            "and --csv")
+    if profiles == [None]:
+        raise CostplanError("--prompt/--generate give latencies: name the device with --hw")
+    results = [generation(args.model, hw=hw, prompt=args.prompt, generate=args.generate, batch=args.batch,
+                          dtype=args.dtype, weights_dtype=args.weights_dtype, plan=args.plan, runtime=args.runtime,
+                          tf32=args.tf32, progress=True) for hw in profiles]
+    if args.json:
+        import json
+
+        rows = [r.to_dict() for r in results]
+        _write(json.dumps(rows[0] if len(rows) == 1 else {"generations": rows}, indent=2) + "\n", args.output)
+        return 0
+    from costplan.render import generation_table
+
+    console = _console()
+    console.print(generation_table([r.to_dict() for r in results]))
+    for warning in dict.fromkeys(w for r in results for w in r.to_dict()["warnings"]):
+        console.print(f"[bold yellow]warning:[/] {warning}")
     return 0
 
 
@@ -198,10 +231,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     options = dict(hw=args.hw, patterns=args.pattern, dtype=args.dtype, levels=args.levels, max_ratio=args.max_ratio,
                    exclude=[e for e in args.exclude.split(",") if e], keep_ends_dense=not args.prune_ends,
                    bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit,
-                   runtime=args.runtime)
+                   runtime=args.runtime, weights_dtype=args.weights_dtype, tf32=args.tf32, autocast=args.autocast)
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights,
-                       progress=True)
+                       progress=True, phase=args.phase, context=args.context)
     load = dict(input=args.input, batch=args.batch, seq_len=args.seq_len, trust_pickle=args.trust_pickle,
                 weights=args.weights)
     with status(f"scoring {args.model}'s weights ({args.importance})"):

@@ -97,6 +97,8 @@ def totals_text(report: Report) -> Text:
                     f"ridge point {t['ridge_macs_per_byte']:.1f} MAC/byte")
         if t.get("energy_mj") is not None:
             text.append(f"\nenergy {t['energy_mj']:.2f} mJ per inference (estimate)")
+    if t.get("phase"):
+        text.append(generation_line(t))
     if report.traced_on != "meta":
         text.append(f"\ntraced with real tensors on {report.traced_on} (a saved model, or one that needs data to "
                     "build or run)",
@@ -107,6 +109,43 @@ def totals_text(report: Report) -> Text:
     for warning in report.warnings:
         text.append(f"\nwarning: {warning}", style="bold yellow")
     return text
+
+
+def generation_line(t: dict) -> str:
+    """A generation pass's totals in one line: its phase, speed and memory."""
+    what = (f"\n{t['phase']}: batch {t['batch']}, {t['new_tokens']} new token(s) per sequence, {t['context']} in the "
+            "KV cache before")
+    if t.get("tokens_per_s"):
+        what += (f"; time to first token {t['time_to_first_token_ms']:.3f} ms" if t["phase"] == "prefill"
+                 else f"; {t['per_token_ms']:.3f} ms per token") + f", {t['tokens_per_s']:,.1f} tokens/s"
+    weights = f"weights {t.get('weights_dtype', '')} " if t.get("weights_dtype") else ""
+    what += (f"\nmemory {bytes_(t['memory_bytes'])} ({weights}+ KV cache {bytes_(t['kv_cache_bytes'])}"
+             f"{' at ' + t['kv_cache_dtype'] if t.get('kv_cache_dtype') else ''} + activations)")
+    if t.get("memory_capacity_bytes"):
+        what += f" of {bytes_(t['memory_capacity_bytes'])}: " + ("fits" if t["fits"] else "DOES NOT FIT")
+    return what
+
+
+def generation_table(rows: list[dict]) -> Table:
+    """A whole generation per device (``GenerationEstimate.to_dict`` rows)."""
+    first = rows[0]
+    table = Table(title=f"{first['model']}: prompt {first['prompt']} tokens, {first['generate']} generated, batch "
+                        f"{first['batch']}", title_justify="left", header_style="bold",
+                  caption="per token: the first and last decode step (the KV cache grows between them); "
+                          "memory: weights + KV cache + activations at the end")
+    for col in ("device", "precision", "first token ms", "per token ms", "decode tok/s", "total ms", "KV cache",
+                "memory", "fits"):
+        table.add_column(col, justify="left" if col in ("device", "precision") else "right")
+    for r in rows:
+        per = r["per_token_ms"]
+        table.add_row(r["hardware"], r["precision"] + (f", weights {r['weights_dtype']}"
+                                                        if r["weights_dtype"] not in (None, r["precision"]) else ""),
+                      f"{r['time_to_first_token_ms']:.2f}",
+                      f"{per['first']:.3f} .. {per['last']:.3f}" if per["mean"] is not None else "-",
+                      f"{r['decode_tokens_per_s']:,.0f}" if r["decode_tokens_per_s"] else "-",
+                      f"{r['total_ms']:.1f}", bytes_(r["kv_cache_bytes"]), bytes_(r["memory_bytes"]),
+                      "-" if r["fits"] is None else ("yes" if r["fits"] else "NO"))
+    return table
 
 
 def compare_table(reports: list[Report], top: int | None = None, depth: int | None = None) -> Table:

@@ -17,7 +17,8 @@ from costplan.trace.graph import LayerGraph
 
 @dataclass(frozen=True)
 class LayerCost:
-    """One layer's row of the report. Bytes are of the traced dtype; latency in milliseconds."""
+    """One layer's row of the report. Bytes are of the precision the report is for (the traced dtype
+    when none was asked); latency in milliseconds."""
 
     name: str
     op: str
@@ -31,6 +32,7 @@ class LayerCost:
     act_out_bytes: int
     reuse: float                   # MACs per weight
     intensity: float               # MACs per byte moved
+    state_bytes: int = 0           # KV cache bytes read or written
     latency_ms: float | None = None
     bound: str | None = None       # compute | memory | overhead
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -60,10 +62,12 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         shapes = [list(s) for s in self.input_shapes]
+        gen = self.graph.generation if self.graph is not None else None
         return {
             "model": self.model,
             "input": {"shape": shapes[0] if shapes else [], "dtype": self.dtype,
-                      **({"shapes": shapes} if len(shapes) > 1 else {})},
+                      **({"shapes": shapes} if len(shapes) > 1 else {}),
+                      **({"phase": gen.phase, "context": gen.context} if gen is not None else {})},
             "hardware": self.hardware,
             "traced_on": self.traced_on,
             "totals": dict(self.totals),
@@ -99,9 +103,13 @@ def _latency_fields(l: LayerLatency) -> dict[str, Any]:
 
 def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str | None = None,
                  latency: Mapping[str, LayerLatency] | None = None,
-                 extra_totals: Mapping[str, Any] | None = None, warnings: tuple[str, ...] = ()) -> Report:
-    """Assemble the report of ``graph`` under ``plan``, with each layer's predicted ``latency`` if given."""
+                 extra_totals: Mapping[str, Any] | None = None, warnings: tuple[str, ...] = (),
+                 scales: tuple[float, float, float] = (1.0, 1.0, 1.0), memory_capacity: float | None = None) -> Report:
+    """Assemble the report of ``graph`` under ``plan``, with each layer's predicted ``latency`` if given.
+    ``scales`` (activations, weights, KV cache: ``spellings.byte_scales``) turn the traced bytes into the
+    precision's; ``memory_capacity`` (bytes) is what a generation's memory is checked against."""
     effective: Mapping[str, Effective] = apply_plan(graph, plan)
+    acts, weights, state = scales
     rows = []
     for layer in graph.layers:
         eff = effective[layer.name]
@@ -110,9 +118,9 @@ def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str |
         rows.append(LayerCost(
             name=layer.name, op=layer.op, module=layer.module, macs=layer.macs,
             effective_macs=round(eff.macs), params=layer.params, nonzero_params=round(eff.params),
-            weight_bytes=layer.weight_bytes, act_in_bytes=layer.act_in_bytes,
-            act_out_bytes=layer.act_out_bytes, reuse=layer.reuse, intensity=layer.intensity,
-            latency_ms=ms, bound=bound, extra=more,
+            weight_bytes=round(layer.weight_bytes * weights), act_in_bytes=round(layer.act_in_bytes * acts),
+            act_out_bytes=round(layer.act_out_bytes * acts), reuse=layer.reuse, intensity=layer.intensity,
+            state_bytes=round(layer.state_bytes * state), latency_ms=ms, bound=bound, extra=more,
         ))
     eff_macs, nonzero = effective_totals(graph, effective)
     totals: dict[str, Any] = {
@@ -120,14 +128,41 @@ def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str |
         "effective_macs": eff_macs,
         "params": graph.total_params,
         "nonzero_params": nonzero,
-        "weight_bytes": graph.total_weight_bytes,
-        "activation_bytes": sum(layer.act_out_bytes for layer in graph.layers),
+        "weight_bytes": round(graph.total_weight_bytes * weights),
+        "activation_bytes": round(sum(layer.act_out_bytes for layer in graph.layers) * acts),
         "latency_ms": sum(r.latency_ms for r in rows) if latency else None,
     }
+    if graph.generation is not None:
+        totals.update(generation_totals(graph, totals["latency_ms"], scales, memory_capacity))
     totals.update(extra_totals or {})
     return Report(model=graph.model, input_shapes=graph.inputs.shapes, dtype=graph.inputs.dtype,
                   traced_on=graph.inputs.device, hardware=hardware, layers=tuple(rows), totals=totals,
                   unsupported=dict(graph.unsupported), graph=graph, warnings=warnings)
+
+
+def generation_totals(graph: LayerGraph, latency_ms: float | None, scales: tuple[float, float, float],
+                      capacity: float | None) -> dict[str, Any]:
+    """A generation pass's totals: tokens/s (new tokens of every sequence per second; prefill's is the
+    prompt's throughput and its latency the time to first token), the KV cache, and the memory the
+    pass needs (weights + KV cache + the largest layer's activations in and out) with whether it fits
+    ``capacity`` bytes (None: the profile does not say)."""
+    gen = graph.generation
+    assert gen is not None
+    acts, weights, state = scales
+    kv = round(gen.kv_cache_bytes * state)
+    peak = max((l.act_in_bytes + l.act_out_bytes for l in graph.layers), default=0) * acts
+    memory = round(graph.total_weight_bytes * weights + kv + peak)
+    out: dict[str, Any] = {"phase": gen.phase, "context": gen.context, "batch": gen.batch,
+                           "new_tokens": gen.tokens, "kv_cache_bytes": kv, "memory_bytes": memory,
+                           "memory_capacity_bytes": capacity,
+                           "fits": None if capacity is None else memory <= capacity}
+    if latency_ms:
+        out["tokens_per_s"] = gen.batch * gen.tokens / (latency_ms * 1e-3)
+        if gen.phase == "prefill":
+            out["time_to_first_token_ms"] = latency_ms
+        else:
+            out["per_token_ms"] = latency_ms
+    return out
 
 
 def group_rows(layers: Sequence[LayerCost], depth: int) -> list[LayerCost]:

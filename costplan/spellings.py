@@ -22,18 +22,56 @@ DTYPES = {
     "float16": "float16", "fp16": "float16", "half": "float16", "f16": "float16",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "int8": "int8",
+    "float8": "float8", "fp8": "float8", "float8_e4m3": "float8", "float8_e4m3fn": "float8", "e4m3": "float8",
 }
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
-QUANTISED = ("int8",)  # precisions a model is not traced in: bytes are rescaled from float32
+# bytes per element of each precision; float8 is E4M3 (the inference format of H100/Ada tensor cores)
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "float8": 1}
+QUANTISED = ("int8", "float8")  # precisions a model is not traced in: bytes are rescaled from float32
+# a precision the device lacks runs as the first of these it has, before its default precision
+# (an A100 serves an FP8 checkpoint by upcasting it to 16-bit)
+FALLBACK = {"float8": ("bfloat16", "float16"), "bfloat16": ("float16",)}
+
+# weight-only quantisation (--weights-dtype): bytes per weight, the group scales included. int4 is
+# AWQ/GPTQ's default: groups of 128 with a 16-bit scale and a 16-bit zero point (4.25 bits a weight);
+# int8 and float8 have one scale per output channel (negligible).
+WEIGHT_BYTES = {"int8": 1.0, "float8": 1.0, "int4": 4.25 / 8}
+WEIGHT_DTYPES = {"int8": "int8", "int4": "int4", "w4": "int4", "float8": "float8", "fp8": "float8", "e4m3": "float8",
+                 "w8": "int8"}
 
 
 def canonical_dtype(name: str) -> str:
     """'fp16' -> 'float16'; raises CostplanError naming every accepted spelling."""
     key = str(name).strip().lower()
     if key not in DTYPES:
-        raise CostplanError(f"unknown dtype '{name}'; use float32, float16, bfloat16 or int8 (also fp32, fp16, "
-                            f"half, bf16).{close_names(key, DTYPES)}")
+        raise CostplanError(f"unknown dtype '{name}'; use float32, float16, bfloat16, int8 or float8 (also fp32, "
+                            f"fp16, half, bf16, fp8).{close_names(key, DTYPES)}")
     return DTYPES[key]
+
+
+def weights_dtype(name: str | None) -> str | None:
+    """The weight-only format ``--weights-dtype`` names ('int4', 'int8', 'float8'), or None."""
+    if name is None:
+        return None
+    key = str(name).strip().lower()
+    if key not in WEIGHT_DTYPES:
+        raise CostplanError(f"unknown --weights-dtype '{name}': use int8, int4 or float8 (weights stored at that width "
+                            f"and dequantised to the activations' 16-bit precision).{close_names(key, WEIGHT_DTYPES)}")
+    return WEIGHT_DTYPES[key]
+
+
+def byte_scales(traced: str, precision: str, weights: str | None = None) -> tuple[float, float, float]:
+    """Factors from traced bytes to the run's: (activations, weights, KV cache). The math runs at
+    ``precision``, the weights are stored at ``weights`` (a weight-only format) or the precision, and
+    the cache at :func:`kv_dtype`."""
+    element = DTYPE_BYTES.get(traced, 4)
+    per_weight = WEIGHT_BYTES[weights] if weights else DTYPE_BYTES[precision]
+    return DTYPE_BYTES[precision] / element, per_weight / element, DTYPE_BYTES[kv_dtype(precision)] / element
+
+
+def kv_dtype(precision: str) -> str:
+    """The KV cache's precision when the math runs at ``precision``: the activations' own, except
+    that 8-bit math keeps a 16-bit cache (vLLM's and TensorRT-LLM's default)."""
+    return "float16" if precision in QUANTISED else precision
 
 
 def traced_dtype(name: str) -> str:

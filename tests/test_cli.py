@@ -91,7 +91,7 @@ def test_plan_option(tmp_path, capsys) -> None:
     (["analyze", "resnet50", "--input", "1x3xabc"], ["malformed input shape"]),
     (["analyze", "missing.py:build"], ["no such file: missing.py"]),
     (["analyze", "missing.pt"], ["no such file"]),
-    (["analyze", "resnet50", "--dtype", "fp8"], ["unknown dtype"]),
+    (["analyze", "resnet50", "--dtype", "fp4"], ["unknown dtype"]),
     (["analyze", "resnet50", "--plan", "nope.json"], ["no such plan file"]),
     (["analyze", "resnet50", "--input", "1x3x8"], ["forward failed", "1x3x8"]),
 ])

@@ -165,13 +165,14 @@ def test_every_spelling_of_a_precision_is_one_precision(resnet50_graph) -> None:
     spellings = [analyze(resnet50_graph, hw="rtx3090", dtype=d) for d in ("fp16", "half", "float16")]
     assert {r.totals["precision"] for r in spellings} == {"float16"}
     assert len({r.totals["latency_ms"] for r in spellings}) == 1
-    assert spellings[0].totals["latency_ms"] < analyze(resnet50_graph, hw="rtx3090").totals["latency_ms"] * 0.7
+    assert spellings[0].totals["latency_ms"] < analyze(resnet50_graph, hw="rtx3090").totals["latency_ms"] * 0.8
     assert analyze(resnet50_graph, hw="rtx3090", dtype="bf16").totals["precision"] == "bfloat16"
     result = costplan.plan(resnet50_graph, budget="1.05x", hw="rtx3090", dtype="fp16", patterns="2:4",
                            importance="gaussian")
     assert result.precision == "float16" and result.plan.layers
     with pytest.raises(CostplanError, match="int8"):
-        analyze(resnet50_graph, dtype="fp8")
+        analyze(resnet50_graph, dtype="fp4")
+    assert analyze(resnet50_graph, hw="h100", dtype="fp8").totals["precision"] == "float8"
 
 
 def test_a_device_without_the_precision_says_so(resnet50_graph, capsys) -> None:

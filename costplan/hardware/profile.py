@@ -19,7 +19,7 @@ from costplan.errors import CostplanError, close_names
 from costplan.hardware.fields import Fields
 from costplan.hardware.schema import CLASS_TABLES, PEAK_SCALE, RATED_SCALE, read_scalars
 from costplan.hardware.opclass import RATED_KINDS, RECURRENT
-from costplan.spellings import DTYPE_BYTES, canonical_dtype
+from costplan.spellings import DTYPE_BYTES, FALLBACK, canonical_dtype
 
 # pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention; conv1d/conv3d = 1-D
 # and 3-D convolutions; lstm/gru/rnn = one time step of that cell (its hidden-to-gates GEMM and gates:
@@ -123,6 +123,14 @@ class HardwareProfile:
     # seconds of probes.reference_workload() when calibrated: `costplan measure` times it again beside a
     # model, to say how much faster or slower the machine runs now than when its figures were measured
     reference_s: float | None = None
+    # seconds at which an op of a class without half_util_dims attains half its rate, where given in
+    # place of half_util_macs: a GPU kernel's floor (a wave's tail, its prologue) is a time, the same at
+    # every precision, where a MAC count would make a CUDA-core FP32 GEMM's floor 16x a tensor-core one's
+    half_util_s: float | None = None
+    memory_capacity: float | None = None   # bytes of device memory (DRAM/HBM) a model and its KV cache must fit
+    # a weight-only quantised GEMM (int4/int8 weights, 16-bit activations) runs at this share of the
+    # 16-bit GEMM's rate: the dequantisation in its inner loop
+    weight_only_efficiency: float = 0.9
 
     def class_figure(self, table: Mapping[str, Any], klass: str, default: Any = None) -> Any:
         """``table[klass]``, or its leader's (:data:`LEADERS`) where the profile gives none of its own."""
@@ -142,6 +150,13 @@ class HardwareProfile:
                     self.runtime: (self.per_op_s, self.fuse_elementwise)}
         return replace(self, per_op_s=per_op, fuse_elementwise=fuse, runtime=runtime, runtimes=runtimes)
 
+    def with_tf32(self, on: bool = True) -> HardwareProfile:
+        """This device with float32 matmuls on TF32 tensor cores too (``torch.backends.cuda.matmul.
+        allow_tf32 = True``; PyTorch's default runs only convolutions so), where it has TF32."""
+        if not on or not self.tf32_macs:
+            return self
+        return replace(self, tf32_classes=tuple(OP_CLASSES))
+
     def peak_for(self, precision: str, klass: str | None) -> float:
         """MAC/s an op class gets at ``precision``: TF32 for float32 convolutions where the device runs them so."""
         if precision == "float32" and self.tf32_macs and (klass in self.tf32_classes
@@ -158,7 +173,9 @@ class HardwareProfile:
         """The dtype the device runs ``dtype`` (any spelling: fp16, half, bf16) at: itself, or the
         device's default where it has no peak for it (:meth:`precision_note` says so)."""
         dtype = canonical_dtype(dtype)
-        return dtype if dtype in self.peak_macs else self.default_dtype
+        if dtype in self.peak_macs:
+            return dtype
+        return next((d for d in FALLBACK.get(dtype, ()) if d in self.peak_macs), self.default_dtype)
 
     def precision_note(self, dtype: str) -> str | None:
         """A warning when the device does not run ``dtype`` and estimates run at its default."""
@@ -166,8 +183,9 @@ class HardwareProfile:
         asked = canonical_dtype(dtype)
         if run == asked:
             return None
-        return (f"{self.name} has no {asked} figures: latency is estimated at {run}, its default precision "
-                f"(available: {', '.join(self.peak_macs)})")
+        how = "its default precision" if run == self.default_dtype else "as the model would be served there"
+        return (f"{self.name} has no {asked} figures (the device lacks {asked} math): latency is estimated at {run}, "
+                f"{how} (available: {', '.join(self.peak_macs)})")
 
     def ridge(self, dtype: str) -> float:
         """Ridge point in MACs per byte: below it a layer is bandwidth-bound."""

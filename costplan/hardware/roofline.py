@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from costplan.hardware.profile import HardwareProfile
-from costplan.spellings import DTYPE_BYTES
+from costplan.spellings import DTYPE_BYTES, WEIGHT_BYTES, byte_scales
 from costplan.patterns import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph, Recurrent
-from costplan.hardware.opclass import is_elementwise, is_gather, rated_kind, writes_in_place
+from costplan.hardware.opclass import RECURRENT, is_elementwise, is_gather, rated_kind, writes_in_place
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Estimate:
     requested: str | None = None   # the precision asked for
     # cost kind -> names of the layers of a kind the profile's calibration never timed
     unsampled: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    context: Context | None = None  # the precisions and byte factors every layer was priced with
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -200,12 +201,17 @@ def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwarePr
 def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, precision: str,
                     shape: Dims | None = None) -> float:
     """MACs (padded to the kernels' channel multiple) over the attainable rate: peak x class
-    efficiency x utilisation (see :func:`utilisation`)."""
+    efficiency x utilisation (see :func:`utilisation`); on a profile with ``half_util_s``, the MACs
+    at the plateau rate plus that time."""
     if macs <= 0 or klass is None:
         return 0.0
     run = macs * (shape.padding if shape is not None else 1.0)
+    rate = profile.peak_for(precision, klass) * profile.efficiency_for(precision, klass)
+    if profile.half_util_s is not None and klass not in RECURRENT and (
+            shape is None or profile.class_figure(profile.half_util_dims, klass) is None):
+        return run / rate + profile.half_util_s     # u = ideal / (ideal + half): the floor is a time
     u = utilisation(run, shape, klass, profile)
-    return run / (profile.peak_for(precision, klass) * profile.efficiency_for(precision, klass) * u) if u > 0 else 0.0
+    return run / (rate * u) if u > 0 else 0.0
 
 
 def algorithm_speedup(layer: Layer, klass: str | None, profile: HardwareProfile, precision: str) -> float:
@@ -271,14 +277,21 @@ def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None,
 
 
 def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precision: str, *,
-                  byte_scale: float = 1.0, weights_cached: bool = False) -> LayerLatency:
-    """Latency of one layer under its plan entry. ``byte_scale`` converts traced bytes to the
-    precision's; ``weights_cached`` says the whole model's weights sit on chip."""
+                  byte_scale: float = 1.0, weights_cached: bool = False, weight_element: float | None = None,
+                  state_scale: float | None = None, autocast: bool = False) -> LayerLatency:
+    """Latency of one layer under its plan entry. ``byte_scale`` converts traced activation bytes to
+    the precision's; ``weights_cached`` says the whole model's weights sit on chip; ``weight_element``
+    is bytes per weight where the weights are stored narrower than the math (weight-only int4/int8:
+    their GEMMs run at ``profile.weight_only_efficiency`` of the math's rate, dequantising);
+    ``state_scale`` converts traced KV cache bytes, which always cross DRAM, to the cache's precision;
+    ``autocast`` (PyTorch AMP over float32 weights) gives a layer with weights one more kernel, the cast
+    of its float32 weight to the precision (read 4 bytes, write the precision's, per weight)."""
     peak = profile.peak_macs[precision]
     if profile.fuse_elementwise and layer.macs == 0 and layer.aten_ops and all(map(is_elementwise, layer.aten_ops)):
         return LayerLatency(0.0, 0.0, 0.0, 0.0, "fused", 0.0, 0.0, 0.0, 0.0 if _has_energy(profile, precision) else None)
     klass = op_class(layer)
-    element = DTYPE_BYTES[precision]
+    element = DTYPE_BYTES[precision] if weight_element is None else weight_element
+    dequant = profile.weight_only_efficiency if weight_element is not None and layer.weights_read else 1.0
     rnn = layer.recurrent
     if rnn is not None and layer.macs > 0:
         return recurrent_latency(layer, rnn, eff, profile, precision, byte_scale=byte_scale,
@@ -290,6 +303,9 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     act_out_s, act_out_dram = activation_seconds(out_bytes, profile)
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
     act += first_touch_seconds(layer, out_bytes, profile)
+    if layer.state_bytes:      # the KV cache lives in DRAM between passes, whatever its size
+        state = layer.state_bytes * (byte_scale if state_scale is None else state_scale)
+        act, act_dram = act + state / (profile.bandwidth * profile.memory_efficiency), act_dram + state
     rated = rated_kinds(layer)
     rates = [profile.rated_bandwidth[k] for k in rated if k in profile.rated_bandwidth]
     if rates:
@@ -305,7 +321,10 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         overhead += more * profile.per_op_s
         act += more * 2 * activation_seconds(out_bytes, profile)[0]
 
-    fewer = algorithm_speedup(layer, klass, profile, precision)
+    if autocast and klass is not None and layer.weights_read and not weights_cached:
+        overhead += profile.per_op_s
+        act += weights_touched(layer) * (4 + DTYPE_BYTES[precision]) / (profile.bandwidth * profile.memory_efficiency)
+    fewer = algorithm_speedup(layer, klass, profile, precision) * dequant
     best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead, fewer)
     exec_macs, dram, sparse = shape_macs / fewer, weights * element + act_dram, False
     plan = eff.plan
@@ -406,34 +425,54 @@ def _energy(profile: HardwareProfile, precision: str, macs: float, dram_bytes: f
 
 @dataclass(frozen=True)
 class Context:
-    """What every layer of one estimate shares: the precision the device runs, the factor from
-    traced bytes to that precision's, and whether the whole model's weights sit on chip."""
+    """What every layer of one estimate shares: the precision the math runs at, the factors from
+    traced bytes to the run's (activations, weights, KV cache), and whether the whole model's weights
+    sit on chip."""
 
     precision: str
-    byte_scale: float
+    byte_scale: float              # activations
     weights_cached: bool
+    weight_scale: float = 1.0      # weights: byte_scale, or a weight-only format's over the traced dtype
+    state_scale: float = 1.0       # the KV cache (kv_dtype of the precision)
+    weights_dtype: str | None = None   # a weight-only format (int4, int8, float8), None: the precision's
+    autocast: bool = False         # PyTorch AMP: float32 weights cast to the precision at every call
+
+    @property
+    def weight_element(self) -> float | None:
+        """Bytes per weight of a weight-only format; None where weights are stored at the precision."""
+        return WEIGHT_BYTES[self.weights_dtype] if self.weights_dtype else None
+
+
+def traced_dtype_of(graph: LayerGraph) -> str:
+    return graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
 
 
 def context(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
-            dtype: str | None = None) -> Context:
+            dtype: str | None = None, weights_dtype: str | None = None, autocast: bool = False) -> Context:
     """``dtype`` is the precision asked for (default: the traced dtype); a device that lacks it runs
-    its default precision, and bytes are rescaled from the traced dtype to it."""
-    traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
+    the precision :meth:`HardwareProfile.precision` picks, and bytes are rescaled from the traced
+    dtype to it. ``weights_dtype`` stores the weights narrower (weight-only int4/int8/float8);
+    ``autocast`` runs a float32 model under PyTorch AMP at a 16-bit precision (a cast kernel per
+    weighted layer; no effect at float32 or on a model whose weights are stored narrower)."""
+    traced = traced_dtype_of(graph)
     precision = profile.precision(dtype or traced)
-    weight_total = sum(effective[l.name].params for l in graph.layers) * DTYPE_BYTES[precision]
-    return Context(precision, DTYPE_BYTES[precision] / DTYPE_BYTES[traced],
-                   profile.weights_on_chip and weight_total <= profile.onchip_bytes)
+    acts, weights, state = byte_scales(traced, precision, weights_dtype)
+    weight_total = sum(effective[l.name].params for l in graph.layers) * weights * DTYPE_BYTES[traced]
+    return Context(precision, acts, profile.weights_on_chip and weight_total <= profile.onchip_bytes,
+                   weights, state, weights_dtype, autocast and precision in ("float16", "bfloat16") and not weights_dtype)
 
 
 def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
-             dtype: str | None = None) -> Estimate:
+             dtype: str | None = None, weights_dtype: str | None = None, autocast: bool = False) -> Estimate:
     """Latency of every layer of ``graph`` under ``effective`` (from ``sparsity.apply_plan``) at
-    precision ``dtype`` (see :func:`context`)."""
-    ctx = context(graph, profile, effective, dtype)
+    precision ``dtype``, its weights stored as ``weights_dtype``, under AMP with ``autocast``
+    (see :func:`context`)."""
+    ctx = context(graph, profile, effective, dtype, weights_dtype, autocast)
     layers = {l.name: layer_latency(l, effective[l.name], profile, ctx.precision, byte_scale=ctx.byte_scale,
-                                    weights_cached=ctx.weights_cached) for l in graph.layers}
-    traced = graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
-    return Estimate(profile, ctx.precision, layers, dtype or traced, unsampled_layers(graph, profile))
+                                    weights_cached=ctx.weights_cached, weight_element=ctx.weight_element,
+                                    state_scale=ctx.state_scale, autocast=ctx.autocast) for l in graph.layers}
+    return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
+                    unsampled_layers(graph, profile), ctx)
 
 
 KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",

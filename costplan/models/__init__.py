@@ -29,8 +29,8 @@ def _cast(instance: Instance, dtype: torch.dtype) -> Instance:
         return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
     module = instance.module.to(dtype)
-    return Instance(module, tuple(cast(a) for a in instance.args),
-                    {k: cast(v) for k, v in instance.kwargs.items()})
+    return dataclasses.replace(instance, module=module, args=tuple(cast(a) for a in instance.args),
+                               kwargs={k: cast(v) for k, v in instance.kwargs.items()})
 
 
 def _with_batch(shapes: Sequence[Shape], batch: int | None) -> tuple[Shape, ...]:
@@ -43,14 +43,24 @@ def _with_batch(shapes: Sequence[Shape], batch: int | None) -> tuple[Shape, ...]
 
 def resolve(spec: str, *, input_shapes: Sequence[Shape] | None = None, batch: int | None = None,
             seq_len: int | None = None, dtype: str = "float32", trust: bool = False,
-            weights: str | os.PathLike[str] | None = None) -> ModelSource:
+            weights: str | os.PathLike[str] | None = None, phase: str | None = None,
+            context: int = 0) -> ModelSource:
     """Turn a model spec into a :class:`ModelSource`; with ``weights`` (a state dict file, read with
-    ``torch.load(weights_only=True)``) every build loads them. Raises :class:`CostplanError` for bad
-    specs and for weights that do not fit the architecture."""
+    ``torch.load(weights_only=True)``) every build loads them. ``phase`` ('prefill' or 'decode', with
+    ``context`` cached tokens) builds a causal LM's generation pass with a KV cache (``hf:`` models).
+    Raises :class:`CostplanError` for bad specs and for weights that do not fit the architecture."""
     dtype_ = torch_dtype(dtype)
     if seq_len is not None and seq_len <= 0:
         raise CostplanError(f"--seq-len must be positive, got {seq_len}")
-    source = _resolve(spec, input_shapes, batch, seq_len, trust)
+    if phase is None and context:
+        raise CostplanError("--context (tokens in the KV cache) needs --phase decode")
+    if phase is not None and not spec.startswith("hf:"):
+        raise CostplanError(f"--phase traces a causal LM's generation with a KV cache: give an hf: model, not {spec}")
+    if spec.startswith("hf:"):
+        source = hf.source(spec[3:], input_shapes=input_shapes, batch=batch, seq_len=seq_len, dtype=dtype_,
+                           phase=hf.Phase(phase, context) if phase is not None else None)
+    else:
+        source = _resolve(spec, input_shapes, batch, seq_len, trust)
     if weights is not None:
         state = read_weights(weights)
         base = source
@@ -107,8 +117,6 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
 
 def _resolve(spec: str, input_shapes: Sequence[Shape] | None, batch: int | None,
              seq_len: int | None, trust: bool) -> ModelSource:
-    if spec.startswith("hf:"):
-        return hf.source(spec[3:], input_shapes=input_shapes, batch=batch, seq_len=seq_len)
     if files.looks_like_file(spec):
         shapes = _with_batch(input_shapes, batch) if input_shapes else None
         return files.source(spec, input_shapes=shapes, batch=batch, trust=trust, load_saved=load_saved)

@@ -15,6 +15,9 @@ class Instance:
     module: torch.nn.Module
     args: tuple[object, ...]
     kwargs: dict[str, object] = field(default_factory=dict)
+    state: tuple[torch.Tensor, ...] = ()   # tensors that persist between calls (a KV cache)
+    generation: object = None              # trace.Generation: the generation pass these inputs run
+    notes: tuple[str, ...] = ()            # how the build made the model countable (MoE routing)
 
 
 @dataclass(frozen=True)
@@ -31,3 +34,4 @@ class ModelSource:
     meta: bool = True
     weights: str | None = None     # the state dict file its builds load (None: initial weights)
     pruned: object = None          # a file costplan.save wrote: its models.saved.Provenance
+    cpu_fallback: bool = True      # whether a model the meta device cannot run may be built on the CPU

@@ -12,9 +12,10 @@ against a tighter one, so the prediction reported is ``analyze --plan``'s.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from costplan.planning.units import (
     default_fixed,
     plan_from_choice,
 )
-from costplan.sparsity import apply_plan, effective_totals, layer_effective, resolve
+from costplan.sparsity import Effective, apply_plan, effective_totals, layer_effective, resolve
 from costplan.trace.graph import Layer, LayerGraph
 from costplan.trace.groups import Structure, structure_of
 
@@ -130,21 +131,26 @@ class SweepPoint:
     unreachable: str | None = None
 
 
+Pricing = Callable[[Mapping[str, Effective]], Estimate]   # effective layers -> the estimate at the plan's precision
+
+
 # ---- latency tables -----------------------------------------------------------------------------
 
 class _Tables:
     """Latency of a layer when some groups keep fewer units, from the shared roofline."""
 
-    def __init__(self, graph: LayerGraph, structure: Structure, profile: HardwareProfile, dtype: str | None) -> None:
+    def __init__(self, graph: LayerGraph, structure: Structure, profile: HardwareProfile, dtype: str | None,
+                 weights_dtype: str | None = None, autocast: bool = False) -> None:
         # the dense model's context: whether weights fit on chip is not a per-layer term
         self.structure = structure
         self.profile = profile
-        self.ctx = context(graph, profile, apply_plan(graph, None), dtype)
+        self.ctx = context(graph, profile, apply_plan(graph, None), dtype, weights_dtype, autocast)
 
     def latency(self, layer: Layer, keep: Mapping[str, int], elementwise: Mapping[str, LayerPlan] | None = None) -> float:
         eff = layer_effective(self.structure, layer, keep, elementwise)
         return layer_latency(layer, eff, self.profile, self.ctx.precision, byte_scale=self.ctx.byte_scale,
-                             weights_cached=self.ctx.weights_cached).latency_s
+                             weights_cached=self.ctx.weights_cached, weight_element=self.ctx.weight_element,
+                             state_scale=self.ctx.state_scale, autocast=self.ctx.autocast).latency_s
 
 
 def _effects(unit: Unit, option: Option, layer: Layer, own: bool) -> tuple[dict[str, int], dict[str, LayerPlan]]:
@@ -201,9 +207,11 @@ def build_problem(graph: LayerGraph, structure: Structure, units: Sequence[Unit]
 def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str, *, patterns: str = "auto",
               dtype: str | None = None, levels: int = 20, max_ratio: float = 0.9, exclude: Iterable[str] = (),
               keep_ends_dense: bool = True, bounds: Mapping[str, tuple[float, float]] | None = None,
-              importance: Importance | None = None, time_limit: float = 10.0) -> PlanResult:
-    """Solve for per-layer sparsity meeting ``budget`` on ``profile``. Raises CostplanError when
-    the input is bad or the budget cannot be met (saying the lowest latency that can)."""
+              importance: Importance | None = None, time_limit: float = 10.0,
+              weights_dtype: str | None = None, autocast: bool = False) -> PlanResult:
+    """Solve for per-layer sparsity meeting ``budget`` on ``profile`` at ``dtype`` (weights stored
+    as ``weights_dtype`` where given). Raises CostplanError when the input is bad or the budget
+    cannot be met (saying the lowest latency that can)."""
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if not 2 <= levels <= 200:
         raise CostplanError(f"--levels must be between 2 and 200, got {levels}")
@@ -214,15 +222,16 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     if unknown:
         raise CostplanError(f"no layer named {', '.join(unknown)} in {graph.model}")
     structure = structure_of(graph)
-    tables = _Tables(graph, structure, profile, dtype)
+    tables = _Tables(graph, structure, profile, dtype, weights_dtype, autocast)
     precision = tables.ctx.precision
+    price = functools.partial(estimate, graph, profile, dtype=dtype, weights_dtype=weights_dtype, autocast=autocast)
     excluded = [*exclude, *(default_fixed(graph) if keep_ends_dense else [])]
     pattern_list = candidate_patterns(patterns, profile, precision, structure)
     units = build_units(graph, structure, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
                         bounds=bounds, channel_multiple=profile.channel_multiple)
     importance = importance or Importance(graph)
     problem, approximated = build_problem(graph, structure, units, tables, importance)
-    dense = estimate(graph, profile, apply_plan(graph, None), dtype)
+    dense = price(apply_plan(graph, None))
     target = budget.seconds(dense.latency_s)
     meta = dict(model=graph.model, hardware=profile.name,
                 budget={"latency_ms": round(target * 1e3, 6), **({"speedup": budget.value} if budget.kind == "speedup" else {})},
@@ -234,9 +243,9 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
         except Infeasible:
             usable = candidate_patterns("auto", profile, precision, structure)
             raise CostplanError(_unreachable(graph, profile, precision, problem, units, budget, target,
-                                             dense.latency_s, pattern_list, dtype, usable)) from None
+                                             dense.latency_s, pattern_list, price, usable)) from None
         plan = plan_from_choice(graph, units, solution.choice, **meta)
-        exact = estimate(graph, profile, apply_plan(graph, plan), dtype).latency_s
+        exact = price(apply_plan(graph, plan)).latency_s
         if exact <= target * (1 + 1e-9):
             break
         goal -= (exact - target) * 1.05
@@ -246,15 +255,15 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
                         "approximate them")
     info = SolverInfo(solution.method, solution.status, solution.gap, solution.seconds, len(units),
                       sum(len(u.options) for u in units), approximated)
-    return _finish(graph, profile, precision, plan, solution, info, units, dense, dtype, importance, pattern_list,
+    return _finish(graph, profile, precision, plan, solution, info, units, dense, price, importance, pattern_list,
                    tuple(warnings))
 
 
 def _finish(graph: LayerGraph, profile: HardwareProfile, precision: str, plan: Plan, solution: Solution,
-            info: SolverInfo, units: Sequence[Unit], dense: Estimate, dtype: str | None, importance: Importance,
+            info: SolverInfo, units: Sequence[Unit], dense: Estimate, price: Pricing, importance: Importance,
             patterns: Sequence[Pattern], warnings: tuple[str, ...]) -> PlanResult:
     effective = apply_plan(graph, resolve(graph, plan))
-    est = estimate(graph, profile, effective, dtype)
+    est = price(effective)
     dense_s = dense.latency_s
     macs, params = effective_totals(graph, effective)
     scored = sum(len(u.layers) for u in units)
@@ -296,11 +305,11 @@ def _rows(graph: LayerGraph, plan: Plan, dense: Estimate, est: Estimate) -> tupl
 
 def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, problem: Problem,
                  units: Sequence[Unit], budget: Budget, target: float, dense_s: float,
-                 patterns: Sequence[Pattern], dtype: str | None, usable: Sequence[Pattern]) -> str:
+                 patterns: Sequence[Pattern], price: Pricing, usable: Sequence[Pattern]) -> str:
     """Why the budget cannot be met, with only the levers that would help in this case."""
     fastest = solve(problem, None, minimise="latency")
     plan = plan_from_choice(graph, units, fastest.choice)
-    est = estimate(graph, profile, apply_plan(graph, plan), dtype)
+    est = price(apply_plan(graph, plan))
     by_bound: dict[str, float] = {}
     for lat in est.layers.values():
         by_bound[lat.bound] = by_bound.get(lat.bound, 0.0) + lat.latency_s

@@ -1,6 +1,6 @@
 """torch model -> LayerGraph. Knows nothing of hardware."""
 
-from costplan.trace.graph import InputSpec, Layer, LayerGraph
+from costplan.trace.graph import PHASES, Generation, InputSpec, Layer, LayerGraph
 from costplan.trace.tracer import trace
 
-__all__ = ["InputSpec", "Layer", "LayerGraph", "trace"]
+__all__ = ["PHASES", "Generation", "InputSpec", "Layer", "LayerGraph", "trace"]

@@ -74,11 +74,14 @@ class Layer:
                                                                 # through the typed properties below
     param_names: tuple[str, ...] = ()   # qualified names of the parameters first read here
     reads: tuple[str, ...] = ()         # every parameter this call reads
+    # bytes of persistent state (a KV cache) this call reads, or writes in place: it lives in DRAM
+    # between forward passes, so it never stays on chip as an activation may
+    state_bytes: int = 0
 
     @property
     def bytes_moved(self) -> int:
-        """Weights read, activations read and written: the DRAM traffic of an unfused layer."""
-        return self.weight_bytes + self.act_in_bytes + self.act_out_bytes
+        """Weights read, activations and state read and written: the DRAM traffic of an unfused layer."""
+        return self.weight_bytes + self.act_in_bytes + self.act_out_bytes + self.state_bytes
 
     @property
     def reuse(self) -> float:
@@ -173,6 +176,30 @@ class Layer:
         return bool(self.attrs.get("tied"))
 
 
+PHASES = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One forward pass of autoregressive generation with a KV cache.
+
+    ``prefill`` runs the ``tokens`` of the prompt and writes their keys and values into the cache
+    (``context`` is 0); ``decode`` runs one new token per sequence against ``context`` tokens already
+    cached. ``kv_cache_bytes`` is the whole cache after this pass, every layer, at the traced dtype.
+    """
+
+    phase: str                     # prefill | decode
+    context: int                   # tokens already in the cache before this pass
+    tokens: int                    # new tokens this pass, per sequence
+    batch: int
+    kv_cache_bytes: int
+
+    @property
+    def cached(self) -> int:
+        """Tokens in the cache after this pass."""
+        return self.context + self.tokens
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What the model was traced with."""
@@ -201,6 +228,8 @@ class LayerGraph:
     channels: ChannelLog | None = field(default=None, repr=False)  # how channels flow (trace.channels)
     # a model pruned by costplan: {"plan": plan JSON, "compacted": bool, "source": spec}, read from its file
     applied: Mapping[str, object] | None = None
+    generation: Generation | None = None   # the generation phase traced, for a causal LM with a cache
+    notes: tuple[str, ...] = ()            # how the trace counted what it could not see (MoE routing)
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)

@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from costplan.trace.channels import Tracker
-from costplan.trace.graph import InputSpec, Layer, LayerGraph
+from costplan.trace.graph import Generation, InputSpec, Layer, LayerGraph
 from costplan.modules import attention_heads, geometry
 from costplan.trace.meta import FAST_META, fused_on_meta
 from costplan.trace.ops import MacFormula, OpKind, classify, friendly_name, op_macs, op_name, with_overrides
@@ -44,6 +44,7 @@ class _NodeDraft:
     weight_bytes: int = 0
     act_in_bytes: int = 0
     act_out_bytes: int = 0
+    state_bytes: int = 0
     aten_ops: dict[str, None] = field(default_factory=dict)
     attrs: dict[str, object] = field(default_factory=dict)
     inputs_seen: set[int] = field(default_factory=set)
@@ -60,6 +61,7 @@ class _NodeDraft:
             params=self.params, weights_read=self.weights_read, weight_bytes=self.weight_bytes, act_in_bytes=self.act_in_bytes,
             act_out_bytes=self.act_out_bytes, aten_ops=tuple(self.aten_ops), attrs=dict(self.attrs),
             param_names=tuple(self.param_names), reads=tuple(self.reads), kernels=max(1, self.kernels),
+            state_bytes=self.state_bytes,
         )
 
 
@@ -124,6 +126,7 @@ class _Recorder(TorchDispatchMode):
         self.producer: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.constant: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (name, is_param)
         self.model_inputs: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensors the caller passed in
+        self.state: WeakIdKeyDictionary = WeakIdKeyDictionary()  # persistent state (KV cache) and its views
         self.param_by_name = dict(model.named_parameters())
         for name, p in self.param_by_name.items():
             self.constant[p] = (name, True)
@@ -244,6 +247,13 @@ class _Recorder(TorchDispatchMode):
             return out
         frame = next((f for f in reversed(self.stack) if f.leaf), None)
         node = self._leaf_node(frame) if frame is not None else self._function_node(func, ins, args)
+        written = ins[0] if self.state.get(ins[0]) and op_name(func).endswith("_") else None
+        if written is not None:
+            # an in-place write into the cache (index_copy_ of the new tokens' keys) moves the bytes
+            # written, not the whole cache; its result is the cache, still state
+            ins = ins[1:]
+            node.state_bytes += sum(_nbytes(t) for t in ins if t.is_floating_point())
+            outs = []
         self._read(node, ins)
         node.seconds += elapsed
         macs = op_macs(func, args, out, self.formulas)
@@ -259,12 +269,15 @@ class _Recorder(TorchDispatchMode):
             self._out_grids(node, outs)
         for t in outs:
             self.producer[t] = node
+        if written is not None:
+            self.producer[written] = node
         return out
 
     def _alias(self, source: torch.Tensor, outs: Sequence[torch.Tensor]) -> None:
         producer = self.producer.get(source)
         constant = self.constant.get(source)
         is_input = self.model_inputs.get(source)
+        is_state = self.state.get(source)
         for t in outs:
             if producer is not None:
                 self.producer[t] = producer
@@ -272,10 +285,14 @@ class _Recorder(TorchDispatchMode):
                 self.constant[t] = constant
             if is_input:
                 self.model_inputs[t] = True
+            if is_state:
+                self.state[t] = True
 
-    def _read_param(self, node: _NodeDraft, p: torch.Tensor, name: str) -> None:
-        node.weights_read += p.numel()
-        node.weight_bytes += _nbytes(p)
+    def _read_param(self, node: _NodeDraft, p: torch.Tensor, name: str, read: torch.Tensor | None = None) -> None:
+        """``p`` is read (``read``: the part of it read, one expert's slice of a stacked weight)."""
+        read = p if read is None else read
+        node.weights_read += read.numel()
+        node.weight_bytes += _nbytes(read)
         node.reads.append(name)
         key = id(self._base(p))
         if key not in self.attributed:
@@ -295,7 +312,8 @@ class _Recorder(TorchDispatchMode):
                 name, is_param = constant
                 if is_param and node.kind == "function" and name not in node.params_seen:
                     node.params_seen.add(name)
-                    self._read_param(node, self.param_by_name.get(name, t), name)
+                    base = self.param_by_name.get(name, t)
+                    self._read_param(node, base, name, t if t.numel() < base.numel() else base)
                 continue
             producer = self.producer.get(t)
             if producer is node or id(t) in node.inputs_seen:
@@ -304,7 +322,10 @@ class _Recorder(TorchDispatchMode):
                 node.attrs["reads_input"] = True
             node.inputs_seen.add(id(t))
             node.in_shapes.append(tuple(t.shape))
-            node.act_in_bytes += _nbytes(t)
+            if self.state.get(t):   # an expanded view (grouped-query heads repeated) reads the cache once
+                node.state_bytes += min(_nbytes(t), t.untyped_storage().nbytes())
+            else:
+                node.act_in_bytes += _nbytes(t)
             self.channels.node_tensors.setdefault(node.name, ([], []))[0].append(self.channels.grid(t, node.name))
             if producer is not None:
                 self.graph.add_edge(producer.name, node.name)
@@ -319,19 +340,25 @@ def _set_training(model: torch.nn.Module, training: bool) -> None:
 
 def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[str, object] | None = None,
           name: str = "model", timings: dict[str, float] | None = None,
-          mac_formulas: Mapping[object, MacFormula] | None = None) -> LayerGraph:
+          mac_formulas: Mapping[object, MacFormula] | None = None, state: Sequence[torch.Tensor] = (),
+          generation: Generation | None = None, notes: Sequence[str] = ()) -> LayerGraph:
     """Run ``model(*args, **kwargs)`` once under the recorder and return its layer graph.
 
     The model runs in eval mode without gradients; on meta tensors nothing is computed or allocated.
     With real tensors, ``timings`` (if given) receives each layer's kernel wall time in seconds: the
     time inside its aten ops, without the Python between them. Exceptions from the model's forward
     propagate unchanged. ``mac_formulas`` (aten op -> formula) replaces or adds MAC formulas for this
-    trace alone; the graph's analysis under a plan re-evaluates the same formulas.
+    trace alone; the graph's analysis under a plan re-evaluates the same formulas. ``state`` are
+    tensors that persist between calls (a KV cache): a layer's reads of them, and its in-place writes
+    into them (only the bytes written), go to ``Layer.state_bytes``. ``generation`` and ``notes`` are
+    recorded on the graph as given.
     """
     kwargs = dict(kwargs or {})
     recorder = _Recorder(model, with_overrides(mac_formulas))
     for t in _tensors((args, kwargs)):
         recorder.model_inputs[t] = True
+    for t in state:
+        recorder.state[t] = True
     handles = [
         torch.nn.modules.module.register_module_forward_pre_hook(recorder.pre_hook),
         torch.nn.modules.module.register_module_forward_hook(recorder.post_hook),
@@ -374,4 +401,6 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
         module_names=frozenset(n for n, _ in model.named_modules() if n),
         heads=attention_heads(model),
         channels=recorder.channels.log(),
+        generation=generation,
+        notes=tuple(notes),
     )

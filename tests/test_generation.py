@@ -1,0 +1,179 @@
+"""LLM generation: models by config, the KV cache in prefill and decode, MoE routing, precisions of
+weights and cache, memory against the device, and a whole generation's sum."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import costplan
+from costplan.api import analyze, estimate_latency, generation, load_graph
+from costplan.errors import CostplanError
+from costplan.hardware import load_profile
+
+# a Llama-shaped model small enough to trace in well under a second: 4 query heads share 2 KV heads
+TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+        "max_position_embeddings": 4096}
+TINY_MOE = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 100, "num_local_experts": 4, "num_experts_per_tok": 2, "max_position_embeddings": 4096}
+
+
+@pytest.fixture
+def tiny(tmp_path) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return f"hf:{path}"
+
+
+@pytest.mark.parametrize("name, params", [
+    # the model cards' parameter counts
+    ("llama-3.1-8b", 8_030_261_248), ("mistral-7b", 7_248_023_552), ("mixtral-8x7b", 46_702_792_704),
+    ("qwen2.5-7b", 7_615_616_512), ("gemma-2-9b", 9_241_705_984), ("phi-3-mini", 3_821_079_552),
+])
+def test_built_in_configs_have_the_published_parameter_counts(name: str, params: int) -> None:
+    graph = load_graph(f"hf:{name}", seq_len=8)
+    assert graph.total_params == params and graph.inputs.device == "meta"
+
+
+def test_a_local_config_file_or_directory_is_a_model(tiny: str, tmp_path) -> None:
+    by_file = load_graph(tiny, seq_len=8)
+    by_dir = load_graph(f"hf:{tmp_path}", seq_len=8)
+    embed, attn, mlp = 100 * 64, 64 * 64 * 2 + 64 * 32 * 2, 3 * 64 * 96
+    assert by_file.total_params == by_dir.total_params == 2 * embed + 2 * (attn + mlp + 2 * 64) + 64
+    bad = tmp_path / "bad" / "config.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps({"model_type": "no-such-architecture"}))
+    with pytest.raises(CostplanError, match="cannot read it as a model config"):
+        load_graph(f"hf:{bad}")
+
+
+def test_decode_reads_the_whole_cache_and_writes_one_token(tiny: str) -> None:
+    """Per layer, attention reads K and V of every cached position (GQA: the 2 KV heads, not the 4
+    query heads), the cache update writes the new token's K and V, and the attention's MACs are the
+    4 query heads' against context + 1 keys."""
+    ctx, head = 300, 16
+    graph = load_graph(tiny, phase="decode", context=ctx, batch=2)
+    cache = 2 * 2 * (ctx + 1) * head * 4          # batch x KV heads x positions x head_dim x fp32, K or V
+    attention = [l for l in graph.layers if l.op == "attention"]
+    writes = [l for l in graph.layers if l.op == "index_copy"]
+    assert [l.state_bytes for l in attention] == [2 * cache] * 2
+    assert [l.state_bytes for l in writes] == [2 * 2 * head * 4] * 4   # one token of K (or V) per call
+    assert [l.macs for l in attention] == [2 * 4 * (ctx + 1) * 2 * head] * 2
+    assert graph.generation.kv_cache_bytes == 2 * 2 * cache        # layers x (K and V)
+    # and the estimate pays it from DRAM though it would fit on chip
+    a100 = load_profile("a100")
+    assert 2 * cache < a100.onchip_bytes / 2
+    est = estimate_latency(graph, a100, dtype="float32")
+    assert est.layers[attention[0].name].memory_s >= 2 * cache / (a100.bandwidth * a100.memory_efficiency)
+
+
+def test_prefill_writes_the_prompt_and_computes_only_the_next_tokens_logits(tiny: str) -> None:
+    graph = load_graph(tiny, phase="prefill", seq_len=20)
+    assert graph.generation.phase == "prefill" and graph.generation.cached == 20
+    head = next(l for l in graph.layers if l.name == "lm_head")
+    assert head.macs == 64 * 100                   # one position's logits (servers keep the last)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 2000), st.integers(1, 2000))
+def test_decode_never_gets_cheaper_with_more_context(a: int, b: int) -> None:
+    graph_a, graph_b = (load_graph("hf:llama-3.1-8b", phase="decode", context=c) for c in sorted((a, b)))
+    t = [estimate_latency(g, "h100", dtype="bfloat16").latency_s for g in (graph_a, graph_b)]
+    assert t[0] <= t[1]
+
+
+def test_moe_counts_only_routed_experts(tmp_path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_MOE))
+    one = load_graph(f"hf:{path}", phase="decode", context=4)           # 1 token x 2 experts
+    many = load_graph(f"hf:{path}", seq_len=64)                           # 64 tokens x 2 over 4 experts
+    expert_macs = 3 * 64 * 96                    # gate, up and down per token per expert
+    experts = lambda g: [l for l in g.layers if ".experts." in l.name and l.macs]  # noqa: E731
+    assert sum(l.macs for l in experts(one)) == 2 * 2 * expert_macs             # layers x k experts
+    assert sum(l.macs for l in experts(many)) == 2 * 64 * 2 * expert_macs
+    # a pass reads the weights of the experts it routes to: two of four in decode, all four here
+    assert sum(l.weights_read for l in experts(one)) == 2 * 2 * expert_macs
+    assert sum(l.weights_read for l in experts(many)) == 2 * 4 * expert_macs
+    assert any("mixture of experts" in n for n in analyze(one).warnings)
+
+
+def test_precisions_of_math_weights_and_cache(tiny: str) -> None:
+    graph = load_graph("hf:llama-3.1-8b", phase="decode", context=2048)
+    params = graph.total_params
+    fp8 = analyze(graph, hw="h100", dtype="fp8")
+    assert fp8.totals["precision"] == "float8" and fp8.totals["weight_bytes"] == params
+    assert fp8.totals["kv_cache_bytes"] == 32 * 2 * 8 * 128 * 2049 * 2          # a 16-bit cache
+    lacks = analyze(graph, hw="a100", dtype="fp8")
+    assert lacks.totals["precision"] == "bfloat16" and "no float8 figures" in lacks.warnings[0]
+    w4 = analyze(graph, hw="a100", dtype="bf16", weights_dtype="int4")
+    bf16 = analyze(graph, hw="a100", dtype="bf16")
+    assert w4.totals["weight_bytes"] == round(params * 4.25 / 8)
+    assert bf16.totals["weight_bytes"] == params * 2
+    assert w4.totals["latency_ms"] < bf16.totals["latency_ms"] * 0.45             # decode reads weights
+    head = next(r for r in w4.layers if r.name == "lm_head")
+    assert head.weight_bytes == round(128256 * 4096 * 4.25 / 8)
+    int8 = analyze("resnet18", dtype="int8")
+    assert int8.totals["weight_bytes"] == int8.totals["params"]                  # no fp32 bytes left
+
+
+def test_memory_is_weights_cache_and_activations_against_the_device() -> None:
+    graph = load_graph("hf:llama-3.1-70b", phase="decode", context=8192, batch=4)
+    big = analyze(graph, hw="a100", dtype="bf16")
+    t = big.totals
+    assert t["kv_cache_bytes"] == 4 * 80 * 2 * 8 * 128 * 8193 * 2
+    assert t["memory_bytes"] > t["kv_cache_bytes"] + t["weight_bytes"] and t["fits"] is False
+    assert any("does not fit" in w for w in big.warnings)
+    small = analyze(load_graph("hf:llama-3.1-8b", phase="decode", context=128), hw="h100", dtype="bf16")
+    assert small.totals["fits"] is True
+    assert small.totals["tokens_per_s"] == pytest.approx(1e3 / small.totals["latency_ms"])
+
+
+def test_a_generation_sums_prefill_and_every_decode_step(tiny: str) -> None:
+    g = generation(tiny, hw="a100", prompt=100, generate=50, batch=2)
+    first, last = g.first.totals["latency_ms"], g.last.totals["latency_ms"]
+    assert g.first.totals["context"] == 100 and g.last.totals["context"] == 148
+    assert g.total_ms == pytest.approx(g.prefill.totals["latency_ms"] + 49 * (first + last) / 2)
+    assert g.to_dict()["tokens_per_s"] == pytest.approx(2 * 50 / (g.total_ms / 1e3))
+
+
+def test_phase_mistakes_are_one_line_errors(tiny: str) -> None:
+    with pytest.raises(CostplanError, match="--context N"):
+        load_graph(tiny, phase="decode")
+    with pytest.raises(CostplanError, match="give an hf: model"):
+        load_graph("resnet18", phase="decode", context=8)
+    with pytest.raises(CostplanError, match="needs --phase decode"):
+        load_graph(tiny, context=8)
+    with pytest.raises(CostplanError, match="not a causal language model"):
+        load_graph("hf:bert-base", phase="prefill")
+    with pytest.raises(CostplanError, match="at most 4096 positions"):
+        load_graph(tiny, phase="decode", context=5000)
+    with pytest.raises(CostplanError, match="--weights-dtype"):
+        analyze(tiny, weights_dtype="int3")
+
+
+def test_a_small_gemm_costs_a_kernel_floor_at_every_precision() -> None:
+    """A 12k-MAC linear was 26 us on the a100 at float32 (a MAC-count floor at the CUDA-core rate):
+    the floor is a time, the same at FP32 and FP16."""
+    import torch
+
+    graph = load_graph(torch.nn.Linear(120, 100), input="1x120")
+    a100 = load_profile("a100")
+    fp32, fp16 = (estimate_latency(graph, a100, dtype=d).layers[graph.layers[0].name].compute_s
+                  for d in ("float32", "float16"))
+    assert fp32 == pytest.approx(a100.half_util_s, rel=0.01) and fp16 == pytest.approx(a100.half_util_s, rel=0.01)
+    assert fp32 < 5e-6
+
+
+def test_new_gpu_profiles_state_memory_and_fp8_where_the_part_has_it() -> None:
+    for name, gb, fp8 in (("a100-80gb", 80, False), ("h100-pcie", 80, True), ("l4", 24, True), ("l40s", 48, True),
+                          ("rtx4090", 24, True), ("a10g", 24, False)):
+        p = load_profile(name)
+        assert p.memory_capacity == gb * 1e9 and ("float8" in p.peak_macs) == fp8, name
+    assert load_profile("a100-80gb").bandwidth == 2039e9 and load_profile("rtx4090").bandwidth == 1008e9
+    assert math.isclose(costplan.load_profile("h100").peak_macs["float8"] * 2, 1978.9e12)
