@@ -1,6 +1,7 @@
-"""GPU profiles against published measurements (no GPU is needed): ResNet-50 v1.5 inference latency.
+"""GPU profiles against published measurements (no GPU is needed): ResNet-50 v1.5 inference latency,
+and LLM decode (tokens/s of batch-1 generation).
 
-    python benchmarks/gpu_published.py
+    python benchmarks/gpu_published.py [--llm-only]
 
 Each row is a published average latency per batch, with its source; costplan predicts the same model
 (ResNet-50 at 224x224, the batch size, the precision) on the matching profile under the runtime the
@@ -11,6 +12,13 @@ FP32 fitted those profiles' FP32 convolution efficiencies; the rest check them. 
 (GPU, precision) with no fitted efficiency are also summarised apart: the same GPU and precision
 at another batch size is a weak check of a fit.
 Goal: median |error| within 20% at batch 64 and up, within 30% at batch 1.
+
+LLM rows: pytorch-labs/gpt-fast README (commit 0f925b5d4ce457b89a7ca6c9ce50f42bf2576945, 'Benchmarks':
+one A100-80GB power-limited to 330 W, batch 1, a 5-token prompt, torch.compile with CUDA graphs;
+generate.py's default 200 new tokens; tokens/s = new tokens over the whole generation). Asked as
+`costplan analyze MODEL --prompt 5 --generate 200 --hw a100-80gb --dtype bf16 [--weights-dtype ...]`
+under the fused runtime. The two Llama-2-7B weight-only rows fitted the profiles' weight_only_memory
+(marked 'fit'); the bf16 row and the 70B rows check it. Error is on latency (published ms per token).
 """
 
 from __future__ import annotations
@@ -94,5 +102,66 @@ def main() -> None:
     print("sources:\n  " + PYTORCH + "\n  " + TENSORFLOW)
 
 
+GPT_FAST = "pytorch-labs/gpt-fast README @0f925b5, 'Benchmarks' (A100-80GB at 330 W, batch 1, torch.compile)"
+MLC = ("mlc-ai/llm-perf-bench pull request #1, review comment of 2023-08-05 ('RTX 4090 (CUDA 11.8)'): batch 1 "
+       "decode; MLC LLM q4f16_1 (int4, groups of 32, a 16-bit scale: 4.5 bits) and ExLlama (GPTQ int4, groups "
+       "of 128)")
+LLAMA2 = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
+          "max_position_embeddings": 4096}
+CONFIGS = {"llama-2-70b": {**LLAMA2, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                           "num_attention_heads": 64, "num_key_value_heads": 8},
+           "llama-2-13b": {**LLAMA2, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                           "num_attention_heads": 40, "num_key_value_heads": 40}}
+# (source, model, label, gpu, weights dtype, published tokens/s, fitted): Llama-2-7B has hf:llama-7b's shapes;
+# MLC's 4.5-bit format is priced as int4-g64 (4 + 32/64 bits: the same 4.5 bits a weight)
+LLM_ROWS = [
+    (GPT_FAST, "hf:llama-7b", "Llama-2-7B", "a100-80gb", None, 104.9, False),
+    (GPT_FAST, "hf:llama-7b", "Llama-2-7B", "a100-80gb", "int8", 155.58, True),
+    (GPT_FAST, "hf:llama-7b", "Llama-2-7B", "a100-80gb", "int4-g32", 196.80, True),
+    (GPT_FAST, "llama-2-70b", "Llama-2-70B", "a100-80gb", "int8", 19.13, False),
+    (GPT_FAST, "llama-2-70b", "Llama-2-70B", "a100-80gb", "int4-g32", 25.25, False),
+    (MLC, "hf:llama-7b", "Llama-2-7B", "rtx4090", "int4-g64", 191.0, False),
+    (MLC, "llama-2-13b", "Llama-2-13B", "rtx4090", "int4-g64", 108.8, False),
+    (MLC, "hf:llama-7b", "Llama-2-7B", "rtx4090", "int4", 152.56, False),     # ExLlama
+    (MLC, "llama-2-13b", "Llama-2-13B", "rtx4090", "int4", 93.88, False),     # ExLlama
+]
+
+
+def llm_main() -> list[float]:
+    """The gpt-fast rows; returns the held-out rows' errors."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from costplan.api import generation
+
+    specs = {}
+    for name, config in CONFIGS.items():
+        path = Path(tempfile.mkdtemp()) / "config.json"
+        path.write_text(json.dumps(config))
+        specs[name] = f"hf:{path}"
+    print(f"\n{'source':8s} {'model':12s} {'gpu':10s} {'weights':9s} {'published tok/s':>15s} {'predicted tok/s':>15s} "
+          f"{'ms/token error':>14s}")
+    held = []
+    for source, model, label, gpu, weights, published, fitted in LLM_ROWS:
+        # gpt-fast generates 200 tokens after 5; the MLC comparison's lengths are not stated: the same
+        result = generation(specs.get(model, model), hw=gpu, prompt=5, generate=200, dtype="float16",
+                            weights_dtype=weights)
+        predicted = result.to_dict()["tokens_per_s"]
+        error = published / predicted - 1          # on latency: predicted ms over published ms
+        if not fitted:
+            held.append(error)
+        runtime = "gpt-fast" if source is GPT_FAST else ("MLC" if weights == "int4-g64" else "ExLlama")
+        print(f"{runtime:8s} {label:12s} {gpu:10s} {weights or 'bf16':9s} {published:15.2f} {predicted:15.2f} "
+              f"{error:+14.1%}{'  fit' if fitted else ''}", flush=True)
+    print(f"LLM decode, rows not fitted: median |error| {statistics.median(abs(e) for e in held):.1%} over {len(held)}, "
+          f"{sum(abs(e) <= 0.2 for e in held)} of {len(held)} within 20%\nsources:\n  {GPT_FAST}\n  {MLC}")
+    return held
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--llm-only" not in sys.argv:
+        main()
+    llm_main()

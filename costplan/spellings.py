@@ -5,6 +5,7 @@ low enough that the model builders and hardware profiles read it without the API
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from typing import TYPE_CHECKING
@@ -32,11 +33,19 @@ QUANTISED = ("int8", "float8")  # precisions a model is not traced in: bytes are
 FALLBACK = {"float8": ("bfloat16", "float16"), "bfloat16": ("float16",)}
 
 # weight-only quantisation (--weights-dtype): bytes per weight, the group scales included. int4 is
-# AWQ/GPTQ's default: groups of 128 with a 16-bit scale and a 16-bit zero point (4.25 bits a weight);
-# int8 and float8 have one scale per output channel (negligible).
+# AWQ/GPTQ's default, groups of 128 with a 16-bit scale and a 16-bit zero point (4.25 bits a weight);
+# int4-gN names another group size (gpt-fast's int4 is int4-g32: 5 bits). int8 and float8 have one
+# scale per output channel (negligible).
 WEIGHT_BYTES = {"int8": 1.0, "float8": 1.0, "int4": 4.25 / 8}
 WEIGHT_DTYPES = {"int8": "int8", "int4": "int4", "w4": "int4", "float8": "float8", "fp8": "float8", "e4m3": "float8",
                  "w8": "int8"}
+
+
+def weight_bytes(fmt: str) -> float:
+    """Bytes per weight of a weight-only format ('int4', 'int4-g32', 'int8', 'float8')."""
+    if fmt.startswith("int4-g"):
+        return (4 + 32 / int(fmt[6:])) / 8
+    return WEIGHT_BYTES[fmt]
 
 
 def canonical_dtype(name: str) -> str:
@@ -53,8 +62,12 @@ def weights_dtype(name: str | None) -> str | None:
     if name is None:
         return None
     key = str(name).strip().lower()
+    group = re.fullmatch(r"int4-g(\d+)", key)
+    if group and int(group[1]) in (32, 64, 128, 256):
+        return "int4" if group[1] == "128" else key
     if key not in WEIGHT_DTYPES:
-        raise CostplanError(f"unknown --weights-dtype '{name}': use int8, int4 or float8 (weights stored at that width "
+        raise CostplanError(f"unknown --weights-dtype '{name}': use int8, int4 (int4-g32/-g64/-g256 for other groups) "
+                            f"or float8 (weights stored at that width "
                             f"and dequantised to the activations' 16-bit precision).{close_names(key, WEIGHT_DTYPES)}")
     return WEIGHT_DTYPES[key]
 
@@ -64,7 +77,7 @@ def byte_scales(traced: str, precision: str, weights: str | None = None) -> tupl
     ``precision``, the weights are stored at ``weights`` (a weight-only format) or the precision, and
     the cache at :func:`kv_dtype`."""
     element = DTYPE_BYTES.get(traced, 4)
-    per_weight = WEIGHT_BYTES[weights] if weights else DTYPE_BYTES[precision]
+    per_weight = weight_bytes(weights) if weights else DTYPE_BYTES[precision]
     return DTYPE_BYTES[precision] / element, per_weight / element, DTYPE_BYTES[kv_dtype(precision)] / element
 
 

@@ -3,6 +3,7 @@ weights and cache, memory against the device, and a whole generation's sum."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -111,11 +112,17 @@ def test_precisions_of_math_weights_and_cache(tiny: str) -> None:
     assert fp8.totals["kv_cache_bytes"] == 32 * 2 * 8 * 128 * 2049 * 2          # a 16-bit cache
     lacks = analyze(graph, hw="a100", dtype="fp8")
     assert lacks.totals["precision"] == "bfloat16" and "no float8 figures" in lacks.warnings[0]
-    w4 = analyze(graph, hw="a100", dtype="bf16", weights_dtype="int4")
-    bf16 = analyze(graph, hw="a100", dtype="bf16")
+    w4 = analyze(graph, hw="h100", dtype="bf16", weights_dtype="int4")
+    bf16 = analyze(graph, hw="h100", dtype="bf16")
     assert w4.totals["weight_bytes"] == round(params * 4.25 / 8)
     assert bf16.totals["weight_bytes"] == params * 2
-    assert w4.totals["latency_ms"] < bf16.totals["latency_ms"] * 0.45             # decode reads weights
+    assert w4.totals["latency_ms"] < bf16.totals["latency_ms"] * 0.5              # decode reads weights
+    # gpt-fast's weight-only kernels on the a100 read at 0.72 of the bandwidth (the profile's fit)
+    slow = analyze(graph, hw="a100", dtype="bf16", weights_dtype="int4").layers
+    fast = analyze(graph, hw=dataclasses.replace(load_profile("a100"), weight_only_memory={}), dtype="bf16",
+                   weights_dtype="int4").layers
+    gemv = next(i for i, r in enumerate(slow) if r.name == "model.layers.0.mlp.up_proj")
+    assert slow[gemv].extra["memory_ms"] == pytest.approx(fast[gemv].extra["memory_ms"] / 0.72)
     head = next(r for r in w4.layers if r.name == "lm_head")
     assert head.weight_bytes == round(128256 * 4096 * 4.25 / 8)
     int8 = analyze("resnet18", dtype="int8")

@@ -131,6 +131,9 @@ class HardwareProfile:
     # a weight-only quantised GEMM (int4/int8 weights, 16-bit activations) runs at this share of the
     # 16-bit GEMM's rate: the dequantisation in its inner loop
     weight_only_efficiency: float = 0.9
+    # weight-only format ('int8', 'int4', 'float8') -> share of the attainable bandwidth its GEMV
+    # kernels reach reading weights (dequantising in the loop keeps them off the copy rate); 1 unless given
+    weight_only_memory: Mapping[str, float] = field(default_factory=dict)
 
     def class_figure(self, table: Mapping[str, Any], klass: str, default: Any = None) -> Any:
         """``table[klass]``, or its leader's (:data:`LEADERS`) where the profile gives none of its own."""
@@ -351,6 +354,14 @@ def _calibrated(f: Fields, half_util_dims: Mapping[str, object], rated: Mapping[
     return tuple(value)
 
 
+def _weight_only_memory(eff: Fields) -> dict[str, float]:
+    table = eff.table("weight_only_memory", required=False)
+    for key in table.data:
+        if key not in ("int8", "int4", "float8"):
+            raise table.fail(key, "is not a weight-only format; use int8, int4 or float8")
+    return {key: table.number(key, positive=True, high=1.0) for key in table.data}
+
+
 def _runtimes(f: Fields) -> dict[str, tuple[float, bool]]:
     """``[runtimes.NAME]``: the other executions a profile knows, as (per-op seconds, fuses elementwise)."""
     known = f.table("runtimes", required=False)
@@ -399,7 +410,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         per_class_s=_per_class(overhead),
         rated_bandwidth=rated, calibrated=_calibrated(f, half_util_dims, rated),
         source=where,
-        runtime=runtime, runtimes=_runtimes(f),
+        runtime=runtime, runtimes=_runtimes(f), weight_only_memory=_weight_only_memory(eff),
         tf32_macs=tf32 * PEAK_SCALE if tf32 else None, tf32_classes=tuple(tf32_classes),
         winograd_speedup=winograd_speedup, winograd_dtypes=winograd_dtypes,
     )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from costplan.hardware.profile import HardwareProfile
-from costplan.spellings import DTYPE_BYTES, WEIGHT_BYTES, byte_scales
+from costplan.spellings import DTYPE_BYTES, byte_scales, weight_bytes
 from costplan.patterns import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph, Recurrent
@@ -278,14 +278,15 @@ def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None,
 
 def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precision: str, *,
                   byte_scale: float = 1.0, weights_cached: bool = False, weight_element: float | None = None,
-                  state_scale: float | None = None, autocast: bool = False) -> LayerLatency:
+                  state_scale: float | None = None, autocast: bool = False, weight_memory: float = 1.0) -> LayerLatency:
     """Latency of one layer under its plan entry. ``byte_scale`` converts traced activation bytes to
     the precision's; ``weights_cached`` says the whole model's weights sit on chip; ``weight_element``
     is bytes per weight where the weights are stored narrower than the math (weight-only int4/int8:
     their GEMMs run at ``profile.weight_only_efficiency`` of the math's rate, dequantising);
     ``state_scale`` converts traced KV cache bytes, which always cross DRAM, to the cache's precision;
     ``autocast`` (PyTorch AMP over float32 weights) gives a layer with weights one more kernel, the cast
-    of its float32 weight to the precision (read 4 bytes, write the precision's, per weight)."""
+    of its float32 weight to the precision (read 4 bytes, write the precision's, per weight);
+    ``weight_memory`` is the share of the bandwidth a weight-only format's kernels read weights at."""
     peak = profile.peak_macs[precision]
     if profile.fuse_elementwise and layer.macs == 0 and layer.aten_ops and all(map(is_elementwise, layer.aten_ops)):
         return LayerLatency(0.0, 0.0, 0.0, 0.0, "fused", 0.0, 0.0, 0.0, 0.0 if _has_energy(profile, precision) else None)
@@ -325,7 +326,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         overhead += profile.per_op_s
         act += weights_touched(layer) * (4 + DTYPE_BYTES[precision]) / (profile.bandwidth * profile.memory_efficiency)
     fewer = algorithm_speedup(layer, klass, profile, precision) * dequant
-    best = _roofline(shape_macs, weights * element, act, klass, shape, profile, precision, overhead, fewer)
+    best = _roofline(shape_macs, weights * element / weight_memory, act, klass, shape, profile, precision, overhead, fewer)
     exec_macs, dram, sparse = shape_macs / fewer, weights * element + act_dram, False
     plan = eff.plan
     if plan is not None and plan.pattern.elementwise and eff.density < 1.0:
@@ -436,11 +437,12 @@ class Context:
     state_scale: float = 1.0       # the KV cache (kv_dtype of the precision)
     weights_dtype: str | None = None   # a weight-only format (int4, int8, float8), None: the precision's
     autocast: bool = False         # PyTorch AMP: float32 weights cast to the precision at every call
+    weight_memory: float = 1.0     # share of the bandwidth weights are read at (weight-only kernels)
 
     @property
     def weight_element(self) -> float | None:
         """Bytes per weight of a weight-only format; None where weights are stored at the precision."""
-        return WEIGHT_BYTES[self.weights_dtype] if self.weights_dtype else None
+        return weight_bytes(self.weights_dtype) if self.weights_dtype else None
 
 
 def traced_dtype_of(graph: LayerGraph) -> str:
@@ -459,7 +461,8 @@ def context(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str,
     acts, weights, state = byte_scales(traced, precision, weights_dtype)
     weight_total = sum(effective[l.name].params for l in graph.layers) * weights * DTYPE_BYTES[traced]
     return Context(precision, acts, profile.weights_on_chip and weight_total <= profile.onchip_bytes,
-                   weights, state, weights_dtype, autocast and precision in ("float16", "bfloat16") and not weights_dtype)
+                   weights, state, weights_dtype, autocast and precision in ("float16", "bfloat16") and not weights_dtype,
+                   profile.weight_only_memory.get((weights_dtype or "").partition("-")[0], 1.0))
 
 
 def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
@@ -470,7 +473,8 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
     ctx = context(graph, profile, effective, dtype, weights_dtype, autocast)
     layers = {l.name: layer_latency(l, effective[l.name], profile, ctx.precision, byte_scale=ctx.byte_scale,
                                     weights_cached=ctx.weights_cached, weight_element=ctx.weight_element,
-                                    state_scale=ctx.state_scale, autocast=ctx.autocast) for l in graph.layers}
+                                    state_scale=ctx.state_scale, autocast=ctx.autocast,
+                                    weight_memory=ctx.weight_memory) for l in graph.layers}
     return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
                     unsampled_layers(graph, profile), ctx)
 

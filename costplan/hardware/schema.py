@@ -162,6 +162,8 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
         w.put("efficiency.half_util_macs", dict(p.half_util_macs))
     if p.half_util_dims:
         w.put("efficiency.half_util_dims", {k: list(v) for k, v in p.half_util_dims.items()})
+    if p.weight_only_memory:
+        w.put("efficiency.weight_only_memory", dict(p.weight_only_memory))
     for key, attr, scale in CLASS_TABLES:
         if getattr(p, attr):
             w.put(key, {k: v / scale for k, v in getattr(p, attr).items()})

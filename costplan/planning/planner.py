@@ -150,7 +150,8 @@ class _Tables:
         eff = layer_effective(self.structure, layer, keep, elementwise)
         return layer_latency(layer, eff, self.profile, self.ctx.precision, byte_scale=self.ctx.byte_scale,
                              weights_cached=self.ctx.weights_cached, weight_element=self.ctx.weight_element,
-                             state_scale=self.ctx.state_scale, autocast=self.ctx.autocast).latency_s
+                             state_scale=self.ctx.state_scale, autocast=self.ctx.autocast,
+                             weight_memory=self.ctx.weight_memory).latency_s
 
 
 def _effects(unit: Unit, option: Option, layer: Layer, own: bool) -> tuple[dict[str, int], dict[str, LayerPlan]]:
