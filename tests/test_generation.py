@@ -184,3 +184,22 @@ def test_new_gpu_profiles_state_memory_and_fp8_where_the_part_has_it() -> None:
         assert p.memory_capacity == gb * 1e9 and ("float8" in p.peak_macs) == fp8, name
     assert load_profile("a100-80gb").bandwidth == 2039e9 and load_profile("rtx4090").bandwidth == 1008e9
     assert math.isclose(costplan.load_profile("h100").peak_macs["float8"] * 2, 1978.9e12)
+
+
+def test_a_kv_head_and_its_query_heads_are_pruned_together() -> None:
+    """Grouped-query attention (4 query heads on 2 KV heads): a head plan removes a KV head with the
+    2 query heads that read it; the compacted model is the one analysis predicts, and computes what
+    the masked one does (rotary embeddings read each head in swapped halves on the way)."""
+    import torch
+
+    from tests.zoo import prune_and_compact, traced
+
+    _, _, graph = traced("hf:llama-gqa")
+    plan = costplan.Plan({"model.layers.0.self_attn": costplan.LayerPlan(0.5, costplan.parse_pattern("head"))})
+    report = analyze(graph, plan=plan)
+    rows = {r.name: r for r in report.layers}
+    assert rows["model.layers.0.self_attn.q_proj"].nonzero_params == 64 * 32        # 2 of 4 query heads
+    assert rows["model.layers.0.self_attn.k_proj"].nonzero_params == 64 * 16        # 1 of 2 KV heads
+    done = prune_and_compact("hf:llama-gqa", plan)
+    assert done.params == report.totals["nonzero_params"] and done.macs == report.totals["effective_macs"]
+    assert torch.allclose(done.compacted, done.masked, atol=1e-4, rtol=1e-3)

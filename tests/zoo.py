@@ -117,6 +117,9 @@ ZOO: dict[str, Member] = {m.name: m for m in [
                           n_positions=64, use_cache=False), _ids()),
     Member("hf:distilbert", _hf("DistilBertConfig", "DistilBertModel", dim=64, n_layers=2, n_heads=4, hidden_dim=96,
                                 vocab_size=100), _ids()),
+    # rotary embeddings read each head in swapped halves: heads are still the unit
+    Member("hf:llama", _hf("LlamaConfig", "LlamaForCausalLM", hidden_size=64,
+                           **{**SMALL_TRANSFORMER, "intermediate_size": 96}), _ids()),
     # grouped-query attention: 4 query heads share 2 KV heads (a KV head and its 2 query heads go together)
     Member("hf:llama-gqa", _hf("LlamaConfig", "LlamaForCausalLM", hidden_size=64, num_key_value_heads=2,
                                **{**SMALL_TRANSFORMER, "intermediate_size": 96}), _ids()),

@@ -305,7 +305,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
     act += first_touch_seconds(layer, out_bytes, profile)
     if layer.state_bytes:      # the KV cache lives in DRAM between passes, whatever its size
-        state = layer.state_bytes * (byte_scale if state_scale is None else state_scale)
+        state = layer.state_bytes * eff.in_keep * (byte_scale if state_scale is None else state_scale)
         act, act_dram = act + state / (profile.bandwidth * profile.memory_efficiency), act_dram + state
     rated = rated_kinds(layer)
     rates = [profile.rated_bandwidth[k] for k in rated if k in profile.rated_bandwidth]

@@ -101,6 +101,8 @@ class OpRules:
             return self._index_select(args, outs, grids, node)
         if name == "copy_" and outs:
             return self._copy_into(args, outs, grids, node)
+        if functional == "index_copy" and outs:
+            return self._index_copy(args, outs, grids, node)
         if functional in _COPIES or self._pointwise(func, functional):
             return self._elementwise(args, kwargs, outs, grids, node, name)
         raise Untracked(f"{name} (no rule for how it reads channels)")
@@ -249,6 +251,9 @@ class OpRules:
     def _attention(self, args, outs, grids, node):  # noqa: ANN001, ANN202
         q, k, v = args[0], args[1], args[2]
         batch = _LETTERS[:q.dim() - 3]
+        heads, kv_heads = q.shape[-3], k.shape[-3]
+        if kv_heads != heads and kv_heads > 0 and heads % kv_heads == 0:
+            k, v, grids = self._shared_heads(q, k, v, heads // kv_heads, grids, node)
         operands = [(q, batch + "hid"), (k, batch + "hjd"), (v, batch + "hje")]
         mask = next((a for a in args[3:] if isinstance(a, torch.Tensor) and a.dim() >= 2), None)
         if mask is not None:
@@ -256,6 +261,27 @@ class OpRules:
             operands.append((mask, spec))
         out = self._einsum(operands, batch + "hie", outs[0], grids, node, "attention")
         return [out] + [None] * (len(outs) - 1)
+
+    def _shared_heads(self, q, k, v, g, grids, node):  # noqa: ANN001, ANN202
+        """Grouped-query attention: K and V as the query heads read them, each KV head repeated for
+        its g query heads (as repeat_kv does), and the queries' heads marked as going g at a time.
+        Stand-ins of the repeated shapes carry the repeated grids (only their shapes are read)."""
+        grids = dict(grids)
+        out = []
+        for t in (k, v):
+            grid = grids.get(id(t)) if t not in self.names else None
+            axis = t.dim() - 3
+            shape = (*t.shape[:axis], t.shape[axis] * g, *t.shape[axis + 1:])
+            stand = torch.empty(shape, device="meta")
+            if grid is not None:
+                if axis not in grid.axes:
+                    raise Untracked("grouped-query attention reads key/value channels it cannot repeat")
+                grids[id(stand)] = Grid(grid.axes, np.repeat(grid.ids, g, axis=grid.axes.index(axis)), shape)
+            out.append(stand)
+        qgrid = grids.get(id(q))
+        if qgrid is not None:
+            self.head_groups.append((qgrid.ids, g))
+        return out[0], out[1], grids
 
     def _einsum(self, operands, out_letters, out, grids, node, what):  # noqa: ANN001, ANN202
         """Couple the ids that meet when ``operands`` ((tensor, letters) pairs) combine along shared
@@ -281,7 +307,11 @@ class OpRules:
                 for x in tagged - tagged2:
                     if x in spec2 and t2.shape[spec2.index(x)] > 1:
                         who = f"parameter {self.names[t2]}" if t2 in self.names else "a tensor of fixed width"
-                        self.barrier(grid.ids, node, f"they meet {who} in {what}")
+                        axis = spec.index(x)
+                        inner = len(grid.axes) > 1 and axis == max(grid.axes) and \
+                            all(t2.shape[spec2.index(y)] == 1 for y in tagged - {x} if y in spec2)
+                        self.barrier(grid.ids, node, f"they meet {who} in {what}",
+                                     grid.ids.shape[grid.axes.index(axis)] if inner else 0)
             for t2, spec2, grid2, tagged2 in entries[:i]:
                 shared = tagged & tagged2
                 if grid2 is not None and shared:
@@ -325,6 +355,17 @@ class OpRules:
             raise Untracked("a copy into part of another tensor")
         return [grids.get(id(src))]
 
+    def _index_copy(self, args, outs, grids, node):  # noqa: ANN001, ANN202
+        """A KV cache's update (``index_copy_(cache, positions axis, index, new keys)``): the cache
+        holds the new keys' channels on the same axes, at other positions."""
+        dst, dim, src = args[0], int(args[1]) % args[0].dim(), args[3]
+        grid, old = grids.get(id(src)), grids.get(id(dst))
+        if grid is None or dim in grid.axes or (old is not None and old.axes != grid.axes) or dst.dim() != src.dim():
+            raise Untracked("index_copy (a write into part of another tensor)")
+        if old is not None:
+            self.couple(old.ids, grid.ids, node)
+        return [Grid(grid.axes, grid.ids, tuple(outs[0].shape))]
+
     def _cat(self, args, kwargs, outs, grids, node):  # noqa: ANN001, ANN202
         tensors = [t for t in args[0] if not (t.dim() == 1 and t.shape[0] == 0)]  # legacy empty operands
         out = outs[0]
@@ -332,6 +373,11 @@ class OpRules:
         tags = [grids.get(id(t)) if t not in self.names else None for t in tensors]
         along = [g for g in tags if g is not None and dim in g.axes]
         if along:
+            inner = along[0].axes
+            if (len(inner) > 1 and inner[-1] == dim and all(g is not None and g.axes == inner for g in tags)
+                    and len({g.ids.shape[:-1] for g in tags}) == 1):
+                # rotate_half: a head's two halves swapped, each head's channels staying in its head
+                return [Grid(inner, np.concatenate([g.ids for g in tags], axis=-1), tuple(out.shape))]
             if any(g is not None and g.axes != (dim,) for g in tags):
                 raise Untracked("a concatenation of channels spread over several axes")
             parts = [g.ids if g is not None else np.full(t.shape[dim], NONE, dtype=np.int64)

@@ -60,6 +60,7 @@ class Tracker(OpRules):
         self.slices: list[Slice] = []
         self.couples: list[Couple] = []
         self.barriers: list[Barrier] = []
+        self.head_groups: list[tuple[np.ndarray, int]] = []
         self.reads: list[tuple[Grid, str]] = []
         self.node_tensors: dict[str, tuple[list[Grid | None], list[Grid | None]]] = {}
         self.node_macs: dict[str, list[MacPart]] = {}
@@ -105,11 +106,11 @@ class Tracker(OpRules):
         return ids
 
     # ---- events ----------------------------------------------------------------------------------
-    def barrier(self, ids: np.ndarray, node: str, reason: str) -> None:
+    def barrier(self, ids: np.ndarray, node: str, reason: str, within: int = 0) -> None:
         ids = np.unique(np.asarray(ids).ravel())
         ids = ids[ids >= 0]
         if ids.size:
-            self.barriers.append(Barrier(ids, node, reason))
+            self.barriers.append(Barrier(ids, node, reason, within))
 
     def couple(self, a: np.ndarray, b: np.ndarray, node: str) -> None:
         a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
@@ -238,7 +239,8 @@ class Tracker(OpRules):
             sources=tuple(self.sources), slices=tuple(self.slices), couples=tuple(self.couples),
             barriers=tuple(self.barriers), reads=tuple(self.reads),
             tensors={k: (tuple(v[0]), tuple(v[1])) for k, v in self.node_tensors.items()},
-            macs={k: tuple(v) for k, v in self.node_macs.items()}, params=dict(self.params))
+            macs={k: tuple(v) for k, v in self.node_macs.items()}, params=dict(self.params),
+            head_groups=tuple(self.head_groups))
 
 
 __all__ = ["NONE", "Barrier", "ChannelLog", "Couple", "Grid", "MacPart", "Slice", "Source", "Tracker", "view_grid"]

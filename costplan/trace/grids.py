@@ -60,6 +60,9 @@ class Barrier:
     ids: np.ndarray
     node: str
     reason: str
+    # > 0: the fixed width runs only along the grid's innermost axis, of this length (rotary's cos and
+    # sin along a head's channels): removing whole units of a multiple of it leaves it whole
+    within: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +90,9 @@ class ChannelLog:
     tensors: Mapping[str, tuple[tuple[Grid | None, ...], tuple[Grid | None, ...]]]  # node -> (ins, outs)
     macs: Mapping[str, tuple[MacPart, ...]]
     params: Mapping[str, tuple[int, ...]]               # parameter or buffer name -> shape
+    # (query ids, g): grouped-query attention, g query heads to a KV head; the queries' source removes
+    # heads g at a time, with the KV head they share
+    head_groups: tuple[tuple[np.ndarray, int], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

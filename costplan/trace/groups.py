@@ -164,10 +164,25 @@ class _Builder:
             if splits.get(s):
                 inners = {i for i, _ in splits[s]}
                 chunk = self.src.width[s] // self.chunks[s]
-                if attention is None or len(inners) != 1 or 0 in inners or chunk % next(iter(inners)):
+                unit = max(inners)
+                # rotary embeddings read each head in halves (rotate_half): a half is inside one head,
+                # so the head stays the unit where every inner length divides it
+                if attention is None or 0 in inners or chunk % unit or any(unit % i for i in inners):
                     self.fix(s, "its channels are reshaped across several axes", splits[s][0][1])
                     continue
-                self.unit[s] = inners.pop()
+                self.unit[s] = unit
+        grouped: set[int] = set()
+        for ids, g in self.log.head_groups:     # grouped-query attention: g query heads per KV head
+            for s in np.unique(self.src.of(ids)):
+                s = int(s)
+                if s < 0 or s in grouped or s in self.fixed:
+                    continue
+                grouped.add(s)
+                chunk = self.src.width[s] // self.chunks[s]
+                if self.unit[s] <= 1 or chunk % (self.unit[s] * g):
+                    self.fix(s, "its heads do not group evenly onto the key/value heads", "")
+                    continue
+                self.unit[s] *= g
         for ids, srcs, node in reads:
             _, units = self.unit_of(ids)
             for s in np.unique(srcs[srcs >= 0]):
@@ -183,7 +198,8 @@ class _Builder:
         ids = grid.ids
         for a in range(ids.ndim - 1, -1, -1):
             if ids.shape[a] > 1:
-                step = np.diff(ids, axis=a)
+                # a head's channels in another order (rotate_half's halves swapped) are still one head
+                step = np.diff(np.sort(ids, axis=a) if mine.all() else ids, axis=a)
                 keep = np.take(mine, range(1, ids.shape[a]), axis=a) & np.take(mine, range(ids.shape[a] - 1), axis=a)
                 if keep.any() and (step[keep] == 1).all():
                     return ids.shape[a]
@@ -229,7 +245,10 @@ class _Builder:
     def build(self) -> Structure:
         self.units()
         for b in self.log.barriers:
-            self.fix(self.src.of(b.ids), b.reason, b.node)
+            sources = np.unique(self.src.of(b.ids))
+            if b.within:    # fixed along a head's channels only: whole heads may go
+                sources = [s for s in sources if s < 0 or self.unit[s] <= 1 or self.unit[s] % b.within]
+            self.fix(sources, b.reason, b.node)
         self.couple()
         for _ in range(4):   # a layout found uneven below fixes its groups; then rebuild
             structure, uneven = self._assemble()

@@ -30,8 +30,10 @@ def fused_on_meta(sdpa: Callable[..., torch.Tensor]) -> Callable[..., torch.Tens
                   dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                   enable_gqa: bool = False) -> torch.Tensor:
         tensors = (query, key, value)
-        if (all(isinstance(t, torch.Tensor) and t.is_meta and t.dim() == 4 for t in tensors) and not dropout_p
-                and not enable_gqa and query.shape[1] == key.shape[1] == value.shape[1]):
+        # grouped-query attention (query heads a multiple of the KV heads) runs as the same kernel
+        shared = key.shape[1] == value.shape[1] and query.shape[1] % key.shape[1] == 0 if enable_gqa else \
+            query.shape[1] == key.shape[1] == value.shape[1]
+        if all(isinstance(t, torch.Tensor) and t.is_meta and t.dim() == 4 for t in tensors) and not dropout_p and shared:
             return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 query, key, value, 0.0, bool(is_causal), attn_mask=attn_mask, scale=scale)[0]
         return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,

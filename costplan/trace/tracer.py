@@ -9,6 +9,7 @@ edges pass straight through reshapes and transposes.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -74,6 +75,7 @@ class _Frame:
 
 
 _COPIES = {"clone", "_to_copy", "contiguous", "copy"}
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -369,11 +371,19 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
     torch.backends.mha.set_fastpath_enabled(False)   # the fused encoder kernel hides its layers
     sdpa = torch.nn.functional.scaled_dot_product_attention
     torch.nn.functional.scaled_dot_product_attention = fused_on_meta(sdpa)   # read at call time by
+    # grouped-query attention as one SDPA call that reads each KV head once, as serving kernels run it
+    # (transformers' fallbacks copy the cache once per query head, or fold heads into the query axis)
+    gqa = os.environ.get(_FORCE_GQA)
+    os.environ[_FORCE_GQA] = "1"
     try:                                                                      # HF and nn.MultiheadAttention
         with torch.no_grad(), recorder:
             result = model(*args, **kwargs)
             recorder.channels.outputs(_tensors(result))
     finally:
+        if gqa is None:
+            os.environ.pop(_FORCE_GQA, None)
+        else:
+            os.environ[_FORCE_GQA] = gqa
         torch.nn.functional.scaled_dot_product_attention = sdpa
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
