@@ -166,8 +166,8 @@ class _Builder:
                 chunk = self.src.width[s] // self.chunks[s]
                 unit = max(inners)
                 # rotary embeddings read each head in halves (rotate_half): a half is inside one head,
-                # so the head stays the unit where every inner length divides it
-                if attention is None or 0 in inners or chunk % unit or any(unit % i for i in inners):
+                # so the head stays the unit (any other mix of lengths spans heads: nn.MultiheadAttention)
+                if attention is None or 0 in inners or chunk % unit or not inners <= {unit, unit // 2}:
                     self.fix(s, "its channels are reshaped across several axes", splits[s][0][1])
                     continue
                 self.unit[s] = unit
