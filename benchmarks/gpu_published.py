@@ -1,5 +1,5 @@
 """GPU profiles against published measurements (no GPU is needed): ResNet-50 v1.5 inference latency,
-and LLM decode (tokens/s of batch-1 generation).
+BERT under TensorRT, and LLM decode (tokens/s of batch-1 generation).
 
     python benchmarks/gpu_published.py [--llm-only]
 
@@ -127,6 +127,56 @@ LLM_ROWS = [
 ]
 
 
+TRT_BERT = ("NVIDIA/TensorRT demo/BERT/README.md @007c347, 'Inference performance' (average latency; "
+            "TensorRT with its BERT plugins, A100 40GB and T4)")
+# (gpu, model, sequence length, batch, precision, published average ms)
+BERT_ROWS = [
+    ("a100", "bert-base", 128, 1, "int8", 0.58), ("a100", "bert-base", 128, 1, "float16", 0.67),
+    ("a100", "bert-base", 128, 8, "int8", 0.95), ("a100", "bert-base", 128, 8, "float16", 1.38),
+    ("a100", "bert-base", 128, 128, "int8", 8.18), ("a100", "bert-base", 128, 128, "float16", 16.14),
+    ("a100", "bert-base", 384, 1, "int8", 1.15), ("a100", "bert-base", 384, 1, "float16", 1.31),
+    ("a100", "bert-base", 384, 8, "int8", 2.22), ("a100", "bert-base", 384, 8, "float16", 3.62),
+    ("a100", "bert-base", 384, 128, "int8", 29.34), ("a100", "bert-base", 384, 128, "float16", 51.26),
+    ("a100", "bert-large", 128, 1, "int8", 1.25), ("a100", "bert-large", 128, 1, "float16", 1.64),
+    ("a100", "bert-large", 128, 8, "int8", 2.71), ("a100", "bert-large", 128, 8, "float16", 4.51),
+    ("a100", "bert-large", 128, 128, "int8", 25.45), ("a100", "bert-large", 128, 128, "float16", 51.61),
+    ("a100", "bert-large", 384, 1, "int8", 2.81), ("a100", "bert-large", 384, 1, "float16", 3.12),
+    ("a100", "bert-large", 384, 8, "int8", 7.16), ("a100", "bert-large", 384, 8, "float16", 11.53),
+    ("a100", "bert-large", 384, 128, "int8", 89.01), ("a100", "bert-large", 384, 128, "float16", 163.70),
+    ("t4", "bert-base", 128, 1, "int8", 1.69), ("t4", "bert-base", 128, 1, "float16", 1.95),
+    ("t4", "bert-base", 128, 8, "int8", 4.66), ("t4", "bert-base", 128, 8, "float16", 9.09),
+    ("t4", "bert-base", 128, 128, "int8", 73.15), ("t4", "bert-base", 128, 128, "float16", 144.20),
+    ("t4", "bert-base", 384, 1, "int8", 2.52), ("t4", "bert-base", 384, 1, "float16", 4.04),
+    ("t4", "bert-base", 384, 8, "int8", 14.56), ("t4", "bert-base", 384, 8, "float16", 27.81),
+    ("t4", "bert-base", 384, 128, "int8", 242.14), ("t4", "bert-base", 384, 128, "float16", 458.76),
+    ("t4", "bert-large", 128, 1, "int8", 3.65), ("t4", "bert-large", 128, 1, "float16", 5.53),
+    ("t4", "bert-large", 128, 8, "int8", 14.56), ("t4", "bert-large", 128, 8, "float16", 28.14),
+    ("t4", "bert-large", 128, 128, "int8", 241.11), ("t4", "bert-large", 128, 128, "float16", 482.84),
+    ("t4", "bert-large", 384, 1, "int8", 7.29), ("t4", "bert-large", 384, 1, "float16", 12.45),
+    ("t4", "bert-large", 384, 8, "int8", 49.24), ("t4", "bert-large", 384, 8, "float16", 92.92),
+    ("t4", "bert-large", 384, 128, "int8", 755.50), ("t4", "bert-large", 384, 128, "float16", 1518.35),
+]
+
+
+def bert_main() -> list[float]:
+    """TensorRT's BERT rows under the fused runtime; none was used to fit anything. Returns the errors."""
+    graphs: dict[tuple[str, int, int], object] = {}
+    errors = []
+    print(f"\n{'gpu':5s} {'model':10s} {'seq':>4s} {'batch':>5s} {'precision':9s} {'published ms':>12s} "
+          f"{'predicted ms':>12s} {'error':>8s}")
+    for gpu, model, seq, batch, precision, published in BERT_ROWS:
+        key = (model, seq, batch)
+        if key not in graphs:
+            graphs[key] = load_graph(f"hf:{model}", seq_len=seq, batch=batch, dtype="float16")
+        predicted = estimate_latency(graphs[key], gpu, dtype=precision).latency_s * 1e3
+        errors.append(predicted / published - 1)
+        print(f"{gpu:5s} {model:10s} {seq:4d} {batch:5d} {precision:9s} {published:12.2f} {predicted:12.2f} "
+              f"{errors[-1]:+8.1%}", flush=True)
+    print(f"BERT (TensorRT), no row fitted: median |error| {statistics.median(abs(e) for e in errors):.1%} over "
+          f"{len(errors)}, {sum(abs(e) <= 0.2 for e in errors)} within 20%\nsource: {TRT_BERT}")
+    return errors
+
+
 def llm_main() -> list[float]:
     """The gpt-fast rows; returns the held-out rows' errors."""
     import json
@@ -164,4 +214,5 @@ if __name__ == "__main__":
 
     if "--llm-only" not in sys.argv:
         main()
+        bert_main()
     llm_main()

@@ -105,10 +105,10 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
 
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
                      dtype: str | None = None, runtime: str | None = None, *, weights_dtype: str | None = None,
-                     tf32: bool = False, autocast: bool = False) -> Estimate:
+                     tf32: bool = False, autocast: bool = False, fp16_accumulate: bool = False) -> Estimate:
     """Per-layer roofline latency of ``graph`` on ``hw`` (under ``runtime``) and ``plan`` (seconds,
     joules), at the precisions :func:`analyze` takes."""
-    return estimate(graph, as_profile(hw, runtime).with_tf32(tf32),
+    return estimate(graph, as_profile(hw, runtime).with_tf32(tf32).with_fp16_accumulate(fp16_accumulate),
                     apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype and canonical_dtype(dtype),
                     spell_weights(weights_dtype), autocast)
 
@@ -116,7 +116,7 @@ def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | 
 def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None = None,
             plan: Plan | str | None = None, dtype: str = "float32", runtime: str | None = None,
             weights_dtype: str | None = None, tf32: bool = False, autocast: bool = False,
-            **kwargs: object) -> Report:
+            fp16_accumulate: bool = False, **kwargs: object) -> Report:
     """Per-layer MACs, parameters, bytes and reuse of ``model``, under ``plan`` if given, and with
     ``hw`` (a profile name, path or HardwareProfile) each layer's roofline latency and bound.
 
@@ -125,7 +125,8 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     int4 or float8, dequantised in the GEMMs); ``tf32`` runs float32 matmuls on TF32 tensor cores as
     ``torch.backends.cuda.matmul.allow_tf32 = True`` does; ``autocast`` prices a float32 model run under
     PyTorch AMP at a 16-bit ``dtype`` (a cast kernel per weighted layer). Byte figures follow these
-    precisions.
+    precisions; ``fp16_accumulate`` prices float16 math accumulating in FP16 where the profile
+    states that rate (GeForce: twice FP32 accumulation's).
     ``kwargs`` go to :func:`load_graph` (input, batch, seq_len, phase, context, trust_pickle, ...).
     """
     dtype = canonical_dtype(dtype)
@@ -136,12 +137,13 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     if hw is None:
         scales = byte_scales(traced_dtype_of(graph), dtype, weights_dtype)
         return build_report(graph, parsed, warnings=notes, scales=scales)
-    profile = as_profile(hw, runtime).with_tf32(tf32)
+    profile = as_profile(hw, runtime).with_tf32(tf32).with_fp16_accumulate(fp16_accumulate)
     est = estimate(graph, profile, apply_plan(graph, parsed), dtype, weights_dtype, autocast)
     ctx = est.context
     totals = {"precision": est.precision, "requested_precision": canonical_dtype(est.requested or est.precision),
               "weights_dtype": weights_dtype or est.precision, "kv_cache_dtype": kv_dtype(est.precision),
-              "tf32_matmuls": bool(tf32 and profile.tf32_macs), "autocast": ctx.autocast, "runtime": profile.runtime,
+              "tf32_matmuls": bool(tf32 and profile.tf32_macs), "autocast": ctx.autocast,
+              "fp16_accumulate": bool(fp16_accumulate and profile.fp16_accumulate_macs), "runtime": profile.runtime,
               "ridge_macs_per_byte": round(profile.ridge(est.precision), 3),
               "energy_mj": None if est.energy_j is None else est.energy_j * 1e3}
     warnings = est.warnings + graph.notes + plan_notes(parsed, graph, profile.name, profile.runtime)
@@ -203,12 +205,14 @@ class GenerationEstimate:
 
 def generation(model: str, *, hw: HardwareProfile | str, prompt: int, generate: int, batch: int | None = None,
                dtype: str = "float16", weights_dtype: str | None = None, plan: Plan | str | None = None,
-               runtime: str | None = None, tf32: bool = False, progress: bool = False) -> GenerationEstimate:
+               runtime: str | None = None, tf32: bool = False, fp16_accumulate: bool = False,
+               progress: bool = False) -> GenerationEstimate:
     """Time to first token, per-token latency and totals of generating ``generate`` tokens after a
     ``prompt``-token prompt with an ``hf:`` causal LM (see :class:`GenerationEstimate`)."""
     if prompt <= 0 or generate <= 0:
         raise CostplanError("--prompt and --generate must be positive token counts")
-    common = dict(hw=hw, dtype=dtype, weights_dtype=weights_dtype, plan=plan, runtime=runtime, tf32=tf32)
+    common = dict(hw=hw, dtype=dtype, weights_dtype=weights_dtype, plan=plan, runtime=runtime, tf32=tf32,
+                  fp16_accumulate=fp16_accumulate)
     traced = traced_dtype(canonical_dtype(dtype))
     reports = []
     for phase, seq, ctx in (("prefill", prompt, 0), ("decode", None, prompt), ("decode", None, prompt + generate - 2)):
@@ -275,9 +279,10 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
          keep_ends_dense: bool = True, bounds: dict[str, tuple[float, float]] | None = None,
          importance: object = None, data: object = None, loss_fn: object = None,
          time_limit: float = 10.0, runtime: str | None = None, weights_dtype: str | None = None,
-         tf32: bool = False, autocast: bool = False, **kwargs: object):  # noqa: ANN201  (PlanResult)
+         tf32: bool = False, autocast: bool = False, fp16_accumulate: bool = False,
+         **kwargs: object):  # noqa: ANN201  (PlanResult)
     """Per-layer sparsity meeting ``budget`` ('2ms', '500us', '2x') on ``hw``, removing least importance.
-    ``dtype``, ``weights_dtype``, ``tf32`` and ``autocast`` are the precisions as :func:`analyze` takes them; a
+    ``dtype``, ``weights_dtype``, ``tf32``, ``autocast`` and ``fp16_accumulate`` are the precisions as :func:`analyze` takes them; a
     generation pass is planned with ``phase`` and ``context`` (passed on to :func:`load_graph`).
 
     ``importance`` is 'sensitivity' (the loss increase measured on ``data`` when each group alone is
@@ -291,7 +296,8 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
-    return make_plan(graph, as_profile(hw, runtime).with_tf32(tf32), budget, patterns=patterns, dtype=dtype,
+    return make_plan(graph, as_profile(hw, runtime).with_tf32(tf32).with_fp16_accumulate(fp16_accumulate), budget,
+                     patterns=patterns, dtype=dtype,
                      levels=levels, max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense,
                      bounds=bounds, importance=scores, time_limit=time_limit,
                      weights_dtype=spell_weights(weights_dtype), autocast=autocast)  # type: ignore[arg-type]
@@ -311,7 +317,7 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
         model, dtype=traced_dtype(dtype), **load)  # type: ignore[arg-type]
     importance = importance_for(graph, model, kwargs.pop("importance", None), kwargs.pop("data", None),
                                 kwargs.pop("loss_fn", None), load)
-    precision = {k: kwargs[k] for k in ("weights_dtype", "tf32", "autocast") if k in kwargs}
+    precision = {k: kwargs[k] for k in ("weights_dtype", "tf32", "autocast", "fp16_accumulate") if k in kwargs}
     dense_ms = estimate_latency(graph, profile, None, dtype, **precision).latency_s * 1e3  # type: ignore[arg-type]
     points = []
     for fraction in fractions:

@@ -53,6 +53,9 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tf32", action="store_true",
                    help="float32 matmuls on TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32 = True); "
                         "convolutions use TF32 already by PyTorch's default")
+    p.add_argument("--fp16-accumulate", action="store_true",
+                   help="float16 matmuls accumulating in FP16 (CUBLAS_COMPUTE_16F): twice the rate on GeForce "
+                        "parts whose profile states it")
     p.add_argument("--autocast", action="store_true",
                    help="with --dtype float16/bfloat16: a float32 model under PyTorch AMP (torch.autocast), which "
                         "casts each weight at every call: a kernel more per conv/linear")

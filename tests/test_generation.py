@@ -203,3 +203,34 @@ def test_a_kv_head_and_its_query_heads_are_pruned_together() -> None:
     done = prune_and_compact("hf:llama-gqa", plan)
     assert done.params == report.totals["nonzero_params"] and done.macs == report.totals["effective_macs"]
     assert torch.allclose(done.compacted, done.masked, atol=1e-4, rtol=1e-3)
+
+
+def test_sensitivity_importance_plans_a_small_causal_lm_from_data() -> None:
+    """The sensitivity scan runs on a causal LM with data and an LM loss, and its plan can take GQA
+    head groups (4 query heads on 2 KV heads) as well as FFN channels."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    model = transformers.LlamaForCausalLM(config).eval()
+    g = torch.Generator().manual_seed(3)
+    data = [torch.randint(0, 100, (8, 128), generator=g) for _ in range(2)]
+    result = costplan.plan(model, example_inputs=(data[0],), budget="1.15x", hw="cpu-xeon", data=data,
+                           loss_fn=lambda m, batch: m(input_ids=batch, labels=batch).loss,
+                           importance="sensitivity", levels=4)
+    assert "units ranked by magnitude" in result.importance_from
+    patterns = {str(p.pattern) for p in result.plan.layers.values()}
+    assert "head" in patterns and "channel" in patterns
+    assert result.latency_s <= result.dense_latency_s / 1.15 * (1 + 1e-9)
+
+
+def test_fp16_accumulation_doubles_geforce_tensor_math_only_where_stated() -> None:
+    rtx4090, a100 = load_profile("rtx4090"), load_profile("a100")
+    assert rtx4090.with_fp16_accumulate().peak_macs["float16"] == pytest.approx(2 * rtx4090.peak_macs["float16"], rel=1e-3)
+    assert a100.with_fp16_accumulate() == a100                  # datacenter parts: one FP16 rate
+    graph = load_graph("resnet50", batch=64)
+    fast = analyze(graph, hw="rtx4090", dtype="fp16", fp16_accumulate=True).totals
+    slow = analyze(graph, hw="rtx4090", dtype="fp16").totals
+    assert fast["fp16_accumulate"] and fast["latency_ms"] < slow["latency_ms"]

@@ -127,6 +127,9 @@ class HardwareProfile:
     # place of half_util_macs: a GPU kernel's floor (a wave's tail, its prologue) is a time, the same at
     # every precision, where a MAC count would make a CUDA-core FP32 GEMM's floor 16x a tensor-core one's
     half_util_s: float | None = None
+    # MAC/s of FP16 tensor-core math accumulating in FP16 (GeForce parts run FP32 accumulation at half
+    # the rate; cuBLAS with CUBLAS_COMPUTE_16F and some TensorRT tactics accumulate in FP16)
+    fp16_accumulate_macs: float | None = None
     memory_capacity: float | None = None   # bytes of device memory (DRAM/HBM) a model and its KV cache must fit
     # a weight-only quantised GEMM (int4/int8 weights, 16-bit activations) runs at this share of the
     # 16-bit GEMM's rate: the dequantisation in its inner loop
@@ -159,6 +162,13 @@ class HardwareProfile:
         if not on or not self.tf32_macs:
             return self
         return replace(self, tf32_classes=tuple(OP_CLASSES))
+
+    def with_fp16_accumulate(self, on: bool = True) -> HardwareProfile:
+        """This device with float16 matmuls accumulating in FP16, at the profile's
+        ``float16_acc16`` peak where it states one (elsewhere FP16 accumulation runs at the same rate)."""
+        if not on or not self.fp16_accumulate_macs:
+            return self
+        return replace(self, peak_macs={**self.peak_macs, "float16": self.fp16_accumulate_macs})
 
     def peak_for(self, precision: str, klass: str | None) -> float:
         """MAC/s an op class gets at ``precision``: TF32 for float32 convolutions where the device runs them so."""
@@ -376,8 +386,9 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
     """Validate the TOML tables of a profile; ``where`` names the file in errors. The scalar fields
     are read through :mod:`costplan.hardware.schema`'s table, the one its writer uses."""
     f = Fields(data, where)
-    peak = f.dtype_numbers("peak_tflops", extra=("tf32",))
+    peak = f.dtype_numbers("peak_tflops", extra=("tf32", "float16_acc16"))
     tf32 = peak.pop("tf32", None)
+    acc16 = peak.pop("float16_acc16", None)
     tf32_classes = f.get("tf32_classes", ["conv", "pointwise"] if tf32 else [])
     if not isinstance(tf32_classes, list) or any(c not in OP_CLASSES for c in tf32_classes):
         raise f.fail("tf32_classes", f"must be a list of op classes ({', '.join(OP_CLASSES)})")
@@ -412,6 +423,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         source=where,
         runtime=runtime, runtimes=_runtimes(f), weight_only_memory=_weight_only_memory(eff),
         tf32_macs=tf32 * PEAK_SCALE if tf32 else None, tf32_classes=tuple(tf32_classes),
+        fp16_accumulate_macs=acc16 * PEAK_SCALE if acc16 else None,
         winograd_speedup=winograd_speedup, winograd_dtypes=winograd_dtypes,
     )
     memory.seen.update(f"{kind}_gbs" for kind in RATED_KINDS)   # optional rates: known names too

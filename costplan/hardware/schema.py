@@ -149,6 +149,8 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
     if p.tf32_macs:
         w.put("tf32_classes", list(p.tf32_classes))
         w.put("peak_tflops.tf32", p.tf32_macs / PEAK_SCALE)
+    if p.fp16_accumulate_macs:
+        w.put("peak_tflops.float16_acc16", p.fp16_accumulate_macs / PEAK_SCALE)
     for dtype, macs in p.peak_macs.items():
         w.put(f"peak_tflops.{dtype}", macs / PEAK_SCALE)
     for kind, rate in p.rated_bandwidth.items():

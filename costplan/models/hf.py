@@ -21,7 +21,7 @@ import torch
 
 from costplan.errors import CostplanError, close_names
 from costplan.models.source import Instance, ModelSource
-from costplan.trace.graph import PHASES, Generation
+from costplan.phases import PHASES, Generation
 
 Shape = tuple[int, ...]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from costplan.phases import PHASES, Generation  # noqa: F401  (re-exported: a graph records its phase)
 from costplan.trace.grids import ChannelLog
 
 Shape = tuple[int, ...]
@@ -174,30 +175,6 @@ class Layer:
     def tied(self) -> bool:
         """Whether this layer's weight is shared with another layer (an output head tied to embeddings)."""
         return bool(self.attrs.get("tied"))
-
-
-PHASES = ("prefill", "decode")
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One forward pass of autoregressive generation with a KV cache.
-
-    ``prefill`` runs the ``tokens`` of the prompt and writes their keys and values into the cache
-    (``context`` is 0); ``decode`` runs one new token per sequence against ``context`` tokens already
-    cached. ``kv_cache_bytes`` is the whole cache after this pass, every layer, at the traced dtype.
-    """
-
-    phase: str                     # prefill | decode
-    context: int                   # tokens already in the cache before this pass
-    tokens: int                    # new tokens this pass, per sequence
-    batch: int
-    kv_cache_bytes: int
-
-    @property
-    def cached(self) -> int:
-        """Tokens in the cache after this pass."""
-        return self.context + self.tokens
 
 
 @dataclass(frozen=True)
