@@ -193,7 +193,8 @@ class GenerationEstimate:
                 "precision": last.get("precision"), "weights_dtype": last.get("weights_dtype"),
                 "batch": batch, "prompt": self.prompt, "generate": self.generate,
                 "time_to_first_token_ms": self.time_to_first_token_ms,
-                "per_token_ms": {"first": self.first.totals["latency_ms"], "last": last["latency_ms"],
+                "per_token_ms": {"first": self.first.totals["latency_ms"] if steps else None,
+                                 "last": last["latency_ms"] if steps else None,
                                  "mean": self.decode_ms / steps if steps else None},
                 "decode_ms": self.decode_ms, "total_ms": self.total_ms,
                 "decode_tokens_per_s": batch * steps / (self.decode_ms * 1e-3) if steps else None,
@@ -211,19 +212,19 @@ def generation(model: str, *, hw: HardwareProfile | str, prompt: int, generate: 
     ``prompt``-token prompt with an ``hf:`` causal LM (see :class:`GenerationEstimate`)."""
     if prompt <= 0 or generate <= 0:
         raise CostplanError("--prompt and --generate must be positive token counts")
-    common = dict(hw=hw, dtype=dtype, weights_dtype=weights_dtype, plan=plan, runtime=runtime, tf32=tf32,
-                  fp16_accumulate=fp16_accumulate)
     traced = traced_dtype(canonical_dtype(dtype))
-    reports = []
-    for phase, seq, ctx in (("prefill", prompt, 0), ("decode", None, prompt), ("decode", None, prompt + generate - 2)):
-        if phase == "decode" and generate == 1:
-            reports.append(reports[0])
-            continue
-        graph = load_graph(model, batch=batch, seq_len=seq, dtype=traced, phase=phase, context=max(ctx, prompt),
-                           progress=progress) if phase == "decode" else \
-            load_graph(model, batch=batch, seq_len=seq, dtype=traced, phase=phase, progress=progress)
-        reports.append(analyze(graph, **common))  # type: ignore[arg-type]
-    return GenerationEstimate(reports[0], reports[1], reports[2], prompt, generate)
+
+    def price(**phase: object) -> Report:
+        graph = load_graph(model, batch=batch, dtype=traced, progress=progress, **phase)  # type: ignore[arg-type]
+        return analyze(graph, hw=hw, dtype=dtype, weights_dtype=weights_dtype, plan=plan, runtime=runtime,
+                       tf32=tf32, fp16_accumulate=fp16_accumulate)
+
+    prefill = price(phase="prefill", seq_len=prompt)
+    if generate == 1:     # the prefill's token is the only one
+        return GenerationEstimate(prefill, prefill, prefill, prompt, generate)
+    first = price(phase="decode", context=prompt)
+    last = first if generate == 2 else price(phase="decode", context=prompt + generate - 2)
+    return GenerationEstimate(prefill, first, last, prompt, generate)
 
 
 def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance: object, data: object,

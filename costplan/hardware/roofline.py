@@ -445,6 +445,14 @@ class Context:
         return weight_bytes(self.weights_dtype) if self.weights_dtype else None
 
 
+def latency_in(layer: Layer, eff: Effective, profile: HardwareProfile, ctx: Context) -> LayerLatency:
+    """:func:`layer_latency` of ``layer`` under ``ctx``: what every layer of one estimate (and the
+    planner's tables) is priced with."""
+    return layer_latency(layer, eff, profile, ctx.precision, byte_scale=ctx.byte_scale,
+                         weights_cached=ctx.weights_cached, weight_element=ctx.weight_element,
+                         state_scale=ctx.state_scale, autocast=ctx.autocast, weight_memory=ctx.weight_memory)
+
+
 def traced_dtype_of(graph: LayerGraph) -> str:
     return graph.inputs.dtype if graph.inputs.dtype in DTYPE_BYTES else "float32"
 
@@ -471,10 +479,7 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
     precision ``dtype``, its weights stored as ``weights_dtype``, under AMP with ``autocast``
     (see :func:`context`)."""
     ctx = context(graph, profile, effective, dtype, weights_dtype, autocast)
-    layers = {l.name: layer_latency(l, effective[l.name], profile, ctx.precision, byte_scale=ctx.byte_scale,
-                                    weights_cached=ctx.weights_cached, weight_element=ctx.weight_element,
-                                    state_scale=ctx.state_scale, autocast=ctx.autocast,
-                                    weight_memory=ctx.weight_memory) for l in graph.layers}
+    layers = {l.name: latency_in(l, effective[l.name], profile, ctx) for l in graph.layers}
     return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
                     unsampled_layers(graph, profile), ctx)
 

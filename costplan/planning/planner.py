@@ -22,7 +22,7 @@ import numpy as np
 
 from costplan.errors import CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate
-from costplan.hardware.roofline import context, layer_latency
+from costplan.hardware.roofline import context, latency_in
 from costplan.planfile import LayerPlan, Plan, PlanInput
 from costplan.patterns import Pattern
 from costplan.planning.importance import Importance
@@ -148,10 +148,7 @@ class _Tables:
 
     def latency(self, layer: Layer, keep: Mapping[str, int], elementwise: Mapping[str, LayerPlan] | None = None) -> float:
         eff = layer_effective(self.structure, layer, keep, elementwise)
-        return layer_latency(layer, eff, self.profile, self.ctx.precision, byte_scale=self.ctx.byte_scale,
-                             weights_cached=self.ctx.weights_cached, weight_element=self.ctx.weight_element,
-                             state_scale=self.ctx.state_scale, autocast=self.ctx.autocast,
-                             weight_memory=self.ctx.weight_memory).latency_s
+        return latency_in(layer, eff, self.profile, self.ctx).latency_s
 
 
 def _effects(unit: Unit, option: Option, layer: Layer, own: bool) -> tuple[dict[str, int], dict[str, LayerPlan]]:
