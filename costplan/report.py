@@ -133,7 +133,11 @@ def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str |
         "latency_ms": sum(r.latency_ms for r in rows) if latency else None,
     }
     if graph.generation is not None:
-        totals.update(generation_totals(graph, totals["latency_ms"], scales, memory_capacity))
+        writes = [(l.state_bytes, effective[l.name].in_keep) for l in graph.layers if l.state_bytes and not l.macs]
+        kv_keep = sum(b * k for b, k in writes) / sum(b for b, _ in writes) if writes else 1.0
+        weight_keep = nonzero / graph.total_params if graph.total_params else 1.0
+        totals.update(generation_totals(graph, totals["latency_ms"], scales, memory_capacity,
+                                        kv_keep=kv_keep, weight_keep=weight_keep))
     totals.update(extra_totals or {})
     return Report(model=graph.model, input_shapes=graph.inputs.shapes, dtype=graph.inputs.dtype,
                   traced_on=graph.inputs.device, hardware=hardware, layers=tuple(rows), totals=totals,
@@ -141,17 +145,19 @@ def build_report(graph: LayerGraph, plan: Plan | None = None, *, hardware: str |
 
 
 def generation_totals(graph: LayerGraph, latency_ms: float | None, scales: tuple[float, float, float],
-                      capacity: float | None) -> dict[str, Any]:
+                      capacity: float | None, *, kv_keep: float = 1.0, weight_keep: float = 1.0) -> dict[str, Any]:
     """A generation pass's totals: tokens/s (new tokens of every sequence per second; prefill's is the
     prompt's throughput and its latency the time to first token), the KV cache, and the memory the
     pass needs (weights + KV cache + the largest layer's activations in and out) with whether it fits
-    ``capacity`` bytes (None: the profile does not say)."""
+    ``capacity`` bytes (None: the profile does not say). Under a plan, ``kv_keep`` is the share of
+    the cache the kept KV heads hold, ``weight_keep`` the share of weights left non-zero (as stored
+    compactly: structured pruning removes them, element-wise zeros need a sparse format)."""
     gen = graph.generation
     assert gen is not None
     acts, weights, state = scales
-    kv = round(gen.kv_cache_bytes * state)
+    kv = round(gen.kv_cache_bytes * state * kv_keep)
     peak = max((l.act_in_bytes + l.act_out_bytes for l in graph.layers), default=0) * acts
-    memory = round(graph.total_weight_bytes * weights + kv + peak)
+    memory = round(graph.total_weight_bytes * weights * weight_keep + kv + peak)
     out: dict[str, Any] = {"phase": gen.phase, "context": gen.context, "batch": gen.batch,
                            "new_tokens": gen.tokens, "kv_cache_bytes": kv, "memory_bytes": memory,
                            "memory_capacity_bytes": capacity,

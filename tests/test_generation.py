@@ -234,3 +234,14 @@ def test_fp16_accumulation_doubles_geforce_tensor_math_only_where_stated() -> No
     fast = analyze(graph, hw="rtx4090", dtype="fp16", fp16_accumulate=True).totals
     slow = analyze(graph, hw="rtx4090", dtype="fp16").totals
     assert fast["fp16_accumulate"] and fast["latency_ms"] < slow["latency_ms"]
+
+
+def test_a_plan_that_removes_kv_heads_shrinks_the_cache_and_the_memory(tiny: str) -> None:
+    graph = load_graph(tiny, phase="decode", context=1000, batch=8)
+    plan = costplan.Plan({f"model.layers.{i}.self_attn": costplan.LayerPlan(0.5, costplan.parse_pattern("head"))
+                          for i in range(2)})
+    dense, pruned = analyze(graph, hw="a100").totals, analyze(graph, hw="a100", plan=plan).totals
+    # 1 of 2 KV heads per layer (the share is taken from the cache writes' bytes, the position index's 8 among them)
+    assert pruned["kv_cache_bytes"] == pytest.approx(dense["kv_cache_bytes"] / 2, rel=0.01)
+    assert pruned["memory_bytes"] < dense["memory_bytes"] - dense["kv_cache_bytes"] // 2
+    assert pruned["latency_ms"] < dense["latency_ms"]
