@@ -103,12 +103,18 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
         return _trace_source(source)
 
 
+def _device(hw: HardwareProfile | str, runtime: str | None, tf32: bool, fp16_accumulate: bool) -> HardwareProfile:
+    """The profile ``hw`` under ``runtime``, with the execution options asked (each warns where it
+    cannot apply: HardwareProfile.option_notes)."""
+    return as_profile(hw, runtime).with_tf32(tf32).with_fp16_accumulate(fp16_accumulate)
+
+
 def estimate_latency(graph: LayerGraph, hw: HardwareProfile | str, plan: Plan | str | None = None,
                      dtype: str | None = None, runtime: str | None = None, *, weights_dtype: str | None = None,
                      tf32: bool = False, autocast: bool = False, fp16_accumulate: bool = False) -> Estimate:
     """Per-layer roofline latency of ``graph`` on ``hw`` (under ``runtime``) and ``plan`` (seconds,
     joules), at the precisions :func:`analyze` takes."""
-    return estimate(graph, as_profile(hw, runtime).with_tf32(tf32).with_fp16_accumulate(fp16_accumulate),
+    return estimate(graph, _device(hw, runtime, tf32, fp16_accumulate),
                     apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype and canonical_dtype(dtype),
                     spell_weights(weights_dtype), autocast)
 
@@ -137,7 +143,7 @@ def analyze(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str | None =
     if hw is None:
         scales = byte_scales(traced_dtype_of(graph), dtype, weights_dtype)
         return build_report(graph, parsed, warnings=notes, scales=scales)
-    profile = as_profile(hw, runtime).with_tf32(tf32).with_fp16_accumulate(fp16_accumulate)
+    profile = _device(hw, runtime, tf32, fp16_accumulate)
     est = estimate(graph, profile, apply_plan(graph, parsed), dtype, weights_dtype, autocast)
     ctx = est.context
     totals = {"precision": est.precision, "requested_precision": canonical_dtype(est.requested or est.precision),
@@ -207,7 +213,7 @@ class GenerationEstimate:
 def generation(model: str, *, hw: HardwareProfile | str, prompt: int, generate: int, batch: int | None = None,
                dtype: str = "float16", weights_dtype: str | None = None, plan: Plan | str | None = None,
                runtime: str | None = None, tf32: bool = False, fp16_accumulate: bool = False,
-               progress: bool = False) -> GenerationEstimate:
+               autocast: bool = False, progress: bool = False) -> GenerationEstimate:
     """Time to first token, per-token latency and totals of generating ``generate`` tokens after a
     ``prompt``-token prompt with an ``hf:`` causal LM (see :class:`GenerationEstimate`)."""
     if prompt <= 0 or generate <= 0:
@@ -217,7 +223,7 @@ def generation(model: str, *, hw: HardwareProfile | str, prompt: int, generate: 
     def price(**phase: object) -> Report:
         graph = load_graph(model, batch=batch, dtype=traced, progress=progress, **phase)  # type: ignore[arg-type]
         return analyze(graph, hw=hw, dtype=dtype, weights_dtype=weights_dtype, plan=plan, runtime=runtime,
-                       tf32=tf32, fp16_accumulate=fp16_accumulate)
+                       tf32=tf32, fp16_accumulate=fp16_accumulate, autocast=autocast)
 
     prefill = price(phase="prefill", seq_len=prompt)
     if generate == 1:     # the prefill's token is the only one
@@ -297,7 +303,7 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
-    return make_plan(graph, as_profile(hw, runtime).with_tf32(tf32).with_fp16_accumulate(fp16_accumulate), budget,
+    return make_plan(graph, _device(hw, runtime, tf32, fp16_accumulate), budget,
                      patterns=patterns, dtype=dtype,
                      levels=levels, max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense,
                      bounds=bounds, importance=scores, time_limit=time_limit,

@@ -48,8 +48,8 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
                         "decode (one new token per sequence against --context cached tokens)")
     g.add_argument("--context", type=int, default=0, metavar="N", help="tokens already in the KV cache (decode)")
     p.add_argument("--weights-dtype", metavar="FORMAT",
-                   help="weight-only quantisation: int8, int4 (groups of 128) or float8; the math runs at --dtype "
-                        "(float16/bfloat16) and dequantises")
+                   help="weight-only quantisation: int8, int4 (groups of 128; int4-g32 etc. for others) or float8; "
+                        "the math runs at --dtype (float16/bfloat16) and dequantises")
     p.add_argument("--tf32", action="store_true",
                    help="float32 matmuls on TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32 = True); "
                         "convolutions use TF32 already by PyTorch's default")

@@ -38,9 +38,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                        dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights,
                        progress=True, phase=args.phase, context=args.context)
     reports = [analyze(graph, hw=hw, plan=args.plan, dtype=args.dtype, runtime=args.runtime if hw else None,
-                       weights_dtype=args.weights_dtype, tf32=args.tf32, autocast=args.autocast,
-                       fp16_accumulate=args.fp16_accumulate)
-               for hw in profiles]
+                       **_precisions(args)) for hw in profiles]
     if args.plot:
         from costplan.api import estimate_latency
         from costplan.plots import analysis_figure
@@ -73,6 +71,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precisions(args: argparse.Namespace) -> dict[str, object]:
+    """The precision flags (arguments._generation_args) as analyze, plan and generation take them."""
+    return {"weights_dtype": args.weights_dtype, "tf32": args.tf32, "autocast": args.autocast,
+            "fp16_accumulate": args.fp16_accumulate}
+
+
 def _generation(args: argparse.Namespace, profiles: list) -> int:
     """`analyze --prompt P --generate G`: a whole generation on each device."""
     from costplan.api import generation
@@ -86,8 +90,8 @@ def _generation(args: argparse.Namespace, profiles: list) -> int:
     if profiles == [None]:
         raise CostplanError("--prompt/--generate give latencies: name the device with --hw")
     results = [generation(args.model, hw=hw, prompt=args.prompt, generate=args.generate, batch=args.batch,
-                          dtype=args.dtype, weights_dtype=args.weights_dtype, plan=args.plan, runtime=args.runtime,
-                          tf32=args.tf32, fp16_accumulate=args.fp16_accumulate, progress=True) for hw in profiles]
+                          dtype=args.dtype, plan=args.plan, runtime=args.runtime, progress=True,
+                          **_precisions(args)) for hw in profiles]
     if args.json:
         import json
 
@@ -232,8 +236,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     options = dict(hw=args.hw, patterns=args.pattern, dtype=args.dtype, levels=args.levels, max_ratio=args.max_ratio,
                    exclude=[e for e in args.exclude.split(",") if e], keep_ends_dense=not args.prune_ends,
                    bounds=_bounds(args.ratio), importance=args.importance, time_limit=args.time_limit,
-                   runtime=args.runtime, weights_dtype=args.weights_dtype, tf32=args.tf32, autocast=args.autocast,
-                   fp16_accumulate=args.fp16_accumulate)
+                   runtime=args.runtime, **_precisions(args))
     graph = load_graph(args.model, input=args.input, batch=args.batch, seq_len=args.seq_len,
                        dtype=traced_dtype(args.dtype), trust_pickle=args.trust_pickle, weights=args.weights,
                        progress=True, phase=args.phase, context=args.context)

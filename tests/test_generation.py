@@ -89,6 +89,17 @@ def test_decode_never_gets_cheaper_with_more_context(a: int, b: int) -> None:
     assert t[0] <= t[1]
 
 
+def test_a_longer_context_costs_at_least_its_cache_reads() -> None:
+    """8,064 more cached tokens of Llama-3.1-8B are 1.06 GB more of K and V read per token (bf16): at
+    the h100's attainable bandwidth the step takes that much longer, less at most one kernel floor per
+    layer (the short context's reads hide under its 32 attention kernels' floors)."""
+    h100 = load_profile("h100")
+    short, long = (load_graph("hf:llama-3.1-8b", phase="decode", context=c) for c in (128, 8192))
+    extra = 32 * 2 * 8 * 128 * (8192 - 128) * 2
+    t = [estimate_latency(g, h100, dtype="bfloat16").latency_s for g in (short, long)]
+    assert t[1] - t[0] >= extra / (h100.bandwidth * h100.memory_efficiency) - 32 * h100.half_util_s
+
+
 def test_moe_counts_only_routed_experts(tmp_path) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TINY_MOE))
@@ -229,11 +240,17 @@ def test_sensitivity_importance_plans_a_small_causal_lm_from_data() -> None:
 def test_fp16_accumulation_doubles_geforce_tensor_math_only_where_stated() -> None:
     rtx4090, a100 = load_profile("rtx4090"), load_profile("a100")
     assert rtx4090.with_fp16_accumulate().peak_macs["float16"] == pytest.approx(2 * rtx4090.peak_macs["float16"], rel=1e-3)
-    assert a100.with_fp16_accumulate() == a100                  # datacenter parts: one FP16 rate
+    assert a100.with_fp16_accumulate().peak_macs == a100.peak_macs           # datacenter parts: one FP16 rate
+    assert "no FP16-accumulate rate" in a100.with_fp16_accumulate().option_notes("float16")[0]
     graph = load_graph("resnet50", batch=64)
     fast = analyze(graph, hw="rtx4090", dtype="fp16", fp16_accumulate=True).totals
     slow = analyze(graph, hw="rtx4090", dtype="fp16").totals
     assert fast["fp16_accumulate"] and fast["latency_ms"] < slow["latency_ms"]
+    # a flag that cannot apply is not dropped without a word
+    assert any("--fp16-accumulate speeds float16" in w
+               for w in analyze(graph, hw="rtx4090", fp16_accumulate=True).warnings)
+    assert any("--autocast" in w for w in analyze(graph, hw="rtx4090", autocast=True).warnings)
+    assert not any("--autocast" in w for w in analyze(graph, hw="rtx4090", dtype="fp16", autocast=True).warnings)
 
 
 def test_a_plan_that_removes_kv_heads_shrinks_the_cache_and_the_memory(tiny: str) -> None:

@@ -58,7 +58,10 @@ def test_float32_convolutions_run_as_tf32_on_ampere_but_matmuls_do_not() -> None
     assert fp32 / tf32 == pytest.approx(156 / 19.5)
     # --tf32 (torch.backends.cuda.matmul.allow_tf32) moves matmuls onto TF32 too; Volta has none to move to
     assert a100.with_tf32().peak_for("float32", "gemm") * 2 == pytest.approx(156e12)
-    assert v100.with_tf32() == v100
+    assert v100.with_tf32().peak_for("float32", "gemm") == v100.peak_for("float32", "gemm")
+    assert "no TF32" in v100.with_tf32().option_notes("float32")[0]           # and it says so
+    assert a100.with_tf32().option_notes("float32") == ()
+    assert "runs at float16" in a100.with_tf32().option_notes("float16")[0]
 
 
 def torch_conv():

@@ -130,6 +130,9 @@ class HardwareProfile:
     # MAC/s of FP16 tensor-core math accumulating in FP16 (GeForce parts run FP32 accumulation at half
     # the rate; cuBLAS with CUBLAS_COMPUTE_16F and some TensorRT tactics accumulate in FP16)
     fp16_accumulate_macs: float | None = None
+    # execution options asked of this device (with_tf32, with_fp16_accumulate): option_notes says when
+    # one cannot apply, so a flag is never dropped without a word
+    options: tuple[str, ...] = ()
     memory_capacity: float | None = None   # bytes of device memory (DRAM/HBM) a model and its KV cache must fit
     # a weight-only quantised GEMM (int4/int8 weights, 16-bit activations) runs at this share of the
     # 16-bit GEMM's rate: the dequantisation in its inner loop
@@ -158,17 +161,43 @@ class HardwareProfile:
 
     def with_tf32(self, on: bool = True) -> HardwareProfile:
         """This device with float32 matmuls on TF32 tensor cores too (``torch.backends.cuda.matmul.
-        allow_tf32 = True``; PyTorch's default runs only convolutions so), where it has TF32."""
-        if not on or not self.tf32_macs:
+        allow_tf32 = True``; PyTorch's default runs only convolutions so), where it has TF32; where it
+        has none, :meth:`option_notes` says so."""
+        if not on:
             return self
-        return replace(self, tf32_classes=tuple(OP_CLASSES))
+        asked = self._asking("tf32")
+        return replace(asked, tf32_classes=tuple(OP_CLASSES)) if self.tf32_macs else asked
 
     def with_fp16_accumulate(self, on: bool = True) -> HardwareProfile:
         """This device with float16 matmuls accumulating in FP16, at the profile's
-        ``float16_acc16`` peak where it states one (elsewhere FP16 accumulation runs at the same rate)."""
-        if not on or not self.fp16_accumulate_macs:
+        ``float16_acc16`` peak where it states one (elsewhere FP16 accumulation runs at the same rate,
+        and :meth:`option_notes` says so)."""
+        if not on:
             return self
-        return replace(self, peak_macs={**self.peak_macs, "float16": self.fp16_accumulate_macs})
+        asked = self._asking("fp16_accumulate")
+        if not self.fp16_accumulate_macs:
+            return asked
+        return replace(asked, peak_macs={**self.peak_macs, "float16": self.fp16_accumulate_macs})
+
+    def _asking(self, option: str) -> HardwareProfile:
+        return self if option in self.options else replace(self, options=(*self.options, option))
+
+    def option_notes(self, precision: str) -> tuple[str, ...]:
+        """Warnings for the execution options asked of this device that change nothing: one it lacks,
+        or one for another precision than ``precision``, the one the estimate runs at."""
+        out = []
+        if "tf32" in self.options:
+            if not self.tf32_macs:
+                out.append(f"--tf32: {self.name} has no TF32 tensor cores; float32 matmuls are priced at its FP32 rate")
+            elif precision != "float32":
+                out.append(f"--tf32 moves float32 matmuls onto TF32; this estimate runs at {precision}, which it leaves as is")
+        if "fp16_accumulate" in self.options:
+            if not self.fp16_accumulate_macs:
+                out.append(f"--fp16-accumulate: {self.name} states no FP16-accumulate rate apart (on this part it is the "
+                           "FP32-accumulate one); float16 math is priced at that")
+            elif precision != "float16":
+                out.append(f"--fp16-accumulate speeds float16 math; this estimate runs at {precision}, which it leaves as is")
+        return tuple(out)
 
     def peak_for(self, precision: str, klass: str | None) -> float:
         """MAC/s an op class gets at ``precision``: TF32 for float32 convolutions where the device runs them so."""

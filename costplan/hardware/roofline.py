@@ -47,11 +47,12 @@ class Estimate:
     # cost kind -> names of the layers of a kind the profile's calibration never timed
     unsampled: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     context: Context | None = None  # the precisions and byte factors every layer was priced with
+    notes: tuple[str, ...] = ()     # what was asked of the estimate and could not apply (autocast at float32)
 
     @property
     def warnings(self) -> tuple[str, ...]:
         note = self.profile.precision_note(self.requested) if self.requested else None
-        out = (note,) if note else ()
+        out = ((note,) if note else ()) + self.profile.option_notes(self.precision) + self.notes
         total = self.latency_s
         for kind, names in self.unsampled.items():
             share = sum(self.layers[n].latency_s for n in names) / total if total > 0 else 0.0
@@ -480,8 +481,11 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
     (see :func:`context`)."""
     ctx = context(graph, profile, effective, dtype, weights_dtype, autocast)
     layers = {l.name: latency_in(l, effective[l.name], profile, ctx) for l in graph.layers}
+    notes = () if ctx.autocast or not autocast else (
+        f"--autocast prices a float32 model under AMP at 16-bit; this estimate runs at {ctx.precision}"
+        f"{' with weights stored as ' + weights_dtype if weights_dtype else ''}, so it adds no cast kernels",)
     return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
-                    unsampled_layers(graph, profile), ctx)
+                    unsampled_layers(graph, profile), ctx, notes)
 
 
 KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",
