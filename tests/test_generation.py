@@ -128,12 +128,13 @@ def test_precisions_of_math_weights_and_cache(tiny: str) -> None:
     assert w4.totals["weight_bytes"] == round(params * 4.25 / 8)
     assert bf16.totals["weight_bytes"] == params * 2
     assert w4.totals["latency_ms"] < bf16.totals["latency_ms"] * 0.5              # decode reads weights
-    # gpt-fast's weight-only kernels on the a100 read at 0.72 of the bandwidth (the profile's fit)
+    # gpt-fast's weight-only kernels on the a100 read at a share of the bandwidth (the profile's fit)
     slow = analyze(graph, hw="a100", dtype="bf16", weights_dtype="int4").layers
     fast = analyze(graph, hw=dataclasses.replace(load_profile("a100"), weight_only_memory={}), dtype="bf16",
                    weights_dtype="int4").layers
     gemv = next(i for i, r in enumerate(slow) if r.name == "model.layers.0.mlp.up_proj")
-    assert slow[gemv].extra["memory_ms"] == pytest.approx(fast[gemv].extra["memory_ms"] / 0.72)
+    share = load_profile("a100").weight_only_memory["int4"]
+    assert 0.5 < share < 1 and slow[gemv].extra["memory_ms"] == pytest.approx(fast[gemv].extra["memory_ms"] / share)
     head = next(r for r in w4.layers if r.name == "lm_head")
     assert head.weight_bytes == round(128256 * 4096 * 4.25 / 8)
     int8 = analyze("resnet18", dtype="int8")

@@ -207,7 +207,7 @@ def resnet50_problem(resnet50_graph):
     return problem
 
 
-@pytest.mark.parametrize("fraction", [0.95, 0.9, 0.8])   # budgets the MILP proves within its limit
+@pytest.mark.parametrize("fraction", [0.95, 0.87, 0.85])   # budgets the MILP proves in seconds (0.9: 75 s)
 def test_fronts_and_milp_agree_on_resnet50(resnet50_problem, fraction: float) -> None:
     """The Pareto-front programme says 'optimal': the MILP, proven to a 1e-9 gap, finds the same objective."""
     problem = resnet50_problem

@@ -276,3 +276,40 @@ def test_plan_effects_feed_latency(resnet50_graph) -> None:
     dense, pruned = estimate_latency(resnet50_graph, "rtx3090"), estimate_latency(resnet50_graph, "rtx3090", plan)
     assert pruned.layers["layer1.0.conv2"].latency_s < dense.layers["layer1.0.conv2"].latency_s
     assert eff["layer1.0.conv2"].in_keep == 0.5
+
+
+def test_sibling_projections_share_one_launch_and_floor_in_a_fusing_runtime() -> None:
+    """q, k and v read one normed activation: TensorRT/vLLM run them as one GEMM, so on the a100's
+    fused runtime each pays a third of the launch and of the kernel floor (its math is its own);
+    under eager PyTorch each is its own kernel. A linear reading another tensor shares nothing, and
+    the planner prices the layers with the same shares."""
+    import torch
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(512)
+            self.q, self.k, self.v = (torch.nn.Linear(512, 512) for _ in range(3))
+            self.out = torch.nn.Linear(512, 512)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.norm(x)
+            return self.out(self.q(h) * self.k(h) + self.v(h))
+
+    import costplan
+
+    graph = load_graph(Attention(), input="4096x512")
+    a100 = load_profile("a100")
+    fused = estimate_latency(graph, a100, dtype="float16")
+    eager = estimate_latency(graph, a100, dtype="float16", runtime="eager")
+    assert fused.context.shares == {"q": 1 / 3, "k": 1 / 3, "v": 1 / 3} and not eager.context.shares
+    math_s = eager.layers["q"].compute_s - a100.half_util_s       # 4096x512x512 MACs at the FP16 rate
+    for name in ("q", "k", "v"):
+        assert fused.layers[name].overhead_s == pytest.approx(a100.per_op_s / 3)
+        assert fused.layers[name].compute_s == pytest.approx(math_s + a100.half_util_s / 3)
+    assert fused.layers["out"].overhead_s == pytest.approx(a100.per_op_s)
+    assert eager.layers["q"].overhead_s == pytest.approx(a100.with_runtime("eager").per_op_s)
+    result = costplan.plan(graph, budget="1.05x", hw=a100, dtype="float16", importance="gaussian")
+    assert result.solution.latency == pytest.approx(
+        estimate_latency(graph, a100, result.plan, dtype="float16").latency_s, rel=1e-9)
+    assert result.plan.predicted["dense_latency_ms"] == pytest.approx(fused.latency_s * 1e3, rel=1e-9)

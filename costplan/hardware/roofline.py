@@ -200,17 +200,18 @@ def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwarePr
 
 
 def compute_seconds(macs: float, klass: str | None, profile: HardwareProfile, precision: str,
-                    shape: Dims | None = None) -> float:
+                    shape: Dims | None = None, share: float = 1.0) -> float:
     """MACs (padded to the kernels' channel multiple) over the attainable rate: peak x class
     efficiency x utilisation (see :func:`utilisation`); on a profile with ``half_util_s``, the MACs
-    at the plateau rate plus that time."""
+    at the plateau rate plus that time, or ``share`` of it for a layer that runs inside a GEMM it
+    shares with siblings (:func:`sibling_shares`)."""
     if macs <= 0 or klass is None:
         return 0.0
     run = macs * (shape.padding if shape is not None else 1.0)
     rate = profile.peak_for(precision, klass) * profile.efficiency_for(precision, klass)
     if profile.half_util_s is not None and klass not in RECURRENT and (
             shape is None or profile.class_figure(profile.half_util_dims, klass) is None):
-        return run / rate + profile.half_util_s     # u = ideal / (ideal + half): the floor is a time
+        return run / rate + profile.half_util_s * share     # u = ideal / (ideal + half): the floor is a time
     u = utilisation(run, shape, klass, profile)
     return run / (rate * u) if u > 0 else 0.0
 
@@ -262,8 +263,8 @@ def _weight_bytes(numel: float, density: float, pattern: Pattern | None, compres
 
 def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None, shape: Dims | None,
               profile: HardwareProfile, precision: str, overhead: float,
-              fewer: float = 1.0) -> tuple[float, float, float, str]:
-    compute = compute_seconds(macs, klass, profile, precision, shape) / fewer
+              fewer: float = 1.0, share: float = 1.0) -> tuple[float, float, float, str]:
+    compute = compute_seconds(macs, klass, profile, precision, shape, share) / fewer
     weight_s = weight_bytes / (profile.bandwidth * profile.memory_efficiency)
     memory = weight_s + act_s
     if profile.weights_overlap:
@@ -279,7 +280,8 @@ def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None,
 
 def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precision: str, *,
                   byte_scale: float = 1.0, weights_cached: bool = False, weight_element: float | None = None,
-                  state_scale: float | None = None, autocast: bool = False, weight_memory: float = 1.0) -> LayerLatency:
+                  state_scale: float | None = None, autocast: bool = False, weight_memory: float = 1.0,
+                  share: float = 1.0) -> LayerLatency:
     """Latency of one layer under its plan entry. ``byte_scale`` converts traced activation bytes to
     the precision's; ``weights_cached`` says the whole model's weights sit on chip; ``weight_element``
     is bytes per weight where the weights are stored narrower than the math (weight-only int4/int8:
@@ -287,7 +289,9 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     ``state_scale`` converts traced KV cache bytes, which always cross DRAM, to the cache's precision;
     ``autocast`` (PyTorch AMP over float32 weights) gives a layer with weights one more kernel, the cast
     of its float32 weight to the precision (read 4 bytes, write the precision's, per weight);
-    ``weight_memory`` is the share of the bandwidth a weight-only format's kernels read weights at."""
+    ``weight_memory`` is the share of the bandwidth a weight-only format's kernels read weights at;
+    ``share`` is the layer's part of a GEMM it runs in with its siblings (:func:`sibling_shares`): it
+    pays that part of the kernel's launch and floor."""
     peak = profile.peak_macs[precision]
     if profile.fuse_elementwise and layer.macs == 0 and layer.aten_ops and all(map(is_elementwise, layer.aten_ops)):
         return LayerLatency(0.0, 0.0, 0.0, 0.0, "fused", 0.0, 0.0, 0.0, 0.0 if _has_energy(profile, precision) else None)
@@ -315,7 +319,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     shape_macs = eff.shape_macs if eff.shape_macs is not None else eff.macs / eff.density if eff.density else 0.0
     shape = dims(layer, eff, profile.channel_multiple) if klass is not None else None
     kinds = ({klass} | rated) - {None} or {"elementwise"}
-    overhead = profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)
+    overhead = (profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)) * share
     if layer.macs == 0 and layer.kernels > 1 and not profile.fuse_elementwise:
         # an unfused memory-only module of several kernels (GPT-2's GELU, written as seven elementwise
         # ops: 7x one kernel's time here) dispatches each, and each reads and writes a tensor its size
@@ -327,7 +331,8 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         overhead += profile.per_op_s
         act += weights_touched(layer) * (4 + DTYPE_BYTES[precision]) / (profile.bandwidth * profile.memory_efficiency)
     fewer = algorithm_speedup(layer, klass, profile, precision) * dequant
-    best = _roofline(shape_macs, weights * element / weight_memory, act, klass, shape, profile, precision, overhead, fewer)
+    best = _roofline(shape_macs, weights * element / weight_memory, act, klass, shape, profile, precision, overhead,
+                     fewer, share)
     exec_macs, dram, sparse = shape_macs / fewer, weights * element + act_dram, False
     plan = eff.plan
     if plan is not None and plan.pattern.elementwise and eff.density < 1.0:
@@ -338,7 +343,8 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
                 factor = max(eff.density, 1.0 / support.compute_speedup) / support.efficiency
             w = _weight_bytes(weights, eff.density, plan.pattern, support.compressed_weights,
                               support.index_bits, element)
-            candidate = _roofline(shape_macs * factor, w, act, klass, shape, profile, precision, overhead)
+            candidate = _roofline(shape_macs * factor, w, act, klass, shape, profile, precision, overhead,
+                                  share=share)
             if candidate[0] < best[0]:
                 best, exec_macs, dram, sparse = candidate, shape_macs * min(factor, 1.0), w + act_dram, True
     latency, compute, memory, bound = best
@@ -439,6 +445,8 @@ class Context:
     weights_dtype: str | None = None   # a weight-only format (int4, int8, float8), None: the precision's
     autocast: bool = False         # PyTorch AMP: float32 weights cast to the precision at every call
     weight_memory: float = 1.0     # share of the bandwidth weights are read at (weight-only kernels)
+    # layer -> its part of the one GEMM a fusing runtime runs it in with its siblings (sibling_shares)
+    shares: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def weight_element(self) -> float | None:
@@ -451,7 +459,31 @@ def latency_in(layer: Layer, eff: Effective, profile: HardwareProfile, ctx: Cont
     planner's tables) is priced with."""
     return layer_latency(layer, eff, profile, ctx.precision, byte_scale=ctx.byte_scale,
                          weights_cached=ctx.weights_cached, weight_element=ctx.weight_element,
-                         state_scale=ctx.state_scale, autocast=ctx.autocast, weight_memory=ctx.weight_memory)
+                         state_scale=ctx.state_scale, autocast=ctx.autocast, weight_memory=ctx.weight_memory,
+                         share=ctx.shares.get(layer.name, 1.0))
+
+
+SIBLING_CLASSES = ("gemm", "pointwise")
+
+
+def sibling_shares(graph: LayerGraph) -> dict[str, float]:
+    """Layer -> 1/n for each of n >= 2 linear layers (or 1x1 convolutions of one stride) that read the
+    same activation: a transformer's q/k/v projections, an MLP's gate and up. A fusing runtime runs
+    them as one GEMM over their concatenated weights (TensorRT's BERT plugins and horizontal fusion,
+    vLLM's QKVParallelLinear and MergedColumnParallelLinear, TensorRT-LLM), so the group pays one
+    launch and one kernel floor, each member its part; their math and bytes add as they are. Layers
+    with no producer in the graph (reading the model's input) are left alone."""
+    groups: dict[tuple, list[str]] = {}
+    for layer in graph.layers:
+        klass = op_class(layer)
+        if klass not in SIBLING_CLASSES or not layer.weights_read or layer.recurrent is not None:
+            continue
+        producers = tuple(sorted(graph.predecessors(layer.name)))
+        if not producers:
+            continue
+        key = (producers, layer.in_shapes[:1], klass, layer.stride if klass == "pointwise" else ())
+        groups.setdefault(key, []).append(layer.name)
+    return {name: 1.0 / len(names) for names in groups.values() if len(names) > 1 for name in names}
 
 
 def traced_dtype_of(graph: LayerGraph) -> str:
@@ -464,14 +496,17 @@ def context(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str,
     the precision :meth:`HardwareProfile.precision` picks, and bytes are rescaled from the traced
     dtype to it. ``weights_dtype`` stores the weights narrower (weight-only int4/int8/float8);
     ``autocast`` runs a float32 model under PyTorch AMP at a 16-bit precision (a cast kernel per
-    weighted layer; no effect at float32 or on a model whose weights are stored narrower)."""
+    weighted layer; no effect at float32 or on a model whose weights are stored narrower). A fusing
+    runtime (``profile.fuse_elementwise``) also runs sibling projections as one GEMM
+    (:func:`sibling_shares`)."""
     traced = traced_dtype_of(graph)
     precision = profile.precision(dtype or traced)
     acts, weights, state = byte_scales(traced, precision, weights_dtype)
     weight_total = sum(effective[l.name].params for l in graph.layers) * weights * DTYPE_BYTES[traced]
     return Context(precision, acts, profile.weights_on_chip and weight_total <= profile.onchip_bytes,
                    weights, state, weights_dtype, autocast and precision in ("float16", "bfloat16") and not weights_dtype,
-                   profile.weight_only_memory.get((weights_dtype or "").partition("-")[0], 1.0))
+                   profile.weight_only_memory.get((weights_dtype or "").partition("-")[0], 1.0),
+                   sibling_shares(graph) if profile.fuse_elementwise else {})
 
 
 def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],
