@@ -74,29 +74,34 @@ def test_a_profile_states_its_runtime_and_switches_to_the_ones_it_knows() -> Non
     a100 = load_profile("a100")
     assert (a100.runtime, a100.per_op_s, a100.fuse_elementwise) == ("fused", pytest.approx(4e-6), True)
     eager = a100.with_runtime("eager")
-    assert (eager.runtime, eager.per_op_s, eager.fuse_elementwise) == ("eager", pytest.approx(55.2e-6), False)
+    assert (eager.runtime, eager.per_op_s, eager.fuse_elementwise, eager.dispatch_overlaps) == \
+        ("eager", pytest.approx(44.6e-6), False, True)
     back = eager.with_runtime("fused")
     assert (back.per_op_s, back.fuse_elementwise) == (a100.per_op_s, a100.fuse_elementwise)
     with pytest.raises(CostplanError, match="no 'graph' runtime; it knows eager"):
         load_profile("cpu-xeon").with_runtime("graph")
     # batch 1 ResNet-50 in PyTorch eager on a V100 is ~10 ms whatever its FLOPs (NVIDIA
-    # DeepLearningExamples, PyTorch ResNet-50 v1.5, 21.03: 10.37 ms); a fused runtime is far below
+    # DeepLearningExamples, PyTorch ResNet-50 v1.5, 21.03: 10.37 ms, of which its harness takes 2.61 ms
+    # a batch: benchmarks/gpu_published.py HARNESS_MS); a fused runtime is far below
     graph = graph_of("resnet50")
     fused = estimate_latency(graph, "v100").latency_s
-    assert estimate_latency(graph, "v100", runtime="eager").latency_s == pytest.approx(10.37e-3, rel=0.05)
+    assert estimate_latency(graph, "v100", runtime="eager").latency_s == pytest.approx((10.37 - 2.61) * 1e-3, rel=0.05)
     assert fused < 0.5 * 10.37e-3
 
 
 def test_gpu_profiles_against_published_tables_outside_their_fits() -> None:
     """Rows of benchmarks/gpu_published.py that no figure was fitted to (NVIDIA DeepLearningExamples
     ResNet-50 v1.5 inference tables, PyTorch 21.03 and TensorFlow 20.06): each within 20%. The
-    efficiencies were fitted to PyTorch at batch 256; TensorFlow's V100 and T4 FP32 rows check them."""
+    efficiencies were fitted to PyTorch at batch 256; TensorFlow's V100 and T4 FP32 rows check them.
+    PyTorch's rows pay the harness's 2.61 ms a batch, and ran FP16 as AMP."""
     graph = graph_of("resnet50", batch=64)
     rows = [("v100", "eager", "float16", 23.18), ("t4", "eager", "float32", 152.73),
             ("t4", "eager", "float16", 57.41), ("t4", "graph", "float32", 150.82),
             ("v100", "graph", "float32", 51.12), ("t4", "graph", "float16", 64.56)]
     for gpu, runtime, dtype, published in rows:
-        predicted = estimate_latency(graph, gpu, dtype=dtype, runtime=runtime).latency_s * 1e3
+        eager = runtime == "eager"
+        predicted = estimate_latency(graph, gpu, dtype=dtype, runtime=runtime,
+                                     autocast=eager and dtype == "float16").latency_s * 1e3 + 2.61 * eager
         assert abs(predicted / published - 1) < 0.2, (gpu, runtime, dtype, predicted, published)
 
 

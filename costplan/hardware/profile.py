@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from costplan.errors import CostplanError, close_names
 from costplan.hardware.fields import Fields
@@ -57,6 +57,14 @@ class SparsitySupport:
     def useful(self) -> bool:
         """Whether this pattern can make anything faster on the device."""
         return self.compute_speedup > 1.0 or self.compressed_weights
+
+
+class Runtime(NamedTuple):
+    """An execution of the model on a device: its per-op cost and what it fuses."""
+
+    per_op_s: float                   # seconds of launch / dispatch per op
+    fuse_elementwise: bool            # norms and activations fold into the producing kernel
+    dispatch_overlaps: bool = False   # the host's dispatch overlaps the device's kernels (asynchronous)
 
 
 @dataclass(frozen=True)
@@ -103,9 +111,12 @@ class HardwareProfile:
     source: str = ""                  # the file it came from
     # the execution the per-op overhead and fusion describe: 'eager' (PyTorch eager: a kernel per op,
     # dispatch per call), 'fused' (TensorRT-like: norms and activations folded in), 'graph' (...);
-    # runtimes maps other executions the profile knows to their (per_op_s, fuse_elementwise)
+    # runtimes maps other executions the profile knows to their Runtime
     runtime: str = "fused"
-    runtimes: Mapping[str, tuple[float, bool]] = field(default_factory=dict)
+    runtimes: Mapping[str, Runtime] = field(default_factory=dict)
+    # the host dispatches each op while the device still runs earlier ones (PyTorch eager on a GPU:
+    # asynchronous launches), so a layer takes the longer of its dispatch and its kernel, not the sum
+    dispatch_overlaps: bool = False
     # float32 convolutions run as TF32 on tensor cores by default in PyTorch (cudnn.allow_tf32 is
     # True; matmuls default to full FP32): the MAC/s they get, and the op classes that get it
     tf32_macs: float | None = None
@@ -154,10 +165,11 @@ class HardwareProfile:
         if runtime not in self.runtimes:
             known = ", ".join([self.runtime, *self.runtimes])
             raise CostplanError(f"{self.name} describes no '{runtime}' runtime; it knows {known}")
-        per_op, fuse = self.runtimes[runtime]
+        other = self.runtimes[runtime]
         runtimes = {**{k: v for k, v in self.runtimes.items() if k != runtime},
-                    self.runtime: (self.per_op_s, self.fuse_elementwise)}
-        return replace(self, per_op_s=per_op, fuse_elementwise=fuse, runtime=runtime, runtimes=runtimes)
+                    self.runtime: Runtime(self.per_op_s, self.fuse_elementwise, self.dispatch_overlaps)}
+        return replace(self, per_op_s=other.per_op_s, fuse_elementwise=other.fuse_elementwise,
+                       dispatch_overlaps=other.dispatch_overlaps, runtime=runtime, runtimes=runtimes)
 
     def with_tf32(self, on: bool = True) -> HardwareProfile:
         """This device with float32 matmuls on TF32 tensor cores too (``torch.backends.cuda.matmul.
@@ -401,13 +413,14 @@ def _weight_only_memory(eff: Fields) -> dict[str, float]:
     return {key: table.number(key, positive=True, high=1.0) for key in table.data}
 
 
-def _runtimes(f: Fields) -> dict[str, tuple[float, bool]]:
-    """``[runtimes.NAME]``: the other executions a profile knows, as (per-op seconds, fuses elementwise)."""
+def _runtimes(f: Fields) -> dict[str, Runtime]:
+    """``[runtimes.NAME]``: the other executions a profile knows."""
     known = f.table("runtimes", required=False)
     out = {}
     for name in list(known.data):
         r = known.table(name)
-        out[name] = (r.number("per_op_us") * 1e-6, r.flag("fuse_elementwise", False))
+        out[name] = Runtime(r.number("per_op_us") * 1e-6, r.flag("fuse_elementwise", False),
+                            r.flag("dispatch_overlaps", False))
     return out
 
 

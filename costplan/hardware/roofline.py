@@ -268,9 +268,11 @@ def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None,
     weight_s = weight_bytes / (profile.bandwidth * profile.memory_efficiency)
     memory = weight_s + act_s
     if profile.weights_overlap:
-        latency = max(compute, memory) + overhead
+        device = max(compute, memory)
     else:      # the weights are read before the math starts (see HardwareProfile.weights_overlap)
-        latency = max(compute, act_s) + weight_s + overhead
+        device = max(compute, act_s) + weight_s
+    # an asynchronous host dispatches while the device runs (HardwareProfile.dispatch_overlaps)
+    latency = max(device, overhead) if profile.dispatch_overlaps else device + overhead
     if overhead > max(compute, memory):
         bound = "overhead"
     else:

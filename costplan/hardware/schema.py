@@ -49,6 +49,7 @@ SCALARS: tuple[Field, ...] = (
     Field("efficiency.weight_only", "weight_only_efficiency", "number", default=0.9, high=1.0, positive=True),
     Field("overhead.per_op_us", "per_op_s", "number", 1e-6, default=0.0),
     Field("overhead.fuse_elementwise", "fuse_elementwise", "flag", default=False),
+    Field("overhead.dispatch_overlaps", "dispatch_overlaps", "flag", default=False),
     Field("energy.pj_per_dram_byte", "energy_pj_per_dram_byte", "optional"),
     Field("calibration.reference_ms", "reference_s", "optional", 1e-3),
 )
@@ -177,9 +178,11 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
     if p.winograd_dtypes:
         w.put("winograd.speedup", p.winograd_speedup)
         w.put("winograd.dtypes", list(p.winograd_dtypes))
-    for name, (per_op_s, fuse) in p.runtimes.items():
-        w.put(f"runtimes.{name}.per_op_us", per_op_s * 1e6)
-        w.put(f"runtimes.{name}.fuse_elementwise", fuse)
+    for name, runtime in p.runtimes.items():
+        w.put(f"runtimes.{name}.per_op_us", runtime.per_op_s * 1e6)
+        w.put(f"runtimes.{name}.fuse_elementwise", runtime.fuse_elementwise)
+        if runtime.dispatch_overlaps:
+            w.put(f"runtimes.{name}.dispatch_overlaps", True)
     for pattern, s in p.sparsity.items():
         for attr in ("compute_speedup", "efficiency", "compressed_weights", "index_bits", "min_sparsity"):
             w.put(f"sparsity.{pattern}.{attr}", getattr(s, attr))

@@ -344,7 +344,7 @@ def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choi
                       "fewer --exclude)")
     overhead = sum(l.latency_s for l in est.layers.values() if l.bound == "overhead") / est.latency_s
     if overhead > 0.3:
-        lighter = [name for name, (per_op, _) in profile.runtimes.items() if per_op < profile.per_op_s]
+        lighter = [name for name, runtime in profile.runtimes.items() if runtime.per_op_s < profile.per_op_s]
         levers.append(f"{overhead:.0%} of the time is per-op overhead, which pruning does not remove: "
                       + (f"a runtime with less of it (--runtime {', '.join(lighter)}) or " if lighter else "")
                       + "a larger batch")
