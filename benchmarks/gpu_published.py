@@ -76,15 +76,31 @@ RESNEXT = [(PYTORCH_RESNEXT, gpu, "eager", precision, batch, ms) for gpu, precis
     ("v100", "float16", {1: 23.08, 8: 24.18, 64: 41.89, 128: 79.45, 256: 154.68}),
     ("t4", "float32", {1: 18.18, 8: 48.99, 64: 361.95, 128: 756.93, 256: 1615.79}),
     ("t4", "float16", {1: 23.0, 8: 21.98, 64: 110.82, 128: 220.44, 256: 439.3})) for batch, ms in table.items()]
-ROWS = [("resnet50", *row) for row in PUBLISHED] + [("resnext101-32x4d", *row) for row in RESNEXT]
+PYTORCH_EFFICIENTNET = ("NVIDIA DeepLearningExamples @48dc9ad, PyTorch/Classification/ConvNets/efficientnet/README.md, "
+                        "'Inference performance results' (PyTorch 21.03 NGC container; A100 80GB: DGX A100)")
+# EfficientNet-B0 (224x224) and -B4 (380x380): SiLU, squeeze-excitation and depthwise kernels in other
+# proportions than the ResNets'. The A100 ran in a DGX A100, whose host dispatches faster than the DGX-1's
+EFFICIENTNET = [(model, (PYTORCH_EFFICIENTNET, gpu, "eager", precision, batch, ms)) for model, gpu, precision, table in (
+    ("efficientnet_b0", "v100", "float32", {1: 13.15, 8: 13.42, 64: 25.14, 128: 48.03, 256: 94.86}),
+    ("efficientnet_b0", "a100-80gb", "float32", {1: 9.33, 8: 9.85, 64: 19.58, 128: 31.03, 256: 60.71}),
+    ("efficientnet_b0", "a100-80gb", "float16", {1: 11.21, 8: 11.78, 64: 12.71, 128: 18.78, 256: 39.05}),
+    ("efficientnet_b4", "v100", "float32", {1: 23.31, 8: 26.65, 64: 173.2, 128: 346.32}),
+    ("efficientnet_b4", "a100-80gb", "float32", {1: 16.22, 8: 18.22, 64: 96.23, 128: 195.22, 256: 380.01}),
+    ("efficientnet_b4", "a100-80gb", "float16", {1: 20.45, 8: 21.02, 64: 50.55, 128: 95.84, 256: 191.48}),
+) for batch, ms in table.items()]
+ROWS = ([("resnet50", *row) for row in PUBLISHED] + [("resnext101-32x4d", *row) for row in RESNEXT]
+        + [(model, *row) for model, row in EFFICIENTNET])
 # DeepLearningExamples' inference benchmark times more than the model each batch (the input's copy and
 # normalisation, the loss and top-k accuracy, their syncs): a fixed cost per batch, fitted with the eager
 # per-op cost to V100 FP32 batch 1 of both networks (--fit-eager). A property of the harness, not of the
 # GPU or the runtime, so it is added here and not in the profiles.
-HARNESS_MS = {PYTORCH: 2.61, PYTORCH_RESNEXT: 2.61}
-# the eager per-op cost and the harness (batch 1 of both networks), the TF1 graph per-op cost (batch 1),
-# and the FP32 convolution efficiencies of v100/t4 (PyTorch batch 256)
+HARNESS_MS = {PYTORCH: 2.61, PYTORCH_RESNEXT: 2.61, PYTORCH_EFFICIENTNET: 2.61}
+# the eager per-op cost and the harness (batch 1 of both ResNets), the A100 host's eager per-op cost
+# (batch 1 of both EfficientNets), the TF1 graph per-op cost (batch 1), and the FP32 convolution
+# efficiencies of v100/t4 (PyTorch batch 256)
 FITTED = {("resnet50", PYTORCH, "v100", "float32", 1), ("resnext101-32x4d", PYTORCH_RESNEXT, "v100", "float32", 1),
+          ("efficientnet_b0", PYTORCH_EFFICIENTNET, "a100-80gb", "float32", 1),
+          ("efficientnet_b4", PYTORCH_EFFICIENTNET, "a100-80gb", "float32", 1),
           ("resnet50", TENSORFLOW, "v100", "float32", 1),
           ("resnet50", PYTORCH, "v100", "float32", 256), ("resnet50", PYTORCH, "t4", "float32", 256)}
 FITTED_EFFICIENCY = {("v100", "float32"), ("t4", "float32")}
@@ -93,6 +109,11 @@ FITTED_EFFICIENCY = {("v100", "float32"), ("t4", "float32")}
 def _convnet(name: str, batch: int):
     if name == "resnet50":
         return load_graph("resnet50", batch=batch)
+    if name.startswith("efficientnet"):
+        import torchvision
+
+        size = {"efficientnet_b0": 224, "efficientnet_b4": 380}[name]
+        return load_graph(getattr(torchvision.models, name)(), input=f"{batch}x3x{size}x{size}")
     from torchvision.models.resnet import Bottleneck, ResNet
 
     # NVIDIA's ResNeXt101-32x4d: ResNet-101's bottlenecks in 32 groups of 4 channels at the first width
@@ -111,7 +132,7 @@ def _convnet_ms(graphs: dict, row: tuple, profile=None) -> float:
 
 
 def main() -> list[float]:
-    """The ResNet-50 and ResNeXt-101 rows; returns the errors of the rows not fitted."""
+    """The ResNet-50, ResNeXt-101 and EfficientNet rows; returns the errors of the rows not fitted."""
     graphs: dict = {}
     rows = []
     print(f"{'model':16s} {'source':10s} {'gpu':5s} {'runtime':7s} {'precision':9s} {'batch':>5s} "
@@ -135,7 +156,7 @@ def main() -> list[float]:
           f"{sum(abs(e) <= 0.2 for _, e in checked)} within 20%")
     print(f"batch >= 64 on a (GPU, precision) with no fitted efficiency: median {statistics.median(apart):.1%} "
           f"over {len(apart)}")
-    print("sources:\n  " + PYTORCH + "\n  " + PYTORCH_RESNEXT + "\n  " + TENSORFLOW)
+    print("sources:\n  " + "\n  ".join((PYTORCH, PYTORCH_RESNEXT, PYTORCH_EFFICIENTNET, TENSORFLOW)))
     return [e for _, e in checked]
 
 
@@ -155,11 +176,13 @@ def fit_eager() -> None:
 
     def device(gpu: str, runtime: str, per_op_us: float):
         base = load_profile(gpu)
-        own = {**base.efficiency_by_dtype.get("float32", {}), "conv": conv[gpu], "pointwise": conv[gpu]}
-        return replace(replace(base, efficiency_by_dtype={**base.efficiency_by_dtype, "float32": own})
-                       .with_runtime(runtime), per_op_s=per_op_us * 1e-6)
+        if gpu in conv:
+            own = {**base.efficiency_by_dtype.get("float32", {}), "conv": conv[gpu], "pointwise": conv[gpu]}
+            base = replace(base, efficiency_by_dtype={**base.efficiency_by_dtype, "float32": own})
+        return replace(base.with_runtime(runtime), per_op_s=per_op_us * 1e-6)
 
-    eager_rows = [r for r in fitted if r[3] == "eager" and r[5] == 1]
+    eager_rows = [r for r in fitted if r[3] == "eager" and r[5] == 1 and r[2] == "v100"]
+    a100_rows = [r for r in fitted if r[3] == "eager" and r[5] == 1 and r[2] == "a100-80gb"]
     graph_row = next(r for r in fitted if r[3] == "graph")
     for _ in range(3):
         def gaps(x):
@@ -167,6 +190,8 @@ def fit_eager() -> None:
             return [_convnet_ms(graphs, r, device(r[2], "eager", x[0])) - r[-1] for r in eager_rows]
 
         eager_us, harness = least_squares(gaps, [45.0, 2.5]).x
+        a100_us = least_squares(lambda x: [_convnet_ms(graphs, r, device("a100-80gb", "eager", x[0])) - r[-1]
+                                           for r in a100_rows], [30.0]).x[0]
         graph_us = brentq(lambda us: _convnet_ms(graphs, graph_row, device("v100", "graph", us)) - graph_row[-1], 1, 200)
         for r in fitted:
             if r[3] == "eager" and r[5] == 256:
@@ -174,7 +199,8 @@ def fit_eager() -> None:
                     conv[r[2]] = e
                     return _convnet_ms(graphs, r, device(r[2], "eager", eager_us)) - r[-1]
                 conv[r[2]] = brentq(gap, 0.1, 1.0)
-    print(f"eager per_op_us = {eager_us:.1f}, harness {harness:.2f} ms per batch; graph per_op_us = {graph_us:.1f}; "
+    print(f"eager per_op_us = {eager_us:.1f} (DGX-1 host: v100, t4), {a100_us:.1f} (DGX A100 host: a100-80gb), harness "
+          f"{harness:.2f} ms per batch; graph per_op_us = {graph_us:.1f}; "
           f"float32 conv: v100 {conv['v100']:.2f}, t4 {conv['t4']:.2f}")
 
 

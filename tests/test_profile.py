@@ -75,7 +75,7 @@ def test_a_profile_states_its_runtime_and_switches_to_the_ones_it_knows() -> Non
     assert (a100.runtime, a100.per_op_s, a100.fuse_elementwise) == ("fused", pytest.approx(4e-6), True)
     eager = a100.with_runtime("eager")
     assert (eager.runtime, eager.per_op_s, eager.fuse_elementwise, eager.dispatch_overlaps) == \
-        ("eager", pytest.approx(44.6e-6), False, True)
+        ("eager", pytest.approx(28.6e-6), False, True)       # the DGX A100 host's dispatch
     back = eager.with_runtime("fused")
     assert (back.per_op_s, back.fuse_elementwise) == (a100.per_op_s, a100.fuse_elementwise)
     with pytest.raises(CostplanError, match="no 'graph' runtime; it knows eager"):
