@@ -349,7 +349,49 @@ def llm_main() -> list[float]:
               f"{error:+14.1%}{'  fit' if fitted else ''}", flush=True)
     print(f"LLM decode, rows not fitted: median |error| {statistics.median(abs(e) for e in held):.1%} over {len(held)}, "
           f"{sum(abs(e) <= 0.2 for e in held)} of {len(held)} within 20%\nsources:\n  {GPT_FAST}\n  {MLC}")
-    return held
+    return held + llama_cpp_main()
+
+
+LLAMA_CPP = ("ggml-org/llama.cpp pull request #4766 ('llama : ggml-backend integration'), llama-bench tables of "
+             "2024-01: RTX 4090 (ggerganov, 2024-01-10, codellama-7b) and RTX 3090 (JohannesGaessler, 'master' "
+             "column); batch 1; pp512 = a 512-token prompt, tg128 = 128 tokens generated from an empty context")
+# (gpu, weights, test, published tokens/s): llama 7B; Q8_0 (8 bits and a 16-bit scale per 32: 8.5 bits) is
+# priced as int8, Q4_0 (4.5 bits) as int4-g64, the same 4.5 bits a weight
+LLAMA_CPP_ROWS = [
+    ("rtx4090", None, "pp512", 11048.22), ("rtx4090", None, "tg128", 61.03),
+    ("rtx4090", "int8", "pp512", 7664.00), ("rtx4090", "int8", "tg128", 98.13),
+    ("rtx4090", "int4-g64", "pp512", 7979.85),
+    ("rtx3090", None, "pp512", 4184.85), ("rtx3090", None, "tg128", 48.52),
+    ("rtx3090", "int4-g64", "pp512", 3408.18), ("rtx3090", "int4-g64", "tg128", 121.82),
+]
+
+
+def llama_cpp_main() -> list[float]:
+    """llama.cpp's prefill (pp512: time to first token of a 512-token prompt) and decode (tg128: priced
+    at context 64, the middle of its 128 steps) rows, FP16 math with FP32 accumulation (at the GeForce
+    FP16-accumulate rate every prefill row came out 35-51% fast), under the fused runtime (llama.cpp
+    launches each ggml op as its own kernel, without fusion or CUDA graphs at that commit). None was
+    fitted; returns the errors (on latency)."""
+    from costplan.api import analyze
+
+    print(f"\n{'source':9s} {'gpu':8s} {'weights':9s} {'test':6s} {'published tok/s':>15s} {'predicted tok/s':>15s} "
+          f"{'latency error':>13s}")
+    errors = []
+    for gpu, weights, test, published in LLAMA_CPP_ROWS:
+        if test.startswith("pp"):
+            report = analyze("hf:llama-7b", hw=gpu, dtype="float16", weights_dtype=weights, phase="prefill",
+                             seq_len=int(test[2:]))
+            predicted = int(test[2:]) / report.totals["time_to_first_token_ms"] * 1e3
+        else:
+            report = analyze("hf:llama-7b", hw=gpu, dtype="float16", weights_dtype=weights, phase="decode",
+                             context=int(test[2:]) // 2)
+            predicted = report.totals["tokens_per_s"]
+        errors.append(published / predicted - 1)
+        print(f"{'llama.cpp':9s} {gpu:8s} {weights or 'f16':9s} {test:6s} {published:15.2f} {predicted:15.2f} "
+              f"{errors[-1]:+13.1%}", flush=True)
+    print(f"llama.cpp, no row fitted: median |error| {statistics.median(map(abs, errors)):.1%} over {len(errors)}, "
+          f"{sum(abs(e) <= 0.2 for e in errors)} within 20%\nsource: {LLAMA_CPP}")
+    return errors
 
 
 def fit_llm() -> None:
