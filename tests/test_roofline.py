@@ -303,6 +303,7 @@ def test_sibling_projections_share_one_launch_and_floor_in_a_fusing_runtime() ->
     fused = estimate_latency(graph, a100, dtype="float16")
     eager = estimate_latency(graph, a100, dtype="float16", runtime="eager")
     assert fused.context.shares == {"q": 1 / 3, "k": 1 / 3, "v": 1 / 3} and not eager.context.shares
+    assert a100.fuse_siblings and not load_profile("edge-npu").fuse_siblings     # a DPU runs layer by layer
     math_s = eager.layers["q"].compute_s - a100.half_util_s       # 4096x512x512 MACs at the FP16 rate
     for name in ("q", "k", "v"):
         assert fused.layers[name].overhead_s == pytest.approx(a100.per_op_s / 3)

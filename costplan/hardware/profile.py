@@ -65,6 +65,7 @@ class Runtime(NamedTuple):
     per_op_s: float                   # seconds of launch / dispatch per op
     fuse_elementwise: bool            # norms and activations fold into the producing kernel
     dispatch_overlaps: bool = False   # the host's dispatch overlaps the device's kernels (asynchronous)
+    fuse_siblings: bool = False       # projections that read one activation run as one GEMM
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ class HardwareProfile:
     # the host dispatches each op while the device still runs earlier ones (PyTorch eager on a GPU:
     # asynchronous launches), so a layer takes the longer of its dispatch and its kernel, not the sum
     dispatch_overlaps: bool = False
+    # projections that read one activation (q/k/v, gate/up) run as one GEMM, as TensorRT and vLLM run
+    # them (roofline.sibling_shares)
+    fuse_siblings: bool = False
     # float32 convolutions run as TF32 on tensor cores by default in PyTorch (cudnn.allow_tf32 is
     # True; matmuls default to full FP32): the MAC/s they get, and the op classes that get it
     tf32_macs: float | None = None
@@ -167,9 +171,11 @@ class HardwareProfile:
             raise CostplanError(f"{self.name} describes no '{runtime}' runtime; it knows {known}")
         other = self.runtimes[runtime]
         runtimes = {**{k: v for k, v in self.runtimes.items() if k != runtime},
-                    self.runtime: Runtime(self.per_op_s, self.fuse_elementwise, self.dispatch_overlaps)}
+                    self.runtime: Runtime(self.per_op_s, self.fuse_elementwise, self.dispatch_overlaps,
+                                          self.fuse_siblings)}
         return replace(self, per_op_s=other.per_op_s, fuse_elementwise=other.fuse_elementwise,
-                       dispatch_overlaps=other.dispatch_overlaps, runtime=runtime, runtimes=runtimes)
+                       dispatch_overlaps=other.dispatch_overlaps, fuse_siblings=other.fuse_siblings,
+                       runtime=runtime, runtimes=runtimes)
 
     def with_tf32(self, on: bool = True) -> HardwareProfile:
         """This device with float32 matmuls on TF32 tensor cores too (``torch.backends.cuda.matmul.
@@ -420,7 +426,7 @@ def _runtimes(f: Fields) -> dict[str, Runtime]:
     for name in list(known.data):
         r = known.table(name)
         out[name] = Runtime(r.number("per_op_us") * 1e-6, r.flag("fuse_elementwise", False),
-                            r.flag("dispatch_overlaps", False))
+                            r.flag("dispatch_overlaps", False), r.flag("fuse_siblings", False))
     return out
 
 

@@ -498,9 +498,8 @@ def context(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str,
     the precision :meth:`HardwareProfile.precision` picks, and bytes are rescaled from the traced
     dtype to it. ``weights_dtype`` stores the weights narrower (weight-only int4/int8/float8);
     ``autocast`` runs a float32 model under PyTorch AMP at a 16-bit precision (a cast kernel per
-    weighted layer; no effect at float32 or on a model whose weights are stored narrower). A fusing
-    runtime (``profile.fuse_elementwise``) also runs sibling projections as one GEMM
-    (:func:`sibling_shares`)."""
+    weighted layer; no effect at float32 or on a model whose weights are stored narrower). A runtime
+    that says so (``profile.fuse_siblings``) runs sibling projections as one GEMM (:func:`sibling_shares`)."""
     traced = traced_dtype_of(graph)
     precision = profile.precision(dtype or traced)
     acts, weights, state = byte_scales(traced, precision, weights_dtype)
@@ -508,7 +507,7 @@ def context(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str,
     return Context(precision, acts, profile.weights_on_chip and weight_total <= profile.onchip_bytes,
                    weights, state, weights_dtype, autocast and precision in ("float16", "bfloat16") and not weights_dtype,
                    profile.weight_only_memory.get((weights_dtype or "").partition("-")[0], 1.0),
-                   sibling_shares(graph) if profile.fuse_elementwise else {})
+                   sibling_shares(graph) if profile.fuse_siblings else {})
 
 
 def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str, Effective],

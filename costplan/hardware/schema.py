@@ -50,6 +50,7 @@ SCALARS: tuple[Field, ...] = (
     Field("overhead.per_op_us", "per_op_s", "number", 1e-6, default=0.0),
     Field("overhead.fuse_elementwise", "fuse_elementwise", "flag", default=False),
     Field("overhead.dispatch_overlaps", "dispatch_overlaps", "flag", default=False),
+    Field("overhead.fuse_siblings", "fuse_siblings", "flag", default=False),
     Field("energy.pj_per_dram_byte", "energy_pj_per_dram_byte", "optional"),
     Field("calibration.reference_ms", "reference_s", "optional", 1e-3),
 )
@@ -183,6 +184,8 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
         w.put(f"runtimes.{name}.fuse_elementwise", runtime.fuse_elementwise)
         if runtime.dispatch_overlaps:
             w.put(f"runtimes.{name}.dispatch_overlaps", True)
+        if runtime.fuse_siblings:
+            w.put(f"runtimes.{name}.fuse_siblings", True)
     for pattern, s in p.sparsity.items():
         for attr in ("compute_speedup", "efficiency", "compressed_weights", "index_bits", "min_sparsity"):
             w.put(f"sparsity.{pattern}.{attr}", getattr(s, attr))
