@@ -337,5 +337,8 @@ def test_eager_dispatch_overlaps_the_gpu_kernels_it_launches() -> None:
         assert summed.latency_s == pytest.approx(max(summed.compute_s, summed.memory_s) + graph.per_op_s)
     assert estimate_latency(small, eager).latency_s == pytest.approx(eager.per_op_s)     # the host is the floor
     assert estimate_latency(large, eager).latency_s > 10 * eager.per_op_s                  # the kernel hides it
+    # a host-bound estimate says its figure is the host's, which differs between servers
+    assert any("host's dispatch" in w for w in estimate_latency(small, eager).warnings)
+    assert not any("host's dispatch" in w for w in estimate_latency(large, eager).warnings)
     # the eager runtime's overlap is the profile's, and with_runtime swaps it back and forth
     assert eager.with_runtime("fused").dispatch_overlaps is False and eager.with_runtime("fused") == v100

@@ -20,6 +20,10 @@ from costplan.trace.graph import Layer, LayerGraph, Recurrent
 from costplan.hardware.opclass import RECURRENT, is_elementwise, is_gather, rated_kind, writes_in_place
 
 
+# the share of an estimate in host-dispatch-bound layers above which it says the figure is the host's
+HOST_BOUND_WARN = 0.2
+
+
 @dataclass(frozen=True)
 class LayerLatency:
     """One layer's predicted time on one device. Seconds, MACs, bytes and joules."""
@@ -61,6 +65,11 @@ class Estimate:
                      f"model's {len(names)} ({listed}) carry {share:.0%} of its predicted time, priced from other "
                      "kinds' figures, and may be off by several times (recalibrate with this version's "
                      "`costplan calibrate`; `costplan measure` shows it per layer)"),)
+        host = sum(l.latency_s for l in self.layers.values() if l.bound == "overhead")
+        if self.profile.dispatch_overlaps and total > 0 and host >= HOST_BOUND_WARN * total:
+            out += ((f"{host / total:.0%} of this estimate is the host's dispatch, {self.profile.per_op_s * 1e6:.1f} us "
+                     f"per op ({self.profile.name}'s {self.profile.runtime} runtime): that figure is the host CPU's, "
+                     "not the GPU's, and published rows put two servers 1.6x apart; time a few ops on yours"),)
         return out
 
     @property
