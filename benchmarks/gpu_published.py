@@ -106,6 +106,14 @@ FITTED = {("resnet50", PYTORCH, "v100", "float32", 1), ("resnext101-32x4d", PYTO
 FITTED_EFFICIENCY = {("v100", "float32"), ("t4", "float32")}
 
 
+def _with_efficiency(profile, precision: str, **classes: float):
+    """``profile`` with the given op classes' efficiencies at ``precision`` (what a fit varies)."""
+    from dataclasses import replace
+
+    own = {**profile.efficiency_by_dtype.get(precision, {}), **classes}
+    return replace(profile, efficiency_by_dtype={**profile.efficiency_by_dtype, precision: own})
+
+
 def _convnet(name: str, batch: int):
     if name == "resnet50":
         return load_graph("resnet50", batch=batch)
@@ -177,8 +185,7 @@ def fit_eager() -> None:
     def device(gpu: str, runtime: str, per_op_us: float):
         base = load_profile(gpu)
         if gpu in conv:
-            own = {**base.efficiency_by_dtype.get("float32", {}), "conv": conv[gpu], "pointwise": conv[gpu]}
-            base = replace(base, efficiency_by_dtype={**base.efficiency_by_dtype, "float32": own})
+            base = _with_efficiency(base, "float32", conv=conv[gpu], pointwise=conv[gpu])
         return replace(base.with_runtime(runtime), per_op_s=per_op_us * 1e-6)
 
     eager_rows = [r for r in fitted if r[3] == "eager" and r[5] == 1 and r[2] == "v100"]
@@ -295,7 +302,6 @@ def fit_bert() -> None:
     follows it, as it does in a profile's table; fitting it apart gave 0.10-0.15 on the a100, a
     figure for TensorRT's 2020 fused attention at 384 tokens that would price FlashAttention 4x slow."""
     import math
-    from dataclasses import replace
 
     from scipy.optimize import minimize
 
@@ -306,12 +312,8 @@ def fit_bert() -> None:
         rows = [r for r in BERT_ROWS if (r[0], r[4]) == (gpu, precision) and r[1] == BERT_FIT_MODEL]
         base = load_profile(gpu)
 
-        def with_efficiency(x, base=base, precision=precision):
-            own = {**base.efficiency_by_dtype.get(precision, {}), "gemm": x[0], "attention": x[0]}
-            return replace(base, efficiency_by_dtype={**base.efficiency_by_dtype, precision: own})
-
-        def loss(x, rows=rows, with_efficiency=with_efficiency):
-            profile = with_efficiency(x)
+        def loss(x, rows=rows, base=base, precision=precision):
+            profile = _with_efficiency(base, precision, gemm=x[0], attention=x[0])
             return sum(math.log(estimate_latency(_bert_graph(graphs, m, seq, b), profile, dtype=p).latency_s * 1e3
                                 / published) ** 2 for _, m, seq, b, p, published in rows)
 

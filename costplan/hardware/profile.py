@@ -60,7 +60,8 @@ class SparsitySupport:
 
 
 class Runtime(NamedTuple):
-    """An execution of the model on a device: its per-op cost and what it fuses."""
+    """An execution of the model on a device: its per-op cost and what it fuses. The fields are the
+    HardwareProfile's of the same names, which hold the runtime in force."""
 
     per_op_s: float                   # seconds of launch / dispatch per op
     fuse_elementwise: bool            # norms and activations fold into the producing kernel
@@ -169,13 +170,9 @@ class HardwareProfile:
         if runtime not in self.runtimes:
             known = ", ".join([self.runtime, *self.runtimes])
             raise CostplanError(f"{self.name} describes no '{runtime}' runtime; it knows {known}")
-        other = self.runtimes[runtime]
         runtimes = {**{k: v for k, v in self.runtimes.items() if k != runtime},
-                    self.runtime: Runtime(self.per_op_s, self.fuse_elementwise, self.dispatch_overlaps,
-                                          self.fuse_siblings)}
-        return replace(self, per_op_s=other.per_op_s, fuse_elementwise=other.fuse_elementwise,
-                       dispatch_overlaps=other.dispatch_overlaps, fuse_siblings=other.fuse_siblings,
-                       runtime=runtime, runtimes=runtimes)
+                    self.runtime: Runtime(*(getattr(self, f) for f in Runtime._fields))}
+        return replace(self, **self.runtimes[runtime]._asdict(), runtime=runtime, runtimes=runtimes)
 
     def with_tf32(self, on: bool = True) -> HardwareProfile:
         """This device with float32 matmuls on TF32 tensor cores too (``torch.backends.cuda.matmul.
@@ -425,8 +422,7 @@ def _runtimes(f: Fields) -> dict[str, Runtime]:
     out = {}
     for name in list(known.data):
         r = known.table(name)
-        out[name] = Runtime(r.number("per_op_us") * 1e-6, r.flag("fuse_elementwise", False),
-                            r.flag("dispatch_overlaps", False), r.flag("fuse_siblings", False))
+        out[name] = Runtime(r.number("per_op_us") * 1e-6, *(r.flag(flag, False) for flag in Runtime._fields[1:]))
     return out
 
 

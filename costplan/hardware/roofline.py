@@ -65,9 +65,9 @@ class Estimate:
                      f"model's {len(names)} ({listed}) carry {share:.0%} of its predicted time, priced from other "
                      "kinds' figures, and may be off by several times (recalibrate with this version's "
                      "`costplan calibrate`; `costplan measure` shows it per layer)"),)
-        host = sum(l.latency_s for l in self.layers.values() if l.bound == "overhead")
-        if self.profile.dispatch_overlaps and total > 0 and host >= HOST_BOUND_WARN * total:
-            out += ((f"{host / total:.0%} of this estimate is the host's dispatch, {self.profile.per_op_s * 1e6:.1f} us "
+        host = self.overhead_share
+        if self.profile.dispatch_overlaps and host >= HOST_BOUND_WARN:
+            out += ((f"{host:.0%} of this estimate is the host's dispatch, {self.profile.per_op_s * 1e6:.1f} us "
                      f"per op ({self.profile.name}'s {self.profile.runtime} runtime): that figure is the host CPU's, "
                      "not the GPU's, and published rows put two servers 1.6x apart; time a few ops on yours"),)
         return out
@@ -75,6 +75,12 @@ class Estimate:
     @property
     def latency_s(self) -> float:
         return sum(l.latency_s for l in self.layers.values())
+
+    @property
+    def overhead_share(self) -> float:
+        """The share of the latency in layers bound by per-op overhead (dispatch and launch)."""
+        total = self.latency_s
+        return sum(l.latency_s for l in self.layers.values() if l.bound == "overhead") / total if total > 0 else 0.0
 
     @property
     def energy_j(self) -> float | None:

@@ -181,11 +181,8 @@ def profile_toml(profile: Any, notes: Mapping[str, str] | None = None, header: s
         w.put("winograd.dtypes", list(p.winograd_dtypes))
     for name, runtime in p.runtimes.items():
         w.put(f"runtimes.{name}.per_op_us", runtime.per_op_s * 1e6)
-        w.put(f"runtimes.{name}.fuse_elementwise", runtime.fuse_elementwise)
-        if runtime.dispatch_overlaps:
-            w.put(f"runtimes.{name}.dispatch_overlaps", True)
-        if runtime.fuse_siblings:
-            w.put(f"runtimes.{name}.fuse_siblings", True)
+        for flag in runtime._fields[1:]:       # the flags, each under its field's name
+            w.put(f"runtimes.{name}.{flag}", getattr(runtime, flag))
     for pattern, s in p.sparsity.items():
         for attr in ("compute_speedup", "efficiency", "compressed_weights", "index_bits", "min_sparsity"):
             w.put(f"sparsity.{pattern}.{attr}", getattr(s, attr))

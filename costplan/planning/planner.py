@@ -342,7 +342,7 @@ def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choi
     if shrinkable(dense_layers) > 0.1:
         levers.append(f"prune the layers kept dense ({shrinkable(dense_layers):.0%} of the time; --prune-ends, "
                       "fewer --exclude)")
-    overhead = sum(l.latency_s for l in est.layers.values() if l.bound == "overhead") / est.latency_s
+    overhead = est.overhead_share
     if overhead > 0.3:
         lighter = [name for name, runtime in profile.runtimes.items() if runtime.per_op_s < profile.per_op_s]
         levers.append(f"{overhead:.0%} of the time is per-op overhead, which pruning does not remove: "
