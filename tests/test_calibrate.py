@@ -111,6 +111,26 @@ def test_calibration_fit_recovers_known_parameters() -> None:
     assert fit_class(shapes, list(timed), memory, per_op=5e-6).strided == pytest.approx(0.8, rel=0.05)
 
 
+def test_recurrent_fit_tells_a_cost_per_call_from_a_cost_per_step() -> None:
+    """LSTM calls made by the model (rate 60 GMAC/s, halves 8/100/50, 5 us per step, 300 us per call
+    on top of what the other fits price once) over calibration's 10, 20 and 50 steps: the fit finds
+    both fixed costs, where a per-step cost alone (as before) spread the call's over its steps."""
+    import numpy as np
+
+    from costplan.hardware.fitting import fit_recurrent
+    from costplan.hardware.probes import recurrent_shapes
+
+    shapes = [r for r in recurrent_shapes(45, seed=4) if r.mode == "LSTM"]
+    memory = np.zeros(len(shapes))
+    once = [20e-6 + 1e-9 * r.inputs * r.batch * r.steps for r in shapes]
+    u = np.array([r.rows / (r.rows + 8) * r.outputs / (r.outputs + 100) * r.reduction / (r.reduction + 50) for r in shapes])
+    seconds = [o + 300e-6 + r.steps * (r.macs / (60e9 * ui) + 5e-6) for o, r, ui in zip(once, shapes, u)]
+    fit = fit_recurrent(shapes, seconds, once, memory)
+    assert fit.call_s == pytest.approx(300e-6, rel=0.1)
+    assert fit.fixed_s == pytest.approx(5e-6, abs=2e-6)
+    assert fit.median_error < 0.02
+
+
 def test_batch_norm_costs_a_fixed_part_and_its_bytes() -> None:
     """fit_linear recovers 40 us + bytes / 25 GB/s; a profile with those figures prices a batch norm
     on 64x56x56 (0.8 MB in, 0.8 MB out) at per-op + 40 us + 1.6 MB / 25 GB/s."""

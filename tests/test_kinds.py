@@ -47,7 +47,8 @@ def test_a_recurrent_layer_is_its_projections_and_its_steps(cell, kwargs, batch_
 def test_every_step_pays_its_fixed_cost() -> None:
     """A GRU of 100 steps on a device with 10 us per step (and math and bytes made free) takes
     100 x 10 us per layer and direction plus one dispatch, one projection's fixed cost each: a step
-    count priced as one big GEMM (as before) costs one dispatch in all."""
+    count priced as one big GEMM (as before) costs one dispatch in all. A cost per call adds once per
+    layer and direction."""
     free = {**TOY, "peak_tflops": {"float32": 1e9}, "memory": {"bandwidth_gbs": 1e9, "onchip_mb": 0.0},
             "overhead": {"per_op_us": 5.0, "per_class_us": {"gru": 10.0, "gemm": 2.0}}}
     profile = parse_profile(free, "free")
@@ -56,6 +57,10 @@ def test_every_step_pays_its_fixed_cost() -> None:
     latency = layer_latency(layer, apply_plan(graph, None)[layer.name], profile, "float32")
     assert latency.latency_s == pytest.approx(5e-6 + 4 * 2e-6 + 4 * 100 * 10e-6, rel=1e-3)
     assert latency.bound == "overhead"
+    # and every call of a layer and direction its cell's fixed cost per call (oneDNN's primitive set-up)
+    per_call = parse_profile({**free, "overhead": {**free["overhead"], "per_call_us": {"gru": 300.0}}}, "per call")
+    again = layer_latency(layer, apply_plan(graph, None)[layer.name], per_call, "float32")
+    assert again.latency_s - latency.latency_s == pytest.approx(4 * 300e-6, rel=1e-3)
 
 
 def test_spec_sheet_gpus_price_a_step_by_its_kernels_not_a_half_wave() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from costplan.errors import CostplanError
-from costplan.hardware.fitting import ClassFit, _memory_seconds, _onchip, fit_class, fit_linear, fit_saturation
+from costplan.hardware.fitting import ClassFit, _memory_seconds, _onchip, fit_class, fit_linear, fit_recurrent, fit_saturation
 from costplan.hardware.probes import (
     CHAIN,
     FRESH_OUTPUT_BYTES,
@@ -225,7 +225,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
     shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i)
               for i, kind in enumerate(SAMPLED)}
-    rnns = recurrent_shapes(15 if quick else 30, seed)
+    rnns = recurrent_shapes(15 if quick else 45, seed)
     with torch.inference_mode():
         probes = {**_probes(shapes, quick, kept, rnns), **check_probes(check)}
         timings, quality = _measure(probes, quick, progress, seed, load_limit)
@@ -251,16 +251,16 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
             threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
             quality=quality, kept_memory=kept, reference_s=samples["reference"][0][1])
     before = calibration_of(fits).profile()
-    for cell in RECURRENT:     # a step is what a call leaves over its once-per-call work, priced by the fits above
+    for cell in RECURRENT:     # a call less its once-per-call work, priced by the fits above
         cells = [r for r in rnns if r.recurrent.cell == cell]
-        steps = [(t - recurrent_cost(r.recurrent, before, "float32", weight_bytes=r.weight_total,
-                                     act_bytes=r.sequence_bytes).call_s) / r.steps
-                 for r, (_, t) in zip(cells, samples[cell])]
-        if min(steps) <= 0:
+        calls = [t for _, t in samples[cell]]
+        once = [recurrent_cost(r.recurrent, before, "float32", weight_bytes=r.weight_total,
+                               act_bytes=r.sequence_bytes).call_s for r in cells]
+        if min(t - o for t, o in zip(calls, once)) <= 0:
             raise CostplanError(f"calibration timed an {cell.upper()} layer faster than its input projection alone: "
                                 "the machine's speed changed while timing; run `costplan calibrate` again")
-        fits[cell] = fit_class(cells, steps, _memory_seconds(cells, dram, onchip, onchip_bytes), 0.0)
-        samples[cell] = [(float(r.macs), t) for r, t in zip(cells, steps)]
+        fits[cell] = fit_recurrent(cells, calls, once, _memory_seconds(cells, dram, onchip, onchip_bytes))
+        samples[cell] = [(float(r.macs), (t - o - fits[cell].call_s) / r.steps) for r, t, o in zip(cells, calls, once)]
     why = refusal(quality, fits, load_limit)
     if why and strict:
         raise CostplanError(why)
@@ -343,6 +343,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         sparsity={"unstructured": SparsitySupport()}, threads=c.threads,
         half_util_dims={k: tuple(v if v >= 1e-3 else 0.0 for v in f.half_dims) for k, f in c.fits.items()},  # fits' 1e-17 is 0
         per_class_s={**{k: f.fixed_s for k, f in c.fits.items()}, **c.fixed_s},
+        per_call_s={k: f.call_s for k, f in c.fits.items() if k in RECURRENT},
         calibrated=(*c.fits, *c.rated_bandwidth, "elementwise"),
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
         weights_overlap=False, rated_bandwidth=dict(c.rated_bandwidth), channel_multiple=c.channel_multiple,
@@ -379,7 +380,7 @@ def _notes(c: Calibration) -> dict[str, str]:
         "efficiency.attention": fit("attention", "fused scaled-dot-product attention"),
         "efficiency.conv1d": fit("conv1d", "1-D convolutions, 10 to 4000 steps"),
         "efficiency.conv3d": fit("conv3d", "3-D convolutions on small cubes"),
-        **{f"efficiency.{cell}": fit(cell, f"{cell.upper()} steps (a call less its input projection)") for cell in RECURRENT},
+        **{f"efficiency.{cell}": fit(cell, f"{cell.upper()} calls, priced per step and per call") for cell in RECURRENT},
         "calibrated": "the op classes and memory kinds these figures were measured on",
         "calibration.reference_ms": "a fixed mix of convolutions, a linear layer and ReLUs (probes.reference_workload), "
                                     "timed in the rounds: measure times it again to see how the machine's speed moved",
@@ -390,6 +391,8 @@ def _notes(c: Calibration) -> dict[str, str]:
         "overhead.per_op_us": "an nn.ReLU call on a tiny tensor: eager dispatch per layer",
         "overhead.per_class_us": "fitted: oneDNN setup, weight reorders; lstm, gru, rnn: per step (gates and their dispatch); "
                                  "elementwise: a lone small op beyond dispatch",
+        "overhead.per_call_us": "fitted: lstm, gru, rnn: per call of a layer and direction beyond its steps "
+                                "(oneDNN sets its LSTM primitive up on every call)",
         "overhead.fuse_elementwise": "eager PyTorch runs every norm and activation as its own op",
         "sparsity.unstructured.compute_speedup": "dense kernels multiply zeros",
     }

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-from costplan.hardware.probes import CHAIN, AttentionShape, Shape
+from costplan.hardware.probes import CHAIN, AttentionShape, RecurrentShape, Shape
 from costplan.hardware.roofline import activation_cost
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class ClassFit:
     fixed_s: float                         # seconds per call beyond the generic per-op overhead
     median_error: float                    # median |predicted / measured - 1| over the samples
     strided: float = 1.0                   # rate of a stride > 1 layer over a stride-1 one's
+    call_s: float = 0.0                    # recurrent cells: seconds per call beyond its steps (fit_recurrent)
 
 
 def saturating(macs: np.ndarray, peak: float, half: float) -> np.ndarray:
@@ -81,6 +82,33 @@ def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], me
     rows, outputs, reduction = (float(v) for v in fit.x[1:4])
     return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error,
                     float(fit.x[5]) if strided.any() else 1.0)
+
+
+def fit_recurrent(shapes: Sequence[RecurrentShape], seconds: Sequence[float], once_s: Sequence[float],
+                  memory_s: np.ndarray) -> ClassFit:
+    """Fit a recurrent cell's step (:class:`ClassFit`: rate, half dimensions, fixed cost per step) and
+    its fixed cost per call (``call_s``) to whole calls: ``seconds = once_s + call_s + steps x (max(MACs
+    / (rate x utilisation), memory_s) + fixed_s)``, ``once_s`` being what the other classes' fits price
+    (dispatch, the input projection, weights and sequence). Probes of 10, 20 and 50 steps tell the two
+    fixed costs apart: oneDNN sets its LSTM primitive up on every call (about 0.3 ms on 2 EPYC cores),
+    which a per-step figure alone took as 6-30 us more per step, mispricing held-out calls by 30-70%."""
+    macs = np.array([s.macs for s in shapes], dtype=float)
+    dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
+    steps = np.array([s.steps for s in shapes], dtype=float)
+    measured, once = np.array(seconds), np.array(once_s)
+    top = float((macs * steps / np.maximum(measured - once, 1e-9)).max())
+
+    def predict(p: np.ndarray) -> np.ndarray:
+        u = np.prod(dims / (dims + p[1:4]), axis=1)
+        return once + p[5] * 1e-6 + steps * (np.maximum(macs / (p[0] * top * u), memory_s) + p[4] * 1e-6)
+
+    weight = np.sqrt(measured / np.median(measured))
+    fit = least_squares(lambda p: weight * np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0, 50.0),
+                        loss="soft_l1", f_scale=0.1, bounds=([0.3, 0, 0, 0, 0, 0], [5.0, 1e5, 1e4, 1e4, 1e3, 1e4]))
+    error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
+    rows, outputs, reduction = (float(v) for v in fit.x[1:4])
+    return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error,
+                    call_s=float(fit.x[5]) * 1e-6)
 
 
 def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:

@@ -259,13 +259,13 @@ class RecurrentShape:
 
 def recurrent_shapes(count: int, seed: int = 0) -> list[RecurrentShape]:
     """``count`` recurrent layers as sequence models have them (seeded): LSTM, GRU and tanh RNN
-    cells alike, hidden 32 to 1024, batch 1 to 32, 10 to 50 steps, a call under 10 ms or so."""
+    cells alike, hidden 32 to 1024, batch 1 to 64, 10 to 50 steps, a call under 10 ms or so."""
     rng = np.random.default_rng(seed)
     modes = ("LSTM", "GRU", "RNN_TANH")
     out: list[RecurrentShape] = []
     while len(out) < count:
         shape = RecurrentShape(modes[len(out) % 3], _width(2 ** rng.uniform(4, 9)), _width(2 ** rng.uniform(5, 10)),
-                               int(rng.choice((1, 1, 2, 8, 32))), int(rng.choice((10, 20, 50))))
+                               int(rng.choice((1, 2, 8, 16, 32, 64))), int(rng.choice((10, 20, 50))))
         if shape.macs * shape.steps <= 2e8:
             out.append(shape)
     return out

@@ -95,6 +95,9 @@ class HardwareProfile:
     # dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
     half_util_dims: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class or rated kind -> fixed cost per call
+    # recurrent cell -> fixed cost per call of a layer and direction, beside its per-step cost in per_class_s
+    # (oneDNN's LSTM primitive is set up and its weights reordered on every call: ~0.3 ms on a 2-core EPYC)
+    per_call_s: Mapping[str, float] = field(default_factory=dict)
     # op class -> rate of a strided convolution over a stride-1 one's (calibrated CPUs; default 1)
     strided: Mapping[str, float] = field(default_factory=dict)
     # False: a layer's weight read from DRAM adds to its time instead of hiding under its math
@@ -387,6 +390,11 @@ def _per_class(overhead: Fields) -> dict[str, float]:
     return {key: table.number(key) * _scale("per_class_s") for key in table.data}
 
 
+def _per_call(overhead: Fields) -> dict[str, float]:
+    table = _class_table(overhead, "per_call_us", RECURRENT)
+    return {key: table.number(key) * _scale("per_call_s") for key in table.data}
+
+
 def _rated(memory: Fields) -> dict[str, float]:
     """Rates of memory-only ops slower than their bytes, bytes/s; a profile without a sigmoid rate
     (calibrated before it was timed apart) gives sigmoid/SiLU the transcendental one, as it did."""
@@ -462,7 +470,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
         half_util_dims=half_util_dims,
         strided=_strided(eff),
-        per_class_s=_per_class(overhead),
+        per_class_s=_per_class(overhead), per_call_s=_per_call(overhead),
         rated_bandwidth=rated, calibrated=_calibrated(f, half_util_dims, rated),
         source=where,
         runtime=runtime, runtimes=_runtimes(f), weight_only_memory=_weight_only_memory(eff),

@@ -378,7 +378,7 @@ class RecurrentCost:
     """An LSTM/GRU/RNN call's seconds: ``call_s`` for what runs once (dispatch, the input
     projections, the weights' DRAM read, the sequence in and out) and ``step_s`` summed over every
     step of every layer and direction (the recurrent GEMM or the gates' bytes, and the fixed cost
-    per step)."""
+    per step), with the cell's fixed cost per call of a layer and direction."""
 
     call_s: float
     step_s: float
@@ -394,7 +394,7 @@ def recurrent_cost(rnn: Recurrent, profile: HardwareProfile, precision: str, *, 
     'gemm' over the whole sequence (``steps`` x ``batch`` rows), then ``steps`` times the
     hidden-to-gates GEMM at ``batch`` rows (the cell's class, 'lstm', 'gru' or 'rnn': its rate, its
     half dimensions and its fixed cost per step, which holds the gate kernels and their dispatch) or the gates' bytes if
-    those take longer. ``out_keep`` scales the hidden units, ``in_keep`` the first layer's inputs;
+    those take longer, and the cell's fixed cost per call (``per_call_s``: a primitive set up each call). ``out_keep`` scales the hidden units, ``in_keep`` the first layer's inputs;
     ``weight_bytes`` are read from DRAM once per call, ``act_bytes`` (input and output) move once."""
     element = DTYPE_BYTES[precision]
     hidden = rnn.hidden_size * out_keep
@@ -412,7 +412,8 @@ def recurrent_cost(rnn: Recurrent, profile: HardwareProfile, precision: str, *, 
         step_s += rnn.directions * rnn.steps * one_step
         macs += rnn.directions * (project + rnn.steps * step)
     calls = rnn.num_layers * rnn.directions
-    fixed = calls * rnn.steps * profile.class_figure(profile.per_class_s, rnn.cell, 0.0)
+    fixed = calls * (rnn.steps * profile.class_figure(profile.per_class_s, rnn.cell, 0.0)
+                     + profile.per_call_s.get(rnn.cell, 0.0))
     memory = weight_bytes / (profile.bandwidth * profile.memory_efficiency) + \
         sum(activation_seconds(b, profile)[0] for b in act_bytes)
     call = profile.per_op_s + calls * profile.class_figure(profile.per_class_s, "gemm", 0.0) + project_s + memory

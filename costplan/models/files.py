@@ -18,7 +18,7 @@ import torch
 
 from costplan.errors import CostplanError, close_names
 from costplan.models.saved import provenance
-from costplan.models.source import Instance, ModelSource
+from costplan.models.source import Instance, ModelSource, example_input
 
 Shape = tuple[int, ...]
 LoadSaved = Callable[..., torch.nn.Module]   # models.load_saved: rebuilds a file costplan.save wrote
@@ -30,8 +30,8 @@ def looks_like_file(spec: str) -> bool:
     return path.endswith(".py") or path.endswith(SAVED_SUFFIXES) or os.path.exists(path)
 
 
-def _zeros(shapes: Sequence[Shape], device: str) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.zeros(s, device=device) for s in shapes)
+def _inputs(shapes: Sequence[Shape], device: str) -> tuple[torch.Tensor, ...]:
+    return tuple(example_input(tuple(s), device) for s in shapes)
 
 
 def _split_example(result: object, spec: str) -> tuple[torch.nn.Module, object]:
@@ -101,7 +101,7 @@ def _load_saved(path: str, trust: bool, load_saved: LoadSaved) -> tuple[torch.nn
     if isinstance(obj, dict) and str(obj.get("costplan", "")).startswith("costplan-model/"):
         model = load_saved(path, trust_code=trust)    # a model costplan pruned: rebuilt, no pickle
         shapes = provenance(model).input  # type: ignore[union-attr]
-        return model, tuple(torch.zeros(s) for s in shapes) or None
+        return model, _inputs(shapes, "cpu") or None
     if isinstance(obj, dict):
         raise CostplanError(f"{path} holds weights only (a state_dict), not an architecture; give the "
                             "architecture as file.py:factory")
@@ -133,7 +133,7 @@ def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
         else:
             module, example = _load_saved(spec, trust, load_saved)
         if input_shapes:
-            return Instance(module, _zeros(input_shapes, device))
+            return Instance(module, _inputs(input_shapes, device))
         if example is None:
             raise CostplanError(f"{spec}: give the input shape with --input, e.g. --input 1x3x224x224")
         args, kwargs = _as_call(example)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from costplan.errors import CostplanError, close_names
-from costplan.models.source import Instance, ModelSource
+from costplan.models.source import Instance, ModelSource, example_input
 from costplan.phases import PHASES, Generation
 
 Shape = tuple[int, ...]
@@ -265,7 +265,7 @@ def source(name: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
         module = cls(config, **kwargs).eval().to(dtype)   # before the cache, which takes its dtype
         notes = tuple(n for n in [_route_experts(module)] if n)
         if arch is not None and arch.vision:
-            return Instance(module, (), {"pixel_values": torch.zeros(shape, device=device)}, notes=notes)
+            return Instance(module, (), {"pixel_values": example_input(shape, device)}, notes=notes)
         if len(shape) != 2:
             raise CostplanError(f"hf:{name} takes token ids of shape BATCHxSEQ, got {'x'.join(map(str, shape))}")
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
@@ -274,7 +274,7 @@ def source(name: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
         if limit and tokens > limit:
             raise CostplanError(f"hf:{name} handles at most {limit} positions; {tokens} tokens asked "
                                 f"({'--context + ' if phase and phase.context else ''}--seq-len) are more")
-        ids = torch.zeros(shape, dtype=torch.long, device=device)
+        ids = example_input(shape, device, below=text.vocab_size)
         if phase is None:
             return Instance(module, (), {"input_ids": ids}, notes=notes)
         if not is_causal_lm(module):

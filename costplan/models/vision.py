@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from costplan.models.source import Instance, ModelSource
+from costplan.models.source import Instance, ModelSource, example_input
 
 Shape = tuple[int, ...]
 
@@ -58,6 +58,6 @@ def source(name: str, shapes: tuple[Shape, ...]):
         import torchvision
 
         module = torchvision.models.get_model(name, weights=None, **_offline_kwargs(name))
-        return Instance(module.eval(), tuple(torch.zeros(s, device=device) for s in shapes))
+        return Instance(module.eval(), tuple(example_input(s, device) for s in shapes))
 
     return ModelSource(name, "torchvision", build)
