@@ -155,18 +155,28 @@ def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[
     return times
 
 
+# the reference workload's calls per turn: calibration timed it in blocks of about 4 ms (probes.reference_workload)
+REFERENCE_BLOCK = {"reference": 4}
+
+
 def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
-                     warmup: int = 1, warm: frozenset[str] = frozenset()) -> dict[str, list[float]]:
+                     warmup: int = 1, blocks: Mapping[str, int] | None = None) -> dict[str, list[float]]:
     """Seconds of each forward pass of each instance, ``repeat`` runs of each in turn for ``rounds``
     rounds after ``warmup`` untimed runs of each: a machine whose speed drifts weighs on all alike.
-    The instances named in ``warm`` run once untimed at each turn, as calibration times its probes
-    (a second call in a row, its weights in cache)."""
+    The instances named in ``blocks`` are timed as calibration times its probes: at each turn one
+    untimed call (a second call in a row, its weights in cache), then that many calls whose mean is
+    the round's one entry (a millisecond's single call scatters by 30% here, a block's mean by half that)."""
+    blocks = blocks or {}
     for instance in instances.values():
         time_forward(instance, repeat=0, warmup=warmup)
     runs: dict[str, list[float]] = {name: [] for name in instances}
     for _ in range(rounds):
         for name, instance in instances.items():
-            runs[name] += time_forward(instance, repeat=repeat, warmup=1 if name in warm else 0)
+            if name in blocks:
+                block = time_forward(instance, repeat=blocks[name], warmup=1)
+                runs[name].append(sum(block) / len(block))
+            else:
+                runs[name] += time_forward(instance, repeat=repeat, warmup=0)
     return runs
 
 
@@ -253,7 +263,7 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         timed = {"model": prepared.instance, **_reference(profile, device)}
         time_round_robin(timed, rounds=0, warmup=warmup)
         before_faults = minor_faults()
-        runs = time_round_robin(timed, rounds=repeat, warmup=0, warm=frozenset({"reference"}))
+        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks=REFERENCE_BLOCK)
         after_faults = minor_faults()
     faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, repeat)
     return _comparison(prepared, profile, runs["model"], faults, device, runs.get("reference", []), kept)
@@ -316,7 +326,7 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
         a = _prepare(first, profile, device, plan, dtype, repeat, **{**shared, "weights": weights})
         b = _prepare(second, profile, device, None, dtype, repeat, **shared)
         runs = time_round_robin({"a": a.instance, "b": b.instance, **_reference(profile, device)},
-                                rounds=repeat, warmup=warmup, warm=frozenset({"reference"}))
+                                rounds=repeat, warmup=warmup, blocks=REFERENCE_BLOCK)
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
     reference = runs.get("reference", [])
     return PairComparison(_comparison(a, profile, runs["a"], None, device, reference, kept),

@@ -111,6 +111,26 @@ def test_calibration_fit_recovers_known_parameters() -> None:
     assert fit_class(shapes, list(timed), memory, per_op=5e-6).strided == pytest.approx(0.8, rel=0.05)
 
 
+def test_a_class_fit_adds_the_weight_read_as_the_calibrated_profile_does() -> None:
+    """Calibrated profiles read each layer's weights before its math (weights_overlap = false); the
+    fit reads its timings the same way. Linear layers made by that model (60 GMAC/s, halves 8/16/16,
+    weights at 20 GB/s, 10 us fixed) are fitted back; fitted as if the read overlapped the math, the
+    rate came out low and every weight-heavy layer was then priced with its read twice."""
+    import numpy as np
+
+    from costplan.hardware.fitting import _memory_seconds, fit_class, weight_seconds
+    from costplan.hardware.probes import sample_shapes
+
+    shapes = sample_shapes("gemm", 48, seed=5)
+    act = _memory_seconds(shapes, 20e9, 40e9, 32e6, weights=False)
+    first = weight_seconds(shapes, 20e9)
+    u = np.array([s.rows / (s.rows + 8) * s.outputs / (s.outputs + 16) * s.reduction / (s.reduction + 16) for s in shapes])
+    seconds = np.maximum(np.array([s.macs for s in shapes]) / (60e9 * u), act) + first + 5e-6 + 10e-6
+    fit = fit_class(shapes, list(seconds), act, per_op=5e-6, weights_first_s=first)
+    assert fit.rate == pytest.approx(60e9, rel=0.05) and fit.median_error < 0.03
+    assert fit.half_dims == pytest.approx((8, 16, 16), rel=0.25)   # overlapped, the rows' half came out 19
+
+
 def test_recurrent_fit_tells_a_cost_per_call_from_a_cost_per_step() -> None:
     """LSTM calls made by the model (rate 60 GMAC/s, halves 8/100/50, 5 us per step, 300 us per call
     on top of what the other fits price once) over calibration's 10, 20 and 50 steps: the fit finds

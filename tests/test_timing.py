@@ -155,3 +155,27 @@ def test_models_are_timed_on_inputs_that_look_like_data() -> None:
     ids = instantiate(resolve("hf:gpt2", seq_len=64), "cpu").kwargs["input_ids"]
     assert ids.dtype == torch.long and 0 <= int(ids.min()) and int(ids.max()) < 50257 and len(ids.unique()) > 32
     assert instantiate(resolve("resnet18"), "meta").args[0].is_meta
+
+
+def test_the_reference_is_timed_in_blocks_as_calibration_timed_it() -> None:
+    """measure times the calibration's reference workload as calibrate did, a block of calls after
+    an untimed one, one mean per round (a lone millisecond call scattered 30% here): 1 warm-up, then
+    per round 1 untimed and 4 timed calls; the model beside it, one timed call per round."""
+    import torch
+
+    from costplan.measure import REFERENCE_BLOCK, time_round_robin
+    from costplan.models.source import Instance
+
+    class Counting(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return x + 1
+
+    ref, model = Counting(), Counting()
+    runs = time_round_robin({"model": Instance(model, (torch.ones(2),)), "reference": Instance(ref, (torch.ones(2),))},
+                            rounds=3, blocks=REFERENCE_BLOCK)
+    assert REFERENCE_BLOCK == {"reference": 4}
+    assert (ref.calls, len(runs["reference"])) == (1 + 3 * (1 + 4), 3)
+    assert (model.calls, len(runs["model"])) == (1 + 3, 3)

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 import torch
 
 from costplan.errors import CostplanError
-from costplan.hardware.fitting import ClassFit, _memory_seconds, _onchip, fit_class, fit_linear, fit_recurrent, fit_saturation
+from costplan.hardware.fitting import (
+    ClassFit,
+    _memory_seconds,
+    _onchip,
+    fit_class,
+    fit_linear,
+    fit_recurrent,
+    fit_saturation,
+    weight_seconds,
+)
 from costplan.hardware.probes import (
     CHAIN,
     FRESH_OUTPUT_BYTES,
@@ -237,8 +246,10 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     onchip_bytes = cache_bytes()
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
-        memory = _memory_seconds(kind_shapes, dram, onchip, onchip_bytes)
-        fits[kind] = fit_class(kind_shapes, [t for _, t in samples[kind]], memory, per_op)
+        # the profile adds each layer's weight read before its math (weights_overlap = false): fitted so
+        memory = _memory_seconds(kind_shapes, dram, onchip, onchip_bytes, weights=False)
+        fits[kind] = fit_class(kind_shapes, [t for _, t in samples[kind]], memory, per_op,
+                               weights_first_s=weight_seconds(kind_shapes, dram))
     _, half_gemm = fit_saturation([(m, m / t) for m, t in samples["gemm"]])
 
     def calibration_of(fits: dict[str, ClassFit]) -> Calibration:

@@ -50,25 +50,37 @@ def fit_saturation(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return float(fit.x[0]), float(fit.x[1])
 
 
-def _memory_seconds(shapes: Sequence[Shape | AttentionShape], bandwidth: float, onchip_bandwidth: float, onchip_bytes: float) -> np.ndarray:
-    """Weights from DRAM, activations in cache or DRAM: the roofline's memory side for each sampled shape."""
+def _memory_seconds(shapes: Sequence[Shape | AttentionShape], bandwidth: float, onchip_bandwidth: float, onchip_bytes: float,
+                    weights: bool = True) -> np.ndarray:
+    """Weights from DRAM (unless ``weights`` is False), activations in cache or DRAM: the roofline's
+    memory side for each sampled shape."""
     def activation(nbytes: float) -> float:
         return activation_cost(nbytes, bandwidth, onchip_bytes, onchip_bandwidth)[0]
-    return np.array([s.weight_bytes / bandwidth + sum(map(activation, s.activation_bytes)) for s in shapes])
+    return np.array([weights * s.weight_bytes / bandwidth + sum(map(activation, s.activation_bytes)) for s in shapes])
 
 
-def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], memory_s: np.ndarray, per_op: float) -> ClassFit:
+def weight_seconds(shapes: Sequence[Shape | AttentionShape], bandwidth: float) -> np.ndarray:
+    """Each sampled shape's weights read from DRAM, seconds."""
+    return np.array([s.weight_bytes / bandwidth for s in shapes], dtype=float)
+
+
+def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], memory_s: np.ndarray, per_op: float,
+              weights_first_s: np.ndarray | None = None) -> ClassFit:
     """Fit :class:`ClassFit` to timed shapes on log time, weighted by the square root of time, with a
-    soft-L1 loss: one shape timed while the machine was busy does not drag the whole fit."""
+    soft-L1 loss: one shape timed while the machine was busy does not drag the whole fit.
+    ``weights_first_s``: the weights' DRAM read, added before the math as the roofline adds it where
+    a profile's weights do not overlap (``weights_overlap = false``, every calibrated CPU); without it
+    the weights are in ``memory_s``, overlapped."""
+    first = np.zeros(len(shapes)) if weights_first_s is None else np.asarray(weights_first_s, dtype=float)
     macs = np.array([s.macs for s in shapes], dtype=float)
     dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
     strided = np.array([getattr(s, "stride", 1) > 1 for s in shapes])
     measured = np.array(seconds)
-    top = float((macs / measured).max())
+    top = float((macs / np.maximum(measured - first, 1e-9)).max())
 
     def predict(p: np.ndarray) -> np.ndarray:
         u = np.prod(dims / (dims + p[1:4]), axis=1) * np.where(strided, p[5], 1.0)
-        return np.maximum(macs / (p[0] * top * u), memory_s) + per_op + p[4] * 1e-6
+        return np.maximum(macs / (p[0] * top * u), memory_s) + first + per_op + p[4] * 1e-6
 
     # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
     # relative error matters less than a 3 ms one's. Strided convolutions read their input with
