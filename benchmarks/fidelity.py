@@ -64,6 +64,11 @@ def zoo_instances(batches: list[int]) -> dict[str, Instance]:
     return out
 
 
+# a row whose reference workload ran further than this from its calibrated time is marked: the
+# machine, not the model, may account for its error
+STEADY = 0.15
+
+
 def _short(spec: str) -> str:
     return spec.rpartition(":")[2] if ".py:" in spec else spec
 
@@ -89,12 +94,14 @@ def separate_table(rows: dict[str, dict]) -> None:
     print("\n1b. as a user times: `costplan measure` in a process of its own per model (ms)")
     print(f"  {'model':22s} {'batch':>5s} {'predicted':>10s} {'measured':>10s} {'error':>8s} {'speed':>6s} "
           f"{'adjusted':>9s}  worst layer over 5% of the time, per kind")
-    errors, adjusted = [], []
+    errors, adjusted, steady = [], [], []
     for key, d in rows.items():
         spec, batch = key.rsplit(" b", 1)
         errors.append(abs(d["error"]))
         if d["adjusted_error"] is not None:
             adjusted.append(abs(d["adjusted_error"]))
+        if d["reference_ratio"] is not None and abs(d["reference_ratio"] - 1) <= STEADY:
+            steady.append(abs(d["error"]))
         total = sum(l["measured_ms"] for l in d["layers"]) or 1.0
         worst: dict[str, tuple[float, str]] = {}
         for l in d["layers"]:
@@ -103,11 +110,15 @@ def separate_table(rows: dict[str, dict]) -> None:
                 if abs(e) > abs(worst.get(l["kind"], (0.0, ""))[0]):
                     worst[l["kind"]] = (e, l["name"])
         worst_text = ", ".join(f"{k} {e:+.0%}" for k, (e, _) in sorted(worst.items(), key=lambda kv: -abs(kv[1][0])))
-        speed = "-" if d["reference_ratio"] is None else f"{d['reference_ratio']:.2f}"
+        speed = "-" if d["reference_ratio"] is None else f"{d['reference_ratio']:.2f}" + (
+            "" if abs(d["reference_ratio"] - 1) <= STEADY else "*")
         adj = "-" if d["adjusted_error"] is None else f"{d['adjusted_error']:+.1%}"
         print(f"  {_short(spec):22s} {int(batch):5d} {d['predicted_ms']:10.2f} {d['measured_ms']:10.2f} "
               f"{d['error']:+8.1%} {speed:>6s} {adj:>9s}  {worst_text}")
-    for label, values in (("as measured", errors), ("scaled by the machine's speed", adjusted)):
+    print(f"  * the machine ran more than {STEADY:.0%} off its calibrated speed (the reference workload's time "
+          "against calibration's): that row's error is the machine's as much as the model's")
+    for label, values in (("as measured", errors), ("scaled by the machine's speed", adjusted),
+                          (f"rows timed within {STEADY:.0%} of the calibrated speed, as measured", steady)):
         if values:
             print(f"  {label}: median |error| {statistics.median(values):.1%} (goal <= 10%); within 20%: "
                   f"{sum(e <= 0.2 for e in values) / len(values):.0%}, within 25%: "
