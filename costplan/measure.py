@@ -237,7 +237,7 @@ def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], fault
                 device: str, reference: list[float], kept: bool) -> Comparison:
     """``kept``: whether this process set glibc to keep freed memory (it may have failed to)."""
     layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
-                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, cost_kind(l))
+                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, cost_kind(l, profile))
                    for l in p.graph.layers)
     return Comparison(model=p.name, hardware=profile.name, input_shapes=p.graph.inputs.shapes,
                       predicted_ms=p.estimate.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,

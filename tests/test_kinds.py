@@ -178,3 +178,32 @@ def test_a_1d_max_pool_is_priced_as_the_1d_kernel_that_runs() -> None:
     assert kind(torch.nn.MaxPool2d(2), "1x64x28x28") == "pooling"
     assert kind(torch.nn.AvgPool1d(2), "8x64x100") == "pooling"
     assert kind(torch.nn.AdaptiveAvgPool2d(1), "1x64x7x7") == "reduction"
+
+
+def test_a_linear_layer_whose_weights_overflow_the_cache_is_priced_by_its_own_fit() -> None:
+    """GPT-2's vocabulary head (768 x 50,257: 154 MB) streams its weights from DRAM as it computes
+    (45 GMAC/s here at 128 rows against 72 for a 9 MB weight; priced as other linear layers, it was
+    40% fast): on a calibrated CPU it is 'gemm_dram', at its own efficiency; pruned to 4,096 outputs,
+    or a 768 x 4096 layer, it fits half a 32 MB cache; on a GPU it stays 'gemm'. A profile calibrated
+    without the class names its share of the time."""
+    from costplan.hardware import load_profile
+    from costplan.hardware.roofline import cost_kind, priced_class
+
+    head_graph, head = _layer(torch.nn.Linear(768, 50257, bias=False), torch.randn(128, 768))
+    _, small = _layer(torch.nn.Linear(768, 4096, bias=False), torch.randn(128, 768))
+    fitted = parse_profile({**TOY, "kind": "cpu", "memory": {**TOY["memory"], "onchip_mb": 32.0},
+                            "calibrated": ["gemm", "gemm_dram"],
+                            "efficiency": {**TOY["efficiency"], "gemm": 0.5, "gemm_dram": 0.25}}, "fitted")
+    assert priced_class(head, fitted) == "gemm_dram" == cost_kind(head, fitted)
+    assert priced_class(small, fitted) == "gemm" and priced_class(head, load_profile("a100")) == "gemm"
+    assert priced_class(head, fitted, weight_bytes=768 * 4096 * 4.0) == "gemm"
+    dense = layer_latency(head, apply_plan(head_graph, None)[head.name], fitted, "float32")
+    as_gemm = layer_latency(head, apply_plan(head_graph, None)[head.name],
+                            parse_profile({**TOY, "kind": "cpu", "memory": {**TOY["memory"], "onchip_mb": 1e6},
+                                           "calibrated": ["gemm"], "efficiency": {**TOY["efficiency"], "gemm": 0.5}},
+                                          "big cache"), "float32")
+    assert dense.compute_s == pytest.approx(2 * as_gemm.compute_s, rel=1e-6)
+    older = parse_profile({**TOY, "kind": "cpu", "memory": {**TOY["memory"], "onchip_mb": 32.0},
+                           "calibrated": ["gemm"]}, "older")
+    (warning,) = estimate(head_graph, older, apply_plan(head_graph, None)).warnings
+    assert "linear layer whose weights overflow the cache" in warning and "100%" in warning

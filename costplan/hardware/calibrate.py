@@ -33,6 +33,7 @@ from costplan.hardware.probes import (
     FRESH_OUTPUT_BYTES,
     _cpu_name,
     _probes,
+    dram_weight_shapes,
     gather_shapes,
     attention_shapes,
     cache_bytes,
@@ -42,7 +43,7 @@ from costplan.hardware.probes import (
     recurrent_shapes,
     sample_shapes,
 )
-from costplan.hardware.roofline import recurrent_cost
+from costplan.hardware.roofline import overflows_cache, recurrent_cost
 from costplan.hardware.opclass import RECURRENT
 from costplan.hardware.profile import (HardwareProfile, SparsitySupport, following_leaders, half_util_by_class,
                                        parse_profile)
@@ -232,8 +233,13 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
 def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping[str, Instance],
                load_limit: float, strict: bool) -> Calibration:
     kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
+    onchip_bytes = cache_bytes()
     shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i)
               for i, kind in enumerate(SAMPLED)}
+    # linear layers are fitted as the roofline prices them: those whose weights overflow the cache apart
+    drawn = shapes["gemm"] + dram_weight_shapes(8 if quick else 16, onchip_bytes, seed)
+    shapes["gemm"] = [s for s in drawn if not overflows_cache(s.weight_bytes, onchip_bytes)]
+    shapes["gemm_dram"] = [s for s in drawn if overflows_cache(s.weight_bytes, onchip_bytes)]
     rnns = recurrent_shapes(15 if quick else 45, seed)
     with torch.inference_mode():
         probes = {**_probes(shapes, quick, kept, rnns), **check_probes(check)}
@@ -243,7 +249,6 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
         samples.setdefault(kind, []).append((size, timings[key].seconds / divisor))
     per_op = samples["overhead"][0][1]
     dram, onchip, fixed, rated, first_touch_bw = _memory_rates(samples, per_op, quick)
-    onchip_bytes = cache_bytes()
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
         # the profile adds each layer's weight read before its math (weights_overlap = false): fitted so
@@ -385,7 +390,8 @@ def _notes(c: Calibration) -> dict[str, str]:
         "memory.gather_gbs": "embedding lookups, rows read and written (+ per_class_us.gather)",
         "memory.fresh_output_mb": "outputs over 32 MiB: glibc maps fresh pages for them on every call",
         "memory.first_touch_gbs": "faulting those pages in: a fresh 48 MiB fill less a reused one",
-        "efficiency.gemm": fit("gemm", "linear layers"), "efficiency.conv": fit("conv", "3x3 convolutions"),
+        "efficiency.gemm": fit("gemm", "linear layers"),
+        "efficiency.gemm_dram": fit("gemm_dram", "linear layers whose weights overflow half the cache"), "efficiency.conv": fit("conv", "3x3 convolutions"),
         "efficiency.pointwise": fit("pointwise", "1x1 convolutions"),
         "efficiency.depthwise": fit("depthwise", "depthwise convolutions"),
         "efficiency.attention": fit("attention", "fused scaled-dot-product attention"),

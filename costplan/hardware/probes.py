@@ -271,6 +271,20 @@ def recurrent_shapes(count: int, seed: int = 0) -> list[RecurrentShape]:
     return out
 
 
+def dram_weight_shapes(count: int, onchip_bytes: float, seed: int = 0) -> list[Shape]:
+    """``count`` linear layers whose float32 weights fill 0.75 to 2 caches (seeded): vocabulary
+    heads, LLM projections, VGG's classifier; 768 to 4096 inputs, 1 to 512 rows, at most 2 GMACs."""
+    rng = np.random.default_rng(seed)
+    out: list[Shape] = []
+    while len(out) < count:
+        cin = int(rng.choice((768, 1024, 2048, 4096)))
+        cout = max(8, round(onchip_bytes * 2 ** rng.uniform(-0.4, 1.0) / (4 * cin) / 8) * 8)
+        shape = Shape("gemm", cin, cout, int(rng.choice((1, 4, 16, 64, 128, 256, 512))))
+        if shape.macs <= 2e9:
+            out.append(shape)
+    return out
+
+
 def gather_shapes(quick: bool) -> tuple[tuple[int, int, int, int], ...]:
     """The embedding lookups calibration times (:data:`GATHER_SHAPES`; every other one when quick)."""
     return GATHER_SHAPES[::2] if quick else GATHER_SHAPES
