@@ -72,28 +72,8 @@ def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], me
     a profile's weights do not overlap (``weights_overlap = false``, every calibrated CPU); without it
     the weights are in ``memory_s``, overlapped."""
     first = np.zeros(len(shapes)) if weights_first_s is None else np.asarray(weights_first_s, dtype=float)
-    macs = np.array([s.macs for s in shapes], dtype=float)
-    dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
     strided = np.array([getattr(s, "stride", 1) > 1 for s in shapes])
-    measured = np.array(seconds)
-    top = float((macs / np.maximum(measured - first, 1e-9)).max())
-
-    def predict(p: np.ndarray) -> np.ndarray:
-        u = np.prod(dims / (dims + p[1:4]), axis=1) * np.where(strided, p[5], 1.0)
-        return np.maximum(macs / (p[0] * top * u), memory_s) + first + per_op + p[4] * 1e-6
-
-    # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
-    # relative error matters less than a 3 ms one's. Strided convolutions read their input with
-    # gaps and run slower per MAC (fitted here at 0.81-0.86 of the rate, beside the cost per call):
-    # their own factor, or stride-1 layers (most of a ResNet) are predicted slow by the blend of the two.
-    weight = np.sqrt(measured / np.median(measured))
-    high = 1.5 if strided.any() else 1.0 + 1e-9
-    fit = least_squares(lambda p: weight * np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0),
-                        loss="soft_l1", f_scale=0.1, bounds=([0.3, 0, 0, 0, 0, 0.3], [5.0, 1e5, 1e4, 1e4, 1e3, high]))
-    error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
-    rows, outputs, reduction = (float(v) for v in fit.x[1:4])
-    return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error,
-                    float(fit.x[5]) if strided.any() else 1.0)
+    return _fit(shapes, seconds, memory_s, first + per_op, np.ones(len(shapes)), strided, per_call=False)
 
 
 def fit_recurrent(shapes: Sequence[RecurrentShape], seconds: Sequence[float], once_s: Sequence[float],
@@ -104,23 +84,38 @@ def fit_recurrent(shapes: Sequence[RecurrentShape], seconds: Sequence[float], on
     (dispatch, the input projection, weights and sequence). Probes of 10, 20 and 50 steps tell the two
     fixed costs apart: oneDNN sets its LSTM primitive up on every call (about 0.3 ms on 2 EPYC cores),
     which a per-step figure alone took as 6-30 us more per step, mispricing held-out calls by 30-70%."""
+    return _fit(shapes, seconds, memory_s, np.asarray(once_s, dtype=float),
+                np.array([s.steps for s in shapes], dtype=float), np.zeros(len(shapes), dtype=bool), per_call=True)
+
+
+def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Sequence[float], memory_s: np.ndarray,
+         base_s: np.ndarray, repeats: np.ndarray, strided: np.ndarray, per_call: bool) -> ClassFit:
+    """The one fit behind :func:`fit_class` and :func:`fit_recurrent`: ``seconds = base_s + call_s +
+    repeats x (max(MACs / (rate x utilisation), memory_s) + fixed_s)``, utilisation the product of d / (d
+    + half) over the GEMM dimensions, times the strided factor where ``strided``; ``call_s`` is fitted
+    only with ``per_call`` and the strided factor only where some shape is strided."""
     macs = np.array([s.macs for s in shapes], dtype=float)
     dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
-    steps = np.array([s.steps for s in shapes], dtype=float)
-    measured, once = np.array(seconds), np.array(once_s)
-    top = float((macs * steps / np.maximum(measured - once, 1e-9)).max())
+    measured = np.array(seconds, dtype=float)
+    top = float((macs * repeats / np.maximum(measured - base_s, 1e-9)).max())
 
     def predict(p: np.ndarray) -> np.ndarray:
-        u = np.prod(dims / (dims + p[1:4]), axis=1)
-        return once + p[5] * 1e-6 + steps * (np.maximum(macs / (p[0] * top * u), memory_s) + p[4] * 1e-6)
+        u = np.prod(dims / (dims + p[1:4]), axis=1) * np.where(strided, p[5], 1.0)
+        return base_s + p[6] * 1e-6 + repeats * (np.maximum(macs / (p[0] * top * u), memory_s) + p[4] * 1e-6)
 
+    # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
+    # relative error matters less than a 3 ms one's. Strided convolutions read their input with
+    # gaps and run slower per MAC (fitted here at 0.81-0.86 of the rate, beside the cost per call):
+    # their own factor, or stride-1 layers (most of a ResNet) are predicted slow by the blend of the two.
     weight = np.sqrt(measured / np.median(measured))
-    fit = least_squares(lambda p: weight * np.log(predict(p) / measured), x0=(1.0, 16.0, 16.0, 16.0, 5.0, 50.0),
-                        loss="soft_l1", f_scale=0.1, bounds=([0.3, 0, 0, 0, 0, 0], [5.0, 1e5, 1e4, 1e4, 1e3, 1e4]))
+    high = 1.5 if strided.any() else 1.0 + 1e-9
+    fit = least_squares(lambda p: weight * np.log(predict(p) / measured),
+                        x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0, 50.0 if per_call else 0.0), loss="soft_l1", f_scale=0.1,
+                        bounds=([0.3, 0, 0, 0, 0, 0.3, 0], [5.0, 1e5, 1e4, 1e4, 1e3, high, 1e4 if per_call else 1e-9]))
     error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
     rows, outputs, reduction = (float(v) for v in fit.x[1:4])
     return ClassFit(float(fit.x[0]) * top, (rows, outputs, reduction), float(fit.x[4]) * 1e-6, error,
-                    call_s=float(fit.x[5]) * 1e-6)
+                    float(fit.x[5]) if strided.any() else 1.0, float(fit.x[6]) * 1e-6 if per_call else 0.0)
 
 
 def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:
