@@ -17,6 +17,7 @@ from costplan.hardware import Estimate, HardwareProfile, estimate, list_profiles
 from costplan.hardware.profile import profile_fields
 from costplan.coerce import as_plan, as_profile, as_shapes, canonical_dtype, traced_dtype, writable
 from costplan.models import Instance, ModelSource, instantiate, resolve
+from costplan.models.source import example_input
 from costplan.models.saved import provenance
 from costplan.atomic import write_atomic
 from costplan.planfile import SWEEP_FORMAT, Plan, load_plan, save_plan
@@ -80,8 +81,8 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
     """Trace ``model`` into a :class:`LayerGraph`.
 
     ``model`` is a spec string (``resnet50``, ``hf:bert-base``, ``file.py:factory``, a saved file) or
-    an ``nn.Module``, which is called with ``example_inputs`` or zeros of ``input``'s shape and is
-    not modified. Spec models are built on the meta device when possible (no weights allocated).
+    an ``nn.Module``, which is called with ``example_inputs`` or seeded noise of ``input``'s shape
+    (:func:`costplan.models.source.example_input`) and is not modified. Spec models are built on the meta device when possible (no weights allocated).
     ``phase`` ('prefill' or 'decode') traces an ``hf:`` causal LM's generation pass with a KV cache
     holding ``context`` tokens (decode: one new token per sequence; prefill: ``seq_len`` of them).
     """
@@ -91,7 +92,7 @@ def load_graph(model: ModelLike, *, input: str | Sequence | None = None, batch: 
             if shapes is None:
                 raise CostplanError("give example_inputs or input= (a shape) to trace a module")
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            example_inputs = tuple(torch.zeros(s, device=device) for s in shapes)
+            example_inputs = tuple(example_input(s, device) for s in shapes)
         graph = trace(model, tuple(example_inputs), name=type(model).__name__)
         pruned = provenance(model)
         if pruned is not None:    # a model costplan pruned: what was done to it

@@ -381,18 +381,12 @@ def _strided(eff: Fields) -> dict[str, float]:
     return {key: table.number(key, positive=True, high=2.0) for key in table.data}
 
 
-def _scale(attr: str) -> float:
-    return next(scale for _, a, scale in CLASS_TABLES if a == attr)
-
-
-def _per_class(overhead: Fields) -> dict[str, float]:
-    table = _class_table(overhead, "per_class_us", COST_KINDS)
-    return {key: table.number(key) * _scale("per_class_s") for key in table.data}
-
-
-def _per_call(overhead: Fields) -> dict[str, float]:
-    table = _class_table(overhead, "per_call_us", RECURRENT)
-    return {key: table.number(key) * _scale("per_call_s") for key in table.data}
+def _fixed_costs(overhead: Fields, attr: str, allowed: tuple[str, ...]) -> dict[str, float]:
+    """An ``[overhead]`` table of fixed costs (``per_class_us``, ``per_call_us``: the schema's
+    CLASS_TABLES entry for ``attr``), in seconds."""
+    key, scale = next((k.rpartition(".")[2], scale) for k, a, scale in CLASS_TABLES if a == attr)
+    table = _class_table(overhead, key, allowed)
+    return {name: table.number(name) * scale for name in table.data}
 
 
 def _rated(memory: Fields) -> dict[str, float]:
@@ -470,7 +464,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
         half_util_dims=half_util_dims,
         strided=_strided(eff),
-        per_class_s=_per_class(overhead), per_call_s=_per_call(overhead),
+        per_class_s=_fixed_costs(overhead, "per_class_s", COST_KINDS),
+        per_call_s=_fixed_costs(overhead, "per_call_s", RECURRENT),
         rated_bandwidth=rated, calibrated=_calibrated(f, half_util_dims, rated),
         source=where,
         runtime=runtime, runtimes=_runtimes(f), weight_only_memory=_weight_only_memory(eff),

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 import torch
 
 
-def example_input(shape: tuple[int, ...], device: str, *, below: int | None = None) -> torch.Tensor:
+def example_input(shape: tuple[int, ...], device: str | torch.device, *, below: int | None = None) -> torch.Tensor:
     """An input of ``shape`` that looks like data (seeded, the same every build): standard normal
     floats, or token ids uniform in ``[0, below)``. Not zeros: kernels branch on values, and a network
     fed zeros carries constant maps (a max-pool over one ran 2x as fast here as over ReLU'd data), so
     timing it measures a path real inputs never take. On the meta device, only the shape."""
     dtype = torch.float32 if below is None else torch.long
-    if device == "meta":
+    if torch.device(device).type == "meta":
         return torch.empty(shape, dtype=dtype, device="meta")
     generator = torch.Generator().manual_seed(0)
     data = torch.randn(shape, generator=generator) if below is None else torch.randint(0, below, shape, generator=generator)
