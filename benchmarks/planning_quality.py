@@ -6,11 +6,16 @@
 MNIST-1D (``mnist1d.data.make_dataset``: 15,000 one-dimensional digit signals generated locally, with
 more noise than the default; 12,000 to train, 3,000 to test), a 1-D ResNet (stem and 3 stages of 2
 residual blocks, 32/64/128 channels) trained from scratch to about 94%, deployed at batch 64 on this
-CPU (calibrated first). At budgets of 60% and 40% of the dense model's measured latency:
+CPU (calibrated first, with the dense model timed among the calibration's probes, so that its
+prediction error is read apart from the machine's drift). At budgets of 60% and 40% of the dense
+model's measured latency:
 
 - costplan: the planner's channel plan for the calibrated CPU, importance by the sensitivity scan
   (loss increase per group and level on 4 calibration batches of 64), planned at the speedup
-  1/budget, measured, and re-planned with the cost model's miss divided out (at most twice);
+  1/budget, measured, and re-planned with the cost model's miss divided out (at most twice); where
+  the budget stays out of reach, the plan that measured fastest, then up to two plans asking 8% less
+  kept while they measure within 3% as fast (near its floor the planner prunes every group as far as
+  allowed, whatever its importance);
 - costplan-magnitude, costplan-taylor: the same planner at the same predicted speedup with
   weight-magnitude and Taylor importance;
 - uniform: one channel ratio for every prunable group;
@@ -206,13 +211,22 @@ def main() -> None:
     dense = train_dense(xtr, ytr, args.epochs)
     dense_acc = accuracy(dense, xte, yte)
     print(f"MNIST-1D: {len(ytr)} train, {len(yte)} test; dense Net1d test accuracy {dense_acc:.2%} {clock()}", flush=True)
-    profile = load_profile(args.hw) if args.hw else calibrate(progress=False).profile()
+    # the dense model is timed among the calibration's probes as well (a held-out check): its error
+    # there is the model's, free of the drift between calibrating and timing it afterwards
+    in_rounds = None
+    if args.hw:
+        profile = load_profile(args.hw)
+    else:
+        calibration = calibrate(progress=False, check={"dense": Instance(dense, (torch.randn(BATCH, 1, LENGTH),))})
+        profile, in_rounds = calibration.profile(), calibration.quality.check["dense"]
     graph = costplan.load_graph(dense, input=INPUT)
     calib = [(xtr[i:i + BATCH], ytr[i:i + BATCH]) for i in range(0, CALIBRATION * BATCH, BATCH)]
     dense_ms = timed({"dense": dense})["dense"]
     predicted_dense = costplan.estimate_latency(graph, profile).latency_s * 1e3
-    print(f"dense at batch {BATCH}: measured {dense_ms:.2f} ms, predicted {predicted_dense:.2f} ms on "
-          f"{profile.name}; {graph.total_macs / 1e6:.1f} MMACs {clock()}\n", flush=True)
+    print(f"dense at batch {BATCH}: predicted {predicted_dense:.2f} ms on {profile.name}; measured {dense_ms:.2f} ms "
+          f"now ({predicted_dense / dense_ms - 1:+.1%})"
+          + (f", {in_rounds[1] * 1e3:.2f} ms in the calibration's rounds ({in_rounds[0] / in_rounds[1] - 1:+.1%})"
+             if in_rounds else "") + f"; {graph.total_macs / 1e6:.1f} MMACs {clock()}\n", flush=True)
 
     runs, table, planning_s = [], [], {}
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -221,30 +235,49 @@ def main() -> None:
     for fraction in budgets:
         # the budget is measured: plan at the speedup, measure the pruned model, and re-plan with the
         # cost model's miss divided out (at most twice), as a user checking with `costplan measure` would
-        asked, pruned, predicted = 1 / fraction, {}, {}
-        attempt = 0
-        while attempt < 3:
+        target, tries = 1 / fraction, []
+        asked = target
+
+        def attempt(asked: float) -> dict | None:
+            """Plan at ``asked`` (predicted speedup), prune and measure; None past the planner's floor."""
             t0 = time.perf_counter()
             try:
                 result = costplan.plan(dense, input=INPUT, budget=f"{asked:.4f}x", hw=profile, patterns="channel",
                                        data=calib)
-            except costplan.CostplanError as exc:   # past what channel pruning can reach
+            except costplan.CostplanError as exc:
                 print(f"  asked {asked:.2f}x: {str(exc).split(';')[0]}")
-                if fraction in asked_for:           # keep the last plan
-                    asked = asked_for[fraction]
+                return None
+            seconds = time.perf_counter() - t0
+            model = prune_plan(dense, result.plan, graph)
+            got = 1 / ratio_to(model, dense)
+            near = any("lowest latency" in w for w in result.warnings)
+            print(f"  budget {fraction:.0%}: planned {asked:.2f}x (predicted), measured {got:.2f}x"
+                  f"{' (near the planner floor)' if near else ''} {clock()}", flush=True)
+            return {"asked": asked, "got": got, "model": model, "predicted": result.latency_s * 1e3, "seconds": seconds}
+
+        while len(tries) < 3:
+            tried = attempt(asked)
+            if tried is None:
+                if tries:                    # past what channel pruning can reach: keep what was measured
                     break
-                asked *= 0.95                       # none yet: come down to what can be reached
+                asked *= 0.95                # none yet: come down to what can be reached
                 continue
-            attempt += 1
-            planning_s[(fraction, "costplan")] = time.perf_counter() - t0
-            pruned["costplan"], predicted["costplan"], asked_for[fraction] = \
-                prune_plan(dense, result.plan, graph), result.latency_s * 1e3, asked
-            got = 1 / ratio_to(pruned["costplan"], dense)
-            print(f"  budget {fraction:.0%}: planned {asked:.2f}x (predicted), measured {got:.2f}x {clock()}", flush=True)
-            if got >= 0.97 / fraction:
+            tries.append(tried)
+            if tried["got"] >= 0.97 * target:
                 break
-            asked *= 1 / fraction / got
-        asked = asked_for[fraction]
+            asked *= target / tried["got"]
+        kept = max(tries, key=lambda t: t["got"]) if tries[-1]["got"] < 0.97 * target else tries[-1]
+        # short of the budget, the fastest plan measured may sit at the planner's floor, where importance
+        # no longer chooses; a user would try less pruning for the same measured speed, as here (twice)
+        if kept["got"] < 0.97 * target:
+            for _ in range(2):
+                tried = attempt(kept["asked"] * 0.92)
+                if tried is None or tried["got"] < 0.97 * kept["got"]:
+                    break
+                kept = tried
+        asked, asked_for[fraction] = kept["asked"], kept["asked"]
+        pruned, predicted = {"costplan": kept["model"]}, {"costplan": kept["predicted"]}
+        planning_s[(fraction, "costplan")] = kept["seconds"]
         for method, importance in (("costplan-magnitude", "magnitude"), ("costplan-taylor", "taylor")):
             t0 = time.perf_counter()
             result = costplan.plan(dense, input=INPUT, budget=f"{asked:.4f}x", hw=profile, patterns="channel",

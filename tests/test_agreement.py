@@ -55,7 +55,8 @@ def test_solver_plans_agree(name: str) -> None:
     importance = importance_for(graph, model, "magnitude", None, None, {})
     for budget in budgets(name):
         result = costplan.plan(graph, budget=f"{budget}ms", hw="cpu-xeon", importance=importance, levels=8)
-        assert result.plan.layers and not result.warnings
+        # the budgets sit close above the floor, where the planner says so; no other warning
+        assert result.plan.layers and all("of the lowest latency" in w for w in result.warnings)
         assert check(name, result.plan) == "agreed"
 
 

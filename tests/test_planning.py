@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -356,3 +357,19 @@ def test_the_plan_table_lists_every_layer_whose_time_it_changes(resnet50_graph) 
     assert readers and all(r.sparsity is None and r.after_ms < r.before_ms for r in readers)
     assert set(result.plan.layers) <= set(rows)
     assert result.plan.to_dict()["importance"] == "gaussian"
+
+
+def test_a_budget_just_above_the_floor_warns_that_importance_no_longer_chooses() -> None:
+    graph = graph_of("resnet18")
+    with pytest.raises(CostplanError) as unreachable:
+        costplan.plan(graph, budget="0.01ms", hw="rtx3090", patterns="channel", importance="gaussian")
+    floor_ms = float(re.search(r"lowest latency reachable .* is (\d+\.\d+) ms", str(unreachable.value)).group(1))
+
+    def near_floor(ms: float) -> list[str]:
+        result = costplan.plan(graph, budget=f"{ms:.4f}ms", hw="rtx3090", patterns="channel", importance="gaussian")
+        return [w for w in result.warnings if "of the lowest latency" in w]
+
+    [warning] = near_floor(floor_ms * 1.02)
+    same, groups = map(int, re.search(r"(\d+) of (\d+) groups are pruned as in that fastest plan", warning).groups())
+    assert same >= groups / 2                   # near the floor most groups are cut as in the fastest plan
+    assert near_floor(floor_ms * 1.10) == []    # with room to choose, no warning
