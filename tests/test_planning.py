@@ -331,6 +331,27 @@ def test_channel_levels_keep_multiples_of_the_device_tile() -> None:
     assert aligned_ratios(8, ratios, 8) == []        # one tile: nothing to remove in whole tiles
 
 
+def test_cpu_channel_levels_add_half_a_tile_where_the_largest_ratio_reaches_it() -> None:
+    ratios = [0.1 * i for i in range(1, 10)]
+    kept = lambda aligned, width: sorted(round(width * (1 - r)) for r in aligned)  # noqa: E731
+    assert kept(aligned_ratios(32, ratios, 16, half_tile=True), 32) == [8, 16]
+    assert kept(aligned_ratios(32, ratios, 16), 32) == [16]
+    assert kept(aligned_ratios(32, ratios[:7], 16, half_tile=True), 32) == [16]   # 0.7 keeps 9.6: no half tile
+    assert kept(aligned_ratios(16, ratios, 16, half_tile=True), 16) == [8]
+
+
+def test_half_tiles_are_planned_for_cpus_only() -> None:
+    from pathlib import Path
+
+    graph = graph_of("resnet18")
+    for hw in ("rtx3090", str(Path(__file__).parent / "data" / "avx2-calibrated.toml")):
+        profile = load_profile(hw)
+        result = costplan.plan(graph, budget="1.3x", hw=profile, patterns="channel", max_ratio=0.95)
+        multiple = profile.channel_multiple        # 64 channels at most 95% pruned reach half a tile of 8
+        kept = {o.kept for u in result.units for o in u.options if o.structured}
+        assert multiple > 1 and all(k % multiple == 0 for k in kept) == (profile.kind != "cpu"), hw
+
+
 def test_plans_for_a_profile_with_a_channel_multiple_keep_whole_tiles() -> None:
     from pathlib import Path
 
@@ -342,8 +363,8 @@ def test_plans_for_a_profile_with_a_channel_multiple_keep_whole_tiles() -> None:
     result = plan(graph, budget="1.6x", hw=profile, patterns="channel")
     widths = {l.module: l.width for l in graph.layers if l.width}
     assert result.plan.layers
-    for name, entry in result.plan.layers.items():
-        assert kept_count(widths[name], entry.sparsity) % 8 == 0, name
+    for name, entry in result.plan.layers.items():   # whole tiles of 8, or half of one
+        assert kept_count(widths[name], entry.sparsity) % 8 == 0 or kept_count(widths[name], entry.sparsity) == 4, name
 
 
 def test_the_plan_table_lists_every_layer_whose_time_it_changes(resnet50_graph) -> None:
@@ -360,16 +381,20 @@ def test_the_plan_table_lists_every_layer_whose_time_it_changes(resnet50_graph) 
 
 
 def test_a_budget_just_above_the_floor_warns_that_importance_no_longer_chooses() -> None:
-    graph = graph_of("resnet18")
-    with pytest.raises(CostplanError) as unreachable:
-        costplan.plan(graph, budget="0.01ms", hw="rtx3090", patterns="channel", importance="gaussian")
-    floor_ms = float(re.search(r"lowest latency reachable .* is (\d+\.\d+) ms", str(unreachable.value)).group(1))
+    def floor_ms(graph) -> float:  # noqa: ANN001
+        with pytest.raises(CostplanError) as unreachable:
+            costplan.plan(graph, budget="0.01ms", hw="rtx3090", patterns="channel", importance="gaussian")
+        return float(re.search(r"lowest latency reachable .* is (\d+\.\d+) ms", str(unreachable.value)).group(1))
 
-    def near_floor(ms: float) -> list[str]:
+    def near_floor(graph, ms: float) -> list[str]:  # noqa: ANN001
         result = costplan.plan(graph, budget=f"{ms:.4f}ms", hw="rtx3090", patterns="channel", importance="gaussian")
         return [w for w in result.warnings if "of the lowest latency" in w]
 
-    [warning] = near_floor(floor_ms * 1.02)
+    resnet = graph_of("resnet18")
+    [warning] = near_floor(resnet, floor_ms(resnet) * 1.02)
     same, groups = map(int, re.search(r"(\d+) of (\d+) groups are pruned as in that fastest plan", warning).groups())
-    assert same >= groups / 2                   # near the floor most groups are cut as in the fastest plan
-    assert near_floor(floor_ms * 1.10) == []    # with room to choose, no warning
+    assert same >= groups / 2                              # near the floor most groups are cut as in the fastest plan
+    assert near_floor(resnet, floor_ms(resnet) * 1.10) == []   # with room to choose, no warning
+    # mobilenet_v2 on this GPU gains 7% at most from channels: 2% above that floor, importance still chooses
+    mobilenet = graph_of("mobilenet_v2")
+    assert near_floor(mobilenet, floor_ms(mobilenet) * 1.02) == []

@@ -123,6 +123,20 @@ def test_gemm_dimensions_of_a_pruned_conv_by_hand() -> None:
     assert dims(rgb, Effective(0, 0), multiple=8).padding == 1.0  # a width that never was a multiple keeps its kernel
 
 
+def test_on_a_cpu_inputs_pruned_under_one_tile_run_unpadded() -> None:
+    """Conv 64->128 keeping 4 of 64 inputs (half a tile of 8): on a CPU the reduction is 4 x 9 (oneDNN
+    reads so few channels plain), padded to 8 x 9 elsewhere; outputs under a tile stay padded."""
+    layer = _conv_layer()
+    eff = Effective(layer.macs / 16 / 2, 0, in_keep=4 / 64, out_keep=4 / 128)
+    cpu = dims(layer, eff, multiple=8, part_tile_inputs=True)
+    assert (cpu.reduction, cpu.outputs) == (4 * 9, 8) and cpu.padding == pytest.approx(2.0)
+    assert dims(layer, eff, multiple=8).reduction == 8 * 9
+    profile = load_profile(str(Path(__file__).parent / "data" / "avx2-calibrated.toml"))
+    half, whole = (layer_latency(layer, Effective(layer.macs * k / 64, 0, in_keep=k / 64), profile, "float32")
+                   for k in (4, 8))
+    assert half.compute_s < 0.75 * whole.compute_s   # the profile prices what the kernel runs
+
+
 def test_per_dimension_utilisation_by_hand() -> None:
     """Where a profile gives half_util_dims, compute = MACs / (peak x eff x prod d / (d + half)):
     a 3136 x 128 x 576 conv with halves (64, 16, 32) on 1e12 MAC/s at 50% efficiency."""

@@ -225,8 +225,9 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     price = functools.partial(estimate, graph, profile, dtype=dtype, weights_dtype=weights_dtype, autocast=autocast)
     excluded = [*exclude, *(default_fixed(graph) if keep_ends_dense else [])]
     pattern_list = candidate_patterns(patterns, profile, precision, structure)
+    # GPUs' tensor cores want whole tiles on both sides of a GEMM; CPUs' kernels read a part tile unpadded
     units = build_units(graph, structure, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
-                        bounds=bounds, channel_multiple=profile.channel_multiple)
+                        bounds=bounds, channel_multiple=profile.channel_multiple, half_tile=profile.kind == "cpu")
     importance = importance or Importance(graph)
     problem, approximated = build_problem(graph, structure, units, tables, importance)
     dense = price(apply_plan(graph, None))
@@ -304,6 +305,13 @@ def _rows(graph: LayerGraph, plan: Plan, dense: Estimate, est: Estimate) -> tupl
     return tuple(rows)
 
 
+def _fastest(graph: LayerGraph, problem: Problem, units: Sequence[Unit],
+             price: Pricing) -> tuple[Sequence[int], Estimate]:
+    """The fastest choice the units allow (every group as far as allowed) and its exact estimate."""
+    choice = solve(problem, None, minimise="latency").choice
+    return choice, price(apply_plan(graph, plan_from_choice(graph, units, choice)))
+
+
 # a budget this close above the fastest plan leaves the solver almost no choice
 NEAR_FLOOR = 0.05
 
@@ -311,14 +319,14 @@ NEAR_FLOOR = 0.05
 def _near_floor(graph: LayerGraph, problem: Problem, units: Sequence[Unit], choice: Sequence[int], target: float,
                 price: Pricing, patterns: Sequence[Pattern]) -> str | None:
     """A warning where ``target`` (seconds) lies within :data:`NEAR_FLOOR` above the lowest latency the
-    patterns reach and the plan (``choice``) prunes at least half the groups as the fastest plan does,
-    whatever their importance (on a 1-D ResNet, sensitivity, magnitude and Taylor importance gave one plan 2%
-    above the floor, and 13 points less accuracy after fine-tuning than a uniform ratio at the same
-    measured latency)."""
+    patterns reach and the plan (``choice``) prunes at least half the groups as the fastest plan
+    does, whatever their importance (on a 1-D ResNet, sensitivity, magnitude and Taylor importance
+    gave one plan 2% above the floor, and 13 points less accuracy after fine-tuning than a uniform
+    ratio at the same measured latency)."""
     if not units:
         return None
-    fastest = solve(problem, None, minimise="latency").choice
-    floor = price(apply_plan(graph, plan_from_choice(graph, units, fastest))).latency_s
+    fastest, est = _fastest(graph, problem, units, price)
+    floor = est.latency_s
     same = sum(a == b for a, b in zip(choice, fastest))
     if target >= floor * (1 + NEAR_FLOOR) or same * 2 < len(units):   # close, but importance still chooses
         return None
@@ -333,9 +341,7 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, pr
                  units: Sequence[Unit], budget: Budget, target: float, dense_s: float,
                  patterns: Sequence[Pattern], price: Pricing, usable: Sequence[Pattern]) -> str:
     """Why the budget cannot be met, with only the levers that would help in this case."""
-    fastest = solve(problem, None, minimise="latency")
-    plan = plan_from_choice(graph, units, fastest.choice)
-    est = price(apply_plan(graph, plan))
+    fastest, est = _fastest(graph, problem, units, price)
     by_bound: dict[str, float] = {}
     for lat in est.layers.values():
         by_bound[lat.bound] = by_bound.get(lat.bound, 0.0) + lat.latency_s
@@ -347,7 +353,7 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, pr
             f"lowest latency reachable with {', '.join(map(str, patterns))} pruning (up to the maximum ratio) is "
             f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point {by_bound[top] / est.latency_s:.0%} "
             f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. "
-            + _levers(profile, est, units, fastest.choice, patterns, usable, dense_layers))
+            + _levers(profile, est, units, fastest, patterns, usable, dense_layers))
 
 
 def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choice: Sequence[int],
