@@ -190,10 +190,7 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     reduction) of the dense layer; a grouped convolution's outputs and reduction are one group's, a
     depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
     are the shares of input/output channels a plan keeps; widths pruned off ``multiple`` run padded,
-    except, with ``part_tile_inputs`` (CPUs), inputs under one tile: oneDNN reads so few input
-    channels unpadded, as an RGB stem's (on an AVX-512 EPYC, 1-D convolutions reading 8 of 32
-    channels ran in 83 us against 108 us for 16, and 2-D ones 8 to 8 in 53 us against 103 us for 16
-    to 16, while 8 of 32 outputs ran as 16)."""
+    except, with ``part_tile_inputs`` (:func:`reads_part_tiles`), inputs under one tile."""
     if depthwise:
         return Dims(macs / (cout * window), cout * in_keep, window, strided=strided)
     outputs, inputs = cout * out_keep, cin * in_keep
@@ -206,6 +203,15 @@ def attention_dims(macs: float, keys: int, qk_width: int, v_width: int, in_keep:
     """Fused attention as a GEMM: rows = batch x heads x queries (heads pruned away leave), outputs =
     value width, reduction = keys; its MACs (Q K^T and the sum over V) are the layer's, not this product."""
     return Dims(macs / (keys * (qk_width + v_width)) * in_keep, v_width, keys)
+
+
+def reads_part_tiles(profile: HardwareProfile) -> bool:
+    """Whether ``profile``'s kernels read fewer input channels than one tile unpadded: CPUs' do
+    (oneDNN reads them plain, as an RGB stem's; on an AVX-512 EPYC 1-D convolutions reading 8 of 32
+    channels ran in 83 us against 108 us for 16, 2-D ones 8 to 8 channels in 53 us against 103 us
+    for 16 to 16, while 8 of 32 outputs ran as 16). GPUs' tensor cores want whole tiles on both
+    sides of a GEMM. The roofline prices such inputs so, and the planner offers half a tile on them."""
+    return profile.kind == "cpu"
 
 
 def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool = False) -> Dims | None:
@@ -366,7 +372,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     if rates:
         act = max(act, (in_bytes + out_bytes) / min(rates))
     shape_macs = eff.shape_macs if eff.shape_macs is not None else eff.macs / eff.density if eff.density else 0.0
-    shape = dims(layer, eff, profile.channel_multiple, profile.kind == "cpu") if klass is not None else None
+    shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile)) if klass is not None else None
     kinds = ({klass} | rated) - {None} or {"elementwise"}
     overhead = (profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)) * share
     if layer.macs == 0 and layer.kernels > 1 and not profile.fuse_elementwise:

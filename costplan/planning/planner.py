@@ -22,7 +22,7 @@ import numpy as np
 
 from costplan.errors import CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate
-from costplan.hardware.roofline import context, latency_in
+from costplan.hardware.roofline import context, latency_in, reads_part_tiles
 from costplan.planfile import LayerPlan, Plan, PlanInput
 from costplan.patterns import Pattern
 from costplan.planning.importance import Importance
@@ -225,9 +225,9 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     price = functools.partial(estimate, graph, profile, dtype=dtype, weights_dtype=weights_dtype, autocast=autocast)
     excluded = [*exclude, *(default_fixed(graph) if keep_ends_dense else [])]
     pattern_list = candidate_patterns(patterns, profile, precision, structure)
-    # GPUs' tensor cores want whole tiles on both sides of a GEMM; CPUs' kernels read a part tile unpadded
     units = build_units(graph, structure, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
-                        bounds=bounds, channel_multiple=profile.channel_multiple, half_tile=profile.kind == "cpu")
+                        bounds=bounds, channel_multiple=profile.channel_multiple,
+                        half_tile=reads_part_tiles(profile))
     importance = importance or Importance(graph)
     problem, approximated = build_problem(graph, structure, units, tables, importance)
     dense = price(apply_plan(graph, None))

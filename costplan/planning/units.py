@@ -86,10 +86,10 @@ def aligned_ratios(width: int, ratios: Sequence[float], multiple: int, half_tile
     """``ratios`` moved to the nearest ones that keep a multiple of ``multiple`` channels (at least
     one multiple), where ``width`` itself is a multiple: the widths a device's kernels tile without
     padding. Other widths keep ``ratios``; a width of one multiple has nothing to remove in whole
-    tiles. With ``half_tile``, half a tile is a level too where the largest ratio reaches it: on CPUs
-    a layer reading fewer channels than one tile runs a kernel that takes them unpadded (as an RGB
-    stem's), so a group kept at half a tile makes its readers cheaper although its own outputs stay
-    padded (here 8 of 32 input channels ran in 83 us against 108 us for 16; 8 of 32 outputs as 16)."""
+    tiles. With ``half_tile``, half a tile is a level too where the largest ratio reaches it: where
+    kernels read fewer input channels than one tile unpadded
+    (:func:`costplan.hardware.roofline.reads_part_tiles`), a group kept at half a tile makes the
+    layers reading it cheaper although its own outputs stay padded."""
     if multiple <= 1 or width % multiple:
         return list(ratios)
     least = width * (1.0 - max(ratios, default=0.0)) - 1e-9  # never past the largest ratio asked for
