@@ -266,10 +266,11 @@ def main() -> None:
             if tried["got"] >= 0.97 * target:
                 break
             asked *= target / tried["got"]
-        kept = max(tries, key=lambda t: t["got"]) if tries[-1]["got"] < 0.97 * target else tries[-1]
+        reached = tries[-1]["got"] >= 0.97 * target
+        kept = tries[-1] if reached else max(tries, key=lambda t: t["got"])
         # short of the budget, the fastest plan measured may sit at the planner's floor, where importance
         # no longer chooses; a user would try less pruning for the same measured speed, as here (twice)
-        if kept["got"] < 0.97 * target:
+        if not reached:
             for _ in range(2):
                 tried = attempt(kept["asked"] * 0.92)
                 if tried is None or tried["got"] < 0.97 * kept["got"]:
