@@ -12,7 +12,7 @@ import datetime
 import math
 import statistics
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -213,7 +213,9 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
 
     Raises CostplanError, writing nothing, when the machine was too busy to fit: other processes kept
     more than ``load_limit`` cores busy, or too many timings stayed noisy after re-timing, or a class's
-    fit is too far off. With ``strict`` False it never refuses (its quality says how noisy it was).
+    fit is too far off. With ``strict`` False it refuses only where a recurrent cell has no call timed
+    slower than its input projection, and fits each cell on the calls that were (its quality says how
+    noisy the machine was).
 
     Sets glibc's malloc to keep freed memory for the rest of the process (:func:`keep_freed_memory`),
     so that page faults, which depend on the process's history, do not pass for kernel time; the
@@ -272,9 +274,10 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
         calls = [t for _, t in samples[cell]]
         once = [recurrent_cost(r.recurrent, before, "float32", weight_bytes=r.weight_total,
                                act_bytes=r.sequence_bytes).call_s for r in cells]
-        if min(t - o for t, o in zip(calls, once)) <= 0:
-            raise CostplanError(f"calibration timed an {cell.upper()} layer faster than its input projection alone: "
-                                "the machine's speed changed while timing; run `costplan calibrate` again")
+        kept_calls = usable_calls(cell, calls, once, strict)
+        cells = [r for r, ok in zip(cells, kept_calls) if ok]
+        calls = [t for t, ok in zip(calls, kept_calls) if ok]
+        once = [o for o, ok in zip(once, kept_calls) if ok]
         fits[cell] = fit_recurrent(cells, calls, once, _memory_seconds(cells, dram, onchip, onchip_bytes))
         samples[cell] = [(float(r.macs), (t - o - fits[cell].call_s) / r.steps) for r, t, o in zip(cells, calls, once)]
     why = refusal(quality, fits, load_limit)
@@ -287,6 +290,19 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
         checked = Quality(**{**quality.__dict__, "check": {n: (predicted[n], measured[n]) for n in predicted}})
         calibration = Calibration(**{**calibration.__dict__, "quality": checked})
     return calibration
+
+
+def usable_calls(cell: str, calls_s: Sequence[float], once_s: Sequence[float], strict: bool) -> list[bool]:
+    """Which of a recurrent cell's timed calls (seconds) can be fitted: those slower than their
+    once-per-call work (``once_s``, priced by the other fits). A call timed faster than its own input
+    projection was timed across a change of the machine's speed; strict calibration refuses then,
+    lenient calibration leaves it out, and refuses only where no call is left."""
+    usable = [t > o for t, o in zip(calls_s, once_s)]
+    if not all(usable) and (strict or not any(usable)):
+        raise CostplanError(f"the machine was too busy to calibrate: one {cell.upper()} call was timed faster than "
+                            "its input projection alone, so the machine's speed changed while timing. Close other "
+                            "programs and run `costplan calibrate` again; no profile was written")
+    return usable
 
 
 def _measure(probes: dict[str, tuple[str, float, Probe, float]], quick: bool, progress: bool, seed: int,
