@@ -132,3 +132,38 @@ def test_trace_leaves_module_state_alone() -> None:
     load_graph(model, input="1x64x8x8")
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_per_layer_timing_times_a_second_call_of_ops_that_can_run_twice() -> None:
+    """With ``timings`` each op that neither writes its inputs nor draws random numbers is run again
+    and the second call timed (threads awake, inputs in cache, as in a forward pass); an in-place
+    write runs once, so the model's state and result are what one forward pass leaves."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.calls[str(func)] = self.calls.get(str(func), 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    class Stepper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+            self.register_buffer("steps", torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.steps.add_(1)
+            return torch.relu(self.fc(x))
+
+    model, x = Stepper(), torch.randn(4, 8)
+    for timed, runs in ((False, 1), (True, 2)):
+        with Count() as count:
+            timings: dict[str, float] = {}
+            trace(model, (x,), timings=timings if timed else None)
+        assert count.calls["aten.relu.default"] == runs
+        assert count.calls["aten.add_.Tensor"] == 1
+    assert model.steps.item() == 2 and timings["fc"] > 0 and timings["relu"] > 0
