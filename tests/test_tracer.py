@@ -137,7 +137,8 @@ def test_trace_leaves_module_state_alone() -> None:
 def test_per_layer_timing_times_a_second_call_of_ops_that_can_run_twice() -> None:
     """With ``timings`` each op that neither writes its inputs nor draws random numbers is run again
     and the second call timed (threads awake, inputs in cache, as in a forward pass); an in-place
-    write runs once, so the model's state and result are what one forward pass leaves."""
+    write runs once, so the model's state and result are what one forward pass leaves. A composite
+    op is timed whole, as the forward pass runs it, not as its decomposition under the tracer."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
@@ -167,3 +168,10 @@ def test_per_layer_timing_times_a_second_call_of_ops_that_can_run_twice() -> Non
         assert count.calls["aten.relu.default"] == runs
         assert count.calls["aten.add_.Tensor"] == 1
     assert model.steps.item() == 2 and timings["fc"] > 0 and timings["relu"] > 0
+    # under inference mode aten.linear reaches the tracer whole: timed whole (run, then timed again),
+    # and its decomposition, which the tracer counts, runs once untimed
+    with torch.inference_mode(), Count() as count:
+        timings = {}
+        trace(model, (x,), timings=timings, channels=False)
+    assert count.calls["aten.linear.default"] == 2 and count.calls["aten.addmm.default"] == 1
+    assert timings["fc"] > 0 and model.steps.item() == 3
