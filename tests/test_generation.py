@@ -81,10 +81,21 @@ def test_prefill_writes_the_prompt_and_computes_only_the_next_tokens_logits(tiny
     assert head.macs == 64 * 100                   # one position's logits (servers keep the last)
 
 
+@pytest.fixture(scope="module")
+def llama_8b_two_layers(tmp_path_factory) -> str:
+    """Llama-3.1-8B's shapes (GQA, 8 KV heads of 128) in 2 of its 32 layers: traced in a tenth of the time."""
+    path = tmp_path_factory.mktemp("llama") / "config.json"
+    path.write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "vocab_size": 128256, "max_position_embeddings": 131072}))
+    return f"hf:{path}"
+
+
 @settings(max_examples=8, deadline=None)
 @given(st.integers(1, 2000), st.integers(1, 2000))
-def test_decode_never_gets_cheaper_with_more_context(a: int, b: int) -> None:
-    graph_a, graph_b = (load_graph("hf:llama-3.1-8b", phase="decode", context=c) for c in sorted((a, b)))
+def test_decode_never_gets_cheaper_with_more_context(llama_8b_two_layers: str, a: int, b: int) -> None:
+    graph_a, graph_b = (load_graph(llama_8b_two_layers, phase="decode", context=c) for c in sorted((a, b)))
     t = [estimate_latency(g, "h100", dtype="bfloat16").latency_s for g in (graph_a, graph_b)]
     assert t[0] <= t[1]
 
@@ -142,10 +153,10 @@ def test_precisions_of_math_weights_and_cache(tiny: str) -> None:
 
 
 def test_memory_is_weights_cache_and_activations_against_the_device() -> None:
-    graph = load_graph("hf:llama-3.1-70b", phase="decode", context=8192, batch=4)
+    graph = load_graph("hf:llama-3.1-8b", phase="decode", context=65536, batch=16)
     big = analyze(graph, hw="a100", dtype="bf16")
     t = big.totals
-    assert t["kv_cache_bytes"] == 4 * 80 * 2 * 8 * 128 * 8193 * 2
+    assert t["kv_cache_bytes"] == 16 * 32 * 2 * 8 * 128 * 65537 * 2      # 137 GB of cache: more than 80 GB
     assert t["memory_bytes"] > t["kv_cache_bytes"] + t["weight_bytes"] and t["fits"] is False
     assert any("does not fit" in w for w in big.warnings)
     small = analyze(load_graph("hf:llama-3.1-8b", phase="decode", context=128), hw="h100", dtype="bf16")

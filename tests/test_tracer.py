@@ -76,7 +76,10 @@ def test_agrees_with_flop_counter_mode(spec: str) -> None:
 
 def test_builds_on_meta_and_falls_back_to_real_tensors() -> None:
     assert graph_of("hf:llama-7b").inputs.device == "meta"
-    assert graph_of("regnet_y_400mf").inputs.device == "cpu"  # its constructor needs real data
+    # RegNet's constructor computes its widths with tensors: it runs on the CPU, its weights on meta
+    regnet = graph_of("regnet_y_400mf")
+    assert regnet.inputs.device == "meta" and regnet.total_params == 4_344_144     # torchvision's count
+    assert graph_of("ssdlite320_mobilenet_v3_large").inputs.device == "cpu"   # its forward needs real data
 
 
 def test_fvcore_cross_check_on_real_weights() -> None:

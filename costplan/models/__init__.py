@@ -7,9 +7,10 @@ random weights), ``file.py:factory`` (runs the user's code), or a saved file (To
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -131,11 +132,40 @@ def _resolve(spec: str, input_shapes: Sequence[Shape] | None, batch: int | None,
 
 
 def instantiate(source: ModelSource, device: str) -> Instance:
-    """Build ``source`` on ``device``; construction errors of the user's own code become CostplanError."""
+    """Build ``source`` on ``device``; construction errors of the user's own code become CostplanError.
+    On the meta device, a constructor that computes with tensors (RegNet's block widths, read with
+    ``.tolist()``) runs on the CPU with only its weights made on meta, as accelerate's
+    ``init_empty_weights`` does: regnet_y_128gf traced in 2 s instead of 21 s building 2.6 GB."""
     if device == "meta":
-        with torch.device("meta"):
-            return source.build("meta")
+        try:
+            with torch.device("meta"):
+                return source.build("meta")
+        except CostplanError:
+            raise
+        except Exception:  # noqa: BLE001  the constructor needs real data: weights alone on meta below
+            with _weights_on_meta():
+                return source.build("meta")
     return source.build(device)
+
+
+@contextlib.contextmanager
+def _weights_on_meta() -> Iterator[None]:
+    """Every parameter and buffer a module registers goes to the meta device; other tensors stay real."""
+    register_parameter, register_buffer = torch.nn.Module.register_parameter, torch.nn.Module.register_buffer
+
+    def parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        register_parameter(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    def buffer(module: torch.nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, tensor if tensor is None else tensor.to("meta"), persistent)
+
+    torch.nn.Module.register_parameter, torch.nn.Module.register_buffer = parameter, buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter, torch.nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
 
 
 def load_saved(path: str | os.PathLike[str], *, trust_code: bool = False) -> torch.nn.Module:
