@@ -101,8 +101,9 @@ def test_a_class_without_figures_follows_its_leader() -> None:
 
 
 def test_calibration_probes_are_what_the_roofline_prices() -> None:
-    """A 1-D or 3-D convolution probe is the GEMM roofline.dims gives the traced layer, and a
-    recurrent probe's step-by-step cost counts the MACs its traced module runs."""
+    """A 1-D or 3-D convolution probe is the GEMM roofline.dims gives the traced layer, a recurrent
+    probe's step-by-step cost counts the MACs its traced module runs, and a pooling probe's bytes are
+    the traced pool's as the roofline prices them."""
     from costplan.hardware.probes import _module, recurrent_shapes, sample_shapes
     from costplan.hardware.roofline import dims
 
@@ -119,6 +120,16 @@ def test_calibration_probes_are_what_the_roofline_prices() -> None:
         assert layer.recurrent == r.recurrent
         assert recurrent_cost(r.recurrent, toy, "float32").macs == layer.macs
         assert r.macs == r.batch * r.gates * r.hidden ** 2
+    # a pooling probe's size is the bytes the roofline prices the traced pool by: input + output x window
+    import math
+
+    from costplan.hardware.probes import _pools, pool_probe_bytes
+    from costplan.hardware.roofline import pool_bytes
+
+    for pool, x in _pools():
+        (layer,) = load_graph(pool, input="x".join(map(str, x.shape))).layers
+        traced = pool_bytes(layer.act_in_bytes, layer.act_out_bytes, math.prod(layer.kernel_size))
+        assert pool_probe_bytes(pool, x, pool(x)) == traced and math.prod(layer.kernel_size) > 1, pool
 
 
 def test_estimates_say_nothing_of_kinds_a_spec_sheet_profile_prices() -> None:
@@ -166,7 +177,7 @@ def test_an_unfused_module_pays_for_every_kernel_it_runs() -> None:
 
 def test_a_1d_max_pool_is_priced_as_the_1d_kernel_that_runs() -> None:
     """nn.MaxPool1d reaches the tracer as a 2-D max-pool over a height of 1 but runs a 1-D kernel
-    of its own (about 30x the 2-D one's bytes/s here); a 1-D average pool runs the 2-D kernel."""
+    of its own (about 30x the 2-D one's bytes/s here); average pools, 1-D or 2-D, are priced apart."""
     from costplan.hardware.roofline import cost_kind
 
     def kind(module: torch.nn.Module, shape: str) -> str:
@@ -176,7 +187,8 @@ def test_a_1d_max_pool_is_priced_as_the_1d_kernel_that_runs() -> None:
     assert kind(torch.nn.MaxPool1d(2), "8x64x100") == "pooling1d"
     assert kind(torch.nn.MaxPool2d((1, 2)), "1x64x1x100") == "pooling"   # traced alike, but the 2-D kernel
     assert kind(torch.nn.MaxPool2d(2), "1x64x28x28") == "pooling"
-    assert kind(torch.nn.AvgPool1d(2), "8x64x100") == "pooling"
+    # average pools, 1-D or 2-D, are a kind of their own: 2.4-3x max-pools' rate over the same windows
+    assert kind(torch.nn.AvgPool1d(2), "8x64x100") == "avgpool" == kind(torch.nn.AvgPool2d(2), "8x256x56x56")
     assert kind(torch.nn.AdaptiveAvgPool2d(1), "1x64x7x7") == "reduction"
 
 

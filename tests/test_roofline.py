@@ -166,6 +166,26 @@ def test_pooling_moves_at_its_calibrated_rate() -> None:
     assert layer_latency(layer, Effective(0, 0), parse_profile(TOY, "toy"), "float32").memory_s < lat.memory_s / 10
 
 
+def test_a_calibrated_pool_moves_its_input_and_its_output_once_per_window_element() -> None:
+    """ResNet's 3x3 stride-2 max-pool on 1x64x112x112 at pooling_gbs = 1: a profile calibrated with
+    pool windows moves its input plus 9 x its output (3.2 + 7.2 MB: 10.4 ms); a 2x2 one over the same
+    input 3.2 + 4 x 0.8 MB (6.4 ms); a 1-D max-pool of 3 over 8x64x100, 3 x its output beside its input.
+    An older profile (no pool_windows) prices input plus output, as it was calibrated."""
+    import torch
+
+    windows = parse_profile({**TOY, "memory": {**TOY["memory"], "pooling_gbs": 1.0, "pooling1d_gbs": 1.0,
+                                                 "pool_windows": True}}, "toy")
+    older = parse_profile({**TOY, "memory": {**TOY["memory"], "pooling_gbs": 1.0}}, "toy")
+    image = 64 * 112 * 112 * 4
+    for pool, out, window in ((torch.nn.MaxPool2d(3, 2, 1), image / 4, 9), (torch.nn.MaxPool2d(2, 2), image / 4, 4)):
+        layer = load_graph(pool, input="1x64x112x112").layers[0]
+        assert layer_latency(layer, Effective(0, 0), windows, "float32").memory_s == pytest.approx((image + window * out) / 1e9)
+        assert layer_latency(layer, Effective(0, 0), older, "float32").memory_s == pytest.approx((image + out) / 1e9)
+    layer = load_graph(torch.nn.MaxPool1d(3, 2, 1), input="8x64x100").layers[0]
+    assert layer_latency(layer, Effective(0, 0), windows, "float32").memory_s == pytest.approx(
+        (8 * 64 * 100 + 3 * 8 * 64 * 50) * 4 / 1e9)
+
+
 def test_silu_moves_at_the_sigmoid_rate_and_old_profiles_keep_the_transcendental_one() -> None:
     """SiLU on 1x64x56x56 (0.8 MB in, 0.8 MB out) at sigmoid_gbs = 2 moves 1.6 MB in 0.8 ms; GELU
     stays at transcendental_gbs = 1 (1.6 ms); a file without sigmoid_gbs gives SiLU the

@@ -345,7 +345,7 @@ def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: floa
     dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
     onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
     fixed, fitted = {}, {}
-    for kind in ("norm", "pooling", "pooling1d", "reduction"):
+    for kind in ("norm", "pooling", "pooling1d", "avgpool", "reduction"):
         fixed[kind], fitted[kind] = fit_linear(samples[kind], per_op)
     # a lookup's rows are read from DRAM as weights are (roofline.weights_touched), its rate bounds the rest
     rows = [4.0 * batch * tokens * dim
@@ -378,7 +378,8 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         per_call_s={k: f.call_s for k, f in c.fits.items() if k in RECURRENT},
         calibrated=(*c.fits, *c.rated_bandwidth, "elementwise"),
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
-        weights_overlap=False, rated_bandwidth=dict(c.rated_bandwidth), channel_multiple=c.channel_multiple,
+        weights_overlap=False, pool_windows=True, rated_bandwidth=dict(c.rated_bandwidth),
+        channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
         first_touch_bandwidth=c.first_touch_bandwidth, runtime="eager", reference_s=c.reference_s)
 
@@ -400,7 +401,9 @@ def _notes(c: Calibration) -> dict[str, str]:
         "memory.transcendental_gbs": "GELU/softmax chains: per-element math, not bandwidth, bounds them",
         "memory.sigmoid_gbs": "SiLU/sigmoid chains: one exponential per element",
         "memory.norm_gbs": "batch norms right after a convolution, ResNet shapes (+ per_class_us.norm per call)",
-        "memory.pooling_gbs": "2-D and 1-D max/average pools: window loops, not bandwidth, bound them (+ per_class_us.pooling)",
+        "memory.pool_windows": "pools' bytes are their input plus their output once per window element",
+        "memory.pooling_gbs": "2-D max-pools: window loops, not bandwidth, bound them (+ per_class_us.pooling)",
+        "memory.avgpool_gbs": "1-D and 2-D average pools (+ per_class_us.avgpool)",
         "memory.pooling1d_gbs": "1-D max-pools (+ per_class_us.pooling1d)",
         "memory.reduction_gbs": "means and maxima over a dimension, global average pools (+ per_class_us.reduction)",
         "memory.gather_gbs": "embedding lookups, rows read and written (+ per_class_us.gather)",

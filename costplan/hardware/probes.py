@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from costplan.hardware.roofline import Dims, attention_dims, gemm_dims
+from costplan.hardware.roofline import Dims, attention_dims, gemm_dims, pool_bytes
 from costplan.trace.graph import GATES, Recurrent
 from costplan.hardware.timing import Probe, timed
 from costplan.models import Instance
@@ -291,17 +291,25 @@ def gather_shapes(quick: bool) -> tuple[tuple[int, int, int, int], ...]:
 
 
 def _pools() -> list[tuple[torch.nn.Module, torch.Tensor]]:
-    """Pooling as networks run it: ResNet's 3x3 stride-2 max-pool, VGG's 2x2, 2x2 average pools, and
-    1-D max/average pools of sequence models, batch 1 and 8."""
+    """Pooling as networks run it: ResNet's 3x3 stride-2 max-pool, VGG's 2x2, DenseNet's 2x2 and
+    Inception's 3x3 stride-1 average pools, and 1-D max/average pools of sequence models, batch 1 and 8."""
     out: list[tuple[torch.nn.Module, torch.Tensor]] = []
     for c, hw in POOLING_SHAPES:
         out.append((torch.nn.MaxPool2d(3, 2, 1), torch.randn(1, c, hw, hw)))
         out.append((torch.nn.MaxPool2d(2, 2), torch.randn(1, c, hw, hw)))
     out += [(torch.nn.AvgPool2d(2, 2), torch.randn(1, 128, 56, 56)), (torch.nn.MaxPool2d(2, 2), torch.randn(8, 64, 28, 28)),
+            (torch.nn.AvgPool2d(2, 2), torch.randn(8, 128, 56, 56)), (torch.nn.AvgPool2d(3, 1, 1), torch.randn(1, 192, 28, 28)),
             (torch.nn.MaxPool1d(2), torch.randn(8, 64, 100)), (torch.nn.MaxPool1d(3, 2, 1), torch.randn(1, 128, 1000)),
             (torch.nn.MaxPool1d(2), torch.randn(32, 256, 250)), (torch.nn.MaxPool1d(2), torch.randn(1, 32, 40)),
             (torch.nn.AvgPool1d(2), torch.randn(32, 128, 40))]
     return [(p.eval(), x) for p, x in out]
+
+
+def pool_probe_bytes(pool: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> float:
+    """A pooling probe's size as the roofline prices the traced pool (roofline.pool_bytes), float32."""
+    kernel = pool.kernel_size
+    window = math.prod(kernel) if isinstance(kernel, tuple) else int(kernel) ** (x.dim() - 2)  # type: ignore[operator]
+    return pool_bytes(4.0 * x.numel(), 4.0 * out.numel(), window)
 
 
 def cache_bytes() -> int:
@@ -391,9 +399,10 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
                                         timed(lambda q=q: torch.nn.functional.scaled_dot_product_attention(q, q, q)), 1.0)
     for i, (pool, x) in enumerate(_pools()):
         out = pool(x)
-        kind = "pooling1d" if isinstance(pool, torch.nn.MaxPool1d) else "pooling"
+        kind = ("pooling1d" if isinstance(pool, torch.nn.MaxPool1d) else
+                "avgpool" if isinstance(pool, (torch.nn.AvgPool1d, torch.nn.AvgPool2d)) else "pooling")
         probes[f"pool {i} {pool.__class__.__name__} {tuple(x.shape)}"] = (
-            kind, 4.0 * (x.numel() + out.numel()), timed(lambda p=pool, x=x: p(x)), 1.0)
+            kind, pool_probe_bytes(pool, x, out), timed(lambda p=pool, x=x: p(x)), 1.0)
     n = (16 if quick else 64) * 1024 * 1024   # floats: well past any cache
     src, dst = torch.randn(n), torch.empty(n)
     probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)

@@ -104,6 +104,9 @@ class HardwareProfile:
     # (eager CPU kernels pack or reorder their weights before computing, and in a network the
     # weights arrive cold: read at DRAM bandwidth first)
     weights_overlap: bool = True
+    # True: a pool's rated bytes are its input plus its output once per window element (roofline.pool_bytes;
+    # calibrations from 2026-12-03 on). False (older profiles): its input plus its output
+    pool_windows: bool = False
     # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,
     # softmax), 'sigmoid' (sigmoid, SiLU), 'pooling' (max/avg windows), 'norm' (batch/layer/group
     # norm); see opclass.rated_kind

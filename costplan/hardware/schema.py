@@ -42,6 +42,7 @@ SCALARS: tuple[Field, ...] = (
     Field("memory.onchip_bandwidth_gbs", "onchip_bandwidth", "optional", 1e9),
     Field("memory.weights_on_chip", "weights_on_chip", "flag", default=False),
     Field("memory.weights_overlap", "weights_overlap", "flag", default=True),
+    Field("memory.pool_windows", "pool_windows", "flag", default=False),
     Field("memory.fresh_output_mb", "fresh_output_bytes", "optional", 1e6),
     Field("memory.first_touch_gbs", "first_touch_bandwidth", "optional", 1e9),
     Field("efficiency.memory", "memory_efficiency", "number", default=1.0, high=1.0, positive=True),

@@ -113,6 +113,15 @@ def _param_owner(param_name: str) -> tuple[str, str]:
     return owner or leaf, base
 
 
+_POOLS = ("max_pool", "avg_pool")    # windowed pools (adaptive ones are reductions)
+
+
+def _window(kernel: object, dims: int) -> tuple[int, ...]:
+    """A pool's kernel size as a tuple over its ``dims`` spatial dimensions (one int: a square window)."""
+    sizes = tuple(int(k) for k in kernel) if isinstance(kernel, (list, tuple)) else (int(kernel),)  # type: ignore[arg-type]
+    return sizes * dims if len(sizes) == 1 and dims > 1 else sizes
+
+
 def _repeatable(func: torch._ops.OpOverload) -> bool:
     """Whether running ``func`` a second time leaves the model's result and state as once does."""
     return not func._schema.is_mutable and torch.Tag.nondeterministic_seeded not in func.tags
@@ -304,6 +313,8 @@ class _Recorder(TorchDispatchMode):
         node.macs += macs
         node.aten_ops[str(func)] = None
         node.kernels += 1
+        if op_name(func).startswith(_POOLS) and len(args) > 1 and "kernel_size" not in node.attrs:
+            node.attrs["kernel_size"] = _window(args[1], outs[0].dim() - 2 if outs else 1)  # priced by its window
         if kind is OpKind.UNKNOWN:
             self.unsupported[str(func.overloadpacket)] += 1
         self.channels.op(func, args, kwargs, out, node.name, node.module, self.scope(), macs)
