@@ -258,7 +258,8 @@ class _Recorder(TorchDispatchMode):
         if classify(func, self.formulas) is OpKind.UNKNOWN:
             # an op with no formula may be a composite (aten.linear under inference_mode, which skips
             # the autograd decomposition): run its decomposition, whose ops we count, as FlopCounterMode does
-            composite = _timed_composite(func, args, kwargs) if self.warm and _repeatable(func) else None
+            timed = self.warm and not self.untimed and _repeatable(func)   # not again inside a timed composite
+            composite = _timed_composite(func, args, kwargs) if timed else None
             outer, self.last_node = self.last_node, None
             self.untimed += composite is not None
             try:
