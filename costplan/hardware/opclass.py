@@ -38,6 +38,7 @@ _REDUCTION = {"sum", "mean", "amax", "amin", "max", "min", "var", "std", "var_me
               "prod", "norm", "linalg_vector_norm", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
               "adaptive_max_pool2d", "argmax", "argmin"}
 RATED_KINDS = ("transcendental", "sigmoid", "pooling", "pooling1d", "avgpool", "norm", "gather", "reduction")
+POOL_KINDS = frozenset({"pooling", "pooling1d", "avgpool"})   # windowed pools: priced by roofline.pool_bytes
 
 
 def rated_kind(aten_op: str) -> str | None:

@@ -17,7 +17,7 @@ from costplan.spellings import DTYPE_BYTES, byte_scales, weight_bytes
 from costplan.patterns import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph, Recurrent
-from costplan.hardware.opclass import RECURRENT, is_elementwise, is_gather, rated_kind, writes_in_place
+from costplan.hardware.opclass import POOL_KINDS, RECURRENT, is_elementwise, is_gather, rated_kind, writes_in_place
 
 
 # the share of an estimate in host-dispatch-bound layers above which it says the figure is the host's
@@ -379,7 +379,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     rated = rated_kinds(layer)
     rates = [profile.rated_bandwidth[k] for k in rated if k in profile.rated_bandwidth]
     if rates:
-        pooled = profile.pool_windows and bool(rated & {"pooling", "pooling1d", "avgpool"})
+        pooled = profile.pool_windows and bool(rated & POOL_KINDS)
         act = max(act, pool_bytes(in_bytes, out_bytes, math.prod(layer.kernel_size) if pooled else 1) / min(rates))
     shape_macs = eff.shape_macs if eff.shape_macs is not None else eff.macs / eff.density if eff.density else 0.0
     shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile)) if klass is not None else None

@@ -220,8 +220,12 @@ class _Builder:
         unit = ((np.asarray(ids) - self.src.first[safe]) % chunk) // self.unit[safe]
         return s, np.where(s >= 0, unit, -1)
 
+    def unit_counts(self, s: int | np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Units (channels, or heads) of source(s) ``s``: all by default."""
+        return self.src.width[s] // self.chunks[s] // self.unit[s]
+
     def unit_count(self, s: int) -> int:
-        return int(self.src.width[s] // self.chunks[s] // self.unit[s])
+        return int(self.unit_counts(s))
 
     # couplings
     def couple(self) -> None:
@@ -246,7 +250,7 @@ class _Builder:
             x, y = np.divmod(met, len(self.src.width))
             for i, j in zip(x.tolist(), y.tolist()):
                 self.uf.union(i, j)
-            counts = self.src.width // self.chunks // self.unit      # unit_count of every source
+            counts = self.unit_counts()
             bad = both & (ua != ub)
             if bad.any() or (counts[x] != counts[y]).any():
                 self.fix(np.concatenate([sa[both], sb[both]]), "their channels meet in a different order or "
