@@ -258,17 +258,17 @@ class _Recorder(TorchDispatchMode):
         if classify(func, self.formulas) is OpKind.UNKNOWN:
             # an op with no formula may be a composite (aten.linear under inference_mode, which skips
             # the autograd decomposition): run its decomposition, whose ops we count, as FlopCounterMode does
-            timed = self.warm and not self.untimed and _repeatable(func)   # not again inside a timed composite
-            composite = _timed_composite(func, args, kwargs) if timed else None
+            # timed whole after its decomposition, which runs untimed (and a composite inside it too)
+            whole = int(self.warm and not self.untimed and _repeatable(func))
             outer, self.last_node = self.last_node, None
-            self.untimed += composite is not None
+            self.untimed += whole
             try:
                 with self:
                     decomposed = func.decompose(*args, **kwargs)
             finally:
-                self.untimed -= composite is not None
-            if composite is not None and self.last_node is not None:
-                self.last_node.seconds += composite
+                self.untimed -= whole
+            if decomposed is not NotImplemented and whole and self.last_node is not None:
+                self.last_node.seconds += _timed_composite(func, args, kwargs)
             self.last_node = self.last_node or outer
             if decomposed is not NotImplemented:
                 return decomposed
