@@ -132,6 +132,45 @@ def test_calibration_probes_are_what_the_roofline_prices() -> None:
         assert pool_probe_bytes(pool, x, pool(x)) == traced and math.prod(layer.kernel_size) > 1, pool
 
 
+def test_each_convolution_probe_runs_the_path_its_class_prices() -> None:
+    """PyTorch runs a float32 convolution of one sample over a small input as im2col and a GEMM, any
+    other through oneDNN (torch's profiler names the kernel): every convolution probe calibrate draws
+    is fitted as the class a calibrated CPU profile prices its traced layer by, 'im2col' exactly for
+    those PyTorch runs so, and 1x1 ones of any dimension as 'pointwise'."""
+    from torch.profiler import profile
+
+    from costplan.hardware.probes import _module, sample_shapes
+    from costplan.hardware.roofline import cost_kind, priced_class
+
+    calibrated = parse_profile(_calibrated_fixture(), "fixture")
+    for kind in ("conv", "pointwise", "depthwise", "conv1d", "conv3d", "im2col"):
+        for shape in sample_shapes(kind, 4, seed=5):
+            module, x = _module(shape)
+            with torch.inference_mode(), profile() as prof:
+                module.eval()(x)
+            slow = any("slow_conv" in e.name for e in prof.events())
+            assert slow == (kind == "im2col"), (shape, sorted({e.name for e in prof.events()}))
+            layer = next(l for l in load_graph(module, input="x".join(map(str, x.shape))).layers if l.macs)
+            assert priced_class(layer, calibrated) == kind == cost_kind(layer, calibrated), shape
+            assert priced_class(layer, calibrated, precision="bfloat16") != "im2col"
+    # a 1x1 convolution over 64 x 20 steps is the 1x1 kernel a 2-D one over 64 x 1 x 20 runs
+    _, one = _layer(torch.nn.Conv1d(32, 64, 1, stride=2), torch.randn(64, 32, 40))
+    assert priced_class(one, calibrated) == "pointwise"
+    # a GPU runs no im2col, and a spec sheet's CPU profile has no fit for it
+    from costplan.hardware import load_profile
+
+    _, small = _layer(torch.nn.Conv1d(32, 64, 3), torch.randn(1, 32, 40))
+    assert priced_class(small, calibrated) == "im2col"
+    assert priced_class(small, load_profile("rtx3090")) == "conv1d" == priced_class(small, load_profile("cpu-xeon"))
+
+
+def _calibrated_fixture() -> dict:
+    import tomllib
+
+    with open("tests/data/avx2-calibrated.toml", "rb") as f:
+        return tomllib.load(f)
+
+
 def test_estimates_say_nothing_of_kinds_a_spec_sheet_profile_prices() -> None:
     """Shipped profiles come from spec sheets and published figures, not calibration: they list no
     calibrated kinds and their estimates carry no calibration warning."""
@@ -152,6 +191,8 @@ def test_gpt2s_conv1d_is_a_linear_layer_not_a_convolution() -> None:
     assert op_class(layer) == "gemm" == cost_kind(layer)
     _, conv = _layer(torch.nn.Conv1d(16, 32, 3), torch.randn(1, 16, 20))
     assert op_class(conv) == "conv1d"
+    _, pointwise = _layer(torch.nn.Conv1d(16, 32, 1), torch.randn(1, 16, 20))
+    assert op_class(pointwise) == "pointwise"
 
 
 class _NewGELU(torch.nn.Module):

@@ -94,8 +94,8 @@ class Calibration:
                 f"({rated} GB/s), {self.per_op_s * 1e6:.1f} us/op, channels in multiples of {self.channel_multiple}, {self.threads} threads")
 
 
-SAMPLED = ("gemm", "conv", "pointwise", "depthwise", "conv1d", "conv3d")  # classes drawn by sample_shapes
-MINOR = ("conv1d", "conv3d")   # rarer in networks: half as many shapes
+SAMPLED = ("gemm", "conv", "pointwise", "depthwise", "conv1d", "conv3d", "im2col")  # classes drawn by sample_shapes
+MINOR = ("conv1d", "conv3d", "im2col")   # rarer in networks: half as many shapes
 # classes whose loose fit warns rather than refuses: rarer kinds, and recurrent steps (oneDNN runs a
 # whole LSTM sequence as one primitive, which a per-step model fits within 15-31% here)
 LENIENT = (*MINOR, *RECURRENT)
@@ -415,7 +415,8 @@ def _notes(c: Calibration) -> dict[str, str]:
         "efficiency.pointwise": fit("pointwise", "1x1 convolutions"),
         "efficiency.depthwise": fit("depthwise", "depthwise convolutions"),
         "efficiency.attention": fit("attention", "fused scaled-dot-product attention"),
-        "efficiency.conv1d": fit("conv1d", "1-D convolutions, 10 to 4000 steps"),
+        "efficiency.conv1d": fit("conv1d", "1-D convolutions with a window over 1, 10 to 4000 steps"),
+        "efficiency.im2col": fit("im2col", "convolutions of one small sample, which PyTorch runs as im2col and a GEMM"),
         "efficiency.conv3d": fit("conv3d", "3-D convolutions on small cubes"),
         **{f"efficiency.{cell}": fit(cell, f"{cell.upper()} calls, priced per step and per call") for cell in RECURRENT},
         "calibrated": "the op classes and memory kinds these figures were measured on",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from costplan.hardware.roofline import Dims, attention_dims, gemm_dims, pool_bytes
+from costplan.hardware.roofline import Dims, attention_dims, gemm_dims, pool_bytes, runs_im2col
 from costplan.trace.graph import GATES, Recurrent
 from costplan.hardware.timing import Probe, timed
 from costplan.models import Instance
@@ -88,6 +88,15 @@ class Shape:
         return 4 * self.cout * self.macs // (self.positions * self.cout)
 
     @property
+    def im2col(self) -> bool:
+        """Whether PyTorch runs this convolution as im2col and a GEMM (:func:`runs_im2col`)."""
+        if self.kind == "gemm":
+            return False
+        first_four = self.batch * self.cin * self.spatial ** min(self.ndim, 2)
+        return runs_im2col(self.batch, first_four, (self.kernel,) * self.ndim,
+                           groups=self.cin if self.kind == "depthwise" else self.groups)
+
+    @property
     def activation_bytes(self) -> tuple[int, int]:
         inputs = self.cin * (self.spatial if self.kernel == 0 else self.batch * self.spatial ** self.ndim)
         return 4 * inputs, 4 * self.positions * self.cout
@@ -104,7 +113,10 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
     expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1), batch 1 (half the
     draws) to 8; a quarter of the 3x3 ones grouped, 8 to 64 channels a group, as RegNets and ResNeXts
     have them. GEMMs: 1 to 8192 rows (tokens, or the pixels of channels-last linears in ConvNeXt),
-    independent widths from 8 to 3072."""
+    independent widths from 8 to 3072. 1-D convolutions: 10 to 4000 steps, windows of 3 to 7, a fifth
+    of them stems over 1 or 2 channels. A convolution PyTorch runs as im2col and a GEMM (:func:`runs_im2col`:
+    one sample over a small input) is drawn only as 'im2col': 1-D ones over 10 to 250 steps with windows
+    of 1 to 7, 2-D ones on 7x7 to 28x28 maps and 3-D ones on 4- and 8-cubes with windows of 1 or 3."""
     rng = np.random.default_rng(seed)
     out: list[Shape] = []
     while len(out) < count:
@@ -121,8 +133,18 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
         elif kind == "conv1d":     # sequences: 10 to 4000 steps (MNIST-1D, audio front ends, text CNNs)
             length = int(rng.choice((10, 20, 40, 100, 250, 1000, 4000)))
             cin = _width(2 ** rng.uniform(3, 9))
-            shape = Shape(kind, cin, _width(cin * float(rng.choice((0.5, 1, 1, 2)))), length,
-                          int(rng.choice((1, 3, 3, 5, 7))), stride, int(rng.choice((1, 1, 8, 32))), ndim=1)
+            cout = _width(cin * float(rng.choice((0.5, 1, 1, 2))))
+            if rng.random() < 0.2:   # a stem over a raw signal of 1 or 2 channels (a reduction of 3 to 14)
+                cin, cout = int(rng.choice((1, 2))), _width(2 ** rng.uniform(4, 7))
+            shape = Shape(kind, cin, cout, length, int(rng.choice((3, 3, 5, 7))), stride, int(rng.choice((1, 1, 8, 32))),
+                          ndim=1)
+        elif kind == "im2col":     # one sample over a short sequence or a small map (runs_im2col)
+            ndim = int(rng.choice((1, 1, 2, 2, 3)))
+            spatial = int(rng.choice(((10, 20, 40, 100, 250), (7, 7, 14, 28), (4, 8))[ndim - 1]))
+            cin = _width(2 ** rng.uniform(3, 9.5))
+            kernel = int(rng.choice((1, 3, 3, 5, 7) if ndim == 1 else (1, 3, 3)))
+            shape = Shape(kind, cin, _width(cin * float(rng.choice((0.5, 1, 1, 2, 4)))), spatial, kernel,
+                          stride, 1, ndim=ndim)
         elif kind == "conv3d":     # video and volumes: small cubes
             side = int(rng.choice((4, 8, 14, 28)))
             cin = _width(2 ** rng.uniform(3, 7))
@@ -136,8 +158,11 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
             shape = Shape(kind, cin, cout, spatial, 3, stride, batch)
         else:  # stride-2 1x1 convolutions (ResNet shortcuts) run another kernel, ~30% slower than this fit
             shape = Shape(kind, cin, cout, spatial, 1, 1, batch)
+        if shape.im2col != (kind == "im2col"):   # each convolution is fitted as the path PyTorch runs it on
+            continue
         inputs, outputs = shape.activation_bytes
-        if 2e5 <= shape.macs <= 4e8 * shape.batch ** 0.5 and max(inputs, outputs) <= 4 * MAX_ACTIVATION * min(batch, 3):
+        least = 2e4 if kind == "im2col" else 2e5
+        if least <= shape.macs <= 4e8 * shape.batch ** 0.5 and max(inputs, outputs) <= 4 * MAX_ACTIVATION * min(batch, 3):
             out.append(shape)
     return out
 

@@ -22,12 +22,14 @@ from costplan.hardware.opclass import RATED_KINDS, RECURRENT
 from costplan.spellings import DTYPE_BYTES, FALLBACK, canonical_dtype
 
 # pointwise = 1x1 convolutions; attention = fused scaled-dot-product attention; conv1d/conv3d = 1-D
-# and 3-D convolutions; lstm/gru/rnn = one time step of that cell (its hidden-to-gates GEMM and gates:
+# and 3-D convolutions; im2col = a convolution PyTorch runs as im2col and a GEMM on a CPU (one small
+# sample: roofline.runs_im2col); lstm/gru/rnn = one time step of that cell (its hidden-to-gates GEMM and gates:
 # CPUs run the three by different code, an LSTM step here in half a GRU step's time: opclass.RECURRENT)
-OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention", "conv1d", "conv3d", *RECURRENT, "gemm_dram")
+OP_CLASSES = ("conv", "pointwise", "depthwise", "gemm", "attention", "conv1d", "conv3d", *RECURRENT, "gemm_dram",
+              "im2col")
 # a class a profile gives no figures of its own takes its leader's
 LEADERS = {"pointwise": "conv", "conv1d": "conv", "conv3d": "conv", "attention": "gemm",
-           **dict.fromkeys(RECURRENT, "gemm"), "gemm_dram": "gemm"}
+           **dict.fromkeys(RECURRENT, "gemm"), "gemm_dram": "gemm", "im2col": "gemm"}
 # what a layer costs as, beyond the op classes: memory-only kinds with rates of their own (embedding
 # row gathers among them), and plain memory-only ops (elementwise, copies)
 MEMORY_KINDS = (*RATED_KINDS, "elementwise")

@@ -100,23 +100,72 @@ def op_class(layer: Layer) -> str | None:
     if layer.conv_channels is not None:   # a convolution's geometry (GPT-2's "Conv1D" is a linear layer)
         if layer.depthwise:
             return "depthwise"
-        if len(layer.kernel_size) in (1, 3):
-            return f"conv{len(layer.kernel_size)}d"
-        return "pointwise" if all(k == 1 for k in layer.kernel_size or (0,)) else "conv"
+        # a 1x1 convolution of any dimension runs oneDNN's 1x1 kernel: a 1-D one over 64x20 positions
+        # ran in 104 us, a 2-D one over 64x1x20 or 64x4x5 in 100-104 us, and a 1-D one with a 3-wide
+        # window over as many positions in 150 us
+        if all(k == 1 for k in layer.kernel_size or (0,)):
+            return "pointwise"
+        return f"conv{len(layer.kernel_size)}d" if len(layer.kernel_size) in (1, 3) else "conv"
     return "gemm"
 
+
+# PyTorch's CPU convolutions run oneDNN's kernels except where its dispatcher judges them slower
+# (at::native::ConvParams::use_mkldnn): a float32 convolution of one sample over a small input then
+# runs as im2col (vol2col in 3-D) and a GEMM. An input of at most this many elements over its first
+# four dimensions (a 1-D convolution's input viewed as N x C x 1 x L) is small.
+IM2COL_ELEMENTS = 20480
+
+
+def runs_im2col(batch: int, first_four: int, kernel: tuple[int, ...], *, groups: int = 1,
+                transposed: bool = False) -> bool:
+    """Whether PyTorch runs a float32 CPU convolution as im2col and a GEMM (``_slow_conv2d_forward``,
+    ``slow_conv3d_forward``, ``slow_conv_dilated2d``) rather than oneDNN's kernel: one sample (``batch``)
+    whose input has at most :data:`IM2COL_ELEMENTS` over its first four dimensions (``first_four``),
+    without groups, with a window not over 3 in either of its last two dimensions (a 1-D window's
+    height is 1). Both paths were seen in torch 2.14's profiler: a 1-D convolution of 64 channels
+    over 100 steps and a 2-D 3x3 one of 256 channels on 7x7 ran im2col, over 400 steps or 512
+    channels oneDNN. On one thread PyTorch also runs unstrided 1x1 convolutions of under 16 samples
+    this way, whatever their size; a one-thread calibration's pointwise fit is theirs. Transposed
+    convolutions run kernels of their own."""
+    if transposed:
+        return False
+    height, width = ((1, *kernel) if len(kernel) == 1 else kernel)[-2:]
+    return not (groups > 1 or (width > 3 and height > 3) or batch > 1 or first_four > IM2COL_ELEMENTS)
+
+
+def layer_runs_im2col(layer: Layer) -> bool:
+    """:func:`runs_im2col` for a traced convolution (at float32, on a CPU)."""
+    if layer.conv_channels is None or not layer.in_shapes or layer.depthwise:
+        return False
+    shape = layer.in_shapes[0]
+    if len(shape) == 3:            # (N, C, L): viewed as (N, C, 1, L)
+        shape = (shape[0], shape[1], 1, shape[2])
+    if len(shape) < 4:
+        return False
+    return runs_im2col(int(shape[0]), math.prod(int(d) for d in shape[:4]), layer.kernel_size, groups=layer.groups,
+                       transposed=layer.conv_transposed)
+
+
+# the classes of convolutions PyTorch may run as im2col and a GEMM (depthwise ones never do)
+IM2COL_CLASSES = ("conv", "pointwise", "conv1d", "conv3d")
 
 # a linear layer whose weights overflow this share of a CPU's cache streams them from DRAM as it
 # computes: on a 2-core EPYC (32 MB L3) 128 rows ran 72 GMAC/s with 9 MB of weights, 55 with 19 MB, 45 with 38-154 MB
 DRAM_WEIGHTS = 0.5
 
 
-def priced_class(layer: Layer, profile: HardwareProfile, weight_bytes: float | None = None) -> str | None:
+def priced_class(layer: Layer, profile: HardwareProfile, weight_bytes: float | None = None,
+                 precision: str = "float32") -> str | None:
     """:func:`op_class`, except that on a calibrated CPU a linear layer whose weights (``weight_bytes``;
     by default all its float32 weights) overflow :data:`DRAM_WEIGHTS` of the cache is 'gemm_dram'
-    (vocabulary heads, LLM projections, VGG's classifier), priced by a fit of its own; a profile
-    calibrated without it prices them as other linear layers and says so (:func:`unsampled_layers`)."""
+    (vocabulary heads, LLM projections, VGG's classifier), and a float32 convolution PyTorch runs as
+    im2col and a GEMM (:func:`layer_runs_im2col`) is 'im2col', each priced by a fit of its own; a
+    profile calibrated without them prices them by their leaders' figures and says so
+    (:func:`unsampled_layers`)."""
     klass = op_class(layer)
+    if (klass in IM2COL_CLASSES and profile.kind == "cpu" and profile.calibrated and precision == "float32"
+            and layer_runs_im2col(layer)):
+        return "im2col"
     if klass == "gemm" and profile.kind == "cpu" and profile.calibrated and overflows_cache(
             weights_touched(layer) * 4.0 if weight_bytes is None else weight_bytes, profile.onchip_bytes):
         return "gemm_dram"
@@ -366,7 +415,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         return recurrent_latency(layer, rnn, eff, profile, precision, byte_scale=byte_scale,
                                  weights_cached=weights_cached)
     weights = 0.0 if weights_cached else weights_touched(layer) * eff.shape_scale
-    klass = priced_class(layer, profile, weights * element)
+    klass = priced_class(layer, profile, weights * element, precision)
     in_bytes = layer.act_in_bytes * eff.in_keep * byte_scale
     out_bytes = layer.act_out_bytes * eff.out_keep * byte_scale
     act_in_s, act_in_dram = activation_seconds(in_bytes, profile)
@@ -594,7 +643,8 @@ KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthw
               "transcendental": "GELU/softmax", "sigmoid": "sigmoid/SiLU", "pooling": "max-pool",
               "norm": "normalisation", "gather": "embedding lookup", "elementwise": "elementwise op",
               "pooling1d": "1-D max-pool", "avgpool": "average pool", "reduction": "reduction (mean, max over a dimension, global pooling)",
-              "gemm_dram": "linear layer whose weights overflow the cache"}
+              "gemm_dram": "linear layer whose weights overflow the cache",
+              "im2col": "convolution of one small sample (PyTorch runs it as im2col and a GEMM)"}
 
 
 def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> dict[str, tuple[str, ...]]:
