@@ -274,6 +274,11 @@ def test_a_calibrated_profile_names_every_kind_it_never_timed_with_its_share() -
         data = tomllib.load(f)
     everything = parse_profile({**data, "calibrated": list(COST_KINDS)}, "everything")
     assert costplan.estimate_latency(graph, everything).warnings == ()
+    # at bfloat16 PyTorch runs those convolutions through oneDNN: priced as 3x3 convolutions, named as such
+    bf16 = parse_profile({**data, "peak_tflops": {**data["peak_tflops"], "bfloat16": 0.3}}, "bf16")
+    small = costplan.load_graph(SmallCNN(), input="1x3x8x8")
+    assert not any("small sample" in w for w in costplan.estimate_latency(small, bf16, dtype="bfloat16").warnings)
+    assert any("small sample" in w for w in costplan.estimate_latency(small, bf16).warnings)
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step

@@ -178,11 +178,11 @@ def overflows_cache(weight_bytes: float, onchip_bytes: float) -> bool:
     return weight_bytes > DRAM_WEIGHTS * onchip_bytes
 
 
-def cost_kind(layer: Layer, profile: HardwareProfile | None = None) -> str:
-    """What ``layer`` is priced as (one of ``profile.COST_KINDS``): its op class (on ``profile``, see
-    :func:`priced_class`), else the rated kind of its memory-only ops (pooling, norm, gather, ...), else
-    'elementwise'."""
-    klass = op_class(layer) if profile is None else priced_class(layer, profile)
+def cost_kind(layer: Layer, profile: HardwareProfile | None = None, precision: str = "float32") -> str:
+    """What ``layer`` is priced as (one of ``profile.COST_KINDS``): its op class (on ``profile`` at
+    ``precision``, see :func:`priced_class`), else the rated kind of its memory-only ops (pooling, norm,
+    gather, ...), else 'elementwise'."""
+    klass = op_class(layer) if profile is None else priced_class(layer, profile, precision=precision)
     if klass is not None:
         return klass
     return next(iter(sorted(rated_kinds(layer))), "elementwise")
@@ -634,7 +634,7 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
         f"--autocast prices a float32 model under AMP at 16-bit; this estimate runs at {ctx.precision}"
         f"{' with weights stored as ' + weights_dtype if weights_dtype else ''}, so it adds no cast kernels",)
     return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
-                    unsampled_layers(graph, profile), ctx, notes)
+                    unsampled_layers(graph, profile, ctx.precision), ctx, notes)
 
 
 KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",
@@ -647,16 +647,16 @@ KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthw
               "im2col": "convolution of one small sample (PyTorch runs it as im2col and a GEMM)"}
 
 
-def unsampled_layers(graph: LayerGraph, profile: HardwareProfile) -> dict[str, tuple[str, ...]]:
-    """Cost kind -> the layers of that kind, for every kind a calibrated ``profile`` (one that lists
-    what it ``calibrated``) never timed: their price comes from other kinds' figures (a GRU priced as
+def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32") -> dict[str, tuple[str, ...]]:
+    """Cost kind (at ``precision``) -> the layers of that kind, for every kind a calibrated ``profile``
+    (one that lists what it ``calibrated``) never timed: their price comes from other kinds' figures (a GRU priced as
     one big GEMM was 95% fast here; 1-D convolutions at short lengths 2x). Empty for profiles from
     spec sheets, which are checked against published figures instead."""
     if not profile.calibrated:
         return {}
     out: dict[str, list[str]] = {}
     for layer in graph.layers:
-        kind = cost_kind(layer, profile)
+        kind = cost_kind(layer, profile, precision)
         if kind not in profile.calibrated:
             out.setdefault(kind, []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
