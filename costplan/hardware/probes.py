@@ -92,8 +92,7 @@ class Shape:
         """Whether PyTorch runs this convolution as im2col and a GEMM (:func:`runs_im2col`)."""
         if self.kind == "gemm":
             return False
-        first_four = self.batch * self.cin * self.spatial ** min(self.ndim, 2)
-        return runs_im2col(self.batch, first_four, (self.kernel,) * self.ndim,
+        return runs_im2col((self.batch, self.cin, *(self.spatial,) * self.ndim), (self.kernel,) * self.ndim,
                            groups=self.cin if self.kind == "depthwise" else self.groups)
 
     @property

@@ -9,7 +9,7 @@ attainable bandwidth. Elementwise layers that a device fuses into their producer
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from costplan.hardware.profile import HardwareProfile
@@ -116,34 +116,25 @@ def op_class(layer: Layer) -> str | None:
 IM2COL_ELEMENTS = 20480
 
 
-def runs_im2col(batch: int, first_four: int, kernel: tuple[int, ...], *, groups: int = 1,
+def runs_im2col(input_shape: Sequence[int], kernel: tuple[int, ...], *, groups: int = 1,
                 transposed: bool = False) -> bool:
-    """Whether PyTorch runs a float32 CPU convolution as im2col and a GEMM (``_slow_conv2d_forward``,
-    ``slow_conv3d_forward``, ``slow_conv_dilated2d``) rather than oneDNN's kernel: one sample (``batch``)
-    whose input has at most :data:`IM2COL_ELEMENTS` over its first four dimensions (``first_four``),
-    without groups, with a window not over 3 in either of its last two dimensions (a 1-D window's
-    height is 1). Both paths were seen in torch 2.14's profiler: a 1-D convolution of 64 channels
-    over 100 steps and a 2-D 3x3 one of 256 channels on 7x7 ran im2col, over 400 steps or 512
-    channels oneDNN. On one thread PyTorch also runs unstrided 1x1 convolutions of under 16 samples
-    this way, whatever their size; a one-thread calibration's pointwise fit is theirs. Transposed
-    convolutions run kernels of their own."""
-    if transposed:
+    """Whether PyTorch runs a float32 CPU convolution over an input of ``input_shape`` (N, C, spatial...)
+    as im2col and a GEMM (``_slow_conv2d_forward``, ``slow_conv3d_forward``, ``slow_conv_dilated2d``)
+    rather than oneDNN's kernel: one sample whose input has at most :data:`IM2COL_ELEMENTS` over its
+    first four dimensions (a 1-D input viewed as N x C x 1 x L, as PyTorch views it), without groups,
+    with a window not over 3 in either of its last two dimensions (a 1-D window's height is 1). Both
+    paths were seen in torch 2.14's profiler: a 1-D convolution of 64 channels over 100 steps and a
+    2-D 3x3 one of 256 channels on 7x7 ran im2col, over 400 steps or 512 channels oneDNN. On one
+    thread PyTorch also runs unstrided 1x1 convolutions of under 16 samples this way, whatever their
+    size; a one-thread calibration's pointwise fit is theirs. Transposed convolutions run kernels of
+    their own."""
+    dims = [int(d) for d in input_shape]
+    if len(dims) == 3:
+        dims.insert(2, 1)
+    if transposed or len(dims) < 4:
         return False
     height, width = ((1, *kernel) if len(kernel) == 1 else kernel)[-2:]
-    return not (groups > 1 or (width > 3 and height > 3) or batch > 1 or first_four > IM2COL_ELEMENTS)
-
-
-def layer_runs_im2col(layer: Layer) -> bool:
-    """:func:`runs_im2col` for a traced convolution (at float32, on a CPU)."""
-    if layer.conv_channels is None or not layer.in_shapes or layer.depthwise:
-        return False
-    shape = layer.in_shapes[0]
-    if len(shape) == 3:            # (N, C, L): viewed as (N, C, 1, L)
-        shape = (shape[0], shape[1], 1, shape[2])
-    if len(shape) < 4:
-        return False
-    return runs_im2col(int(shape[0]), math.prod(int(d) for d in shape[:4]), layer.kernel_size, groups=layer.groups,
-                       transposed=layer.conv_transposed)
+    return not (groups > 1 or (width > 3 and height > 3) or dims[0] > 1 or math.prod(dims[:4]) > IM2COL_ELEMENTS)
 
 
 # the classes of convolutions PyTorch may run as im2col and a GEMM (depthwise ones never do)
@@ -159,12 +150,13 @@ def priced_class(layer: Layer, profile: HardwareProfile, weight_bytes: float | N
     """:func:`op_class`, except that on a calibrated CPU a linear layer whose weights (``weight_bytes``;
     by default all its float32 weights) overflow :data:`DRAM_WEIGHTS` of the cache is 'gemm_dram'
     (vocabulary heads, LLM projections, VGG's classifier), and a float32 convolution PyTorch runs as
-    im2col and a GEMM (:func:`layer_runs_im2col`) is 'im2col', each priced by a fit of its own; a
+    im2col and a GEMM (:func:`runs_im2col`) is 'im2col', each priced by a fit of its own; a
     profile calibrated without them prices them by their leaders' figures and says so
     (:func:`unsampled_layers`)."""
     klass = op_class(layer)
     if (klass in IM2COL_CLASSES and profile.kind == "cpu" and profile.calibrated and precision == "float32"
-            and layer_runs_im2col(layer)):
+            and layer.in_shapes and runs_im2col(layer.in_shapes[0], layer.kernel_size, groups=layer.groups,
+                                                transposed=layer.conv_transposed)):
         return "im2col"
     if klass == "gemm" and profile.kind == "cpu" and profile.calibrated and overflows_cache(
             weights_touched(layer) * 4.0 if weight_bytes is None else weight_bytes, profile.onchip_bytes):
