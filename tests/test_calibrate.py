@@ -347,3 +347,21 @@ def test_a_lasting_load_is_refused_without_timing_every_round(monkeypatch) -> No
     monkeypatch.setattr(calibration, "_probes", lambda *_: {"tick": ("overhead", 0.0, timed(lambda: None), 1.0)})
     with pytest.raises(CostplanError, match="after 2 of 4 rounds of timing, the machine was too busy"):
         calibration.calibrate(quick=True, progress=False, check=False, load_limit=-1.0)
+
+
+def test_probes_are_fitted_on_the_widths_their_kernels_run() -> None:
+    """Convolutions made by a machine whose kernels tile channels by 16 (a 24-wide layer runs as 32,
+    as oneDNN ran them on AVX-512; 60 GMAC/s, halves 8/16/16) are fitted back from probes drawn with
+    that tile. The roofline prices traced layers padded so; a fit on the MACs asked for rather than
+    the MACs run read the padded probes as slow and the rest as fast."""
+    import numpy as np
+
+    from costplan.hardware.fitting import fit_class
+    from costplan.hardware.probes import sample_shapes
+
+    shapes = sample_shapes("conv", 48, seed=3, multiple=16)
+    assert sum(s.dims.padding > 1 for s in shapes) >= 10     # the draw has widths between tiles
+    u = np.array([s.rows / (s.rows + 8) * s.outputs / (s.outputs + 16) * s.reduction / (s.reduction + 16) for s in shapes])
+    seconds = np.array([s.macs * s.dims.padding for s in shapes]) / (60e9 * u) + 5e-6 + 10e-6
+    fit = fit_class(shapes, list(seconds), np.zeros(len(shapes)), per_op=5e-6)
+    assert fit.rate == pytest.approx(60e9, rel=0.05) and fit.median_error < 0.02

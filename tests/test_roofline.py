@@ -123,6 +123,26 @@ def test_gemm_dimensions_of_a_pruned_conv_by_hand() -> None:
     assert dims(rgb, Effective(0, 0), multiple=8).padding == 1.0  # a width that never was a multiple keeps its kernel
 
 
+def test_a_width_built_between_tiles_runs_as_the_tile_above() -> None:
+    """oneDNN on AVX-512 (tile 16) ran convolutions of 20, 24 and 28 channels as slowly as of 32 and
+    of 40 as of 48, linear layers' outputs likewise, their reductions in proportion: a layer built 24
+    to 40 wide is priced as one pruned to those widths from 32 to 48 (both run 32 to 48). A grouped
+    convolution, never seen padded, keeps its widths."""
+    import torch
+
+    built = load_graph(torch.nn.Conv1d(24, 40, 3, padding=1), input="64x24x20").layers[0]
+    pruned = load_graph(torch.nn.Conv1d(32, 48, 3, padding=1), input="64x32x20").layers[0]
+    shape = dims(built, Effective(0, 0), multiple=16, part_tile_inputs=True)
+    assert (shape.outputs, shape.reduction) == (48, 32 * 3) and shape.padding == pytest.approx(48 * 32 / (40 * 24))
+    cut = dims(pruned, Effective(0, 0, in_keep=24 / 32, out_keep=40 / 48), multiple=16, part_tile_inputs=True)
+    assert (cut.rows, cut.outputs, cut.reduction, cut.padding) == pytest.approx(
+        (shape.rows, shape.outputs, shape.reduction, shape.padding))
+    linear = dims(load_graph(torch.nn.Linear(24, 40), input="64x24").layers[0], Effective(0, 0), multiple=16)
+    assert (linear.outputs, linear.reduction) == (48, 24)
+    grouped = load_graph(torch.nn.Conv2d(24, 40, 3, padding=1, groups=8), input="1x24x8x8").layers[0]
+    assert dims(grouped, Effective(0, 0), multiple=16).padding == 1.0
+
+
 def test_on_a_cpu_inputs_pruned_under_one_tile_run_unpadded() -> None:
     """Conv 64->128 keeping 4 of 64 inputs (half a tile of 8): on a CPU the reduction is 4 x 9 (oneDNN
     reads so few channels plain), padded to 8 x 9 elsewhere; outputs under a tile stay padded."""

@@ -43,20 +43,33 @@ def setup():
     units = build_units(graph, structure, [Pattern("channel"), Pattern("unstructured")], levels=5, max_ratio=0.75,
                         excluded=(), bounds={})
     scores = collect_scores(model, scored_params(graph))
+    before = {k: v.clone() for k, v in model.state_dict().items()}   # the model as given to the scan
     sens = Sensitivity(graph, model, batches, cross_entropy, scores, progress=False)
-    return model, batches, graph, units, sens
+    return model, batches, graph, units, sens, before
 
 
 def _loss(model: torch.nn.Module, batches) -> float:
+    """The mean loss over ``batches`` after re-estimating the BatchNorm statistics on all of them at once
+    (EagleEye's adaptive BatchNorm), on a copy."""
+    model = copy.deepcopy(model).eval()
     with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        model(torch.cat([x for x, _ in batches]))
+        model.eval()
         return sum(float(cross_entropy(model, b)) for b in batches) / len(batches)
 
 
 def test_the_scan_measures_what_the_pruner_removes(setup) -> None:
     """For every option of every unit, the loss of the model the Pruner masks to that option alone (one
-    shot, l2: the ranking magnitude and sensitivity use) is the scan's base loss plus its measurement."""
-    model, batches, graph, units, sens = setup
+    shot, l2: the ranking magnitude and sensitivity use), its BatchNorm statistics re-estimated on the
+    calibration batches, is the scan's base loss plus its measurement; the model scanned is left as it was."""
+    model, batches, graph, units, sens, before = setup
     assert sens.base == pytest.approx(_loss(model, batches), rel=1e-5)
+    with torch.no_grad():   # on the dense statistics the base differs: the re-estimate is what is measured
+        assert sens.base != pytest.approx(sum(float(cross_entropy(model, b)) for b in batches) / 3, rel=1e-3)
     checked = 0
     for unit in units:
         for k, option in enumerate(unit.options):
@@ -70,10 +83,11 @@ def test_the_scan_measures_what_the_pruner_removes(setup) -> None:
             assert sens._measure(unit, option) == pytest.approx(max(0.0, increase), abs=1e-5), (unit.name, option)
             checked += 1
     assert checked >= 10 and any(u.structured for u in units)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_curves_are_zero_when_dense_convex_and_never_below_the_scan(setup) -> None:
-    model, _, _, units, sens = setup
+    model, _, _, units, sens, _ = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sens.prepare(units)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # masks undone

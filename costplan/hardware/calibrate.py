@@ -236,10 +236,11 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
                load_limit: float, strict: bool) -> Calibration:
     kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
     onchip_bytes = cache_bytes()
-    shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i)
+    tile = channel_multiple()   # widths are priced padded to it, on the traced layers as on these
+    shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i, tile)
               for i, kind in enumerate(SAMPLED)}
     # linear layers are fitted as the roofline prices them: those whose weights overflow the cache apart
-    drawn = shapes["gemm"] + dram_weight_shapes(8 if quick else 16, onchip_bytes, seed)
+    drawn = shapes["gemm"] + dram_weight_shapes(8 if quick else 16, onchip_bytes, seed, tile)
     shapes["gemm"] = [s for s in drawn if not overflows_cache(s.weight_bytes, onchip_bytes)]
     shapes["gemm_dram"] = [s for s in drawn if overflows_cache(s.weight_bytes, onchip_bytes)]
     rnns = recurrent_shapes(15 if quick else 45, seed)
@@ -266,7 +267,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
             efficiency={k: float(min(1.0, max(0.005, f.rate / peak))) for k, f in fits.items()}, fits=fits,
             bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, fixed_s=fixed,
             first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
-            threads=torch.get_num_threads(), channel_multiple=channel_multiple(), cpu=_cpu_name(), samples=samples,
+            threads=torch.get_num_threads(), channel_multiple=tile, cpu=_cpu_name(), samples=samples,
             quality=quality, kept_memory=kept, reference_s=samples["reference"][0][1])
     before = calibration_of(fits).profile()
     for cell in RECURRENT:     # a call less its once-per-call work, priced by the fits above

@@ -94,7 +94,8 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
     repeats x (max(MACs / (rate x utilisation), memory_s) + fixed_s)``, utilisation the product of d / (d
     + half) over the GEMM dimensions, times the strided factor where ``strided``; ``call_s`` is fitted
     only with ``per_call`` and the strided factor only where some shape is strided."""
-    macs = np.array([s.macs for s in shapes], dtype=float)
+    # the MACs a kernel runs, widths padded to its channel tile, as the roofline prices them
+    macs = np.array([s.macs * s.dims.padding for s in shapes], dtype=float)
     dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
     measured = np.array(seconds, dtype=float)
     # the scale of the rate, from the rates the shapes attained beyond their fixed part: a shape timed

@@ -10,7 +10,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ class Shape:
     batch: int = 1     # convolutions only: a linear layer's batch is in its rows
     groups: int = 1    # grouped 3x3 convolutions (RegNet, ResNeXt); depthwise ones are their own kind
     ndim: int = 2      # a convolution's spatial dimensions: 1 (conv1d), 2, 3 (conv3d)
+    multiple: int = 1  # the channel tile of the kernels it runs on (:func:`channel_multiple` where timed)
 
     @property
     def positions(self) -> int:
@@ -77,7 +78,8 @@ class Shape:
     def dims(self) -> Dims:
         """The GEMM the roofline gives this layer (:func:`costplan.hardware.roofline.gemm_dims`)."""
         return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=self.window,
-                         depthwise=self.kind == "depthwise", strided=self.stride > 1)
+                         depthwise=self.kind == "depthwise", strided=self.stride > 1, multiple=self.multiple,
+                         part_tile_inputs=True, linear=self.kernel == 0)
 
     rows = property(lambda self: self.dims.rows)
     outputs = property(lambda self: self.dims.outputs)
@@ -105,7 +107,7 @@ def _width(value: float) -> int:
     return int(min(2048, max(8, round(value / 8) * 8)))
 
 
-def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
+def sample_shapes(kind: str, count: int, seed: int = 0, multiple: int = 1) -> list[Shape]:
     """``count`` layers of one op class drawn as networks have them (seeded). Convolutions:
     a 7x7 to 112x112 map, a width about 64 x 56 / side (channels grow as maps shrink) scaled by
     1/4 to 3 for pruned and wide layers, the output width 1/4 to 4 times the input's (bottlenecks,
@@ -115,7 +117,8 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
     independent widths from 8 to 3072. 1-D convolutions: 10 to 4000 steps, windows of 3 to 7, a fifth
     of them stems over 1 or 2 channels. A convolution PyTorch runs as im2col and a GEMM (:func:`runs_im2col`:
     one sample over a small input) is drawn only as 'im2col': 1-D ones over 10 to 250 steps with windows
-    of 1 to 7, 2-D ones on 7x7 to 28x28 maps and 3-D ones on 4- and 8-cubes with windows of 1 or 3."""
+    of 1 to 7, 2-D ones on 7x7 to 28x28 maps and 3-D ones on 4- and 8-cubes with windows of 1 or 3.
+    ``multiple``: the channel tile of the kernels they are timed on, to which the roofline pads widths."""
     rng = np.random.default_rng(seed)
     out: list[Shape] = []
     while len(out) < count:
@@ -163,7 +166,7 @@ def sample_shapes(kind: str, count: int, seed: int = 0) -> list[Shape]:
         least = 2e4 if kind == "im2col" else 2e5
         if least <= shape.macs <= 4e8 * shape.batch ** 0.5 and max(inputs, outputs) <= 4 * MAX_ACTIVATION * min(batch, 3):
             out.append(shape)
-    return out
+    return [replace(drawn, multiple=multiple) for drawn in out]
 
 
 @dataclass(frozen=True)
@@ -295,7 +298,7 @@ def recurrent_shapes(count: int, seed: int = 0) -> list[RecurrentShape]:
     return out
 
 
-def dram_weight_shapes(count: int, onchip_bytes: float, seed: int = 0) -> list[Shape]:
+def dram_weight_shapes(count: int, onchip_bytes: float, seed: int = 0, multiple: int = 1) -> list[Shape]:
     """``count`` linear layers whose float32 weights fill 0.75 to 2 caches (seeded): vocabulary
     heads, LLM projections, VGG's classifier; 768 to 4096 inputs, 1 to 512 rows, at most 2 GMACs."""
     rng = np.random.default_rng(seed)
@@ -303,7 +306,7 @@ def dram_weight_shapes(count: int, onchip_bytes: float, seed: int = 0) -> list[S
     while len(out) < count:
         cin = int(rng.choice((768, 1024, 2048, 4096)))
         cout = max(8, round(onchip_bytes * 2 ** rng.uniform(-0.4, 1.0) / (4 * cin) / 8) * 8)
-        shape = Shape("gemm", cin, cout, int(rng.choice((1, 4, 16, 64, 128, 256, 512))))
+        shape = Shape("gemm", cin, cout, int(rng.choice((1, 4, 16, 64, 128, 256, 512))), multiple=multiple)
         if shape.macs <= 2e9:
             out.append(shape)
     return out

@@ -224,27 +224,35 @@ class Dims:
     strided: bool = False          # a convolution with a stride over 1
 
 
-def _padded(width: float, dense: int, multiple: int, part_tile: bool = False) -> float:
-    """Kernels tile channels by ``multiple``; a width pruned off a multiple the dense layer had runs
-    as the next multiple up. A dense width that never was a multiple (RGB input) keeps its own kernel,
-    as, with ``part_tile``, does a width under one tile."""
-    if multiple <= 1 or dense % multiple or (part_tile and width < multiple):
+def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, built: bool = True) -> float:
+    """Kernels tile channels by ``multiple``: a width of at least one tile runs as the next multiple
+    up, whether a plan pruned it there or the layer was built so (oneDNN on AVX-512 ran 1-D and 2-D
+    convolutions of 20, 24 and 28 channels as slowly as of 32, and of 40 as of 48; with ``built``
+    False, as for a linear layer's reduction, which ran in proportion to its width, only a width
+    pruned off a multiple is padded). Under one tile, a dense width that never was a multiple (an RGB
+    input) keeps its own kernel, as, with ``part_tile``, does any."""
+    if multiple <= 1:
+        return width
+    if (width < multiple and (part_tile or dense % multiple)) or (not built and dense % multiple):
         return width
     return math.ceil(round(width, 6) / multiple) * multiple
 
 
 def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int = 1, depthwise: bool = False,
               strided: bool = False, in_keep: float = 1.0, out_keep: float = 1.0, multiple: int = 1,
-              part_tile_inputs: bool = False) -> Dims:
+              part_tile_inputs: bool = False, linear: bool = False) -> Dims:
     """The GEMM a convolution or linear layer of ``macs`` MACs runs: rows = MACs over (outputs x
     reduction) of the dense layer; a grouped convolution's outputs and reduction are one group's, a
     depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
-    are the shares of input/output channels a plan keeps; widths pruned off ``multiple`` run padded,
-    except, with ``part_tile_inputs`` (:func:`reads_part_tiles`), inputs under one tile."""
+    are the shares of input/output channels a plan keeps; widths run padded to ``multiple``
+    (:func:`_padded`), except, with ``part_tile_inputs`` (:func:`reads_part_tiles`), inputs under one
+    tile, and a ``linear`` layer's inputs or a grouped convolution's widths unless a plan pruned them
+    off a multiple (neither was seen padded)."""
     if depthwise:
         return Dims(macs / (cout * window), cout * in_keep, window, strided=strided)
     outputs, inputs = cout * out_keep, cin * in_keep
-    padded_out, padded_in = _padded(outputs, cout, multiple), _padded(inputs, cin, multiple, part_tile_inputs)
+    padded_out = _padded(outputs, cout, multiple, built=groups == 1)
+    padded_in = _padded(inputs, cin, multiple, part_tile_inputs, built=groups == 1 and not linear)
     return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
                 padded_out * padded_in / (outputs * inputs), strided=strided)
 
@@ -284,7 +292,7 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool
     if layer.linear_features:
         cin, cout = layer.linear_features
         return gemm_dims(layer.macs, cin, cout, in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
-                         part_tile_inputs=part_tile_inputs)
+                         part_tile_inputs=part_tile_inputs, linear=True)
     return None
 
 
