@@ -125,9 +125,9 @@ def test_gemm_dimensions_of_a_pruned_conv_by_hand() -> None:
 
 def test_a_width_built_between_tiles_runs_as_the_tile_above() -> None:
     """oneDNN on AVX-512 (tile 16) ran convolutions of 20, 24 and 28 channels as slowly as of 32 and
-    of 40 as of 48, linear layers' outputs likewise, their reductions in proportion: a layer built 24
-    to 40 wide is priced as one pruned to those widths from 32 to 48 (both run 32 to 48). A grouped
-    convolution, never seen padded, keeps its widths."""
+    of 40 as of 48: a convolution built 24 to 40 wide is priced as one pruned to those widths from 32
+    to 48 (both run 32 to 48). GEMMs (linear layers, convolutions run as im2col) and grouped
+    convolutions keep the widths they were built with."""
     import torch
 
     built = load_graph(torch.nn.Conv1d(24, 40, 3, padding=1), input="64x24x20").layers[0]
@@ -138,7 +138,8 @@ def test_a_width_built_between_tiles_runs_as_the_tile_above() -> None:
     assert (cut.rows, cut.outputs, cut.reduction, cut.padding) == pytest.approx(
         (shape.rows, shape.outputs, shape.reduction, shape.padding))
     linear = dims(load_graph(torch.nn.Linear(24, 40), input="64x24").layers[0], Effective(0, 0), multiple=16)
-    assert (linear.outputs, linear.reduction) == (48, 24)
+    assert (linear.outputs, linear.reduction, linear.padding) == (40, 24, 1.0)
+    assert dims(built, Effective(0, 0), multiple=16, part_tile_inputs=True, im2col=True).padding == 1.0
     grouped = load_graph(torch.nn.Conv2d(24, 40, 3, padding=1, groups=8), input="1x24x8x8").layers[0]
     assert dims(grouped, Effective(0, 0), multiple=16).padding == 1.0
 

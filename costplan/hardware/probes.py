@@ -79,7 +79,7 @@ class Shape:
         """The GEMM the roofline gives this layer (:func:`costplan.hardware.roofline.gemm_dims`)."""
         return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=self.window,
                          depthwise=self.kind == "depthwise", strided=self.stride > 1, multiple=self.multiple,
-                         part_tile_inputs=True, linear=self.kernel == 0)
+                         part_tile_inputs=True, linear=self.kernel == 0 or self.kind == "im2col")
 
     rows = property(lambda self: self.dims.rows)
     outputs = property(lambda self: self.dims.outputs)

@@ -227,10 +227,9 @@ class Dims:
 def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, built: bool = True) -> float:
     """Kernels tile channels by ``multiple``: a width of at least one tile runs as the next multiple
     up, whether a plan pruned it there or the layer was built so (oneDNN on AVX-512 ran 1-D and 2-D
-    convolutions of 20, 24 and 28 channels as slowly as of 32, and of 40 as of 48; with ``built``
-    False, as for a linear layer's reduction, which ran in proportion to its width, only a width
-    pruned off a multiple is padded). Under one tile, a dense width that never was a multiple (an RGB
-    input) keeps its own kernel, as, with ``part_tile``, does any."""
+    convolutions of 20, 24 and 28 channels as slowly as of 32, and of 40 as of 48). With ``built``
+    False only a width pruned off a multiple is padded. Under one tile, a dense width that never was
+    a multiple (an RGB input) keeps its own kernel, as, with ``part_tile``, does any."""
     if multiple <= 1:
         return width
     if (width < multiple and (part_tile or dense % multiple)) or (not built and dense % multiple):
@@ -246,12 +245,14 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
     are the shares of input/output channels a plan keeps; widths run padded to ``multiple``
     (:func:`_padded`), except, with ``part_tile_inputs`` (:func:`reads_part_tiles`), inputs under one
-    tile, and a ``linear`` layer's inputs or a grouped convolution's widths unless a plan pruned them
-    off a multiple (neither was seen padded)."""
+    tile, and the widths of a ``linear`` layer (or a convolution run as im2col and a GEMM) or of a
+    grouped convolution unless a plan pruned them off a multiple: a GEMM's reduction ran in proportion
+    to its width, its outputs 20 and 24 wide as 32 but 28 slower than 32, and padding them made the
+    linear fit worse on one of two calibrations' timings (8.7% to 10.7%)."""
     if depthwise:
         return Dims(macs / (cout * window), cout * in_keep, window, strided=strided)
     outputs, inputs = cout * out_keep, cin * in_keep
-    padded_out = _padded(outputs, cout, multiple, built=groups == 1)
+    padded_out = _padded(outputs, cout, multiple, built=groups == 1 and not linear)
     padded_in = _padded(inputs, cin, multiple, part_tile_inputs, built=groups == 1 and not linear)
     return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
                 padded_out * padded_in / (outputs * inputs), strided=strided)
@@ -272,9 +273,11 @@ def reads_part_tiles(profile: HardwareProfile) -> bool:
     return profile.kind == "cpu"
 
 
-def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool = False) -> Dims | None:
+def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool = False,
+         im2col: bool = False) -> Dims | None:
     """The GEMM shape of a convolution, linear layer or fused attention under its plan (channels
-    padded to ``multiple``: :func:`gemm_dims`); None for other layers."""
+    padded to ``multiple``: :func:`gemm_dims`; a convolution run as ``im2col`` and a GEMM pads as a
+    linear layer does); None for other layers."""
     if layer.macs <= 0:
         return None
     if layer.op == "attention" and layer.in_shapes and all(len(s) >= 2 for s in layer.in_shapes[:3]):
@@ -288,7 +291,7 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool
         return gemm_dims(layer.macs, cin, cout, groups=groups, window=math.prod(layer.kernel_size or (1,)),
                          depthwise=layer.depthwise, strided=any(v > 1 for v in layer.stride),
                          in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
-                         part_tile_inputs=part_tile_inputs)
+                         part_tile_inputs=part_tile_inputs, linear=im2col)
     if layer.linear_features:
         cin, cout = layer.linear_features
         return gemm_dims(layer.macs, cin, cout, in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
@@ -431,7 +434,8 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         pooled = profile.pool_windows and bool(rated & POOL_KINDS)
         act = max(act, pool_bytes(in_bytes, out_bytes, math.prod(layer.kernel_size) if pooled else 1) / min(rates))
     shape_macs = eff.shape_macs if eff.shape_macs is not None else eff.macs / eff.density if eff.density else 0.0
-    shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile)) if klass is not None else None
+    shape = (dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile), im2col=klass == "im2col")
+             if klass is not None else None)
     kinds = ({klass} | rated) - {None} or {"elementwise"}
     overhead = (profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)) * share
     if layer.macs == 0 and layer.kernels > 1 and not profile.fuse_elementwise:
