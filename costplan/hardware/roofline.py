@@ -252,8 +252,9 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     if depthwise:
         return Dims(macs / (cout * window), cout * in_keep, window, strided=strided)
     outputs, inputs = cout * out_keep, cin * in_keep
-    padded_out = _padded(outputs, cout, multiple, built=groups == 1 and not linear)
-    padded_in = _padded(inputs, cin, multiple, part_tile_inputs, built=groups == 1 and not linear)
+    built = groups == 1 and not linear
+    padded_out = _padded(outputs, cout, multiple, built=built)
+    padded_in = _padded(inputs, cin, multiple, part_tile_inputs, built=built)
     return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
                 padded_out * padded_in / (outputs * inputs), strided=strided)
 
