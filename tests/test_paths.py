@@ -213,6 +213,20 @@ def test_every_listed_model_analyzes_offline(monkeypatch, name: str) -> None:
     assert load_graph(name).total_macs > 0
 
 
+def test_detection_models_are_traced_on_the_cpu_without_a_meta_attempt() -> None:
+    """Detection models keep the boxes that pass a threshold (torch.nonzero) and run NMS: shapes from
+    data, which the meta device cannot compute. A meta attempt fails every time, after RetinaNet's
+    backbone (7 s), so they go to the CPU at once; other torchvision models still try meta first."""
+    from costplan.api import _trace_instance
+    from costplan.models import instantiate, resolve
+
+    detector = resolve("fasterrcnn_mobilenet_v3_large_320_fpn")
+    with pytest.raises(NotImplementedError, match="nonzero"):   # the premise: meta cannot run it
+        _trace_instance(instantiate(detector, "meta"), detector.name)
+    assert not detector.meta and not resolve("retinanet_resnet50_fpn").meta
+    assert resolve("resnet18").meta and resolve("lraspp_mobilenet_v3_large").meta and resolve("raft_small").meta
+
+
 def test_a_pruned_file_says_what_was_done_to_it(tmp_path, capsys) -> None:
     """analyze of a file prune wrote reports its non-zero parameters, effective MACs and latency under
     its patterns with no --plan, as analyze of the original under the plan predicted; giving the plan
