@@ -84,14 +84,15 @@ def levels_of(max_ratio: float, levels: int) -> list[float]:
 
 def aligned_ratios(width: int, ratios: Sequence[float], multiple: int, half_tile: bool = False) -> list[float]:
     """``ratios`` moved to the nearest ones that keep a multiple of ``multiple`` channels (at least
-    one multiple), where ``width`` is at least one: the widths a device's kernels tile without
-    padding (a width in between runs as the multiple above it: :func:`costplan.hardware.roofline.gemm_dims`).
-    A width under one multiple keeps ``ratios``; a width of one multiple has nothing to remove in whole
+    one multiple), where ``width`` itself is a multiple: the widths a device's kernels tile without
+    padding. Other widths keep ``ratios``: a group built between multiples may feed convolutions, which
+    run padded to the multiple above, or GEMMs, which do not (:func:`costplan.hardware.roofline.gemm_dims`
+    prices each), so its unaligned levels stay options; a width of one multiple has nothing to remove in whole
     tiles. With ``half_tile``, half a tile is a level too where the largest ratio reaches it: where
     kernels read fewer input channels than one tile unpadded
     (:func:`costplan.hardware.roofline.reads_part_tiles`), a group kept at half a tile makes the
     layers reading it cheaper although its own outputs stay padded."""
-    if multiple <= 1 or width < multiple:
+    if multiple <= 1 or width % multiple:
         return list(ratios)
     least = width * (1.0 - max(ratios, default=0.0)) - 1e-9  # never past the largest ratio asked for
     kept = {max(multiple, round(width * (1.0 - r) / multiple) * multiple) for r in ratios}
