@@ -3,13 +3,18 @@ and torch's own FlopCounterMode."""
 
 from __future__ import annotations
 
+import networkx as nx
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from costplan.api import analyze, load_graph
 from costplan.models import instantiate, resolve
 from costplan.trace import trace
+from costplan.trace.grids import Grid, broadcast, meeting_ids
 from tests.conftest import TwoConvs, graph_of
 
 # (MACs, params) from the issue; the torchvision/HF parameter counts are the published ones.
@@ -184,3 +189,30 @@ def test_per_layer_timing_times_a_second_call_of_ops_that_can_run_twice() -> Non
         trace(torch.nn.BatchNorm1d(8).eval(), (x,), timings={}, channels=False)
     assert count.calls["aten.batch_norm.default"] == 2 and count.calls["aten.native_batch_norm.default"] == 1
     assert "aten._batch_norm_impl_index.default" not in count.calls     # decomposed in the tracer, never run whole
+
+
+def _components(a: np.ndarray, b: np.ndarray) -> tuple[set[frozenset[int]], set[int]]:
+    """Channels joined through pairs that are both channels, and the channels paired with NONE."""
+    graph = nx.Graph()
+    graph.add_nodes_from(int(i) for i in np.concatenate([a, b]) if i >= 0)
+    graph.add_edges_from((int(x), int(y)) for x, y in zip(a, b) if x >= 0 and y >= 0)
+    meets_none = {int(x) for x, y in zip(a, b) if x >= 0 > y} | {int(y) for x, y in zip(a, b) if y >= 0 > x}
+    return {frozenset(c) for c in nx.connected_components(graph)}, meets_none
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 4), st.integers(2, 4), st.data())
+def test_meeting_stars_join_what_the_full_product_joins(heads: int, width: int, other: int, data) -> None:
+    """Queries (heads x width) against values (heads x other): the stars that stand for their
+    product join the same channels and pair the same ones with NONE. Fails if either side's NONE
+    centre is dropped from :func:`meeting_ids`, or its stars are centred on a fixed column."""
+    ids = st.integers(-1, 9)
+    q = np.array(data.draw(st.lists(ids, min_size=heads * width, max_size=heads * width))).reshape(heads, width)
+    v = np.array(data.draw(st.lists(ids, min_size=heads * other, max_size=heads * other))).reshape(heads, other) + 20
+    v[v == 19] = -1
+    sizes = {"h": heads, "d": width, "e": other}
+    qgrid, vgrid = Grid((0, 1), q, (heads, width)), Grid((0, 1), v, (heads, other))
+    full = [broadcast(g, s, "deh", sizes).ravel() for g, s in ((qgrid, "hd"), (vgrid, "he"))]
+    stars = meeting_ids(qgrid, "hd", vgrid, "he", sizes)
+    assert stars[0].size < full[0].size or heads * (width + other) * 2 >= full[0].size
+    assert _components(*stars) == _components(*full)

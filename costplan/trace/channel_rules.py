@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves
 
-from costplan.trace.grids import NONE, Grid, broadcast
+from costplan.trace.grids import NONE, Grid, broadcast, meeting_ids
 from costplan.trace.ops import ATTENTION_OPS, op_name
 
 # ---- which ops do what --------------------------------------------------------------------------
@@ -315,8 +315,7 @@ class OpRules:
             for t2, spec2, grid2, tagged2 in entries[:i]:
                 shared = tagged & tagged2
                 if grid2 is not None and shared:
-                    onto = sorted(tagged | tagged2)
-                    self.couple(broadcast(grid, spec, onto, sizes), broadcast(grid2, spec2, onto, sizes), node)
+                    self.couple(*meeting_ids(grid, spec, grid2, spec2, sizes), node)
                     break
         wanted = {x for x in out_letters if any(x in e[3] for e in entries)}
         if not wanted:

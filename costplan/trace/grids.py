@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 
@@ -164,3 +166,34 @@ def broadcast(grid: Grid, letters: Sequence[str], onto: Sequence[str], sizes: Ma
     ids = np.transpose(ids, order) if order else ids
     shape = [sizes[x] if x in own else 1 for x in onto]
     return np.broadcast_to(ids.reshape(shape), [sizes[x] for x in onto])
+
+
+def meeting_ids(grid: Grid, letters: Sequence[str], other: Grid, other_letters: Sequence[str],
+                sizes: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of two grids that meet where they combine, as two arrays (``a[i]`` meets ``b[i]``): at
+    each position of the letters both name, every id of one meets every id of the other. Where each
+    has letters of its own (attention's values against its queries: head width x head width per head,
+    1 M pairs a layer in a 70B model), stars stand for that product: every id of one side against
+    the other's first channel (id >= 0) and first NONE at that position, and the other way round.
+    They join the same sources, and pair a channel with NONE or with another unit exactly where the
+    product does, which is all that grouping reads of them."""
+    own = [letters[a] for a in grid.axes]
+    theirs = [other_letters[a] for a in other.axes]
+    shared = sorted(set(own) & set(theirs))
+    mine, their = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    if not mine or not their:
+        onto = sorted(set(own) | set(theirs))
+        return broadcast(grid, letters, onto, sizes), broadcast(other, other_letters, onto, sizes)
+    positions = math.prod(sizes[x] for x in shared)
+    a = broadcast(grid, letters, shared + mine, sizes).reshape(positions, -1)
+    b = broadcast(other, other_letters, shared + their, sizes).reshape(positions, -1)
+    rows = np.arange(positions)[:, None]
+    firsts, seconds = [], []
+    for every, centres, first in ((a, b, True), (b, a, False)):
+        for hits in (centres >= 0, centres < 0):
+            if not hits.any():
+                continue
+            centre = np.broadcast_to(centres[rows, hits.argmax(axis=1)[:, None]], every.shape)
+            firsts.append((every if first else centre).ravel())
+            seconds.append((centre if first else every).ravel())
+    return np.concatenate(firsts), np.concatenate(seconds)
