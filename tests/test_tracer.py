@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from costplan.api import analyze, load_graph
 from costplan.models import instantiate, resolve
 from costplan.trace import trace
-from costplan.trace.grids import Grid, broadcast, meeting_ids
+from costplan.trace.grids import Grid, _Base, broadcast, meeting_ids, view_grid
 from tests.conftest import TwoConvs, graph_of
 
 # (MACs, params) from the issue; the torchvision/HF parameter counts are the published ones.
@@ -216,3 +216,29 @@ def test_meeting_stars_join_what_the_full_product_joins(heads: int, width: int, 
     stars = meeting_ids(qgrid, "hd", vgrid, "he", sizes)
     assert stars[0].size < full[0].size or heads * (width + other) * 2 >= full[0].size
     assert _components(*stars) == _components(*full)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=2, max_size=4), st.data())
+def test_a_view_reads_the_channels_at_its_storage_offsets(sizes: list[int], data) -> None:
+    """Every position of a view (permuted, strided, flattened) of a written tensor (dense in some
+    order of its axes, or itself a strided slice) holds the channel stored at its offset. Fails if the
+    dense shortcut in :func:`view_grid` drops its modulo, or takes a strided base for a dense one."""
+    order = data.draw(st.permutations(range(len(sizes))))
+    storage = torch.empty([sizes[a] for a in order]).permute([order.index(a) for a in range(len(sizes))])
+    if data.draw(st.booleans()):                              # a base that skips every other row
+        storage = torch.empty([sizes[0] * 2, *sizes[1:]])[::2]
+    channel = data.draw(st.integers(0, len(sizes) - 1))
+    base = _Base(tuple(storage.shape), tuple(storage.stride()), storage.storage_offset(),
+                 Grid((channel,), np.arange(sizes[channel]) + 100, tuple(storage.shape)))
+    view = storage.permute(data.draw(st.permutations(range(len(sizes)))))
+    view = view[tuple(slice(data.draw(st.integers(0, s - 1)), None, data.draw(st.integers(1, 2))) for s in view.shape)]
+    if view.is_contiguous():
+        view = view.view(-1)
+    at = {storage.storage_offset() + sum(i * s for i, s in zip(index, storage.stride())): index[channel]
+          for index in np.ndindex(*storage.shape)}
+    expected = np.array([at[view.storage_offset() + sum(i * s for i, s in zip(index, view.stride()))] + 100
+                         for index in np.ndindex(*view.shape)]).reshape(view.shape)
+    grid = view_grid(base, view)
+    shape = [view.shape[a] if a in grid.axes else 1 for a in range(view.dim())]
+    assert np.array_equal(np.broadcast_to(np.asarray(grid.ids).reshape(shape), view.shape), expected)

@@ -149,13 +149,34 @@ def view_grid(base: _Base, t: torch.Tensor) -> Grid | None:
         if idx is None:
             raise ValueError("view outside its base")
         return Grid((), base.grid.ids[tuple(idx[0, channel_axes])].reshape(()), sizes)
-    mesh = np.ix_(*[np.arange(sizes[b]) for b in tagged])
-    rel = rel0 + sum(m * strides[b] for m, b in zip(mesh, tagged))
-    idx = _unravel(base.sizes, base.strides, np.asarray(rel).ravel())
-    if idx is None:
-        raise ValueError("view outside its base")
-    ids = base.grid.ids[tuple(idx[:, a] for a in channel_axes)].reshape([sizes[b] for b in tagged])
+    reach = [(sizes[b] - 1) * strides[b] for b in tagged]
+    small = -2**31 <= rel0 + sum(min(r, 0) for r in reach) and rel0 + sum(max(r, 0) for r in reach) < 2**31
+    mesh = np.ix_(*[np.arange(sizes[b], dtype=np.int32 if small else np.int64) for b in tagged])  # halves the work
+    rel = np.asarray(rel0 + sum(m * strides[b] for m, b in zip(mesh, tagged))).ravel()
+    span = _dense_span(base.sizes, base.strides)
+    if span is not None:    # each channel index at once: a detection head's views are millions of positions
+        if rel.min() < 0 or rel.max() >= span:
+            raise ValueError("view outside its base")
+        index = tuple((rel // base.strides[a]) % base.sizes[a] for a in channel_axes)
+    else:
+        idx = _unravel(base.sizes, base.strides, rel)
+        if idx is None:
+            raise ValueError("view outside its base")
+        index = tuple(idx[:, a] for a in channel_axes)
+    ids = base.grid.ids[index].reshape([sizes[b] for b in tagged])
     return Grid(tuple(tagged), ids, sizes)
+
+
+def _dense_span(sizes: Sequence[int], strides: Sequence[int]) -> int | None:
+    """Elements of a tensor of these sizes and strides if it is dense (every stride over 1 in size is
+    the product of the sizes inside it, in some order of the axes), so that an offset below that
+    unravels along each axis alone; else None."""
+    span = 1
+    for axis in sorted((a for a in range(len(sizes)) if sizes[a] > 1), key=lambda a: strides[a]):
+        if strides[axis] != span:
+            return None
+        span *= sizes[axis]
+    return span
 
 
 def broadcast(grid: Grid, letters: Sequence[str], onto: Sequence[str], sizes: Mapping[str, int]) -> np.ndarray:
