@@ -365,3 +365,28 @@ def test_probes_are_fitted_on_the_widths_their_kernels_run() -> None:
     seconds = np.array([s.macs * s.dims.padding for s in shapes]) / (60e9 * u) + 5e-6 + 10e-6
     fit = fit_class(shapes, list(seconds), np.zeros(len(shapes)), per_op=5e-6)
     assert fit.rate == pytest.approx(60e9, rel=0.05) and fit.median_error < 0.02
+
+
+def test_linear_probes_read_their_weights_cold(monkeypatch) -> None:
+    """Each call of a linear probe multiplies by a weight in the next slot of a pool several caches
+    large, every slot in turn, as a network's layers find their weights evicted by a whole forward
+    pass of others. Fails if the probe reads the layer's own weight, or one slot again and again."""
+    import torch
+
+    from costplan.hardware import probes
+
+    layer, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    pool = torch.randn(12 * 5 + 7)
+    seen = []
+    real = torch.nn.functional.linear
+
+    def recording(inp, weight, bias=None):   # noqa: ANN001, ANN202
+        seen.append(weight.data_ptr())
+        assert weight.shape == layer.weight.shape and weight.untyped_storage().data_ptr() == pool.data_ptr()
+        return real(inp, weight, bias)
+    monkeypatch.setattr(torch.nn.functional, "linear", recording)
+    probe = probes.cold_linear(layer, x, pool)
+    for _ in range(10):
+        assert probe() > 0
+    assert len(set(seen)) == 5 and all(a != b for a, b in zip(seen, seen[1:]))
+    assert probes.COLD_CACHES * probes.cache_bytes() >= 2 * probes.cache_bytes()
