@@ -54,7 +54,11 @@ def round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
     """Time every probe in ``rounds`` rounds, a block of repeats (about ``block_s`` seconds, at least
     one call) per probe per round, probes in turn: in the order given, or with ``shuffle`` (a seed) in
     a new order each round, so that a spell of the machine running faster or slower lands on probes
-    of every kind rather than on the run of probes of one kind that were next in line."""
+    of every kind rather than on the run of probes of one kind that were next in line. Each block
+    follows an untimed call, as ``costplan measure`` times a model after one: a layer in a network
+    that runs again and again finds its kernel set up and its inputs in cache, and a probe's first
+    call after hundreds of others did not (calibrations' LSTM, GRU and RNN fits priced their own
+    shapes, timed alone, 10-88% slow in five calibrations, and within 3% in two with it)."""
     gc.collect()
     gc.freeze()     # the probes' own objects out of the collector's way (see _round_robin)
     try:
@@ -79,6 +83,7 @@ def _round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
     for r in range(rounds):
         for name in (rng.sample(names, len(names)) if shuffle is not None else names):
             probe = probes[name]
+            probe()     # untimed: a layer in a network runs warm
             blocks[name].append(sum(probe() for _ in range(reps[name])) / reps[name])
         if on_round is not None:
             on_round(r)
