@@ -367,26 +367,27 @@ def test_probes_are_fitted_on_the_widths_their_kernels_run() -> None:
     assert fit.rate == pytest.approx(60e9, rel=0.05) and fit.median_error < 0.02
 
 
-def test_linear_probes_read_their_weights_cold(monkeypatch) -> None:
-    """Each call of a linear probe multiplies by a weight in the next slot of a pool several caches
-    large, every slot in turn, as a network's layers find their weights evicted by a whole forward
-    pass of others. Fails if the probe reads the layer's own weight, or one slot again and again."""
+def test_linear_and_convolution_probes_read_their_weights_cold(monkeypatch) -> None:
+    """Each call of a linear or convolution probe runs on a weight in the next slot of a pool several
+    caches large, every slot in turn, as a network's layers find their weights evicted by a whole
+    forward pass of others. Fails if a probe reads the layer's own weight, or one slot again and again."""
     import torch
 
     from costplan.hardware import probes
 
-    layer, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
-    pool = torch.randn(12 * 5 + 7)
-    seen = []
-    real = torch.nn.functional.linear
+    for name, layer, x in (("linear", torch.nn.Linear(4, 3), torch.randn(2, 4)),
+                           ("conv2d", torch.nn.Conv2d(2, 3, 1, bias=False), torch.randn(1, 2, 2, 2))):
+        pool = torch.randn(layer.weight.numel() * 5 + 1)
+        seen = []
+        real = getattr(torch.nn.functional, name)
 
-    def recording(inp, weight, bias=None):   # noqa: ANN001, ANN202
-        seen.append(weight.data_ptr())
-        assert weight.shape == layer.weight.shape and weight.untyped_storage().data_ptr() == pool.data_ptr()
-        return real(inp, weight, bias)
-    monkeypatch.setattr(torch.nn.functional, "linear", recording)
-    probe = probes.cold_linear(layer, x, pool)
-    for _ in range(10):
-        assert probe() > 0
-    assert len(set(seen)) == 5 and all(a != b for a, b in zip(seen, seen[1:]))
+        def recording(inp, weight, *args, real=real, layer=layer, pool=pool, seen=seen):   # noqa: ANN001, ANN202
+            seen.append(weight.data_ptr())
+            assert weight.shape == layer.weight.shape and weight.untyped_storage().data_ptr() == pool.data_ptr()
+            return real(inp, weight, *args)
+        monkeypatch.setattr(torch.nn.functional, name, recording)
+        probe = probes.cold_weights(layer, x, pool)
+        for _ in range(10):
+            assert probe() > 0
+        assert len(set(seen)) == 5 and all(a != b for a, b in zip(seen, seen[1:])), name
     assert probes.COLD_CACHES * probes.cache_bytes() >= 2 * probes.cache_bytes()
