@@ -3,10 +3,9 @@ base's ids through the strides (see :mod:`costplan.trace.channels`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-import math
 
 import numpy as np
 import torch
