@@ -44,9 +44,10 @@ from costplan.trace.grids import (
 )
 from costplan.trace.ops import MAC_FORMULAS, MacFormula, formula_of, op_name
 
+
 def _owned(ids: np.ndarray) -> np.ndarray:
-    """``ids`` flat, in memory of their own: ravel copies a broadcast grid already (a 70B model's
-    attention couples 8 MB grids 160 times, and copying them twice took half its trace)."""
+    """``ids`` flat, in memory of their own: ravel already copies a broadcast grid, which is what
+    most couplings are, and a second copy doubled the time couplings took."""
     flat = np.ravel(ids)
     return flat.copy() if np.may_share_memory(flat, ids) else flat
 
