@@ -222,3 +222,52 @@ def test_a_block_is_timed_after_an_untimed_call() -> None:
         return call
     timings = round_robin({"a": probe("a"), "b": probe("b")}, rounds=3, block_s=1e-3)
     assert timings["a"].seconds == timings["b"].seconds == 1.0
+
+
+def test_layer_probes_are_timed_among_other_layers_not_after_themselves() -> None:
+    """A probe runs warm when it ran last (its kernel's code and data still in cache) and cold after
+    another, as a network's layers do. The probes named ``mixed`` are timed interleaved with one
+    another, at their cold time; the rest in blocks of their own calls, warm. Fails with ``mixed``
+    ignored, or with groups of one."""
+    from costplan.hardware.timing import MIXED_GROUP, round_robin
+
+    last = [None]
+
+    def probe(name: str):   # noqa: ANN202
+        def call() -> float:
+            cold, last[0] = last[0] != name, name
+            return 2.0 if cold else 1.0
+        return call
+    names = [f"layer {i}" for i in range(2 * MIXED_GROUP)] + [f"elementwise {i}" for i in range(8)]
+    timings = round_robin({n: probe(n) for n in names}, rounds=3, block_s=10.0, shuffle=0,
+                          mixed=[n for n in names if n.startswith("layer")])
+    # calls in a random order: now and then a probe's two calls fall next to each other
+    assert all(timings[n].seconds > 1.7 for n in names if n.startswith("layer"))
+    assert all(timings[n].seconds == 1.0 for n in names if n.startswith("elementwise"))
+    assert all(len(t.blocks) == 3 for t in timings.values())
+
+
+def test_calibration_interleaves_its_layer_probes_and_retimes_them_in_full_groups(monkeypatch) -> None:
+    """calibrate times the probes of the roofline's op classes interleaved (their kinds are
+    profile.OP_CLASSES) and the memory and overhead probes in blocks; noisy layer probes are re-timed
+    in groups filled up with stable ones, which are timed and not kept. Fails with no ``mixed`` given,
+    with no fillers, or with the fillers' timings kept."""
+    from costplan.hardware import calibrate as cal
+    from costplan.hardware.timing import MIXED_GROUP, Timing
+
+    seen = []
+
+    def fake(probes, rounds, block_s, on_round=None, shuffle=None, mixed=()):   # noqa: ANN001, ANN202
+        seen.append((set(probes), set(mixed)))
+        return {k: Timing(1.0, 0.5 if len(seen) == 1 and k in ("conv 0", "relu 0") else 0.0, (1.0,) * rounds)
+                for k in probes}
+    monkeypatch.setattr(cal, "round_robin", fake)
+    probes = {**{f"conv {i}": ("conv", 1.0, None, 1.0) for i in range(20)},
+              **{f"lstm {i}": ("lstm", 1.0, None, 1.0) for i in range(5)},
+              "relu 0": ("elementwise", 1.0, None, 1.0), "overhead": ("overhead", 0.0, None, 1.0)}
+    timings, _ = cal._measure(probes, quick=True, progress=False, seed=0, load_limit=99.0)
+    (first, first_mixed), (again, again_mixed) = seen
+    assert first_mixed == {k for k in probes if k.startswith(("conv", "lstm"))}
+    assert {"conv 0", "relu 0"} <= again and len(again_mixed) == MIXED_GROUP and "relu 0" not in again_mixed
+    assert timings["conv 0"].noise == 0.0 and set(timings) == set(probes)
+    assert len(timings["conv 0"].blocks) == 8 and all(len(timings[k].blocks) == 4 for k in probes if k[-1] != "0")

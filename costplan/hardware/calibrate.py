@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import random
 import statistics
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -45,10 +46,11 @@ from costplan.hardware.probes import (
 )
 from costplan.hardware.roofline import overflows_cache, recurrent_cost
 from costplan.hardware.opclass import RECURRENT
-from costplan.hardware.profile import (HardwareProfile, SparsitySupport, following_leaders, half_util_by_class,
+from costplan.hardware.profile import (OP_CLASSES, HardwareProfile, SparsitySupport, following_leaders, half_util_by_class,
                                        parse_profile)
 from costplan.hardware.schema import profile_toml as write_profile
-from costplan.hardware.timing import LoadMeter, Probe, Timing, keep_freed_memory, round_robin, speed_by_round
+from costplan.hardware.timing import (MIXED_GROUP, LoadMeter, Probe, Timing, keep_freed_memory, round_robin,
+                                      speed_by_round)
 from costplan.models import Instance
 from costplan.progress import progress as bar
 
@@ -188,7 +190,8 @@ def _time_all(probes: dict[str, tuple[str, float, Probe, float]], rounds: int, b
             if after_round is not None:
                 after_round(r)
 
-        return round_robin({k: v[2] for k, v in probes.items()}, rounds, block_s, on_round=on_round, shuffle=seed)
+        return round_robin({k: v[2] for k, v in probes.items()}, rounds, block_s, on_round=on_round, shuffle=seed,
+                           mixed=[k for k, v in probes.items() if v[0] in OP_CLASSES])
 
 
 def predict_checks(profile: HardwareProfile, networks: Mapping[str, Instance]) -> dict[str, float]:
@@ -328,14 +331,24 @@ def _measure(probes: dict[str, tuple[str, float, Probe, float]], quick: bool, pr
         if not unstable:
             break
         retried |= set(unstable)
-        again = _time_all(unstable, rounds, block_s, progress, f"re-timing {len(unstable)} noisy probes",
-                          seed=seed + attempt + 1)
-        for k, t in again.items():
+        again = _time_all({**unstable, **_fillers(probes, unstable, seed + attempt)}, rounds, block_s, progress,
+                          f"re-timing {len(unstable)} noisy probes", seed=seed + attempt + 1)
+        for k in unstable:
+            t = again[k]
             timings[k] = Timing(min(t.seconds, timings[k].seconds), t.noise, timings[k].blocks + t.blocks)
     load = meter.stop()         # over the whole timing, retries included
     noise = [t.noise for t in timings.values()]
     return timings, Quality(len(probes), rounds, statistics.median(noise),
                             sum(n > NOISE_LIMIT for n in noise) / len(noise), len(retried), load, speed=speed)
+
+
+def _fillers(probes: Mapping[str, tuple[str, float, Probe, float]], unstable: Mapping[str, object],
+             seed: int) -> dict[str, tuple[str, float, Probe, float]]:
+    """Stable layer probes to fill the re-timed layer probes' groups, timed and discarded: a layer probe
+    interleaved with fewer others runs warmer than in the rounds it is compared with (timing.round_robin)."""
+    short = -sum(probes[k][0] in OP_CLASSES for k in unstable) % MIXED_GROUP
+    stable = sorted(k for k, v in probes.items() if v[0] in OP_CLASSES and k not in unstable)
+    return {k: probes[k] for k in random.Random(seed).sample(stable, min(short, len(stable)))}
 
 
 def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: float, quick: bool
