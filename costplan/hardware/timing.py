@@ -65,9 +65,9 @@ def round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
     shapes, timed alone, 10-88% slow in five calibrations, and within 3% in two with it).
 
     The probes named in ``mixed`` (layers that run kernels of their own: convolutions, GEMMs, recurrent
-    layers) are not timed in blocks of their own calls: each round deals them into groups of ``group``,
-    and a group's calls (after an untimed call of each) run in a random order, a probe's block its calls'
-    mean. A layer in a network runs after other layers, not after itself: the 26 layers of a small
+    layers) are not timed in blocks of their own calls: each round deals them into groups of ``group``
+    probes of about one duration, and a group's members (after an untimed call of each) are called in
+    turn, each as often, a probe's block its calls' mean. A layer in a network runs after other layers, not after itself: the 26 layers of a small
     1-D ResNet, each timed in a block of its own calls, summed to 17-19% under the network's time, and
     interleaved with one another to within 3% of it (convolutions 1.16x, a ReLU 2x their block times;
     in groups of 4 or 8 convolutions took only 1.03-1.05x). Interleaved with every other probe, the
@@ -89,22 +89,29 @@ def _round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
     # and every full collection the probes' own allocations trigger walks them all: a transformer
     # encoder, whose Python between kernels allocates freely, timed 40% slower among them than in a
     # process of its own. Frozen, they are left out of collections, as a user's process has none of them.
-    reps = {}
+    reps, once = {}, {}
     for name, probe in probes.items():
         probe()                                   # warm caches and lazy initialisation
-        reps[name] = max(1, min(200, math.ceil(block_s / max(probe(), 1e-7))))
+        once[name] = max(probe(), 1e-7)
+        reps[name] = max(1, min(200, math.ceil(block_s / once[name])))
     blocks: dict[str, list[float]] = {name: [] for name in probes}
     names, mixed = list(probes), frozenset(mixed)
     rng = random.Random(shuffle)
     for r in range(rounds):
         order = rng.sample(names, len(names)) if shuffle is not None else names
-        apart = [name for name in order if name in mixed]
-        groups = [apart[i:i + group] for i in range(0, len(apart), max(1, group))]
+        # probes of about one duration together, so that each can be called as often as the others:
+        # a probe called 200 times among fifteen called 5 times would mostly follow itself
+        alike = sorted((n for n in order if n in mixed), key=lambda n: once[n] * rng.uniform(0.7, 1.4))
+        groups = [alike[i:i + group] for i in range(0, len(alike), max(1, group))]
+        if len(groups) > 1 and len(groups[-1]) < group // 2:   # too few to keep one another cold
+            last = groups.pop()
+            groups[-1] += last
         # a group runs where its first member falls in the order, so a spell lands on it as on the blocks
-        firsts = {g[0]: g for g in groups}
+        first = {n: i for i, n in enumerate(order)}
+        starts = {min(g, key=first.__getitem__): g for g in groups}
         for name in order:
-            if name in firsts:
-                for member, seconds in _interleaved(probes, firsts[name], reps, rng).items():
+            if name in starts:
+                for member, seconds in _in_turn(probes, starts[name], reps, rng).items():
                     blocks[member].append(seconds)
             elif name not in mixed:
                 probe = probes[name]
@@ -115,17 +122,19 @@ def _round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
     return {name: robust(b) for name, b in blocks.items()}
 
 
-def _interleaved(probes: Mapping[str, Probe], members: Sequence[str], reps: Mapping[str, int],
-                 rng: random.Random) -> dict[str, float]:
-    """Mean seconds per call of each of ``members``, their calls (after an untimed call of each) in
-    one random order, each probe's spread over the whole span."""
+def _in_turn(probes: Mapping[str, Probe], members: Sequence[str], reps: Mapping[str, int],
+             rng: random.Random) -> dict[str, float]:
+    """Mean seconds per call of each of ``members``: after an untimed call of each, each called in
+    turn, in an order drawn anew, as often as the group's median probe would be in a block of its own."""
     for name in members:
         probes[name]()
-    calls = sorted(((j + rng.random()) / reps[name], name) for name in members for j in range(reps[name]))
+    calls = max(1, round(statistics.median(reps[name] for name in members)))
+    order = rng.sample(list(members), len(members))
     total = dict.fromkeys(members, 0.0)
-    for _, name in calls:
-        total[name] += probes[name]()
-    return {name: total[name] / reps[name] for name in members}
+    for _ in range(calls):
+        for name in order:
+            total[name] += probes[name]()
+    return {name: total[name] / calls for name in members}
 
 
 def speed_by_round(timings: Mapping[str, Timing], rounds: int) -> tuple[float, ...]:
