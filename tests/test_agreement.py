@@ -89,21 +89,21 @@ def hand_plans(draw, name: str) -> Plan:  # noqa: ANN001
     return Plan.from_dict({"layers": layers})
 
 
-# the deep CNNs take 1-3 s an example: 8 in every run, 20 more in CI's slow step (hypothesis draws
+# the deep CNNs take 1-3 s an example: 5 in every run, 8 more in CI's slow step (hypothesis draws
 # new ones each run: the suite's time goes to fresh examples, not to many of one run)
 DEEP = ("densenet121", "mobilenet_v2", "efficientnet_b0")
 SLOW_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
 @pytest.mark.parametrize("name", [n for n in ZOO if n not in DEEP])
-@settings(max_examples=40, deadline=None, suppress_health_check=SLOW_CHECKS)
+@settings(max_examples=25, deadline=None, suppress_health_check=SLOW_CHECKS)
 @given(data=st.data())
 def test_hand_plans_agree_or_are_refused(name: str, data) -> None:  # noqa: ANN001
     event(check(name, data.draw(hand_plans(name))))
 
 
 @pytest.mark.parametrize("name", DEEP)
-@settings(max_examples=8, deadline=None, suppress_health_check=SLOW_CHECKS)
+@settings(max_examples=5, deadline=None, suppress_health_check=SLOW_CHECKS)
 @given(data=st.data())
 def test_hand_plans_agree_on_the_deep_cnns(name: str, data) -> None:  # noqa: ANN001
     event(check(name, data.draw(hand_plans(name))))
@@ -111,7 +111,7 @@ def test_hand_plans_agree_on_the_deep_cnns(name: str, data) -> None:  # noqa: AN
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DEEP)
-@settings(max_examples=12, deadline=None, suppress_health_check=SLOW_CHECKS)   # 8 more in every run: new draws each time
+@settings(max_examples=8, deadline=None, suppress_health_check=SLOW_CHECKS)   # 5 more in every run: new draws each time
 @given(data=st.data())
 def test_hand_plans_agree_on_the_deep_cnns_thoroughly(name: str, data) -> None:  # noqa: ANN001
     event(check(name, data.draw(hand_plans(name))))
