@@ -315,7 +315,7 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
           **kwargs: object) -> list:
     """Plans at budgets of ``fractions`` of the dense latency: the latency/importance front, as
     :class:`~costplan.planning.planner.SweepPoint` records (a plan, or why none meets that budget)."""
-    from costplan.planning.planner import Budget, SweepPoint
+    from costplan.planning.planner import Budget, SweepPoint, make_plans
 
     profile = as_profile(hw, kwargs.pop("runtime", None))
     load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle", "weights", "phase", "context")
@@ -327,14 +327,14 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
                                 kwargs.pop("loss_fn", None), load)
     precision = {k: kwargs[k] for k in ("weights_dtype", "tf32", "autocast", "fp16_accumulate") if k in kwargs}
     dense_ms = estimate_latency(graph, profile, None, dtype, **precision).latency_s * 1e3  # type: ignore[arg-type]
-    points = []
-    for fraction in fractions:
-        try:
-            points.append(SweepPoint(fraction, plan(graph, budget=Budget("latency", dense_ms * fraction), hw=profile,
-                                                    importance=importance, **kwargs)))
-        except CostplanError as exc:
-            points.append(SweepPoint(fraction, None, str(exc)))
-    return points
+    dtype = canonical_dtype(dtype)
+    results = make_plans(graph, _device(profile, None, bool(kwargs.pop("tf32", False)),
+                                        bool(kwargs.pop("fp16_accumulate", False))),
+                         [Budget("latency", dense_ms * f) for f in fractions], importance=importance,
+                         dtype=dtype, weights_dtype=spell_weights(kwargs.pop("weights_dtype", None)),  # type: ignore[arg-type]
+                         **{k: v for k, v in kwargs.items() if k != "dtype"})  # type: ignore[arg-type]
+    return [SweepPoint(f, None, str(r)) if isinstance(r, CostplanError) else SweepPoint(f, r)
+            for f, r in zip(fractions, results)]
 
 
 def uniform_plan(model: ModelLike | LayerGraph, pattern: str, sparsity: float, *, keep_ends_dense: bool = True,

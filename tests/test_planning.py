@@ -401,3 +401,28 @@ def test_a_budget_just_above_the_floor_warns_that_importance_no_longer_chooses()
     # mobilenet_v2 on this GPU gains 7% at most from channels: 2% above that floor, importance still chooses
     mobilenet = graph_of("mobilenet_v2")
     assert near_floor(mobilenet, floor_ms(mobilenet) * 1.02) == []
+
+
+def test_a_sweep_builds_its_problem_once_and_plans_as_plan_does(monkeypatch) -> None:
+    """sweep solves every budget on one problem (its tables are most of a plan's time), and each
+    point is the plan `plan` makes alone at that budget, or the same refusal. Fails with a sweep
+    that plans each budget from scratch, or with a problem shared wrongly between budgets."""
+    from costplan.planning import planner
+
+    graph = load_graph("resnet18", input="32x3x64x64")
+    dense_ms = estimate_latency(graph, "rtx3090").latency_s * 1e3
+    built = []
+    real = planner.build_problem
+    monkeypatch.setattr(planner, "build_problem", lambda *a, **k: built.append(1) or real(*a, **k))
+    fractions = [0.2, 0.6, 0.8]
+    points = costplan.sweep(graph, hw="rtx3090", fractions=fractions, importance="gaussian")
+    assert len(built) == 1
+    for f, point in zip(fractions, points):
+        try:
+            alone = costplan.plan(graph, budget=f"{dense_ms * f}ms", hw="rtx3090", importance="gaussian")
+        except CostplanError as exc:
+            assert point.result is None and point.unreachable == str(exc)
+            continue
+        assert point.result is not None and point.result.plan.layers == alone.plan.layers
+        assert point.result.warnings == alone.warnings
+    assert points[0].result is None and points[1].result and points[2].result   # both paths checked

@@ -202,15 +202,27 @@ def build_problem(graph: LayerGraph, structure: Structure, units: Sequence[Unit]
 
 # ---- the planner --------------------------------------------------------------------------------
 
-def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str, *, patterns: str = "auto",
-              dtype: str | None = None, levels: int = 20, max_ratio: float = 0.9, exclude: Iterable[str] = (),
-              keep_ends_dense: bool = True, bounds: Mapping[str, tuple[float, float]] | None = None,
-              importance: Importance | None = None, time_limit: float = 10.0,
-              weights_dtype: str | None = None, autocast: bool = False) -> PlanResult:
-    """Solve for per-layer sparsity meeting ``budget`` on ``profile`` at ``dtype`` (weights stored
-    as ``weights_dtype`` where given). Raises CostplanError when the input is bad or the budget
+def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str, **options: object) -> PlanResult:
+    """Solve for per-layer sparsity meeting ``budget`` on ``profile`` (``options`` as
+    :func:`make_plans` takes them). Raises CostplanError when the input is bad or the budget
     cannot be met (saying the lowest latency that can)."""
-    budget = parse_budget(budget) if isinstance(budget, str) else budget
+    result = make_plans(graph, profile, [budget], **options)[0]   # type: ignore[arg-type]
+    if isinstance(result, CostplanError):
+        raise result
+    return result
+
+
+def make_plans(graph: LayerGraph, profile: HardwareProfile, budgets: Sequence[Budget | str], *,
+               patterns: str = "auto", dtype: str | None = None, levels: int = 20, max_ratio: float = 0.9,
+               exclude: Iterable[str] = (), keep_ends_dense: bool = True,
+               bounds: Mapping[str, tuple[float, float]] | None = None, importance: Importance | None = None,
+               time_limit: float = 10.0, weights_dtype: str | None = None,
+               autocast: bool = False) -> list[PlanResult | CostplanError]:
+    """A plan for each of ``budgets`` on ``profile`` at ``dtype`` (weights stored as ``weights_dtype``
+    where given), or the CostplanError saying why that budget cannot be met. The problem (every
+    option's importance and latency) is built once for all: on ResNet-50 it is most of a plan's time.
+    Raises CostplanError when the input is bad."""
+    budgets = [parse_budget(b) if isinstance(b, str) else b for b in budgets]
     if not 2 <= levels <= 200:
         raise CostplanError(f"--levels must be between 2 and 200, got {levels}")
     if not 0 < max_ratio < 1:
@@ -231,6 +243,22 @@ def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str,
     importance = importance or Importance(graph)
     problem, approximated = build_problem(graph, structure, units, tables, importance)
     dense = price(apply_plan(graph, None))
+
+    results: list[PlanResult | CostplanError] = []
+    for budget in budgets:
+        try:
+            results.append(_solve_for(graph, profile, budget, problem, units, structure, precision, pattern_list,
+                                      price, dense, importance, approximated, time_limit))
+        except CostplanError as exc:
+            results.append(exc)
+    return results
+
+
+def _solve_for(graph: LayerGraph, profile: HardwareProfile, budget: Budget, problem: Problem,
+               units: Sequence[Unit], structure: Structure, precision: str, pattern_list: Sequence[Pattern],
+               price: Pricing, dense: Estimate, importance: Importance, approximated: int,
+               time_limit: float) -> PlanResult:
+    """The plan meeting ``budget`` on the built ``problem``; raises CostplanError where none can."""
     target = budget.seconds(dense.latency_s)
     meta = dict(model=graph.model, hardware=profile.name,
                 budget={"latency_ms": round(target * 1e3, 6), **({"speedup": budget.value} if budget.kind == "speedup" else {})},
@@ -385,4 +413,4 @@ def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choi
     return levers[0][0].upper() + "; ".join(levers)[1:] + "."
 
 
-__all__ = ["Budget", "PlanResult", "PlanRow", "SolverInfo", "SweepPoint", "build_problem", "make_plan", "parse_budget"]
+__all__ = ["Budget", "PlanResult", "PlanRow", "SolverInfo", "SweepPoint", "build_problem", "make_plan", "make_plans", "parse_budget"]
