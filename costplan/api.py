@@ -299,23 +299,40 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     needed) or an ``Importance``. ``loss_fn(model, batch)`` defaults to cross entropy on (inputs,
     targets) batches. Returns a PlanResult whose ``.plan`` serialises to the plan contract.
     """
-    from costplan.planning.planner import make_plan
-
     dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
     scores = importance_for(graph, model, importance, data, loss_fn, dict(kwargs))
-    return make_plan(graph, _device(hw, runtime, tf32, fp16_accumulate), budget,
-                     patterns=patterns, dtype=dtype,
-                     levels=levels, max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense,
-                     bounds=bounds, importance=scores, time_limit=time_limit,
-                     weights_dtype=spell_weights(weights_dtype), autocast=autocast)  # type: ignore[arg-type]
+    result = _plans(graph, [budget], hw=hw, importance=scores, patterns=patterns, dtype=dtype, levels=levels,
+                    max_ratio=max_ratio, exclude=exclude, keep_ends_dense=keep_ends_dense, bounds=bounds,
+                    time_limit=time_limit, runtime=runtime, weights_dtype=weights_dtype, tf32=tf32,
+                    autocast=autocast, fp16_accumulate=fp16_accumulate)[0]
+    if isinstance(result, CostplanError):
+        raise result
+    return result
+
+
+def _plans(graph: LayerGraph, budgets: Sequence[object], *, hw: HardwareProfile | str, importance: object,
+           patterns: str = "auto", dtype: str = "float32", levels: int = 20, max_ratio: float = 0.9,
+           exclude: Sequence[str] = (), keep_ends_dense: bool = True,
+           bounds: dict[str, tuple[float, float]] | None = None, time_limit: float = 10.0,
+           runtime: str | None = None, weights_dtype: str | None = None, tf32: bool = False,
+           autocast: bool = False, fp16_accumulate: bool = False) -> list:
+    """A PlanResult, or the CostplanError saying why none can be made, for each of ``budgets``: the
+    planner's problem built once for all (planner.make_plans); the options as :func:`plan` takes them."""
+    from costplan.planning.planner import make_plans
+
+    return make_plans(graph, _device(hw, runtime, tf32, fp16_accumulate), budgets,  # type: ignore[arg-type]
+                      patterns=patterns, dtype=canonical_dtype(dtype), levels=levels, max_ratio=max_ratio,
+                      exclude=exclude, keep_ends_dense=keep_ends_dense, bounds=bounds,
+                      importance=importance, time_limit=time_limit,  # type: ignore[arg-type]
+                      weights_dtype=spell_weights(weights_dtype), autocast=autocast)
 
 
 def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions: Sequence[float],
           **kwargs: object) -> list:
     """Plans at budgets of ``fractions`` of the dense latency: the latency/importance front, as
     :class:`~costplan.planning.planner.SweepPoint` records (a plan, or why none meets that budget)."""
-    from costplan.planning.planner import Budget, SweepPoint, make_plans
+    from costplan.planning.planner import Budget, SweepPoint
 
     profile = as_profile(hw, kwargs.pop("runtime", None))
     load = {k: kwargs.pop(k) for k in ("input", "batch", "seq_len", "trust_pickle", "weights", "phase", "context")
@@ -327,12 +344,8 @@ def sweep(model: ModelLike | LayerGraph, *, hw: HardwareProfile | str, fractions
                                 kwargs.pop("loss_fn", None), load)
     precision = {k: kwargs[k] for k in ("weights_dtype", "tf32", "autocast", "fp16_accumulate") if k in kwargs}
     dense_ms = estimate_latency(graph, profile, None, dtype, **precision).latency_s * 1e3  # type: ignore[arg-type]
-    dtype = canonical_dtype(dtype)
-    results = make_plans(graph, _device(profile, None, bool(kwargs.pop("tf32", False)),
-                                        bool(kwargs.pop("fp16_accumulate", False))),
-                         [Budget("latency", dense_ms * f) for f in fractions], importance=importance,
-                         dtype=dtype, weights_dtype=spell_weights(kwargs.pop("weights_dtype", None)),  # type: ignore[arg-type]
-                         **{k: v for k, v in kwargs.items() if k != "dtype"})  # type: ignore[arg-type]
+    results = _plans(graph, [Budget("latency", dense_ms * f) for f in fractions], hw=profile, importance=importance,
+                     **kwargs)  # type: ignore[arg-type]
     return [SweepPoint(f, None, str(r)) if isinstance(r, CostplanError) else SweepPoint(f, r)
             for f, r in zip(fractions, results)]
 
