@@ -208,18 +208,24 @@ def test_layers_are_timed_on_the_kernels_the_forward_pass_runs() -> None:
     assert set(seconds) == {"0", "1"} and all(s > 0 for s in seconds.values())
 
 
+def _warm_after_itself(cold: float):   # noqa: ANN202
+    """A factory of probes (by name) that take 1 s when they ran last and ``cold`` s after another."""
+    last = [None]
+
+    def probe(name: str):   # noqa: ANN202
+        def call() -> float:
+            was_cold, last[0] = last[0] != name, name
+            return cold if was_cold else 1.0
+        return call
+    return probe
+
+
 def test_a_block_is_timed_after_an_untimed_call() -> None:
     """A probe that is slow on the first call after another probe ran (its kernel set up anew, its
     data evicted) is timed warm, as a network's layers run. Fails without the untimed call."""
     from costplan.hardware.timing import round_robin
 
-    last = [None]
-
-    def probe(name: str):   # noqa: ANN202
-        def call() -> float:
-            cold, last[0] = last[0] != name, name
-            return 10.0 if cold else 1.0
-        return call
+    probe = _warm_after_itself(cold=10.0)
     timings = round_robin({"a": probe("a"), "b": probe("b")}, rounds=3, block_s=1e-3)
     assert timings["a"].seconds == timings["b"].seconds == 1.0
 
@@ -231,13 +237,7 @@ def test_layer_probes_are_timed_among_other_layers_not_after_themselves() -> Non
     ignored, or with groups of one."""
     from costplan.hardware.timing import MIXED_GROUP, round_robin
 
-    last = [None]
-
-    def probe(name: str):   # noqa: ANN202
-        def call() -> float:
-            cold, last[0] = last[0] != name, name
-            return 2.0 if cold else 1.0
-        return call
+    probe = _warm_after_itself(cold=2.0)
     # the last three layers join a group of 16
     names = [f"layer {i}" for i in range(2 * MIXED_GROUP + 3)] + [f"elementwise {i}" for i in range(8)]
     timings = round_robin({n: probe(n) for n in names}, rounds=3, block_s=10.0, shuffle=0,
