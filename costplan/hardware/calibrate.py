@@ -210,7 +210,7 @@ def predict_checks(profile: HardwareProfile, networks: Mapping[str, Instance]) -
 def calibrate(name: str = "local", quick: bool = False, progress: bool = True, seed: int = 0,
               threads: int | None = None, check: bool | Mapping[str, Instance] = True,
               load_limit: float = LOAD_LIMIT, strict: bool = True) -> Calibration:
-    """Run the microbenchmarks (15-30 s on 2 cores; about 8 s with ``quick``) on ``threads``
+    """Run the microbenchmarks (about 40 s on 2 cores; about 23 s with ``quick``) on ``threads``
     threads (default: torch's), and grade the fitted profile on held-out networks timed in the same
     interleaved rounds: :func:`check_networks`, or the ``check`` mapping given (name -> instance).
 
