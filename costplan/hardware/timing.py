@@ -69,9 +69,9 @@ def round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
     probes of about one duration, and a group's members (after an untimed call of each) are called in
     turn, each as often, a probe's block its calls' mean. A layer in a network runs after other
     layers, not after itself: the 26 layers of a small 1-D ResNet, each timed in a block of its own
-    calls, summed to 12-16% under the network's time (8 runs), and
-    interleaved with one another to within 5% of it (convolutions 1.16x, a ReLU 2x their block times;
-    in groups of 4 or 8 convolutions took only 1.03-1.05x). Interleaved with every other probe, the
+    calls, summed to 12-16% under the network's time (8 runs), and interleaved with one another to
+    within 5% of it (convolutions 1.16x, a ReLU 2x their block times; in groups of 4 or 8
+    convolutions took only 1.03-1.05x). Interleaved with every other probe, the
     dispatch of a tiny op took 17-27 us against 3.3 in a block, and three held-out networks read 10-28%
     slow: elementwise ops, norms and the per-op overhead share their code with every op and stay warm
     in a network, so they stay in blocks."""

@@ -132,6 +132,7 @@ class SweepPoint:
 
 
 Pricing = Callable[[Mapping[str, Effective]], Estimate]   # effective layers -> the estimate at the plan's precision
+Fastest = Callable[[], tuple[Sequence[int], Estimate]]   # the fastest choice the units allow, and its estimate
 
 
 # ---- latency tables -----------------------------------------------------------------------------
@@ -202,16 +203,6 @@ def build_problem(graph: LayerGraph, structure: Structure, units: Sequence[Unit]
 
 # ---- the planner --------------------------------------------------------------------------------
 
-def make_plan(graph: LayerGraph, profile: HardwareProfile, budget: Budget | str, **options: object) -> PlanResult:
-    """Solve for per-layer sparsity meeting ``budget`` on ``profile`` (``options`` as
-    :func:`make_plans` takes them). Raises CostplanError when the input is bad or the budget
-    cannot be met (saying the lowest latency that can)."""
-    result = make_plans(graph, profile, [budget], **options)[0]   # type: ignore[arg-type]
-    if isinstance(result, CostplanError):
-        raise result
-    return result
-
-
 def make_plans(graph: LayerGraph, profile: HardwareProfile, budgets: Sequence[Budget | str], *,
                patterns: str = "auto", dtype: str | None = None, levels: int = 20, max_ratio: float = 0.9,
                exclude: Iterable[str] = (), keep_ends_dense: bool = True,
@@ -244,11 +235,13 @@ def make_plans(graph: LayerGraph, profile: HardwareProfile, budgets: Sequence[Bu
     problem, approximated = build_problem(graph, structure, units, tables, importance)
     dense = price(apply_plan(graph, None))
 
+    # the fastest plan the units allow is one for every budget: found once, where a budget needs it
+    fastest = functools.cache(lambda: _fastest(graph, problem, units, price))
     results: list[PlanResult | CostplanError] = []
     for budget in budgets:
         try:
             results.append(_solve_for(graph, profile, budget, problem, units, structure, precision, pattern_list,
-                                      price, dense, importance, approximated, time_limit))
+                                      price, dense, importance, approximated, time_limit, fastest))
         except CostplanError as exc:
             results.append(exc)
     return results
@@ -257,7 +250,7 @@ def make_plans(graph: LayerGraph, profile: HardwareProfile, budgets: Sequence[Bu
 def _solve_for(graph: LayerGraph, profile: HardwareProfile, budget: Budget, problem: Problem,
                units: Sequence[Unit], structure: Structure, precision: str, pattern_list: Sequence[Pattern],
                price: Pricing, dense: Estimate, importance: Importance, approximated: int,
-               time_limit: float) -> PlanResult:
+               time_limit: float, fastest: Fastest) -> PlanResult:
     """The plan meeting ``budget`` on the built ``problem``; raises CostplanError where none can."""
     target = budget.seconds(dense.latency_s)
     meta = dict(model=graph.model, hardware=profile.name,
@@ -269,8 +262,8 @@ def _solve_for(graph: LayerGraph, profile: HardwareProfile, budget: Budget, prob
             solution = solve(problem, goal, time_limit=time_limit)
         except Infeasible:
             usable = candidate_patterns("auto", profile, precision, structure)
-            raise CostplanError(_unreachable(graph, profile, precision, problem, units, budget, target,
-                                             dense.latency_s, pattern_list, price, usable)) from None
+            raise CostplanError(_unreachable(graph, profile, precision, units, budget, target,
+                                             dense.latency_s, pattern_list, fastest, usable)) from None
         plan = plan_from_choice(graph, units, solution.choice, **meta)
         exact = price(apply_plan(graph, plan)).latency_s
         if exact <= target * (1 + 1e-9):
@@ -280,7 +273,7 @@ def _solve_for(graph: LayerGraph, profile: HardwareProfile, budget: Budget, prob
         warnings.append(f"the plan is predicted at {exact * 1e3:.4f} ms, {exact / target - 1:.2%} over the budget: "
                         f"{approximated} layer(s) depend on more than two choices and the solver's tables "
                         "approximate them")
-    near = _near_floor(graph, problem, units, solution.choice, target, price, pattern_list)
+    near = _near_floor(units, solution.choice, target, fastest, pattern_list)
     if near:
         warnings.append(near)
     info = SolverInfo(solution.method, solution.status, solution.gap, solution.seconds, len(units),
@@ -344,8 +337,8 @@ def _fastest(graph: LayerGraph, problem: Problem, units: Sequence[Unit],
 NEAR_FLOOR = 0.05
 
 
-def _near_floor(graph: LayerGraph, problem: Problem, units: Sequence[Unit], choice: Sequence[int], target: float,
-                price: Pricing, patterns: Sequence[Pattern]) -> str | None:
+def _near_floor(units: Sequence[Unit], choice: Sequence[int], target: float, fastest: Fastest,
+                patterns: Sequence[Pattern]) -> str | None:
     """A warning where ``target`` (seconds) lies within :data:`NEAR_FLOOR` above the lowest latency the
     patterns reach and the plan (``choice``) prunes at least half the groups as the fastest plan
     does, whatever their importance (on a 1-D ResNet, sensitivity, magnitude and Taylor importance
@@ -353,9 +346,9 @@ def _near_floor(graph: LayerGraph, problem: Problem, units: Sequence[Unit], choi
     ratio at the same measured latency)."""
     if not units:
         return None
-    fastest, est = _fastest(graph, problem, units, price)
+    quickest, est = fastest()
     floor = est.latency_s
-    same = sum(a == b for a, b in zip(choice, fastest))
+    same = sum(a == b for a, b in zip(choice, quickest))
     if target >= floor * (1 + NEAR_FLOOR) or same * 2 < len(units):   # close, but importance still chooses
         return None
     return (f"the budget ({target * 1e3:.3f} ms) is within {max(target / floor - 1, 0):.1%} of the lowest latency "
@@ -365,11 +358,11 @@ def _near_floor(graph: LayerGraph, problem: Problem, units: Sequence[Unit], choi
             "check the speedup with `costplan measure A B`")
 
 
-def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, problem: Problem,
-                 units: Sequence[Unit], budget: Budget, target: float, dense_s: float,
-                 patterns: Sequence[Pattern], price: Pricing, usable: Sequence[Pattern]) -> str:
+def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, units: Sequence[Unit],
+                 budget: Budget, target: float, dense_s: float, patterns: Sequence[Pattern], fastest: Fastest,
+                 usable: Sequence[Pattern]) -> str:
     """Why the budget cannot be met, with only the levers that would help in this case."""
-    fastest, est = _fastest(graph, problem, units, price)
+    quickest, est = fastest()
     by_bound: dict[str, float] = {}
     for lat in est.layers.values():
         by_bound[lat.bound] = by_bound.get(lat.bound, 0.0) + lat.latency_s
@@ -381,7 +374,7 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, pr
             f"lowest latency reachable with {', '.join(map(str, patterns))} pruning (up to the maximum ratio) is "
             f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point {by_bound[top] / est.latency_s:.0%} "
             f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. "
-            + _levers(profile, est, units, fastest, patterns, usable, dense_layers))
+            + _levers(profile, est, units, quickest, patterns, usable, dense_layers))
 
 
 def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choice: Sequence[int],
@@ -413,4 +406,4 @@ def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choi
     return levers[0][0].upper() + "; ".join(levers)[1:] + "."
 
 
-__all__ = ["Budget", "PlanResult", "PlanRow", "SolverInfo", "SweepPoint", "build_problem", "make_plan", "make_plans", "parse_budget"]
+__all__ = ["Budget", "PlanResult", "PlanRow", "SolverInfo", "SweepPoint", "build_problem", "make_plans", "parse_budget"]
