@@ -111,6 +111,28 @@ def test_calibration_fit_recovers_known_parameters() -> None:
     assert fit_class(shapes, list(timed), memory, per_op=5e-6).strided == pytest.approx(0.8, rel=0.05)
 
 
+def test_a_conv1d_fit_finds_the_steps_per_sample_its_kernel_blocks() -> None:
+    """1-D convolutions timed by the model itself with a half length of 6 steps beside halves 40/24/16:
+    the fit recovers it, and so prices a batch of 64 short sequences apart from one long one of the same
+    rows. A 2-D class has no such figure."""
+    import numpy as np
+
+    from costplan.hardware.fitting import _memory_seconds, fit_class
+    from costplan.hardware.probes import sample_shapes
+
+    shapes = sample_shapes("conv1d", 48, seed=4)
+    assert any(s.batch == 64 and s.spatial <= 40 for s in shapes)     # the draws hold batches of short sequences
+    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
+    u = np.array([s.rows / (s.rows + 40) * s.outputs / (s.outputs + 24) * s.reduction / (s.reduction + 16)
+                  * s.dims.length / (s.dims.length + 6) for s in shapes])
+    seconds = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u), memory) + 5e-6 + 30e-6
+    seconds[::3] *= 1.03
+    fit = fit_class(shapes, list(seconds), memory, per_op=5e-6)
+    assert len(fit.half_dims) == 4 and fit.half_dims[3] == pytest.approx(6, rel=0.25)
+    assert fit.median_error < 0.03
+    assert len(fit_class(sample_shapes("conv", 24, seed=4), [1e-3] * 24, np.zeros(24), per_op=5e-6).half_dims) == 3
+
+
 def test_a_class_fit_adds_the_weight_read_as_the_calibrated_profile_does() -> None:
     """Calibrated profiles read each layer's weights before its math (weights_overlap = false); the
     fit reads its timings the same way. Linear layers made by that model (60 GMAC/s, halves 8/16/16,

@@ -176,6 +176,32 @@ def test_per_dimension_utilisation_by_hand() -> None:
     assert half.compute_s > lat.compute_s / 2
 
 
+def test_a_batch_of_short_sequences_is_priced_by_its_steps_per_sample() -> None:
+    """A conv1d class with a fourth half figure (steps per sample, 4) prices 64 samples of 10 steps
+    at 10 / 14 of what one sample of 640 steps attains: the same GEMM rows, 640. A profile of three
+    figures prices both alike, and an im2col convolution (a GEMM over unfolded columns) has no steps."""
+    import torch
+
+    data = {**TOY, "efficiency": {**TOY["efficiency"], "half_util_dims": {"conv1d": [64, 16, 32, 4]}}}
+    four = parse_profile(data, "toy")
+    three = parse_profile({**data, "efficiency": {**data["efficiency"], "half_util_dims": {"conv1d": [64, 16, 32]}}},
+                          "toy")
+    conv = torch.nn.Conv1d(128, 128, 5, padding=2)
+    short, long = (load_graph(conv, input=shape).layers[0] for shape in ("64x128x10", "1x128x640"))
+    assert (short.macs, dims(short, Effective(short.macs, 0)).rows) == (long.macs, 640)
+    assert dims(short, Effective(short.macs, 0)).length == 10
+    assert dims(short, Effective(short.macs, 0), im2col=True).length == 0
+
+    def compute(layer, profile):
+        return layer_latency(layer, Effective(layer.macs, 0), profile, "float32").compute_s
+
+    assert compute(short, four) / compute(long, four) == pytest.approx((640 / 644) / (10 / 14))
+    assert compute(short, three) == pytest.approx(compute(long, three))
+    with pytest.raises(CostplanError, match="steps per sample"):
+        parse_profile({**data, "efficiency": {**data["efficiency"], "half_util_dims": {"conv1d": [1, 2, 3, 4, 5]}}},
+                      "toy")
+
+
 def test_pooling_moves_at_its_calibrated_rate() -> None:
     import torch
 

@@ -438,7 +438,8 @@ def _notes(c: Calibration) -> dict[str, str]:
                                     "timed in the rounds: measure times it again to see how the machine's speed moved",
         "efficiency.memory": "the bandwidth above is what a copy attains",
         "efficiency.half_util_macs": "matmuls without a layer shape",
-        "efficiency.half_util_dims": "per GEMM dimension (rows, outputs, reduction): half the class's rate",
+        "efficiency.half_util_dims": "per GEMM dimension (rows, outputs, reduction; conv1d: "
+                                     "and steps per sample): half the class's rate",
         "efficiency.strided": "a stride > 1 convolution's rate over a stride-1 one's",
         "overhead.per_op_us": "an nn.ReLU call on a tiny tensor: eager dispatch per layer",
         "overhead.per_class_us": "fitted: oneDNN setup, weight reorders; lstm, gru, rnn: per step (gates and their dispatch); "
@@ -461,6 +462,6 @@ def profile_toml(c: Calibration) -> str:
               f"torch {torch.__version__}.\n# Eager PyTorch at float32 on this machine; recalibrate after changing "
               f"threads or hardware.\n# Each class's rate = peak x efficiency x utilisation, utilisation = product "
               f"over the GEMM the layer\n# runs (rows = output pixels or tokens, outputs = channels written, "
-              f"reduction = MACs per output)\n# of d / (d + half_util_dims), fitted to layers sampled as networks "
-              f"have them.\n{kept}{quality}")
+              f"reduction = MACs per output;\n# 1-D convolutions: also steps per sample) of d / (d + half_util_dims), "
+              f"fitted to layers sampled\n# as networks have them.\n{kept}{quality}")
     return write_profile(calibrated_profile(c), _notes(c), header)

@@ -79,7 +79,8 @@ class Shape:
         """The GEMM the roofline gives this layer (:func:`costplan.hardware.roofline.gemm_dims`)."""
         return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=self.window,
                          depthwise=self.kind == "depthwise", strided=self.stride > 1, multiple=self.multiple,
-                         part_tile_inputs=True, linear=self.kernel == 0 or self.kind == "im2col")
+                         part_tile_inputs=True, linear=self.kernel == 0 or self.kind == "im2col",
+                         length=math.ceil(self.spatial / self.stride) if self.ndim == 1 and self.kernel else 0.0)
 
     rows = property(lambda self: self.dims.rows)
     outputs = property(lambda self: self.dims.outputs)
@@ -114,8 +115,9 @@ def sample_shapes(kind: str, count: int, seed: int = 0, multiple: int = 1) -> li
     expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1), batch 1 (half the
     draws) to 8; a quarter of the 3x3 ones grouped, 8 to 64 channels a group, as RegNets and ResNeXts
     have them. GEMMs: 1 to 8192 rows (tokens, or the pixels of channels-last linears in ConvNeXt),
-    independent widths from 8 to 3072. 1-D convolutions: 10 to 4000 steps, windows of 3 to 7, a fifth
-    of them stems over 1 or 2 channels. A convolution PyTorch runs as im2col and a GEMM (:func:`runs_im2col`:
+    independent widths from 8 to 3072. 1-D convolutions: 10 to 4000 steps, windows of 3 to 7, batch 1
+    to 64 (a batch of short sequences runs slower per MAC than one long one), a fifth of them stems
+    over 1 or 2 channels. A convolution PyTorch runs as im2col and a GEMM (:func:`runs_im2col`:
     one sample over a small input) is drawn only as 'im2col': 1-D ones over 10 to 250 steps with windows
     of 1 to 7, 2-D ones on 7x7 to 28x28 maps and 3-D ones on 4- and 8-cubes with windows of 1 or 3.
     ``multiple``: the channel tile of the kernels they are timed on, to which the roofline pads widths."""
@@ -138,7 +140,7 @@ def sample_shapes(kind: str, count: int, seed: int = 0, multiple: int = 1) -> li
             cout = _width(cin * float(rng.choice((0.5, 1, 1, 2))))
             if rng.random() < 0.2:   # a stem over a raw signal of 1 or 2 channels (a reduction of 3 to 14)
                 cin, cout = int(rng.choice((1, 2))), _width(2 ** rng.uniform(4, 7))
-            shape = Shape(kind, cin, cout, length, int(rng.choice((3, 3, 5, 7))), stride, int(rng.choice((1, 1, 8, 32))),
+            shape = Shape(kind, cin, cout, length, int(rng.choice((3, 3, 5, 7))), stride, int(rng.choice((1, 1, 8, 32, 64))),
                           ndim=1)
         elif kind == "im2col":     # one sample over a short sequence or a small map (runs_im2col)
             ndim = int(rng.choice((1, 1, 2, 2, 3)))

@@ -93,9 +93,9 @@ class HardwareProfile:
     energy_pj_per_mac: Mapping[str, float] = field(default_factory=dict)
     energy_pj_per_dram_byte: float | None = None
     threads: int | None = None
-    # op class -> (rows, outputs, reduction) at which the class attains half its rate in that
-    # dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
-    half_util_dims: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    # op class -> (rows, outputs, reduction[, 1-D steps per sample]) at which the class attains half its
+    # rate in that dimension; where given it replaces half_util_macs (a thin GEMM is slow however many MACs)
+    half_util_dims: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     per_class_s: Mapping[str, float] = field(default_factory=dict)  # op class or rated kind -> fixed cost per call
     # recurrent cell -> fixed cost per call of a layer and direction, beside its per-step cost in per_class_s
     # (oneDNN's LSTM primitive is set up and its weights reordered on every call: ~0.3 ms on a 2-core EPYC)
@@ -368,16 +368,18 @@ def following_leaders(values: Mapping[str, float], default: float) -> dict[str, 
     return {c: values.get(c, values.get(LEADERS.get(c, ""), default)) for c in OP_CLASSES}
 
 
-def _half_util_dims(eff: Fields) -> dict[str, tuple[float, float, float]]:
-    """``half_util_dims`` is a table by op class of [rows, outputs, reduction], each >= 0."""
+def _half_util_dims(eff: Fields) -> dict[str, tuple[float, ...]]:
+    """``half_util_dims`` is a table by op class of [rows, outputs, reduction], each >= 0, and for a
+    class of 1-D convolutions optionally a fourth: their steps per sample."""
     table = _class_table(eff, "half_util_dims")
     out = {}
     for key in table.data:
         value = table.get(key)
-        if (not isinstance(value, list) or len(value) != 3
+        if (not isinstance(value, list) or len(value) not in (3, 4)
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value)):
-            raise table.fail(key, f"must be three numbers >= 0 [rows, outputs, reduction], not {value!r}")
-        out[key] = (float(value[0]), float(value[1]), float(value[2]))
+            raise table.fail(key, f"must be three numbers >= 0 [rows, outputs, reduction], or four with "
+                                  f"a 1-D convolution's steps per sample, not {value!r}")
+        out[key] = tuple(float(v) for v in value)
     return out
 
 

@@ -215,13 +215,15 @@ def weights_touched(layer: Layer) -> float:
 class Dims:
     """A layer as the GEMM its kernel runs: ``rows`` (output pixels or tokens), ``outputs``
     (channels or features it writes; a group's, in a grouped convolution), ``reduction`` (MACs per
-    output), after the plan and any padding."""
+    output), after the plan and any padding; ``length``: a direct 1-D convolution's output steps per
+    sample (0 for other layers), which its kernel blocks within each sample."""
 
     rows: float
     outputs: float
     reduction: float
     padding: float = 1.0           # MACs run over MACs needed, from widths rounded up to the multiple
     strided: bool = False          # a convolution with a stride over 1
+    length: float = 0.0            # 1-D convolutions: output steps per sample (rows = batch x length)
 
 
 def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, built: bool = True) -> float:
@@ -239,7 +241,7 @@ def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, bu
 
 def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int = 1, depthwise: bool = False,
               strided: bool = False, in_keep: float = 1.0, out_keep: float = 1.0, multiple: int = 1,
-              part_tile_inputs: bool = False, linear: bool = False) -> Dims:
+              part_tile_inputs: bool = False, linear: bool = False, length: float = 0.0) -> Dims:
     """The GEMM a convolution or linear layer of ``macs`` MACs runs: rows = MACs over (outputs x
     reduction) of the dense layer; a grouped convolution's outputs and reduction are one group's, a
     depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
@@ -248,15 +250,17 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     tile, and the widths of a ``linear`` layer (or a convolution run as im2col and a GEMM) or of a
     grouped convolution unless a plan pruned them off a multiple: a GEMM's reduction ran in proportion
     to its width, its outputs 20 and 24 wide as 32 but 28 slower than 32, and padding them made the
-    linear fit worse on one of two calibrations' timings (8.7% to 10.7%)."""
+    linear fit worse on one of two calibrations' timings (8.7% to 10.7%). ``length``: a 1-D
+    convolution's output steps per sample, kept unless it runs as im2col and a GEMM (``linear``)."""
+    length = 0.0 if linear else length
     if depthwise:
-        return Dims(macs / (cout * window), cout * in_keep, window, strided=strided)
+        return Dims(macs / (cout * window), cout * in_keep, window, strided=strided, length=length)
     outputs, inputs = cout * out_keep, cin * in_keep
     built = groups == 1 and not linear
     padded_out = _padded(outputs, cout, multiple, built=built)
     padded_in = _padded(inputs, cin, multiple, part_tile_inputs, built=built)
     return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
-                padded_out * padded_in / (outputs * inputs), strided=strided)
+                padded_out * padded_in / (outputs * inputs), strided=strided, length=length)
 
 
 def attention_dims(macs: float, keys: int, qk_width: int, v_width: int, in_keep: float = 1.0) -> Dims:
@@ -289,10 +293,12 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool
         return attention_dims(layer.macs, int(k[-2]), int(q[-1]), int(v[-1]), eff.in_keep)
     if layer.conv_channels:
         (cin, cout), groups = layer.conv_channels, layer.groups
+        one_d = len(layer.kernel_size) == 1 and layer.out_shapes and len(layer.out_shapes[0]) == 3
         return gemm_dims(layer.macs, cin, cout, groups=groups, window=math.prod(layer.kernel_size or (1,)),
                          depthwise=layer.depthwise, strided=any(v > 1 for v in layer.stride),
                          in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
-                         part_tile_inputs=part_tile_inputs, linear=im2col)
+                         part_tile_inputs=part_tile_inputs, linear=im2col,
+                         length=float(layer.out_shapes[0][-1]) if one_d else 0.0)
     if layer.linear_features:
         cin, cout = layer.linear_features
         return gemm_dims(layer.macs, cin, cout, in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
@@ -303,12 +309,15 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool
 def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwareProfile) -> float:
     """Share of the class's plateau rate an op attains: per GEMM dimension where the profile
     gives ``half_util_dims`` and the layer has a shape (times its ``strided`` factor for a strided
-    convolution), else by its MAC count."""
+    convolution, and, where the class has a fourth figure, a 1-D convolution's by its steps per
+    sample), else by its MAC count."""
     halves = profile.class_figure(profile.half_util_dims, klass)
     if halves is not None and shape is not None:
         u = profile.class_figure(profile.strided, klass, 1.0) if shape.strided else 1.0
         for size, half in zip((shape.rows, shape.outputs, shape.reduction), halves):
             u *= size / (size + half) if size > 0 else 0.0
+        if len(halves) > 3 and shape.length > 0:
+            u *= shape.length / (shape.length + halves[3])
         return u
     half = profile.half_util_macs[klass]
     return macs / (macs + half) if half > 0 else 1.0
