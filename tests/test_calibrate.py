@@ -229,6 +229,40 @@ def test_batch_norm_costs_a_fixed_part_and_its_bytes() -> None:
     assert lat.latency_s == pytest.approx(41e-6 + lat.memory_s)
 
 
+def test_a_batch_norm_also_costs_each_of_its_planes() -> None:
+    """fit_linear_planes recovers 40 us + bytes / 25 GB/s + 4 ns per (sample, channel) plane from
+    norms of as many bytes over 64 to 8192 planes; a profile with 4 ns prices BatchNorm1d over 64
+    samples of 128 channels and 10 steps 8192 x 4 ns above the same norm without the figure, pruned
+    to half its channels half that, and a norm over (samples, features) and a ReLU not at all."""
+    import torch
+
+    from costplan.hardware.fitting import fit_linear_planes
+    from costplan.hardware.probes import norm_shapes
+
+    shapes = norm_shapes(quick=False)
+    planes = [b * c for b, c, _, _ in shapes]
+    assert min(planes) <= 64 and max(planes) >= 8192      # the probes tell bytes and planes apart
+    samples = [(2.0 * b * c * side ** nd * 4, 5e-6 + 40e-6 + 2.0 * b * c * side ** nd * 4 / 25e9 + b * c * 4e-9)
+               for b, c, side, nd in shapes]
+    fixed, rate, plane = fit_linear_planes(samples, planes, per_op=5e-6)
+    assert (fixed, rate, plane) == pytest.approx((40e-6, 25e9, 4e-9), rel=1e-3)
+    data = {**TOY, "memory": {**TOY["memory"], "norm_gbs": 25.0},
+            "overhead": {"per_op_us": 1.0, "per_class_us": {"norm": 40.0}}}
+    with_planes = parse_profile({**data, "overhead": {**data["overhead"], "norm_plane_ns": 4.0}}, "toy")
+    without = parse_profile(data, "toy")
+
+    def cost(module: torch.nn.Module, shape: str, profile, keep: float = 1.0) -> float:
+        layer = load_graph(module.eval(), input=shape).layers[0]
+        return layer_latency(layer, Effective(0, layer.params, in_keep=keep, out_keep=keep), profile, "float32").latency_s
+
+    norm = torch.nn.BatchNorm1d(128)
+    assert cost(norm, "64x128x10", with_planes) - cost(norm, "64x128x10", without) == pytest.approx(8192 * 4e-9)
+    assert (cost(norm, "64x128x10", with_planes, 0.5) - cost(norm, "64x128x10", without, 0.5)
+            == pytest.approx(4096 * 4e-9))
+    assert cost(norm, "64x128", with_planes) == pytest.approx(cost(norm, "64x128", without))
+    assert cost(torch.nn.ReLU(), "64x128x10", with_planes) == pytest.approx(cost(torch.nn.ReLU(), "64x128x10", without))
+
+
 def test_outputs_over_the_fresh_page_size_pay_for_first_touch() -> None:
     """A 1x1 conv writing 8x96x112x112 floats (38.5 MB, over 32 MiB) faults its pages in at
     2 GB/s on a profile that says so; the same conv at batch 4 (19.3 MB) and an in-place ReLU do not."""

@@ -25,6 +25,7 @@ from costplan.hardware.fitting import (
     _onchip,
     fit_class,
     fit_linear,
+    fit_linear_planes,
     fit_recurrent,
     fit_saturation,
     weight_seconds,
@@ -36,6 +37,7 @@ from costplan.hardware.probes import (
     _probes,
     dram_weight_shapes,
     gather_shapes,
+    norm_shapes,
     attention_shapes,
     cache_bytes,
     channel_multiple,
@@ -77,6 +79,7 @@ class Calibration:
     quality: Quality | None = None     # how noisy the machine was, and the self-check
     kept_memory: bool = False          # timed with glibc keeping freed memory (timing.keep_freed_memory)
     reference_s: float | None = None   # seconds of probes.reference_workload(), timed in the rounds
+    norm_plane_s: float = 0.0          # a batch norm's seconds per (sample, channel) plane beyond its bytes
 
     def profile(self) -> HardwareProfile:
         """The calibration as a profile, exactly as ``--hw`` would read the file :func:`profile_toml` writes."""
@@ -255,6 +258,8 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
         samples.setdefault(kind, []).append((size, timings[key].seconds / divisor))
     per_op = samples["overhead"][0][1]
     dram, onchip, fixed, rated, first_touch_bw = _memory_rates(samples, per_op, quick)
+    fixed["norm"], rated["norm"], norm_plane = fit_linear_planes(
+        samples["norm"], [batch * channels for batch, channels, _, _ in norm_shapes(quick)], per_op)
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
         # the profile adds each layer's weight read before its math (weights_overlap = false): fitted so
@@ -271,7 +276,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
             bandwidth=dram, onchip_bandwidth=onchip, rated_bandwidth=rated, fixed_s=fixed,
             first_touch_bandwidth=first_touch_bw, per_op_s=per_op, onchip_bytes=onchip_bytes,
             threads=torch.get_num_threads(), channel_multiple=tile, cpu=_cpu_name(), samples=samples,
-            quality=quality, kept_memory=kept, reference_s=samples["reference"][0][1])
+            quality=quality, kept_memory=kept, reference_s=samples["reference"][0][1], norm_plane_s=norm_plane)
     before = calibration_of(fits).profile()
     for cell in RECURRENT:     # a call less its once-per-call work, priced by the fits above
         cells = [r for r in rnns if r.recurrent.cell == cell]
@@ -359,7 +364,7 @@ def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: floa
     dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
     onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
     fixed, fitted = {}, {}
-    for kind in ("norm", "pooling", "pooling1d", "avgpool", "reduction"):
+    for kind in ("pooling", "pooling1d", "avgpool", "reduction"):   # norms: with their planes (_calibrate)
         fixed[kind], fitted[kind] = fit_linear(samples[kind], per_op)
     # a lookup's rows are read from DRAM as weights are (roofline.weights_touched), its rate bounds the rest
     rows = [4.0 * batch * tokens * dim
@@ -395,7 +400,8 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         weights_overlap=False, pool_windows=True, rated_bandwidth=dict(c.rated_bandwidth),
         channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
-        first_touch_bandwidth=c.first_touch_bandwidth, runtime="eager", reference_s=c.reference_s)
+        first_touch_bandwidth=c.first_touch_bandwidth, runtime="eager", reference_s=c.reference_s,
+        norm_plane_s=c.norm_plane_s or None)   # the schema reads optional figures as positive
 
 
 def _notes(c: Calibration) -> dict[str, str]:
@@ -442,6 +448,8 @@ def _notes(c: Calibration) -> dict[str, str]:
                                      "and steps per sample): half the class's rate",
         "efficiency.strided": "a stride > 1 convolution's rate over a stride-1 one's",
         "overhead.per_op_us": "an nn.ReLU call on a tiny tensor: eager dispatch per layer",
+        "overhead.norm_plane_ns": "fitted: a batch norm's cost per (sample, channel) plane beyond its bytes "
+                                  "(batches of short sequences)",
         "overhead.per_class_us": "fitted: oneDNN setup, weight reorders; lstm, gru, rnn: per step (gates and their dispatch); "
                                  "elementwise: a lone small op beyond dispatch",
         "overhead.per_call_us": "fitted: lstm, gru, rnn: per call of a layer and direction beyond its steps "

@@ -138,10 +138,20 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
 def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:
     """(fixed seconds, bytes/s) of ``seconds - per_op = fixed + bytes / rate`` over (bytes, seconds)
     samples, both non-negative (scipy's NNLS)."""
-    nbytes = np.array([b for b, _ in samples])
+    fixed, rate, _ = fit_linear_planes(samples, [0.0] * len(samples), per_op)
+    return fixed, rate
+
+
+def fit_linear_planes(samples: list[tuple[float, float]], planes: Sequence[float], per_op: float
+                      ) -> tuple[float, float, float]:
+    """(fixed seconds, bytes/s, seconds per plane) of ``seconds - per_op = fixed + bytes / rate + planes
+    x per_plane`` over (bytes, seconds) samples and each one's planes (a batch norm's samples x
+    channels), all non-negative (scipy's NNLS)."""
+    nbytes = np.array([b for b, _ in samples], dtype=float)
     seconds = np.array([t for _, t in samples]) - per_op
-    (fixed, per_byte), _ = nnls(np.column_stack([np.ones_like(nbytes), nbytes]), seconds)
-    return float(fixed), 1.0 / max(float(per_byte), 1e-15)
+    columns = [np.ones_like(nbytes), nbytes] + ([np.asarray(planes, dtype=float)] if any(planes) else [])
+    coef, _ = nnls(np.column_stack(columns), seconds)
+    return float(coef[0]), 1.0 / max(float(coef[1]), 1e-15), float(coef[2]) if len(coef) > 2 else 0.0
 
 
 def _onchip(samples: list[tuple[float, float]], per_op: float) -> float:

@@ -68,6 +68,12 @@ def rated_kind(aten_op: str) -> str | None:
     return "pooling" if name in _POOLING else "norm" if name in _NORM else None
 
 
+def is_batch_norm(aten_op: str) -> bool:
+    """Whether 'aten.native_batch_norm.default' is a batch norm (per-channel statistics over samples)."""
+    parts = aten_op.split(".")
+    return len(parts) == 3 and "batch_norm" in parts[1]
+
+
 def is_gather(aten_op: str) -> bool:
     """Whether 'aten.embedding.default' reads rows of its weight picked by indices: it reads the rows
     it picks, not the table."""

@@ -22,6 +22,10 @@ from costplan.models import Instance
 
 ELEMENTWISE_SHAPES = ((32, 112), (64, 56), (144, 56), (256, 28), (512, 14))  # (channels, spatial)
 NORM_SHAPES = ((64, 112), (64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))  # as in ResNets
+# (batch, channels, steps) of 1-D batch norms: batches of short sequences (MNIST-1D, text CNNs), whose
+# kernel loops over each sample's channels: 64 x 128 planes of 10 steps ran 1.6x slower than one
+# 2-D map of the same bytes on a 2-core EPYC
+NORM_SHAPES_1D = ((64, 32, 40), (64, 128, 10), (64, 64, 20), (16, 256, 20))
 POOLING_SHAPES = ((64, 112), (128, 56), (256, 28))  # (channels, input spatial) of 3x3 stride-2 max-pools
 # (vocabulary, width, batch, tokens) of embedding lookups: word tables of text models (most far larger
 # than a cache: their rows come from DRAM at scattered addresses), from a batch's few tokens to a long
@@ -395,6 +399,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def norm_shapes(quick: bool) -> list[tuple[int, int, int, int]]:
+    """(batch, channels, side, spatial dims) of the batch-norm probes, in the order :func:`_probes`
+    times them: ResNets' 2-D maps at batch 1, then 1-D batches of short sequences."""
+    two = [(1, c, hw, 2) for c, hw in (NORM_SHAPES[::2] if quick else NORM_SHAPES)]
+    return two + [(b, c, steps, 1) for b, c, steps in (NORM_SHAPES_1D[:2] if quick else NORM_SHAPES_1D)]
+
+
 def channel_multiple() -> int:
     """Float32 lanes of the widest vector unit PyTorch uses here: kernels tile channels by it."""
     capability = torch.backends.cpu.get_cpu_capability()
@@ -440,17 +451,19 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
         ops = (torch.nn.SiLU(), torch.nn.Sigmoid())
         chain = torch.nn.Sequential(*[ops[i % 2] for i in range(CHAIN)]).eval()
         probes[f"silu {c}x{hw}"] = ("sigmoid", CHAIN * 2.0 * x.numel() * 4, timed(lambda f=chain, x=x: f(x)), CHAIN)
-    for c, hw in (NORM_SHAPES[::2] if quick else NORM_SHAPES):
+    for batch, c, side, ndim in norm_shapes(quick):
         # timed right after the convolution that writes its input, as in a network: a batch norm
         # reading a convolution's fresh output runs 1.5-3x slower than one re-reading its own input
-        conv, bn, x = torch.nn.Conv2d(64, c, 1, bias=False).eval(), torch.nn.BatchNorm2d(c).eval(), torch.randn(1, 64, hw, hw)
+        conv_type, bn_type = (torch.nn.Conv1d, torch.nn.BatchNorm1d) if ndim == 1 else (torch.nn.Conv2d, torch.nn.BatchNorm2d)
+        conv, bn = conv_type(64, c, 1, bias=False).eval(), bn_type(c).eval()
+        x = torch.randn(batch, 64, *(side,) * ndim)
 
         def norm(conv: torch.nn.Module = conv, bn: torch.nn.Module = bn, x: torch.Tensor = x) -> float:
             y = conv(x)
             start = time.perf_counter()
             bn(y)
             return time.perf_counter() - start
-        probes[f"norm {c}x{hw}"] = ("norm", 2.0 * c * hw * hw * 4, norm, 1.0)
+        probes[f"norm {batch}x{c}x{side}^{ndim}"] = ("norm", 2.0 * batch * c * side ** ndim * 4, norm, 1.0)
     for shape in attention_shapes(quick):
         q = torch.randn(shape.batch, shape.heads, shape.tokens, shape.width)
         probes[f"attention {shape}"] = ("attention", float(shape.macs),

@@ -158,6 +158,9 @@ class HardwareProfile:
     # one cannot apply, so a flag is never dropped without a word
     options: tuple[str, ...] = ()
     memory_capacity: float | None = None   # bytes of device memory (DRAM/HBM) a model and its KV cache must fit
+    # seconds a batch norm spends per (sample, channel) plane beyond its bytes (calibrated CPUs: its
+    # kernel loops over planes, so 64 samples of 128 channels over 10 steps run slower than one map)
+    norm_plane_s: float | None = None
     # a weight-only quantised GEMM (int4/int8 weights, 16-bit activations) runs at this share of the
     # 16-bit GEMM's rate: the dequantisation in its inner loop
     weight_only_efficiency: float = 0.9

@@ -17,7 +17,8 @@ from costplan.spellings import DTYPE_BYTES, byte_scales, weight_bytes
 from costplan.patterns import Pattern
 from costplan.sparsity import Effective
 from costplan.trace.graph import Layer, LayerGraph, Recurrent
-from costplan.hardware.opclass import POOL_KINDS, RECURRENT, is_elementwise, is_gather, rated_kind, writes_in_place
+from costplan.hardware.opclass import (POOL_KINDS, RECURRENT, is_batch_norm, is_elementwise, is_gather, rated_kind,
+                                       writes_in_place)
 
 
 # the share of an estimate in host-dispatch-bound layers above which it says the figure is the host's
@@ -187,6 +188,15 @@ def pool_bytes(in_bytes: float, out_bytes: float, window: int) -> float:
     3x3 stride 1 against 3x3 stride 2, 2.8-3.3x: 10 / (13 / 4) = 3.1. Input plus output, 1.0x and 3.2x,
     left ResNets' 3x3 pools 28-37% under their measured time."""
     return in_bytes + out_bytes * window
+
+
+def norm_planes(layer: Layer) -> float:
+    """A batch norm's (sample, channel) planes, over each of which its kernel loops; 0 for other layers
+    and for a norm over (samples, features) alone."""
+    shape = layer.in_shapes[0] if layer.in_shapes else ()
+    if len(shape) < 3 or not any(map(is_batch_norm, layer.aten_ops or ())):
+        return 0.0
+    return float(shape[0] * shape[1])
 
 
 def rated_kinds(layer: Layer) -> set[str]:
@@ -448,6 +458,8 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
              if klass is not None else None)
     kinds = ({klass} | rated) - {None} or {"elementwise"}
     overhead = (profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)) * share
+    if profile.norm_plane_s:
+        overhead += norm_planes(layer) * eff.in_keep * profile.norm_plane_s
     if layer.macs == 0 and layer.kernels > 1 and not profile.fuse_elementwise:
         # an unfused memory-only module of several kernels (GPT-2's GELU, written as seven elementwise
         # ops: 7x one kernel's time here) dispatches each, and each reads and writes a tensor its size

@@ -49,6 +49,7 @@ SCALARS: tuple[Field, ...] = (
     Field("efficiency.half_util_us", "half_util_s", "optional", 1e-6),
     Field("efficiency.weight_only", "weight_only_efficiency", "number", default=0.9, high=1.0, positive=True),
     Field("overhead.per_op_us", "per_op_s", "number", 1e-6, default=0.0),
+    Field("overhead.norm_plane_ns", "norm_plane_s", "optional", 1e-9),
     Field("overhead.fuse_elementwise", "fuse_elementwise", "flag", default=False),
     Field("overhead.dispatch_overlaps", "dispatch_overlaps", "flag", default=False),
     Field("overhead.fuse_siblings", "fuse_siblings", "flag", default=False),
