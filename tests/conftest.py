@@ -1,11 +1,18 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
 
 from costplan.api import load_graph
+
+# xdist's workers share the cores: with torch's default of a thread per core each, two workers on two
+# cores oversubscribe them and OpenMP's threads wait on one another (resnet18's hand plans took 6 s
+# alone and 22-30 s beside another worker). Each worker gets its share; subprocesses keep the default.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 # the profiles costplan ships

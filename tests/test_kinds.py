@@ -4,6 +4,8 @@ probes calibrate times being the shapes the roofline prices."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -143,11 +145,18 @@ def test_each_convolution_probe_runs_the_path_its_class_prices() -> None:
     from costplan.hardware.roofline import cost_kind, priced_class
 
     calibrated = parse_profile(_calibrated_fixture(), "fixture")
+    threads = torch.get_num_threads()
     for kind in ("conv", "pointwise", "depthwise", "conv1d", "conv3d", "im2col"):
         for shape in sample_shapes(kind, 4, seed=5):
             module, x = _module(shape)
-            with torch.inference_mode(), profile() as prof:
-                module.eval()(x)
+            # at calibrate's threads, every core (conftest gives each xdist worker its share): on one,
+            # PyTorch runs 1x1 convolutions of under 16 samples as im2col too (roofline.runs_im2col)
+            torch.set_num_threads(max(2, os.cpu_count() or 1))
+            try:
+                with torch.inference_mode(), profile() as prof:
+                    module.eval()(x)
+            finally:
+                torch.set_num_threads(threads)
             slow = any("slow_conv" in e.name for e in prof.events())
             assert slow == (kind == "im2col"), (shape, sorted({e.name for e in prof.events()}))
             layer = next(l for l in load_graph(module, input="x".join(map(str, x.shape))).layers if l.macs)
