@@ -101,7 +101,7 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
     dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
     # oneDNN blocks a direct 1-D convolution's steps within each sample: 64 samples of 10 steps ran
     # 28% slower per MAC than one of 640 on a 2-core EPYC (of 40 steps, 1-10%), the same rows to a GEMM
-    length = np.array([getattr(s.dims, "length", 0.0) for s in shapes], dtype=float)
+    length = np.array([s.dims.length for s in shapes], dtype=float)
     by_length = bool((length > 0).any())
     measured = np.array(seconds, dtype=float)
     # the scale of the rate, from the rates the shapes attained beyond their fixed part: a shape timed
