@@ -257,9 +257,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     for key, (kind, size, _, divisor) in probes.items():
         samples.setdefault(kind, []).append((size, timings[key].seconds / divisor))
     per_op = samples["overhead"][0][1]
-    dram, onchip, fixed, rated, first_touch_bw = _memory_rates(samples, per_op, quick)
-    fixed["norm"], rated["norm"], norm_plane = fit_linear_planes(
-        samples["norm"], [batch * channels for batch, channels, _, _ in norm_shapes(quick)], per_op)
+    dram, onchip, fixed, rated, first_touch_bw, norm_plane = _memory_rates(samples, per_op, quick)
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
         # the profile adds each layer's weight read before its math (weights_overlap = false): fitted so
@@ -357,15 +355,17 @@ def _fillers(probes: Mapping[str, tuple[str, float, Probe, float]], unstable: Ma
 
 
 def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: float, quick: bool
-                  ) -> tuple[float, float, dict[str, float], dict[str, float], float | None]:
+                  ) -> tuple[float, float, dict[str, float], dict[str, float], float | None, float]:
     """DRAM and in-cache bandwidth, fixed costs per call of memory kinds (norm, pooling, gather,
-    elementwise), the rates of memory-only ops slower than their bytes, and the first-touch rate of
-    fresh pages (None where nothing faults)."""
+    elementwise), the rates of memory-only ops slower than their bytes, the first-touch rate of
+    fresh pages (None where nothing faults), and a batch norm's seconds per (sample, channel) plane."""
     dram = samples["bandwidth"][0][0] / samples["bandwidth"][0][1]
     onchip = _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["elementwise"]], per_op)
     fixed, fitted = {}, {}
-    for kind in ("pooling", "pooling1d", "avgpool", "reduction"):   # norms: with their planes (_calibrate)
+    for kind in ("pooling", "pooling1d", "avgpool", "reduction"):
         fixed[kind], fitted[kind] = fit_linear(samples[kind], per_op)
+    planes = [batch * channels for batch, channels, _, _ in norm_shapes(quick)]
+    fixed["norm"], fitted["norm"], norm_plane = fit_linear_planes(samples["norm"], planes, per_op)
     # a lookup's rows are read from DRAM as weights are (roofline.weights_touched), its rate bounds the rest
     rows = [4.0 * batch * tokens * dim
             for _, dim, batch, tokens in gather_shapes(quick)]
@@ -380,7 +380,7 @@ def _memory_rates(samples: Mapping[str, list[tuple[float, float]]], per_op: floa
     rated = {"transcendental": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["transcendental"]], per_op),
              "sigmoid": _onchip([(b * CHAIN, t * CHAIN) for b, t in samples["sigmoid"]], per_op),
              **fitted}
-    return dram, onchip, fixed, rated, first_touch_bw
+    return dram, onchip, fixed, rated, first_touch_bw, norm_plane
 
 
 def calibrated_profile(c: Calibration) -> HardwareProfile:

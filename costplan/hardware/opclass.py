@@ -18,7 +18,7 @@ def is_elementwise(aten_op: str) -> bool:
     if func is None:
         return False
     name = parts[1].rstrip("_")
-    return "batch_norm" in name or (classify(func) is OpKind.MEMORY and is_pointwise(func, name)) or \
+    return is_batch_norm(aten_op) or (classify(func) is OpKind.MEMORY and is_pointwise(func, name)) or \
         name in ("hardswish", "hardsigmoid", "hardtanh", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu")
 
 
