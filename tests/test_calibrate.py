@@ -343,13 +343,49 @@ def test_a_calibrated_profile_names_every_kind_it_never_timed_with_its_share() -
     assert "normalisation: this model's 2 ('bn1', 'bn2')" in norms and "reduction (mean, max over a dimension, global pooling): this model's 1 ('mean')" in means
     with open(calibrated, "rb") as f:         # the same figures, stated as timed on every kind: silent
         data = tomllib.load(f)
-    everything = parse_profile({**data, "calibrated": list(COST_KINDS)}, "everything")
+    everything = parse_profile({**data, "calibrated": list(COST_KINDS), "efficiency": {**data["efficiency"], "half_util_dims": {
+        **data["efficiency"]["half_util_dims"], "conv1d": [20.0, 7.0, 1.0, 2.0]}}}, "everything")
     assert costplan.estimate_latency(graph, everything).warnings == ()
     # at bfloat16 PyTorch runs those convolutions through oneDNN: priced as 3x3 convolutions, named as such
     bf16 = parse_profile({**data, "peak_tflops": {**data["peak_tflops"], "bfloat16": 0.3}}, "bf16")
     small = costplan.load_graph(SmallCNN(), input="1x3x8x8")
     assert not any("small sample" in w for w in costplan.estimate_latency(small, bf16, dtype="bfloat16").warnings)
     assert any("small sample" in w for w in costplan.estimate_latency(small, bf16).warnings)
+
+
+def test_a_profile_calibrated_before_a_term_names_the_layers_it_prices_without_it() -> None:
+    """A profile calibrated before costplan fitted a 1-D convolution's steps per sample (a fourth
+    'conv1d' figure) or a batch norm's cost per plane (``norm_plane_ns``) prices those layers without
+    them, ~15% fast on a dense 1-D ResNet: the estimate names them with their share and asks for a
+    recalibration. With both figures, a fitted 0 included (written as 0, not left out), it is silent."""
+    import tomllib
+
+    import torch
+
+    import costplan
+    from costplan.hardware.profile import COST_KINDS
+    from costplan.hardware.schema import profile_toml
+
+    with open("tests/data/avx2-calibrated.toml", "rb") as f:
+        data = {**tomllib.load(f), "calibrated": list(COST_KINDS)}
+    halves = data["efficiency"]["half_util_dims"]
+    model = torch.nn.Sequential(torch.nn.Conv1d(4, 16, 5), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                torch.nn.Conv1d(16, 16, 3), torch.nn.Flatten(), torch.nn.Linear(16 * 34, 10))
+    graph = costplan.load_graph(model, input="8x4x40")
+    old = costplan.estimate_latency(graph, parse_profile(
+        {**data, "efficiency": {**data["efficiency"], "half_util_dims": {**halves, "conv1d": [20.0, 7.0, 1.0]}}}, "old"))
+    (warning,) = old.warnings
+    convs = (old.layers["0"].latency_s + old.layers["3"].latency_s) / old.latency_s
+    assert f"a 1-D convolution's steps per sample: this model's 2 ('0', '3') carry {convs:.0%}" in warning
+    assert f"a batch norm's cost per (sample, channel) plane: this model's 1 ('1') carry {old.share_of(['1']):.0%}" in warning
+    assert "local was calibrated by an earlier costplan" in warning and "recalibrate" in warning
+    current = parse_profile({**data, "efficiency": {**data["efficiency"], "half_util_dims": {**halves, "conv1d": [20.0, 7.0, 1.0, 0.0]}},
+                             "overhead": {**data["overhead"], "norm_plane_ns": 0.0}}, "current")
+    assert costplan.estimate_latency(graph, current).warnings == ()
+    assert parse_profile(tomllib.loads(profile_toml(current)), "again").norm_plane_s == 0.0
+    # a layer the term does not price stays unnamed: a norm over (samples, features) has no planes
+    flat = costplan.load_graph(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)), input="4x8")
+    assert costplan.estimate_latency(flat, old.profile).warnings == ()
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step

@@ -401,7 +401,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
         first_touch_bandwidth=c.first_touch_bandwidth, runtime="eager", reference_s=c.reference_s,
-        norm_plane_s=c.norm_plane_s or None)   # the schema reads optional figures as positive
+        norm_plane_s=c.norm_plane_s)
 
 
 def _notes(c: Calibration) -> dict[str, str]:

@@ -52,10 +52,11 @@ class Fields:
             raise self.fail(key, f"must be {bound}, got {value}")
         return float(value)
 
-    def optional(self, key: str, scale: float = 1.0) -> float | None:
-        """A positive number times ``scale`` (units: GB/s -> bytes/s), or None when the key is absent."""
+    def optional(self, key: str, scale: float = 1.0, *, positive: bool = True) -> float | None:
+        """A positive (or, unless ``positive``, non-negative) number times ``scale`` (units: GB/s ->
+        bytes/s), or None when the key is absent."""
         self.seen.add(key)
-        return self.number(key, positive=True) * scale if key in self.data else None
+        return self.number(key, positive=positive) * scale if key in self.data else None
 
     def flag(self, key: str, default: bool) -> bool:
         value = self.get(key, default)

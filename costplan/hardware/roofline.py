@@ -9,7 +9,7 @@ attainable bandwidth. Elementwise layers that a device fuses into their producer
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from costplan.hardware.profile import HardwareProfile
@@ -53,19 +53,25 @@ class Estimate:
     unsampled: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     context: Context | None = None  # the precisions and byte factors every layer was priced with
     notes: tuple[str, ...] = ()     # what was asked of the estimate and could not apply (autocast at float32)
+    # term (PREDATED_TERMS) -> names of the layers it prices, where the profile's calibration predates it
+    predated: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def warnings(self) -> tuple[str, ...]:
         note = self.profile.precision_note(self.requested) if self.requested else None
         out = ((note,) if note else ()) + self.profile.option_notes(self.precision) + self.notes
-        total = self.latency_s
         for kind, names in self.unsampled.items():
-            share = sum(self.layers[n].latency_s for n in names) / total if total > 0 else 0.0
-            listed = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             out += ((f"{self.profile.name} was calibrated without timing any {KIND_WORDS.get(kind, kind)}: this "
-                     f"model's {len(names)} ({listed}) carry {share:.0%} of its predicted time, priced from other "
+                     f"model's {len(names)} ({_listed(names)}) carry {self.share_of(names):.0%} of its predicted time, priced from other "
                      "kinds' figures, and may be off by several times (recalibrate with this version's "
                      "`costplan calibrate`; `costplan measure` shows it per layer)"),)
+        if self.predated:
+            terms = "; ".join(f"{PREDATED_TERMS[term]}: this model's {len(names)} ({_listed(names)}) carry "
+                              f"{self.share_of(names):.0%} of its predicted time"
+                              for term, names in self.predated.items())
+            out += ((f"{self.profile.name} was calibrated by an earlier costplan, which did not yet time {terms}. "
+                     "Those layers are priced without it, likely fast (the dense 1-D ResNet of benchmarks/planning_quality.py read ~15% fast without both); "
+                     "recalibrate with this version's `costplan calibrate`"),)
         host = self.overhead_share
         if self.profile.dispatch_overlaps and host >= HOST_BOUND_WARN:
             out += ((f"{host:.0%} of this estimate is the host's dispatch, {self.profile.per_op_s * 1e6:.1f} us "
@@ -76,6 +82,11 @@ class Estimate:
     @property
     def latency_s(self) -> float:
         return sum(l.latency_s for l in self.layers.values())
+
+    def share_of(self, names: Iterable[str]) -> float:
+        """The share of the predicted latency the layers ``names`` carry."""
+        total = self.latency_s
+        return sum(self.layers[n].latency_s for n in names) / total if total > 0 else 0.0
 
     @property
     def overhead_share(self) -> float:
@@ -660,7 +671,8 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
         f"--autocast prices a float32 model under AMP at 16-bit; this estimate runs at {ctx.precision}"
         f"{' with weights stored as ' + weights_dtype if weights_dtype else ''}, so it adds no cast kernels",)
     return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
-                    unsampled_layers(graph, profile, ctx.precision), ctx, notes)
+                    unsampled_layers(graph, profile, ctx.precision), ctx, notes,
+                    predated_layers(graph, profile, ctx.precision))
 
 
 KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",
@@ -687,3 +699,30 @@ def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, precision: str
             out.setdefault(kind, []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
 
+
+
+# terms of the CPU model a calibration fits, newer than some calibrated profiles: term -> what it prices
+PREDATED_TERMS = {"conv1d_steps": "a 1-D convolution's steps per sample",
+                  "norm_planes": "a batch norm's cost per (sample, channel) plane"}
+
+
+def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32") -> dict[str, tuple[str, ...]]:
+    """Term (:data:`PREDATED_TERMS`) -> the layers it prices, for each term a calibrated ``profile``
+    lacks though it timed the layers' kind: written before costplan fitted it, the profile prices them
+    without it (a fourth 'conv1d' figure in ``half_util_dims``; ``norm_plane_s``, 0 where fitted so)."""
+    if not profile.calibrated:
+        return {}
+    halves = profile.class_figure(profile.half_util_dims, "conv1d")
+    lacks = {"conv1d_steps": "conv1d" in profile.calibrated and halves is not None and len(halves) < 4,
+             "norm_planes": "norm" in profile.calibrated and profile.norm_plane_s is None}
+    out: dict[str, list[str]] = {}
+    for layer in graph.layers:
+        if lacks["conv1d_steps"] and cost_kind(layer, profile, precision) == "conv1d":
+            out.setdefault("conv1d_steps", []).append(layer.name)
+        if lacks["norm_planes"] and norm_planes(layer) > 0:
+            out.setdefault("norm_planes", []).append(layer.name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

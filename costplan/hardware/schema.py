@@ -28,6 +28,9 @@ class Field:
     default: Any = None            # None: required (number, text) or absent (optional, int)
     high: float | None = None
     positive: bool = False
+    # an optional figure a fit may find to be 0: written as 0 rather than left out, since a profile
+    # without it predates the term (roofline.predated_layers), where 0 is a measurement
+    zero_ok: bool = False
 
 
 SCALARS: tuple[Field, ...] = (
@@ -49,7 +52,7 @@ SCALARS: tuple[Field, ...] = (
     Field("efficiency.half_util_us", "half_util_s", "optional", 1e-6),
     Field("efficiency.weight_only", "weight_only_efficiency", "number", default=0.9, high=1.0, positive=True),
     Field("overhead.per_op_us", "per_op_s", "number", 1e-6, default=0.0),
-    Field("overhead.norm_plane_ns", "norm_plane_s", "optional", 1e-9),
+    Field("overhead.norm_plane_ns", "norm_plane_s", "optional", 1e-9, zero_ok=True),
     Field("overhead.fuse_elementwise", "fuse_elementwise", "flag", default=False),
     Field("overhead.dispatch_overlaps", "dispatch_overlaps", "flag", default=False),
     Field("overhead.fuse_siblings", "fuse_siblings", "flag", default=False),
@@ -82,7 +85,7 @@ def read_scalars(sections: Mapping[str, Fields]) -> dict[str, Any]:
         elif field.kind == "number":
             out[field.attr] = t.number(key, field.default, high=field.high, positive=field.positive) * field.scale
         elif field.kind == "optional":
-            out[field.attr] = t.optional(key, field.scale)
+            out[field.attr] = t.optional(key, field.scale, positive=not field.zero_ok)
         elif field.kind == "flag":
             out[field.attr] = t.flag(key, field.default)
         else:
