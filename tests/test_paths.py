@@ -234,6 +234,41 @@ def test_detection_models_are_traced_on_the_cpu_without_a_meta_attempt() -> None
     assert resolve("resnet18").meta and resolve("lraspp_mobilenet_v3_large").meta and resolve("raft_small").meta
 
 
+def test_a_two_stage_detector_is_priced_with_its_heads_at_their_caps_whatever_its_weights() -> None:
+    """An R-CNN's box head runs on the proposals its RPN keeps and its mask or keypoint head on the
+    detections over a score threshold: with random weights, a number that changed from build to build
+    (Mask R-CNN v2: 333.6, 333.6, then 308.6 GMACs in one process) without a word. Built by name, its
+    heads run at their caps, whatever the weights (every weight drawn from N(0, 1): as built, 2 to 9
+    proposals and no mask; from N(0, 0.01): scores of 1/91, none over the threshold), and says so."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    from costplan.models.vision import _heads_at_capacity
+
+    for seed, std in ((0, 1.0), (1, 1.0), (2, 0.01), (3, 0.01)):
+        torch.manual_seed(seed)
+        backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4, padding=1), torch.nn.ReLU())
+        backbone.out_channels = 8      # anchors 4 px apart: NMS at 0.7 keeps 276-378 of 400 as built
+        model = MaskRCNN(backbone, 91, min_size=128, max_size=128, rpn_anchor_generator=AnchorGenerator(
+            ((16, 32),), ((0.5, 1.0, 2.0),)), rpn_pre_nms_top_n_test=400, rpn_post_nms_top_n_test=400,
+            box_detections_per_img=20).eval()
+        with torch.no_grad():
+            for t in model.parameters():
+                t.normal_(0.0, std)
+        (note,) = _heads_at_capacity("tiny", model)
+        rows = {}
+        for head in ("box_head", "mask_head"):
+            getattr(model.roi_heads, head).register_forward_hook(lambda m, i, o, head=head: rows.update({head: len(i[0])}))
+        with torch.no_grad():
+            model([torch.rand(3, 128, 128)])
+        assert rows == {"box_head": 400, "mask_head": 20}, seed
+    assert "priced at their caps, its box head on 400 proposals per image and its mask head on 20 detections" in note
+    graph = load_graph("fasterrcnn_mobilenet_v3_large_320_fpn")
+    (fc6,) = [l for l in graph.layers if l.name == "roi_heads.box_head.fc6"]
+    assert fc6.in_shapes[0][0] == 150 and "its box head on 150 proposals per image (NMS" in graph.notes[0]
+    assert load_graph("resnet18").notes == ()
+
+
 def test_a_pruned_file_says_what_was_done_to_it(tmp_path, capsys) -> None:
     """analyze of a file prune wrote reports its non-zero parameters, effective MACs and latency under
     its patterns with no --plan, as analyze of the original under the plan predicted; giving the plan
