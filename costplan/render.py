@@ -230,9 +230,9 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                     f"{c.unattributed_ms:.3f} ms of the measurement is framework time between layers"
                     if c.unattributed_ms >= 0 else
                     f"the per-layer timings add up to {-c.unattributed_ms:.3f} ms more than the whole runs, so "
-                    "framework time is not known: they are taken under the tracer, whose bookkeeping between "
-                    "kernels leaves short kernels to start cold (read their measured times as high), and the "
-                    "machine's speed may have changed between them"))
+                    "framework time is not known: layers between modules are taken under the tracer, whose "
+                    "bookkeeping between kernels leaves short kernels to start cold (read their measured times "
+                    "as high), and the machine's speed may have changed between them"))
     if c.allocator:
         text.append(f"\nmemory: {c.allocator}")
     if c.reference_ratio is not None:

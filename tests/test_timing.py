@@ -208,6 +208,41 @@ def test_layers_are_timed_on_the_kernels_the_forward_pass_runs() -> None:
     assert set(seconds) == {"0", "1"} and all(s > 0 for s in seconds.values())
 
 
+def test_a_leaf_modules_layer_is_timed_around_its_call_in_a_plain_forward(monkeypatch) -> None:
+    """A layer that is one leaf module's one call takes its time from forward hooks in plain forward
+    passes (a GRU of 100 steps read 2.0x its time under the tracer's clock, which sees its per-step
+    ops); a layer of ops between modules, or of a module called twice, keeps the tracer's clock."""
+    import time
+
+    import torch
+
+    from costplan import measure
+    from costplan.models import Instance
+
+    class Slow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.02)     # outside any op: the tracer's clock never sees it
+            return x * 2
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slow, self.fc, self.twice = Slow(), torch.nn.Linear(8, 8), torch.nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.twice(self.fc(self.twice(self.slow(x))) + 1)
+
+    instance = Instance(Net(), (torch.randn(2, 8),))
+    spans = measure.time_modules(instance, ["slow", "fc", "twice"], repeat=2)
+    assert set(spans) == {"slow", "fc"} and 0.02 <= spans["slow"] < 0.2    # 'twice' runs twice a pass
+    seconds = measure.time_layers(instance, repeat=1)
+    assert seconds["slow"] >= 0.02 and seconds["fc"] < 0.02
+    monkeypatch.setattr(measure, "time_modules", lambda instance, names, repeat: {n: 7.0 for n in names})
+    seconds = measure.time_layers(instance, repeat=1)
+    assert seconds["slow"] == seconds["fc"] == 7.0
+    assert all(t < 1.0 for name, t in seconds.items() if name not in ("slow", "fc")) and len(seconds) > 2
+
+
 def _warm_after_itself(cold: float):   # noqa: ANN202
     """A factory of probes (by name) that take 1 s when they ran last and ``cold`` s after another."""
     last = [None]
