@@ -11,8 +11,9 @@
       drift weighs on probes and networks alike). Without --hw only.
    b. as a user times: each model in a process of its own, `costplan measure MODEL --hw FILE --json`,
       minutes after calibrating; beside each row the machine's speed then (the calibration's
-      reference workload timed between the model's runs, over its time when calibrating) and the error
-      with the prediction scaled by it. Per layer: every layer over 5% of a model's measured time,
+      reference workload timed between the model's runs, over its time when calibrating), its DRAM
+      bandwidth (calibrate's copy, likewise: a host can halve it while the reference moves 1.2x), and
+      the error with the prediction scaled by them (memory-bound layers by the copy). Per layer: every layer over 5% of a model's measured time,
       the worst per cost kind (goal: within 30%).
 2. Channel-pruned variants of ResNet-50 (inner bottleneck widths cut by 0..75%): predictions made
    from the dense graph and a channel plan, measurements on physically narrower models; Kendall's tau
@@ -90,9 +91,23 @@ def separate_processes(profile_path: str, batches: list[int], repeat: int) -> di
     return out
 
 
+def _steady(d: dict) -> bool:
+    """Whether a row was timed within STEADY of the calibrated speed and DRAM bandwidth."""
+    ratios = [d["reference_ratio"], d.get("bandwidth_ratio")]
+    return ratios[0] is not None and all(abs(r - 1) <= STEADY for r in ratios if r is not None)
+
+
+def _machine(d: dict, bound: str) -> float:
+    """How much longer than at calibration the machine ran a layer so bound: the DRAM copy's ratio for
+    a memory-bound one (where timed), else the reference workload's."""
+    if bound == "memory" and d.get("bandwidth_ratio") is not None:
+        return d["bandwidth_ratio"]
+    return d["reference_ratio"] or 1.0
+
+
 def separate_table(rows: dict[str, dict]) -> None:
     print("\n1b. as a user times: `costplan measure` in a process of its own per model (ms)")
-    print(f"  {'model':22s} {'batch':>5s} {'predicted':>10s} {'measured':>10s} {'error':>8s} {'speed':>6s} "
+    print(f"  {'model':22s} {'batch':>5s} {'predicted':>10s} {'measured':>10s} {'error':>8s} {'speed/DRAM':>10s} "
           f"{'adjusted':>9s}  worst layer over 5% of the time, per kind")
     errors, adjusted, steady = [], [], []
     for key, d in rows.items():
@@ -100,7 +115,7 @@ def separate_table(rows: dict[str, dict]) -> None:
         errors.append(abs(d["error"]))
         if d["adjusted_error"] is not None:
             adjusted.append(abs(d["adjusted_error"]))
-        if d["reference_ratio"] is not None and abs(d["reference_ratio"] - 1) <= STEADY:
+        if _steady(d):
             steady.append(abs(d["error"]))
         total = sum(l["measured_ms"] for l in d["layers"]) or 1.0
         worst: dict[str, tuple[float, str]] = {}
@@ -111,19 +126,21 @@ def separate_table(rows: dict[str, dict]) -> None:
                     worst[l["kind"]] = (e, l["name"])
         worst_text = ", ".join(f"{k} {e:+.0%}" for k, (e, _) in sorted(worst.items(), key=lambda kv: -abs(kv[1][0])))
         speed = "-" if d["reference_ratio"] is None else f"{d['reference_ratio']:.2f}" + (
-            "" if abs(d["reference_ratio"] - 1) <= STEADY else "*")
+            f"/{d['bandwidth_ratio']:.2f}" if d.get("bandwidth_ratio") is not None else "") + ("" if _steady(d) else "*")
         adj = "-" if d["adjusted_error"] is None else f"{d['adjusted_error']:+.1%}"
         print(f"  {_short(spec):22s} {int(batch):5d} {d['predicted_ms']:10.2f} {d['measured_ms']:10.2f} "
-              f"{d['error']:+8.1%} {speed:>6s} {adj:>9s}  {worst_text}")
-    print(f"  * the machine ran more than {STEADY:.0%} off its calibrated speed (the reference workload's time "
-          "against calibration's): that row's error is the machine's as much as the model's")
+              f"{d['error']:+8.1%} {speed:>10s} {adj:>9s}  {worst_text}")
+    print(f"  speed/DRAM: the reference workload's and the DRAM copy's time against calibration's; adjusted: the "
+          "prediction scaled by them (memory-bound layers by the copy)\n"
+          f"  * the machine ran more than {STEADY:.0%} off its calibrated speed or bandwidth: that row's error is the "
+          "machine's as much as the model's")
     for label, values in (("as measured", errors), ("scaled by the machine's speed", adjusted),
-                          (f"rows timed within {STEADY:.0%} of the calibrated speed, as measured", steady)):
+                          (f"rows timed within {STEADY:.0%} of the calibrated speed and bandwidth, as measured", steady)):
         if values:
             print(f"  {label}: median |error| {statistics.median(values):.1%} (goal <= 10%); within 20%: "
                   f"{sum(e <= 0.2 for e in values) / len(values):.0%}, within 25%: "
                   f"{sum(e <= 0.25 for e in values) / len(values):.0%} of {len(values)}")
-    layers = [(l["predicted_ms"] / l["measured_ms"], d["reference_ratio"] or 1.0, d["predicted_ms"] / d["measured_ms"])
+    layers = [(l["predicted_ms"] / l["measured_ms"], _machine(d, l["bound"]), d["predicted_ms"] / d["measured_ms"])
               for d in rows.values()
               for l in d["layers"] if l["measured_ms"] >= 0.05 * (sum(x["measured_ms"] for x in d["layers"]) or 1)]
     if layers:

@@ -23,6 +23,7 @@ import torch
 from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, canonical_dtype
 from costplan.errors import CostplanError
 from costplan.hardware import HardwareProfile, estimate
+from costplan.hardware.probes import COPY_BYTES
 from costplan.hardware.roofline import Estimate, cost_kind
 from costplan.hardware.timing import keep_freed_memory, minor_faults
 from costplan.trace.graph import LayerGraph
@@ -59,13 +60,24 @@ class Comparison:
     # profile was calibrated: > 1 when the machine runs slower now (None: the profile has no reference)
     reference_ratio: float | None = None
     allocator: str = ""                        # how the timing process allocated memory (measure.allocator)
+    # calibrate's DRAM copy, timed between this model's runs, over its time at the profile's bandwidth:
+    # > 1 when DRAM runs slower now, which the reference workload's convolutions hardly feel
+    bandwidth_ratio: float | None = None
+
+    @property
+    def adjusted_ms(self) -> float | None:
+        """The prediction scaled by how the machine moved since calibration: each memory-bound layer by
+        the DRAM copy's ratio (where timed), every other layer by the reference workload's."""
+        if self.reference_ratio is None:
+            return None
+        memory = self.bandwidth_ratio if self.bandwidth_ratio is not None else self.reference_ratio
+        return sum(l.predicted_ms * (memory if l.bound == "memory" else self.reference_ratio) for l in self.layers)
 
     @property
     def adjusted_error(self) -> float | None:
-        """The error with the prediction scaled by how the machine's speed moved since calibration."""
-        if self.reference_ratio is None:
-            return None
-        return self.predicted_ms * self.reference_ratio / self.measured_ms - 1.0
+        """The error with the prediction scaled by how the machine moved since calibration (:attr:`adjusted_ms`)."""
+        adjusted = self.adjusted_ms
+        return None if adjusted is None else adjusted / self.measured_ms - 1.0
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -89,7 +101,8 @@ class Comparison:
         return {"model": self.model, "hardware": self.hardware,
                 "input": {"shapes": [list(s) for s in self.input_shapes]},
                 "device": self.device, "allocator": self.allocator, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
-                "error": self.error, "reference_ratio": self.reference_ratio, "adjusted_error": self.adjusted_error,
+                "error": self.error, "reference_ratio": self.reference_ratio, "bandwidth_ratio": self.bandwidth_ratio,
+                "adjusted_error": self.adjusted_error,
                 "unattributed_ms": self.unattributed_ms,
                 "measured_runs_ms": list(self.measured_runs_ms),
                 "page_faults_per_run": self.page_faults_per_run, "warnings": list(self.warnings),
@@ -156,8 +169,9 @@ def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[
     return times
 
 
-# the reference workload's calls per turn: calibration timed it in blocks of about 4 ms (probes.reference_workload)
-REFERENCE_BLOCK = {"reference": 4}
+# the reference workload's calls per turn: calibration timed it in blocks of about 4 ms (probes.reference_workload);
+# the DRAM copy's, about 5 ms a call
+REFERENCE_BLOCK = {"reference": 4, "bandwidth": 2}
 
 
 def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
@@ -269,8 +283,10 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
 
 
 def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
-                device: str, reference: list[float], kept: bool) -> Comparison:
-    """``kept``: whether this process set glibc to keep freed memory (it may have failed to)."""
+                device: str, machine: Mapping[str, list[float]], kept: bool) -> Comparison:
+    """``machine``: the reference workload's and the DRAM copy's runs, where timed (:func:`_reference`);
+    ``kept``: whether this process set glibc to keep freed memory (it may have failed to)."""
+    reference, copies = machine.get("reference", []), machine.get("bandwidth", [])
     layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
                                p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, cost_kind(l, profile))
                    for l in p.graph.layers)
@@ -279,7 +295,14 @@ def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], fault
                       measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers, page_faults_per_run=faults,
                       device=device, estimate_warnings=p.estimate.warnings,
                       reference_ratio=statistics.median(reference) / profile.reference_s
-                      if reference and profile.reference_s else None, allocator=allocator(kept))
+                      if reference and profile.reference_s else None, allocator=allocator(kept),
+                      bandwidth_ratio=copy_ratio(statistics.median(copies), profile) if copies else None)
+
+
+def copy_ratio(seconds: float, profile: HardwareProfile) -> float:
+    """Seconds of calibrate's DRAM copy (:data:`~costplan.hardware.probes.COPY_BYTES`) over its
+    seconds at ``profile``'s attainable bandwidth: > 1 when DRAM runs slower than calibrated."""
+    return seconds * profile.bandwidth * profile.memory_efficiency / COPY_BYTES
 
 
 def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, dtype: str = "float32",
@@ -301,16 +324,17 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks=REFERENCE_BLOCK)
         after_faults = minor_faults()
     faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, repeat)
-    return _comparison(prepared, profile, runs["model"], faults, device, runs.get("reference", []), kept)
+    return _comparison(prepared, profile, runs["model"], faults, device, runs, kept)
 
 
 def _reference(profile: HardwareProfile, device: str) -> dict[str, Instance]:
-    """The reference workload where the profile recorded its time (calibrated CPUs), else nothing."""
+    """The reference workload and calibrate's DRAM copy where the profile recorded the reference's
+    time (calibrated CPUs), else nothing."""
     if not profile.reference_s or device != "cpu":
         return {}
-    from costplan.hardware.probes import reference_workload
+    from costplan.hardware.probes import bandwidth_workload, reference_workload
 
-    return {"reference": reference_workload()}
+    return {"reference": reference_workload(), "bandwidth": bandwidth_workload()}
 
 
 @dataclass(frozen=True)
@@ -363,9 +387,8 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
         runs = time_round_robin({"a": a.instance, "b": b.instance, **_reference(profile, device)},
                                 rounds=repeat, warmup=warmup, blocks=REFERENCE_BLOCK)
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
-    reference = runs.get("reference", [])
-    return PairComparison(_comparison(a, profile, runs["a"], None, device, reference, kept),
-                          _comparison(b, profile, runs["b"], None, device, reference, kept), ratios)
+    return PairComparison(_comparison(a, profile, runs["a"], None, device, runs, kept),
+                          _comparison(b, profile, runs["b"], None, device, runs, kept), ratios)
 
 
 def _setup(hw: HardwareProfile | str, dtype: str, keep_memory: bool, input: str | None, batch: int | None,

@@ -236,9 +236,10 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
     if c.allocator:
         text.append(f"\nmemory: {c.allocator}")
     if c.reference_ratio is not None:
+        dram = (f" and its DRAM copy {c.bandwidth_ratio:.2f}x" if c.bandwidth_ratio is not None else "")
         text.append(f"\nmachine speed: the calibration's reference workload ran {c.reference_ratio:.2f}x as long as "
-                    f"when {c.hardware} was calibrated; with the prediction scaled by that, error "
-                    f"{c.adjusted_error:+.1%}")
+                    f"when {c.hardware} was calibrated{dram}; with the prediction scaled by that (memory-bound "
+                    f"layers by the copy), error {c.adjusted_error:+.1%}")
     for warning in c.warnings:
         text.append(f"\nwarning: {warning}", style="yellow")
     return table, text

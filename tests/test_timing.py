@@ -177,7 +177,7 @@ def test_the_reference_is_timed_in_blocks_as_calibration_timed_it() -> None:
     ref, model = Counting(), Counting()
     runs = time_round_robin({"model": Instance(model, (torch.ones(2),)), "reference": Instance(ref, (torch.ones(2),))},
                             rounds=3, blocks=REFERENCE_BLOCK)
-    assert REFERENCE_BLOCK == {"reference": 4}
+    assert REFERENCE_BLOCK["reference"] == 4
     assert (ref.calls, len(runs["reference"])) == (1 + 3 * (1 + 4), 3)
     assert (model.calls, len(runs["model"])) == (1 + 3, 3)
 
@@ -241,6 +241,28 @@ def test_a_leaf_modules_layer_is_timed_around_its_call_in_a_plain_forward(monkey
     seconds = measure.time_layers(instance, repeat=1)
     assert seconds["slow"] == seconds["fc"] == 7.0
     assert all(t < 1.0 for name, t in seconds.items() if name not in ("slow", "fc")) and len(seconds) > 2
+
+
+def test_a_prediction_is_scaled_by_the_machines_compute_and_its_dram_apart() -> None:
+    """The reference workload's convolutions hardly feel a host that halves DRAM bandwidth (a 64 MB
+    copy at 12-14 GB/s against a calibrated 27.3, the reference 1.2x as long; mobilenet_v2 at batch 8
+    ran 2.0x as long as in the calibration's rounds): a memory-bound layer is scaled by the DRAM copy's
+    ratio, every other layer by the reference's."""
+    from costplan.hardware.profile import parse_profile
+    from costplan.hardware.probes import COPY_BYTES
+    from costplan.measure import Comparison, LayerTiming, copy_ratio
+    from tests.conftest import TOY
+
+    layers = (LayerTiming("conv", "conv2d", 3.0, 0.0, "compute", "conv"), LayerTiming("bn", "batch_norm", 1.0, 0.0, "memory", "norm"),
+              LayerTiming("relu", "relu", 0.5, 0.0, "overhead", "elementwise"))
+    c = Comparison("m", "local", ((1,),), 4.5, 10.0, (10.0,), layers, reference_ratio=1.5, bandwidth_ratio=2.0)
+    assert c.adjusted_ms == pytest.approx(3.0 * 1.5 + 1.0 * 2.0 + 0.5 * 1.5)
+    assert c.adjusted_error == pytest.approx(7.25 / 10.0 - 1) and c.to_dict()["bandwidth_ratio"] == 2.0
+    older = Comparison("m", "local", ((1,),), 4.5, 10.0, (10.0,), layers, reference_ratio=1.5)   # no copy timed
+    assert older.adjusted_ms == pytest.approx(4.5 * 1.5)
+    assert Comparison("m", "local", ((1,),), 4.5, 10.0, (10.0,), layers).adjusted_error is None
+    profile = parse_profile({**TOY, "memory": {"bandwidth_gbs": 25.0, "onchip_mb": 32.0}}, "toy")
+    assert copy_ratio(COPY_BYTES / 25e9 * 1.6, profile) == pytest.approx(1.6)
 
 
 def _warm_after_itself(cold: float):   # noqa: ANN202

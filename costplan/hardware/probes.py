@@ -474,7 +474,7 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
                 "avgpool" if isinstance(pool, (torch.nn.AvgPool1d, torch.nn.AvgPool2d)) else "pooling")
         probes[f"pool {i} {pool.__class__.__name__} {tuple(x.shape)}"] = (
             kind, pool_probe_bytes(pool, x, out), timed(lambda p=pool, x=x: p(x)), 1.0)
-    n = (16 if quick else 64) * 1024 * 1024   # floats: well past any cache
+    n = BANDWIDTH_FLOATS * (1 if quick else 4)   # floats: well past any cache
     src, dst = torch.randn(n), torch.empty(n)
     probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)
     if not kept_memory:
@@ -487,6 +487,31 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
     relu, tiny = torch.nn.ReLU(), torch.randn(1, 8)
     probes["overhead"] = ("overhead", 0.0, timed(lambda: relu(tiny)), 1.0)
     return probes
+
+
+class _Copy(torch.nn.Module):
+    """A copy of ``n`` float32s, well past any cache: calibrate's DRAM probe as a module."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.register_buffer("src", torch.randn(n))
+        self.register_buffer("dst", torch.empty(n))
+
+    def forward(self) -> torch.Tensor:
+        return self.dst.copy_(self.src)
+
+
+# floats each side of the DRAM copy measure times beside a model (calibrate's quick copy: 64 MB each
+# side, twice a 32 MB cache, ~5 ms here; calibrate's full one is 4x as long, at the same rate)
+BANDWIDTH_FLOATS = 16 * 1024 * 1024
+COPY_BYTES = 2.0 * BANDWIDTH_FLOATS * 4     # read and written
+
+
+def bandwidth_workload() -> Instance:
+    """The DRAM copy calibrate fits ``memory.bandwidth_gbs`` on (:data:`COPY_BYTES` moved): measure times it beside a model to see how the machine's bandwidth moved since, which
+    the reference workload's convolutions do not (a 64 MB copy ran at 12-14 GB/s against a calibrated
+    27.3 GB/s 25 minutes later, while the reference workload ran 1.2x as long)."""
+    return Instance(_Copy(BANDWIDTH_FLOATS).eval(), ())
 
 
 def reference_workload() -> Instance:
