@@ -23,7 +23,7 @@ import torch
 from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, canonical_dtype
 from costplan.errors import CostplanError
 from costplan.hardware import HardwareProfile, estimate
-from costplan.hardware.probes import COPY_BYTES
+from costplan.hardware.probes import COPY_BYTES, bandwidth_workload, reference_workload
 from costplan.hardware.roofline import Estimate, cost_kind
 from costplan.hardware.timing import keep_freed_memory, minor_faults
 from costplan.trace.graph import LayerGraph
@@ -332,8 +332,6 @@ def _reference(profile: HardwareProfile, device: str) -> dict[str, Instance]:
     time (calibrated CPUs), else nothing."""
     if not profile.reference_s or device != "cpu":
         return {}
-    from costplan.hardware.probes import bandwidth_workload, reference_workload
-
     return {"reference": reference_workload(), "bandwidth": bandwidth_workload()}
 
 

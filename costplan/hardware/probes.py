@@ -475,8 +475,7 @@ def _probes(shapes: dict[str, list[Shape]], quick: bool, kept_memory: bool = Fal
         probes[f"pool {i} {pool.__class__.__name__} {tuple(x.shape)}"] = (
             kind, pool_probe_bytes(pool, x, out), timed(lambda p=pool, x=x: p(x)), 1.0)
     n = BANDWIDTH_FLOATS * (1 if quick else 4)   # floats: well past any cache
-    src, dst = torch.randn(n), torch.empty(n)
-    probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(lambda: dst.copy_(src)), 1.0)
+    probes["copy"] = ("bandwidth", 2.0 * n * 4, timed(_Copy(n)), 1.0)
     if not kept_memory:
         # with glibc's defaults, blocks over 32 MiB are mapped afresh on every allocation and a layer
         # writing such an output faults in every page of it (where freed memory is kept, none does)
@@ -508,9 +507,10 @@ COPY_BYTES = 2.0 * BANDWIDTH_FLOATS * 4     # read and written
 
 
 def bandwidth_workload() -> Instance:
-    """The DRAM copy calibrate fits ``memory.bandwidth_gbs`` on (:data:`COPY_BYTES` moved): measure times it beside a model to see how the machine's bandwidth moved since, which
-    the reference workload's convolutions do not (a 64 MB copy ran at 12-14 GB/s against a calibrated
-    27.3 GB/s 25 minutes later, while the reference workload ran 1.2x as long)."""
+    """The DRAM copy calibrate fits ``memory.bandwidth_gbs`` on (:data:`COPY_BYTES` moved): measure
+    times it beside a model to see how the machine's bandwidth moved since, which the reference
+    workload's convolutions do not (a 64 MB copy ran at 12-14 GB/s against a calibrated 27.3 GB/s
+    25 minutes later, while the reference workload ran 1.2x as long)."""
     return Instance(_Copy(BANDWIDTH_FLOATS).eval(), ())
 
 

@@ -62,7 +62,8 @@ class Estimate:
         out = ((note,) if note else ()) + self.profile.option_notes(self.precision) + self.notes
         for kind, names in self.unsampled.items():
             out += ((f"{self.profile.name} was calibrated without timing any {KIND_WORDS.get(kind, kind)}: this "
-                     f"model's {len(names)} ({_listed(names)}) carry {self.share_of(names):.0%} of its predicted time, priced from other "
+                     f"model's {len(names)} ({_listed(names)}) carry {self.share_of(names):.0%} of its predicted "
+                     "time, priced from other "
                      "kinds' figures, and may be off by several times (recalibrate with this version's "
                      "`costplan calibrate`; `costplan measure` shows it per layer)"),)
         if self.predated:
@@ -70,8 +71,9 @@ class Estimate:
                               f"{self.share_of(names):.0%} of its predicted time"
                               for term, names in self.predated.items())
             out += ((f"{self.profile.name} was calibrated by an earlier costplan, which did not yet time {terms}. "
-                     "Those layers are priced without it, likely fast (the dense 1-D ResNet of benchmarks/planning_quality.py read ~15% fast without both); "
-                     "recalibrate with this version's `costplan calibrate`"),)
+                     "Those layers are priced without it, likely fast (the dense 1-D ResNet of "
+                     "benchmarks/planning_quality.py read ~15% fast without both); recalibrate with this "
+                     "version's `costplan calibrate`"),)
         host = self.overhead_share
         if self.profile.dispatch_overlaps and host >= HOST_BOUND_WARN:
             out += ((f"{host:.0%} of this estimate is the host's dispatch, {self.profile.per_op_s * 1e6:.1f} us "
@@ -700,7 +702,6 @@ def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, precision: str
     return {k: tuple(v) for k, v in out.items()}
 
 
-
 # terms of the CPU model a calibration fits, newer than some calibrated profiles: term -> what it prices
 PREDATED_TERMS = {"conv1d_steps": "a 1-D convolution's steps per sample",
                   "norm_planes": "a batch norm's cost per (sample, channel) plane"}
@@ -715,6 +716,8 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str 
     halves = profile.class_figure(profile.half_util_dims, "conv1d")
     lacks = {"conv1d_steps": "conv1d" in profile.calibrated and halves is not None and len(halves) < 4,
              "norm_planes": "norm" in profile.calibrated and profile.norm_plane_s is None}
+    if not any(lacks.values()):     # every profile calibrated since: no walk over the layers per estimate
+        return {}
     out: dict[str, list[str]] = {}
     for layer in graph.layers:
         if lacks["conv1d_steps"] and cost_kind(layer, profile, precision) == "conv1d":
