@@ -193,6 +193,23 @@ def _same_profile(a, b) -> None:
             assert (x == pytest.approx(y, rel=1e-9)) if numbers else x == y, f.name
 
 
+def test_every_class_whose_fit_is_loose_warns_and_the_file_says_so() -> None:
+    """A class fitted off by more than half the refusal limit warns, strict classes as well as lenient
+    ones (a linear fit off by 23% had passed silently), and the profile's header carries it."""
+    from costplan.hardware.calibrate import FIT_LIMIT, Calibration, profile_toml
+    from costplan.hardware.fitting import ClassFit
+
+    errors = {"gemm": FIT_LIMIT / 2 + 0.05, "conv": FIT_LIMIT / 2 - 0.05, "gru": FIT_LIMIT / 2 + 0.05}
+    fits = {k: ClassFit(5e10, (20.0, 8.0, 1.0), 1e-5, e) for k, e in errors.items()}
+    c = Calibration(name="local", peak_macs=5e10, half_util_macs={"gemm": 3e6}, efficiency={k: 1.0 for k in fits},
+                    fits=fits, bandwidth=2.5e10, onchip_bandwidth=4.7e10, rated_bandwidth={}, fixed_s={},
+                    first_touch_bandwidth=None, per_op_s=5.7e-6, onchip_bytes=33_554_432, threads=2,
+                    channel_multiple=8, cpu="a test CPU", samples={})
+    loose = [w for w in c.warnings() if "fit is off" in w]
+    assert [w.split()[2] for w in loose] == ["gemm", "gru"] and "off by 22%" in loose[0]
+    assert "# WARNING: the gemm fit is off by 22%" in profile_toml(c)
+
+
 @pytest.mark.parametrize("name", [*SHIPPED, str(Path(__file__).parent / "data" / "avx2-calibrated.toml")])
 def test_a_profile_written_and_read_back_is_the_same_profile(name: str) -> None:
     """One schema table reads and writes every field: what the writer puts in a file is what the reader
