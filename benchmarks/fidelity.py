@@ -42,7 +42,7 @@ import seqmodels
 from costplan.api import load_graph
 from costplan.hardware import estimate, load_profile
 from costplan.hardware.calibrate import calibrate, profile_toml
-from costplan.measure import time_round_robin
+from costplan.measure import machine_ratio, time_round_robin
 from costplan.models import Instance, instantiate, resolve
 from costplan.planfile import Plan
 from costplan.sparsity import apply_plan
@@ -98,11 +98,11 @@ def _steady(d: dict) -> bool:
 
 
 def _machine(d: dict, bound: str) -> float:
-    """How much longer than at calibration the machine ran a layer so bound: the DRAM copy's ratio for
-    a memory-bound one (where timed), else the reference workload's."""
-    if bound == "memory" and d.get("bandwidth_ratio") is not None:
-        return d["bandwidth_ratio"]
-    return d["reference_ratio"] or 1.0
+    """How much longer than at calibration the machine ran a layer so bound (measure.machine_ratio); 1
+    where the profile recorded no reference."""
+    if d["reference_ratio"] is None:
+        return 1.0
+    return machine_ratio(bound, d["reference_ratio"], d.get("bandwidth_ratio"))
 
 
 def separate_table(rows: dict[str, dict]) -> None:

@@ -66,12 +66,12 @@ class Comparison:
 
     @property
     def adjusted_ms(self) -> float | None:
-        """The prediction scaled by how the machine moved since calibration: each memory-bound layer by
-        the DRAM copy's ratio (where timed), every other layer by the reference workload's."""
+        """The prediction scaled by how the machine moved since calibration, layer by layer
+        (:func:`machine_ratio`)."""
         if self.reference_ratio is None:
             return None
-        memory = self.bandwidth_ratio if self.bandwidth_ratio is not None else self.reference_ratio
-        return sum(l.predicted_ms * (memory if l.bound == "memory" else self.reference_ratio) for l in self.layers)
+        return sum(l.predicted_ms * machine_ratio(l.bound, self.reference_ratio, self.bandwidth_ratio)
+                   for l in self.layers)
 
     @property
     def adjusted_error(self) -> float | None:
@@ -110,6 +110,12 @@ class Comparison:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def machine_ratio(bound: str, reference_ratio: float, bandwidth_ratio: float | None) -> float:
+    """How much longer than at calibration the machine runs a layer so ``bound``: the DRAM copy's
+    ratio for a memory-bound layer where the copy was timed, else the reference workload's."""
+    return bandwidth_ratio if bound == "memory" and bandwidth_ratio is not None else reference_ratio
 
 
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}

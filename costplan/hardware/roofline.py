@@ -63,9 +63,8 @@ class Estimate:
         for kind, names in self.unsampled.items():
             out += ((f"{self.profile.name} was calibrated without timing any {KIND_WORDS.get(kind, kind)}: this "
                      f"model's {len(names)} ({_listed(names)}) carry {self.share_of(names):.0%} of its predicted "
-                     "time, priced from other "
-                     "kinds' figures, and may be off by several times (recalibrate with this version's "
-                     "`costplan calibrate`; `costplan measure` shows it per layer)"),)
+                     "time, priced from other kinds' figures, and may be off by several times (recalibrate "
+                     "with this version's `costplan calibrate`; `costplan measure` shows it per layer)"),)
         if self.predated:
             terms = "; ".join(f"{PREDATED_TERMS[term]}: this model's {len(names)} ({_listed(names)}) carry "
                               f"{self.share_of(names):.0%} of its predicted time"
