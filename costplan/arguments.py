@@ -127,10 +127,10 @@ def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
     """`costplan calibrate`'s flags."""
     c = sub.add_parser("calibrate", help="fit a hardware profile of this machine's CPU by microbenchmarks",
                        description="Time GEMMs, convolutions, memory copies and tiny ops on this CPU and write a "
-                                   "profile that --hw accepts. Takes 15-30 s on a 2-core machine.")
+                                   "profile that --hw accepts. Takes about a minute on a 2-core machine.")
     c.add_argument("-o", "--output", metavar="FILE", default="local.toml", help="profile to write (default local.toml)")
     c.add_argument("--name", default="local", help="the profile's name (default local)")
-    c.add_argument("--quick", action="store_true", help="fewer shapes and rounds (about 8 s on 2 cores); graded by the same self-check")
+    c.add_argument("--quick", action="store_true", help="fewer shapes and rounds (about 30 s on 2 cores); graded by the same self-check")
     c.add_argument("--threads", type=_positive_int, help="threads to calibrate with (default: torch's); predictions hold "
                                                           "for models run with the same number")
 

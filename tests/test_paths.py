@@ -70,11 +70,16 @@ def _transformer_macs(d: int, heads: int, enc: int, dec: int, ff: int, s: int, t
 
 
 def test_transformer_fast_path_is_counted() -> None:
-    """In eval mode nn.Transformer runs torch's fused encoder kernel; costplan counts its layers."""
+    """In eval mode nn.Transformer runs torch's fused encoder kernel; costplan counts its layers, and
+    says that they are priced as separate layers, naming the modules PyTorch may fuse: each encoder
+    layer once (its attention inside it), and the decoder's attention modules."""
     model = nn.Transformer(64, 8, 2, 2, 128, batch_first=True).eval()   # batch_first: the fused path's condition
     with torch.no_grad():
         report = analyze(model, example_inputs=(torch.randn(1, 10, 64), torch.randn(1, 7, 64)))
     assert report.totals["macs"] == _transformer_macs(64, 8, 2, 2, 128, s=10, t=7) and not report.unsupported
+    (note,) = [w for w in report.warnings if "fast path" in w]
+    assert "this model's 6 encoder layers or attention modules ('encoder.layers.0', 'encoder.layers.1', " \
+           "'decoder.layers.0.self_attn' and 3 more) fused" in note and "priced as their separate layers" in note
 
 
 def test_a_padding_mask_does_not_break_the_trace() -> None:
@@ -279,6 +284,31 @@ def test_a_two_stage_detector_is_priced_with_its_heads_at_their_caps_whatever_it
     (fc6,) = [l for l in graph.layers if l.name == "roi_heads.box_head.fc6"]
     assert fc6.in_shapes[0][0] == 150 and "its box head on 150 proposals per image (NMS" in graph.notes[0]
     assert load_graph("resnet18").notes == ()
+
+
+def test_a_two_stage_detector_from_a_file_is_left_as_given_and_says_its_heads_counts_are_this_traces(tmp_path) -> None:
+    """A user's own R-CNN is not set to its caps (nothing the user gives is changed), so its heads'
+    MACs are whatever this trace's weights let through: the graph says so and how to price the caps."""
+    from costplan.models import instantiate, resolve
+
+    factory = tmp_path / "detector.py"
+    factory.write_text(
+        "import torch\n"
+        "from torchvision.models.detection import FasterRCNN\n"
+        "from torchvision.models.detection.anchor_utils import AnchorGenerator\n"
+        "def build():\n"
+        "    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4, padding=1), torch.nn.ReLU())\n"
+        "    backbone.out_channels = 8\n"
+        "    return FasterRCNN(backbone, 5, min_size=64, max_size=64, rpn_anchor_generator=AnchorGenerator(\n"
+        "        ((16,),), ((1.0,),)), rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50).eval(), \\\n"
+        "        ([torch.rand(3, 64, 64)],)\n")
+    built = instantiate(resolve(f"{factory}:build"), "cpu")
+    assert built.module.rpn.nms_thresh == 0.7 and built.module.roi_heads.score_thresh == 0.05
+    (note,) = load_graph(f"{factory}:build").notes
+    assert f"{factory}:build is a two-stage detector" in note and "rpn.nms_thresh = 1" in note
+    plain = tmp_path / "mlp.py"
+    plain.write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 2), torch.randn(1, 4)\n")
+    assert load_graph(f"{plain}:build").notes == ()
 
 
 def test_a_pruned_file_says_what_was_done_to_it(tmp_path, capsys) -> None:

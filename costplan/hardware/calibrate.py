@@ -43,7 +43,7 @@ from costplan.hardware.probes import (
     channel_multiple,
     check_networks,
     check_probes,
-    recurrent_shapes,
+    recurrent_probes,
     sample_shapes,
 )
 from costplan.hardware.roofline import overflows_cache, recurrent_cost
@@ -216,7 +216,7 @@ def predict_checks(profile: HardwareProfile, networks: Mapping[str, Instance]) -
 def calibrate(name: str = "local", quick: bool = False, progress: bool = True, seed: int = 0,
               threads: int | None = None, check: bool | Mapping[str, Instance] = True,
               load_limit: float = LOAD_LIMIT, strict: bool = True) -> Calibration:
-    """Run the microbenchmarks (about 40 s on 2 cores; about 23 s with ``quick``) on ``threads``
+    """Run the microbenchmarks (about 60 s on 2 cores; about 28 s with ``quick``) on ``threads``
     threads (default: torch's), and grade the fitted profile on held-out networks timed in the same
     interleaved rounds: :func:`check_networks`, or the ``check`` mapping given (name -> instance).
 
@@ -252,7 +252,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     drawn = shapes["gemm"] + dram_weight_shapes(8 if quick else 16, onchip_bytes, seed, tile)
     shapes["gemm"] = [s for s in drawn if not overflows_cache(s.weight_bytes, onchip_bytes)]
     shapes["gemm_dram"] = [s for s in drawn if overflows_cache(s.weight_bytes, onchip_bytes)]
-    rnns = recurrent_shapes(15 if quick else 45, seed)
+    rnns = recurrent_probes(quick, seed)
     with torch.inference_mode():
         probes = {**_probes(shapes, quick, kept, rnns), **check_probes(check)}
         timings, quality = _measure(probes, quick, progress, seed, load_limit)

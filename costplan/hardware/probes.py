@@ -332,6 +332,25 @@ def recurrent_shapes(count: int, seed: int = 0) -> list[RecurrentShape]:
     return out
 
 
+# (inputs, hidden, batch, steps) of recurrent calls at the scale of large sequence models, timed for
+# every cell beside the drawn ones: the drawn calls stop at 2e8 MACs, under a third of the rate a
+# 1024-wide GRU at batch 64 runs (21 against 53 GMAC/s on 2 EPYC cores), so the plateau was an
+# extrapolation that swung 44-78 GMAC/s between calibrations; two-layer LSTMs and GRUs 1024 wide at
+# batch 64, priced after six calibrations with these, were within 14% (41% without: benchmarks/recurrent.py)
+RECURRENT_ANCHORS = ((512, 512, 64, 10), (1024, 1024, 32, 10))
+
+
+def recurrent_anchors(quick: bool = False) -> list[RecurrentShape]:
+    """:data:`RECURRENT_ANCHORS` for each cell (the first only, ``quick``)."""
+    chosen = RECURRENT_ANCHORS[:1] if quick else RECURRENT_ANCHORS
+    return [RecurrentShape(mode, *a) for a in chosen for mode in ("LSTM", "GRU", "RNN_TANH")]
+
+
+def recurrent_probes(quick: bool = False, seed: int = 0) -> list[RecurrentShape]:
+    """The recurrent calls calibrate times: 15 drawn (45 without ``quick``) and the anchors."""
+    return recurrent_shapes(15 if quick else 45, seed) + recurrent_anchors(quick)
+
+
 def dram_weight_shapes(count: int, onchip_bytes: float, seed: int = 0, multiple: int = 1) -> list[Shape]:
     """``count`` linear layers whose float32 weights fill 0.75 to 2 caches (seeded): vocabulary
     heads, LLM projections, VGG's classifier; 768 to 4096 inputs, 1 to 512 rows, at most 2 GMACs."""

@@ -19,6 +19,7 @@ import torch
 from costplan.errors import CostplanError, close_names
 from costplan.models.saved import provenance
 from costplan.models.source import Instance, ModelSource, example_input
+from costplan.models.vision import heads_as_given
 
 Shape = tuple[int, ...]
 LoadSaved = Callable[..., torch.nn.Module]   # models.load_saved: rebuilds a file costplan.save wrote
@@ -132,14 +133,15 @@ def source(spec: str, *, input_shapes: Sequence[Shape] | None, batch: int | None
                 raise CostplanError(f"{spec} raised {type(exc).__name__}: {exc}") from exc
         else:
             module, example = _load_saved(spec, trust, load_saved)
+        notes = heads_as_given(spec, module)
         if input_shapes:
-            return Instance(module, _inputs(input_shapes, device))
+            return Instance(module, _inputs(input_shapes, device), notes=notes)
         if example is None:
             raise CostplanError(f"{spec}: give the input shape with --input, e.g. --input 1x3x224x224")
         args, kwargs = _as_call(example)
         if batch is not None:
             args = tuple(a.expand(batch, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor) else a
                          for a in args)
-        return Instance(module, args, kwargs)
+        return Instance(module, args, kwargs, notes=notes)
 
     return ModelSource(spec, "file", build, meta=is_factory, pruned=pruned)

@@ -62,6 +62,27 @@ def _data_dependent(name: str) -> bool:
     return name in torchvision.models.list_models(module=torchvision.models.detection)
 
 
+def two_stage_heads(module: torch.nn.Module) -> tuple[object, object] | None:
+    """(rpn, roi_heads) of a torchvision-style two-stage detector, whose heads run on as many boxes as
+    its RPN's NMS and its score threshold let through; None for any other model."""
+    rpn, heads = getattr(module, "rpn", None), getattr(module, "roi_heads", None)
+    if rpn is None or heads is None or not hasattr(rpn, "nms_thresh") or not hasattr(heads, "score_thresh"):
+        return None
+    return rpn, heads
+
+
+def heads_as_given(name: str, module: torch.nn.Module) -> tuple[str, ...]:
+    """The note for a two-stage detector costplan did not build (a user's file, left as given): its
+    heads' MACs are this trace's, and how to price them at their caps. Other models: none."""
+    if two_stage_heads(module) is None:
+        return ()
+    return (f"{name} is a two-stage detector: its box head ran on the proposals its RPN kept, and any mask or "
+            "keypoint head on the detections over its score threshold, for these weights and this input, and "
+            "their MACs move with both (torchvision's Mask R-CNN with random weights: 54 to 86 GMACs over six "
+            "builds). To price the heads at their caps, build it with rpn.nms_thresh = 1 and "
+            "roi_heads.score_thresh = 0, as costplan builds the R-CNNs it lists",)
+
+
 def _heads_at_capacity(name: str, module: torch.nn.Module) -> tuple[str, ...]:
     """A two-stage detector (torchvision's R-CNNs) runs its box head on the proposals its RPN keeps
     after NMS, and its mask or keypoint head on the detections over a score threshold: with random
@@ -69,9 +90,10 @@ def _heads_at_capacity(name: str, module: torch.nn.Module) -> tuple[str, ...]:
     RPN keeping 669 or 1000 proposals). Set to keep every proposal and detection up to their caps, the
     most those heads run and what a trained model runs on a busy image, every build counts the same;
     the note says so. Other models: nothing to do."""
-    rpn, heads = getattr(module, "rpn", None), getattr(module, "roi_heads", None)
-    if rpn is None or heads is None or not hasattr(rpn, "nms_thresh") or not hasattr(heads, "score_thresh"):
+    found = two_stage_heads(module)
+    if found is None:
         return ()
+    rpn, heads = found
     rpn.nms_thresh, heads.score_thresh = 1.0, 0.0
     with torch.no_grad():   # random box regressors push boxes off the image, where they are dropped as empty
         for regressor in (getattr(rpn.head, "bbox_pred", None), getattr(heads.box_predictor, "bbox_pred", None)):

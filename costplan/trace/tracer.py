@@ -472,5 +472,23 @@ def trace(model: torch.nn.Module, args: Sequence[object] = (), kwargs: Mapping[s
         heads=attention_heads(model),
         channels=recorder.channels.log(),
         generation=generation,
-        notes=tuple(notes),
+        notes=tuple(notes) + fused_encoder_note(model),
     )
+
+
+def fused_encoder_note(model: torch.nn.Module) -> tuple[str, ...]:
+    """The note for a model with modules PyTorch may run fused at inference (``torch.backends.mha``'s
+    fast path: an encoder layer as one op with attention of its own), which the trace turns off to see
+    their layers; none for other models."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.TransformerEncoderLayer)]
+    names = layers + [n for n, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)
+                      and not any(n.startswith(f"{e}.") or not e for e in layers)]
+    if not names:
+        return ()
+    shown = ", ".join(f"'{n or type(model).__name__}'" for n in names[:3]) + (
+        f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"PyTorch may run this model's {len(names)} encoder layers or attention modules ({shown}) fused at "
+            "inference (torch.backends.mha's fast path: one op per layer, with attention of its own); they "
+            "are priced as their separate layers, as they run in training or with the fast path off "
+            "(torch.backends.mha.set_fastpath_enabled(False)). Four encoder layers of width 512 ran fused in "
+            "0.92-1.11x the separate layers' time on a 2-core EPYC",)
