@@ -55,7 +55,8 @@ class Comparison:
     layers: tuple[LayerTiming, ...]
     page_faults_per_run: float | None = None   # minor page faults per timed forward pass (None: unknown)
     device: str = "cpu"                        # where it was timed: cpu | cuda
-    estimate_warnings: tuple[str, ...] = ()    # what the prediction said of itself (kinds never calibrated)
+    estimate_warnings: tuple[str, ...] = ()    # what the prediction and the trace said of themselves (kinds never
+                                               # calibrated, heads at their caps, layers PyTorch may fuse)
     # the calibration's reference workload, timed between this model's runs, over its time when the
     # profile was calibrated: > 1 when the machine runs slower now (None: the profile has no reference)
     reference_ratio: float | None = None
@@ -281,7 +282,7 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
     instance.module.eval()
     # per-layer kernel times come from the tracer's clock around each op, which CUDA's queue makes meaningless
     layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat))) if device == "cpu" else {}
-    graph = trace(instance.module, instance.args, instance.kwargs, name=source.name)
+    graph = trace(instance.module, instance.args, instance.kwargs, name=source.name, notes=instance.notes)
     if source.pruned is not None:   # a file costplan.save wrote: measured under what was done to it
         graph.applied = source.pruned.applied()  # type: ignore[attr-defined]
     est = estimate(graph, profile, apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype)
@@ -299,7 +300,7 @@ def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], fault
     return Comparison(model=p.name, hardware=profile.name, input_shapes=p.graph.inputs.shapes,
                       predicted_ms=p.estimate.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
                       measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers, page_faults_per_run=faults,
-                      device=device, estimate_warnings=p.estimate.warnings,
+                      device=device, estimate_warnings=p.estimate.warnings + p.graph.notes,
                       reference_ratio=statistics.median(reference) / profile.reference_s
                       if reference and profile.reference_s else None, allocator=allocator(kept),
                       bandwidth_ratio=copy_ratio(statistics.median(copies), profile) if copies else None)

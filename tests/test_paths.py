@@ -82,6 +82,22 @@ def test_transformer_fast_path_is_counted() -> None:
            "'decoder.layers.0.self_attn' and 3 more) fused" in note and "priced as their separate layers" in note
 
 
+def test_measure_says_what_the_trace_said_of_a_model_it_times(tmp_path, capsys, monkeypatch) -> None:
+    """measure times what PyTorch runs, the encoder fused at inference, against a price of its separate
+    layers: it says so, as analyze does (the trace's notes and the build's were analyze's alone)."""
+    import costplan.models.files as files
+
+    monkeypatch.setattr(files, "heads_as_given", lambda name, module: ("what the build said",))
+    factory = tmp_path / "encoder.py"
+    factory.write_text("import torch\ndef build():\n    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)\n"
+                       "    return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), torch.randn(1, 8, 32)\n")
+    assert main(["measure", f"{factory}:build", "--hw", "cpu-xeon", "--repeat", "1", "--warmup", "1", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)["warnings"]
+    (note,) = [w for w in said if "fast path" in w]
+    assert "what the build said" in said
+    assert "this model's 2 encoder layers or attention modules ('layers.0', 'layers.1') fused" in note
+
+
 def test_a_padding_mask_does_not_break_the_trace() -> None:
     encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 8, 128, batch_first=True), 2).eval()
     x = torch.randn(2, 10, 64)

@@ -335,8 +335,9 @@ def recurrent_shapes(count: int, seed: int = 0) -> list[RecurrentShape]:
 # (inputs, hidden, batch, steps) of recurrent calls at the scale of large sequence models, timed for
 # every cell beside the drawn ones: the drawn calls stop at 2e8 MACs, under a third of the rate a
 # 1024-wide GRU at batch 64 runs (21 against 53 GMAC/s on 2 EPYC cores), so the plateau was an
-# extrapolation that swung 44-78 GMAC/s between calibrations; two-layer LSTMs and GRUs 1024 wide at
-# batch 64, priced after six calibrations with these, were within 14% (41% without: benchmarks/recurrent.py)
+# extrapolation that swung 44-78 GMAC/s between calibrations. Fitted with and without these on the same
+# timings (three calibrations), two-layer LSTMs and GRUs 1024 wide at batch 64 were priced 6.6% off in
+# the median and 18% at most, against 20.5% and 32% (benchmarks/recurrent.py)
 RECURRENT_ANCHORS = ((512, 512, 64, 10), (1024, 1024, 32, 10))
 
 
