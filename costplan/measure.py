@@ -387,15 +387,16 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
                  batch: int | None = None, seq_len: int | None = None, trust_pickle: bool = False,
                  weights: str | None = None, keep_memory: bool = True) -> PairComparison:
     """Time ``first`` and ``second`` alternately, one forward pass of each per round (after an untimed
-    one) for ``repeat`` rounds, and compare their measured ratio with the predicted one: whether a pruned model met its
-    plan, in one run on a machine whose speed drifts. ``plan`` and ``weights`` apply to ``first``;
+    one) for ``repeat`` rounds, and compare their measured ratio with the predicted one: whether a
+    pruned model met its plan, in one run on a machine whose speed drifts. ``plan`` and ``weights`` apply to ``first``;
     a file costplan saved is predicted under the plan it records. See :func:`measure`."""
     profile, device, kept, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, None)
     with _threads(profile):
         a = _prepare(first, profile, device, plan, dtype, repeat, **{**shared, "weights": weights})
         b = _prepare(second, profile, device, None, dtype, repeat, **shared)
         runs = time_round_robin({"a": a.instance, "b": b.instance, **_reference(profile, device)},
-                                rounds=repeat, warmup=warmup, blocks={**REFERENCE_BLOCK, "a": MODEL_BLOCK, "b": MODEL_BLOCK})
+                                rounds=repeat, warmup=warmup,
+                                blocks={**REFERENCE_BLOCK, "a": MODEL_BLOCK, "b": MODEL_BLOCK})
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
     return PairComparison(_comparison(a, profile, runs["a"], None, device, runs, kept),
                           _comparison(b, profile, runs["b"], None, device, runs, kept), ratios)

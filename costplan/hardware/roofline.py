@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from costplan.hardware.profile import HardwareProfile
+from costplan.humanize import listed
 from costplan.spellings import DTYPE_BYTES, byte_scales, weight_bytes
 from costplan.patterns import Pattern
 from costplan.sparsity import Effective
@@ -62,11 +63,11 @@ class Estimate:
         out = ((note,) if note else ()) + self.profile.option_notes(self.precision) + self.notes
         for kind, names in self.unsampled.items():
             out += ((f"{self.profile.name} was calibrated without timing any {KIND_WORDS.get(kind, kind)}: this "
-                     f"model's {len(names)} ({_listed(names)}) carry {self.share_of(names):.0%} of its predicted "
+                     f"model's {len(names)} ({listed(names)}) carry {self.share_of(names):.0%} of its predicted "
                      "time, priced from other kinds' figures, and may be off by several times (recalibrate "
                      "with this version's `costplan calibrate`; `costplan measure` shows it per layer)"),)
         if self.predated:
-            terms = "; ".join(f"{PREDATED_TERMS[term]}: this model's {len(names)} ({_listed(names)}) carry "
+            terms = "; ".join(f"{PREDATED_TERMS[term]}: this model's {len(names)} ({listed(names)}) carry "
                               f"{self.share_of(names):.0%} of its predicted time"
                               for term, names in self.predated.items())
             out += ((f"{self.profile.name} was calibrated by an earlier costplan, which did not yet time {terms}. "
@@ -725,6 +726,3 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str 
             out.setdefault("norm_planes", []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
 
-
-def _listed(names: Sequence[str]) -> str:
-    return ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -23,6 +23,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from costplan.trace.channels import Tracker
 from costplan.trace.graph import Generation, InputSpec, Layer, LayerGraph
+from costplan.humanize import listed
 from costplan.modules import attention_heads, geometry
 from costplan.trace.meta import FAST_META, fused_on_meta
 from costplan.trace.ops import MacFormula, OpKind, classify, friendly_name, op_macs, op_name, with_overrides
@@ -485,8 +486,7 @@ def fused_encoder_note(model: torch.nn.Module) -> tuple[str, ...]:
                       and not any(n.startswith(f"{e}.") or not e for e in layers)]
     if not names:
         return ()
-    shown = ", ".join(f"'{n or type(model).__name__}'" for n in names[:3]) + (
-        f" and {len(names) - 3} more" if len(names) > 3 else "")
+    shown = listed([n or type(model).__name__ for n in names])
     return (f"PyTorch may run this model's {len(names)} encoder layers or attention modules ({shown}) fused at "
             "inference (torch.backends.mha's fast path: one op per layer, with attention of its own); they "
             "are priced as their separate layers, as they run in training or with the fast path off "
