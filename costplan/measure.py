@@ -1,7 +1,8 @@
 """Time a real model on this machine and set the measurement beside the prediction.
 
-The total is the median wall time of plain forward passes (warm-up first), each right after an
-untimed one, between turns of the calibration's reference workload and DRAM copy. Per layer, a leaf
+The total is the median over rounds of plain forward passes' wall time (warm-up first), each round's
+figure the mean of a block of passes after an untimed one (as calibrate times), between turns of the
+calibration's reference workload and DRAM copy. Per layer, a leaf
 module's one call is timed around it by forward hooks in plain forward passes, and other layers run
 under the tracer, which times each layer's aten kernels; what the totals leave over is framework time
 between kernels (Python, dispatch), reported as unattributed. The tracer's own bookkeeping between
@@ -12,6 +13,7 @@ encoder at batch 1 the per-layer times added up to 13.5 ms against 9.0 ms for th
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -180,10 +182,17 @@ def time_forward(instance: Instance, repeat: int = 10, warmup: int = 3) -> list[
 # the reference workload's calls per turn: calibration timed it in blocks of about 4 ms (probes.reference_workload);
 # the DRAM copy's, about 5 ms a call
 REFERENCE_BLOCK = {"reference": 4, "bandwidth": 2}
-# a model's timed call per turn, after an untimed one: calibration times every probe and held-out network
-# after a call of itself, as a model served in a loop runs. Straight after the 64 MB copy the embedding-bag
-# classifier ran 1.26x as long, the text CNN and resnet18 at batch 1 1.04-1.05x, larger models 1.01x
-MODEL_BLOCK = 1
+# a model's turn, as calibration times every probe and held-out network: an untimed call, then calls
+# for about this many seconds (one at least) whose mean is the round's figure, as a model served in a
+# loop runs. After the 64 MB copy an embedding-bag classifier's first call took 1.5-1.6 ms, its second
+# 0.95 ms, its fourth on 0.77 ms (measure read it at 3.0 ms timing the first, 1.33 ms the second); the
+# text CNN and resnet18 at batch 1 ran 1.04-1.05x on their first, larger models 1.01x
+MODEL_BLOCK_S = 0.004
+
+
+def model_block(seconds: float) -> int:
+    """Timed calls per turn of a model whose call takes ``seconds``: :data:`MODEL_BLOCK_S` worth, 1 to 200."""
+    return max(1, min(200, math.ceil(MODEL_BLOCK_S / max(seconds, 1e-9))))
 
 
 def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
@@ -332,10 +341,12 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         # the calibration's reference workload in turn with the model: how the machine's speed moved since
         timed = {"model": prepared.instance, **_reference(profile, device)}
         time_round_robin(timed, rounds=0, warmup=warmup)
+        block = model_block(min(time_forward(prepared.instance, repeat=1, warmup=0)))
         before_faults = minor_faults()
-        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, "model": MODEL_BLOCK})
+        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, "model": block})
         after_faults = minor_faults()
-    faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / max(1, repeat)
+    passes = max(1, repeat * (block + 1))   # the model's passes in the rounds, each turn's untimed one too
+    faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / passes
     return _comparison(prepared, profile, runs["model"], faults, device, runs, kept)
 
 
@@ -386,17 +397,18 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
                  dtype: str = "float32", repeat: int = 10, warmup: int = 3, input: str | None = None,
                  batch: int | None = None, seq_len: int | None = None, trust_pickle: bool = False,
                  weights: str | None = None, keep_memory: bool = True) -> PairComparison:
-    """Time ``first`` and ``second`` alternately, one forward pass of each per round (after an untimed
-    one) for ``repeat`` rounds, and compare their measured ratio with the predicted one: whether a
+    """Time ``first`` and ``second`` alternately, a turn of each per round (an untimed forward pass,
+    then passes for about :data:`MODEL_BLOCK_S`, their mean the round's figure) for ``repeat`` rounds, and compare their measured ratio with the predicted one: whether a
     pruned model met its plan, in one run on a machine whose speed drifts. ``plan`` and ``weights`` apply to ``first``;
     a file costplan saved is predicted under the plan it records. See :func:`measure`."""
     profile, device, kept, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, None)
     with _threads(profile):
         a = _prepare(first, profile, device, plan, dtype, repeat, **{**shared, "weights": weights})
         b = _prepare(second, profile, device, None, dtype, repeat, **shared)
-        runs = time_round_robin({"a": a.instance, "b": b.instance, **_reference(profile, device)},
-                                rounds=repeat, warmup=warmup,
-                                blocks={**REFERENCE_BLOCK, "a": MODEL_BLOCK, "b": MODEL_BLOCK})
+        timed = {"a": a.instance, "b": b.instance, **_reference(profile, device)}
+        time_round_robin(timed, rounds=0, warmup=warmup)
+        blocks = {k: model_block(min(time_forward(timed[k], repeat=1, warmup=0))) for k in ("a", "b")}
+        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks})
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
     return PairComparison(_comparison(a, profile, runs["a"], None, device, runs, kept),
                           _comparison(b, profile, runs["b"], None, device, runs, kept), ratios)

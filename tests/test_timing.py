@@ -268,9 +268,9 @@ def test_a_prediction_is_scaled_by_the_machines_compute_and_its_dram_apart() -> 
 
 
 def test_measure_times_a_model_right_after_a_call_of_itself(monkeypatch) -> None:
-    """Calibration times every probe after an untimed call of itself; measure times the model so too,
-    not straight after the DRAM copy it interleaves (the embedding-bag classifier ran 1.26x as long
-    there). A model 30 ms slower when another module ran last is measured at its warm time, alone or
+    """Calibration times every probe after an untimed call of itself, in blocks of about 4 ms; measure
+    times the model so too, not straight after the DRAM copy it interleaves (an embedding-bag
+    classifier's first call there took twice its fourth). A model 30 ms slower when another module ran last is measured at its warm time, alone or
     beside another."""
     import torch
     import torch.nn.modules.module as module_hooks
@@ -299,6 +299,8 @@ def test_measure_times_a_model_right_after_a_call_of_itself(monkeypatch) -> None
         handle.remove()
     assert c.reference_ratio is not None and c.measured_ms < 10.0
     assert pair.first.measured_ms < 10.0 and pair.second.measured_ms < 10.0
+    # a short model's figure is a block's mean, about calibrate's 4 ms of calls; a long one's, one call
+    assert measure.model_block(0.8e-3) == 5 and measure.model_block(0.1) == 1
 
 
 def _warm_after_itself(cold: float):   # noqa: ANN202
