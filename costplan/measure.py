@@ -13,7 +13,6 @@ encoder at batch 1 the per-layer times added up to 13.5 ms against 9.0 ms for th
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,7 +27,7 @@ from costplan.errors import CostplanError
 from costplan.hardware import HardwareProfile, estimate
 from costplan.hardware.probes import COPY_BYTES, bandwidth_workload, reference_workload
 from costplan.hardware.roofline import Estimate, cost_kind
-from costplan.hardware.timing import keep_freed_memory, minor_faults
+from costplan.hardware.timing import block_calls, keep_freed_memory, minor_faults
 from costplan.trace.graph import LayerGraph
 from costplan.models import Instance, instantiate, resolve
 from costplan.sparsity import apply_plan, plan_in_force
@@ -191,8 +190,15 @@ MODEL_BLOCK_S = 0.004
 
 
 def model_block(seconds: float) -> int:
-    """Timed calls per turn of a model whose call takes ``seconds``: :data:`MODEL_BLOCK_S` worth, 1 to 200."""
-    return max(1, min(200, math.ceil(MODEL_BLOCK_S / max(seconds, 1e-9))))
+    """Timed calls per turn of a model whose call takes ``seconds``: :data:`MODEL_BLOCK_S` worth, as
+    calibrate's blocks (:func:`~costplan.hardware.timing.block_calls`)."""
+    return block_calls(seconds, MODEL_BLOCK_S)
+
+
+def _warm_turns(timed: Mapping[str, Instance], models: Iterable[str], warmup: int) -> dict[str, int]:
+    """Run every instance ``warmup`` times, then time one pass of each of ``models``: their calls per turn."""
+    time_round_robin(timed, rounds=0, warmup=warmup)
+    return {k: model_block(min(time_forward(timed[k], repeat=1, warmup=0))) for k in models}
 
 
 def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
@@ -340,12 +346,11 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         prepared = _prepare(model, profile, device, plan, dtype, repeat, **shared)
         # the calibration's reference workload in turn with the model: how the machine's speed moved since
         timed = {"model": prepared.instance, **_reference(profile, device)}
-        time_round_robin(timed, rounds=0, warmup=warmup)
-        block = model_block(min(time_forward(prepared.instance, repeat=1, warmup=0)))
+        blocks = _warm_turns(timed, ["model"], warmup)
         before_faults = minor_faults()
-        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, "model": block})
+        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks})
         after_faults = minor_faults()
-    passes = max(1, repeat * (block + 1))   # the model's passes in the rounds, each turn's untimed one too
+    passes = max(1, repeat * (blocks["model"] + 1))   # the model's passes in the rounds, untimed ones too
     faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / passes
     return _comparison(prepared, profile, runs["model"], faults, device, runs, kept)
 
@@ -398,16 +403,16 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
                  batch: int | None = None, seq_len: int | None = None, trust_pickle: bool = False,
                  weights: str | None = None, keep_memory: bool = True) -> PairComparison:
     """Time ``first`` and ``second`` alternately, a turn of each per round (an untimed forward pass,
-    then passes for about :data:`MODEL_BLOCK_S`, their mean the round's figure) for ``repeat`` rounds, and compare their measured ratio with the predicted one: whether a
-    pruned model met its plan, in one run on a machine whose speed drifts. ``plan`` and ``weights`` apply to ``first``;
-    a file costplan saved is predicted under the plan it records. See :func:`measure`."""
+    then passes for about :data:`MODEL_BLOCK_S`, their mean the round's figure) for ``repeat``
+    rounds, and compare their measured ratio with the predicted one: whether a pruned model met its
+    plan, in one run on a machine whose speed drifts. ``plan`` and ``weights`` apply to ``first``; a
+    file costplan saved is predicted under the plan it records. See :func:`measure`."""
     profile, device, kept, shared = _setup(hw, dtype, keep_memory, input, batch, seq_len, trust_pickle, None)
     with _threads(profile):
         a = _prepare(first, profile, device, plan, dtype, repeat, **{**shared, "weights": weights})
         b = _prepare(second, profile, device, None, dtype, repeat, **shared)
         timed = {"a": a.instance, "b": b.instance, **_reference(profile, device)}
-        time_round_robin(timed, rounds=0, warmup=warmup)
-        blocks = {k: model_block(min(time_forward(timed[k], repeat=1, warmup=0))) for k in ("a", "b")}
+        blocks = _warm_turns(timed, ["a", "b"], warmup)
         runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks})
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
     return PairComparison(_comparison(a, profile, runs["a"], None, device, runs, kept),

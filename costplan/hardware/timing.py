@@ -83,6 +83,11 @@ def round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
         gc.unfreeze()
 
 
+def block_calls(seconds: float, block_s: float) -> int:
+    """Calls of ``seconds`` each in a block of about ``block_s`` seconds: one at least, 200 at most."""
+    return max(1, min(200, math.ceil(block_s / max(seconds, 1e-9))))
+
+
 def _round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
                  on_round: Callable[[int], None] | None, shuffle: int | None,
                  mixed: Collection[str], group: int) -> dict[str, Timing]:
@@ -94,7 +99,7 @@ def _round_robin(probes: Mapping[str, Probe], rounds: int, block_s: float,
     for name, probe in probes.items():
         probe()                                   # warm caches and lazy initialisation
         once[name] = max(probe(), 1e-7)
-        reps[name] = max(1, min(200, math.ceil(block_s / once[name])))
+        reps[name] = block_calls(once[name], block_s)
     blocks: dict[str, list[float]] = {name: [] for name in probes}
     names, mixed = list(probes), frozenset(mixed)
     rng = random.Random(shuffle)
