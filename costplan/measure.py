@@ -66,6 +66,14 @@ class Comparison:
     # calibrate's DRAM copy, timed between this model's runs, over its time at the profile's bandwidth:
     # > 1 when DRAM runs slower now, which the reference workload's convolutions hardly feel
     bandwidth_ratio: float | None = None
+    passes_per_round: int = 1                  # timed passes whose mean is each entry of measured_runs_ms
+
+    @property
+    def runs_said(self) -> str:
+        """What :attr:`measured_ms` is the median of, in words."""
+        n = len(self.measured_runs_ms)
+        return f"median of {n}" + (f" rounds, each the mean of {self.passes_per_round} passes"
+                                   if self.passes_per_round > 1 else "")
 
     @property
     def adjusted_ms(self) -> float | None:
@@ -107,7 +115,7 @@ class Comparison:
                 "error": self.error, "reference_ratio": self.reference_ratio, "bandwidth_ratio": self.bandwidth_ratio,
                 "adjusted_error": self.adjusted_error,
                 "unattributed_ms": self.unattributed_ms,
-                "measured_runs_ms": list(self.measured_runs_ms),
+                "measured_runs_ms": list(self.measured_runs_ms), "passes_per_round": self.passes_per_round,
                 "page_faults_per_run": self.page_faults_per_run, "warnings": list(self.warnings),
                 "layers": [asdict(layer) for layer in self.layers]}
 
@@ -196,9 +204,10 @@ def model_block(seconds: float) -> int:
 
 
 def _warm_turns(timed: Mapping[str, Instance], models: Iterable[str], warmup: int) -> dict[str, int]:
-    """Run every instance ``warmup`` times, then time one pass of each of ``models``: their calls per turn."""
+    """Run every instance ``warmup`` times, then time one pass of each of ``models``, after an untimed
+    one as in its turns (straight after the DRAM copy a first pass runs cold): their calls per turn."""
     time_round_robin(timed, rounds=0, warmup=warmup)
-    return {k: model_block(min(time_forward(timed[k], repeat=1, warmup=0))) for k in models}
+    return {k: model_block(min(time_forward(timed[k], repeat=1, warmup=1))) for k in models}
 
 
 def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
@@ -310,7 +319,7 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
 
 
 def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
-                device: str, machine: Mapping[str, list[float]], kept: bool) -> Comparison:
+                device: str, machine: Mapping[str, list[float]], kept: bool, passes: int = 1) -> Comparison:
     """``machine``: the reference workload's and the DRAM copy's runs, where timed (:func:`_reference`);
     ``kept``: whether this process set glibc to keep freed memory (it may have failed to)."""
     reference, copies = machine.get("reference", []), machine.get("bandwidth", [])
@@ -323,7 +332,8 @@ def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], fault
                       device=device, estimate_warnings=p.estimate.warnings + p.graph.notes,
                       reference_ratio=statistics.median(reference) / profile.reference_s
                       if reference and profile.reference_s else None, allocator=allocator(kept),
-                      bandwidth_ratio=copy_ratio(statistics.median(copies), profile) if copies else None)
+                      bandwidth_ratio=copy_ratio(statistics.median(copies), profile) if copies else None,
+                      passes_per_round=passes)
 
 
 def copy_ratio(seconds: float, profile: HardwareProfile) -> float:
@@ -352,7 +362,7 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         after_faults = minor_faults()
     passes = max(1, repeat * (blocks["model"] + 1))   # the model's passes in the rounds, untimed ones too
     faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / passes
-    return _comparison(prepared, profile, runs["model"], faults, device, runs, kept)
+    return _comparison(prepared, profile, runs["model"], faults, device, runs, kept, blocks["model"])
 
 
 def _reference(profile: HardwareProfile, device: str) -> dict[str, Instance]:
@@ -415,8 +425,8 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
         blocks = _warm_turns(timed, ["a", "b"], warmup)
         runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks})
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
-    return PairComparison(_comparison(a, profile, runs["a"], None, device, runs, kept),
-                          _comparison(b, profile, runs["b"], None, device, runs, kept), ratios)
+    return PairComparison(_comparison(a, profile, runs["a"], None, device, runs, kept, blocks["a"]),
+                          _comparison(b, profile, runs["b"], None, device, runs, kept, blocks["b"]), ratios)
 
 
 def _setup(hw: HardwareProfile | str, dtype: str, keep_memory: bool, input: str | None, batch: int | None,

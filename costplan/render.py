@@ -225,8 +225,8 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
         table.add_row(r.name, r.op, r.bound, f"{r.predicted_ms:.4f}", f"{r.measured_ms:.4f}", error)
     text = Text()
     text.append("total  ", style="bold")
-    text.append(f"predicted {c.predicted_ms:.3f} ms, measured {c.measured_ms:.3f} ms (median of "
-                f"{len(c.measured_runs_ms)}), error {c.error:+.1%}; " + (
+    text.append(f"predicted {c.predicted_ms:.3f} ms, measured {c.measured_ms:.3f} ms ({c.runs_said}), "
+                f"error {c.error:+.1%}; " + (
                     f"{c.unattributed_ms:.3f} ms of the measurement is framework time between layers"
                     if c.unattributed_ms >= 0 else
                     f"the per-layer timings add up to {-c.unattributed_ms:.3f} ms more than the whole runs, so "
@@ -251,7 +251,7 @@ def measure_pair_text(pair) -> Text:  # PairComparison
     for c in (pair.first, pair.second):
         text.append(f"{c.model}", style="bold")
         text.append(f"  predicted {c.predicted_ms:.3f} ms ({c.hardware}), measured {c.measured_ms:.3f} ms "
-                    f"(median of {len(c.measured_runs_ms)}), error {c.error:+.1%}\n")
+                    f"({c.runs_said}), error {c.error:+.1%}\n")
     low, high = min(pair.round_ratios), max(pair.round_ratios)
     text.append("ratio  ", style="bold")
     text.append(f"{pair.first.model} / {pair.second.model}: predicted {pair.predicted_ratio:.3f}x, measured "

@@ -299,6 +299,11 @@ def test_measure_times_a_model_right_after_a_call_of_itself(monkeypatch) -> None
         handle.remove()
     assert c.reference_ratio is not None and c.measured_ms < 10.0
     assert pair.first.measured_ms < 10.0 and pair.second.measured_ms < 10.0
+    # its turns are sized on a warm pass (tens of microseconds: 4 ms holds scores of them, a cold 30 ms
+    # pass one), and the figure says what it is the median of
+    assert c.passes_per_round > 20 and pair.second.passes_per_round > 20
+    assert c.to_dict()["passes_per_round"] == c.passes_per_round
+    assert c.runs_said == f"median of 3 rounds, each the mean of {c.passes_per_round} passes"
     # a short model's figure is a block's mean, about calibrate's 4 ms of calls; a long one's, one call
     assert measure.model_block(0.8e-3) == 5 and measure.model_block(0.1) == 1
 
