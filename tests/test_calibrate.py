@@ -54,6 +54,7 @@ def test_a_calibration_file_states_what_was_measured(tmp_path, monkeypatch) -> N
     assert data["memory"]["weights_overlap"] is False and not c.profile().weights_overlap
     assert data["efficiency"]["strided"]["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
     assert c.profile().strided["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
+    assert data["efficiency"].get("off_tile", {}) == pytest.approx({k: f.off_tile for k, f in c.fits.items() if f.off_tile != 1})
     assert "self-check (held-out networks" in text and "interleaved rounds" in text    # the header grades it
     assert set(c.quality.check) == {"resnet18", "mobilenet_v2", "transformer encoder"}
     # every kind the roofline prices apart was timed, and the profile says so
@@ -124,6 +125,28 @@ def test_calibration_fit_recovers_known_parameters() -> None:
     slower = np.where([s.stride > 1 for s in shapes], 1 / 0.8, 1.0)
     timed = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u) * slower, memory) + 5e-6 + 30e-6
     assert fit_class(shapes, list(timed), memory, per_op=5e-6).strided == pytest.approx(0.8, rel=0.05)
+
+
+def test_a_depthwise_fit_finds_the_rate_of_channels_off_the_tile() -> None:
+    """Depthwise convolutions drawn on a tile of 16 (both kinds among the draws), timed by the model
+    itself, those off the tile at 0.55 of the rate (72 against 80 channels ran 2x here): the fit finds
+    0.55, so it prices both kinds as timed, where one rate for both prices those on the tile slow and
+    those off it fast. Timings that treat them alike give a factor of 1."""
+    import numpy as np
+
+    from costplan.hardware.fitting import _memory_seconds, fit_class
+    from costplan.hardware.probes import sample_shapes
+
+    shapes = sample_shapes("depthwise", 48, seed=3, multiple=16)
+    off = np.array([s.dims.off_tile for s in shapes])
+    assert 10 <= off.sum() <= 38 and all(s.dims.off_tile == bool(s.cout % 16) for s in shapes)
+    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
+    u = np.array([s.rows / (s.rows + 40) * s.outputs / (s.outputs + 4) * s.reduction / (s.reduction + 60) for s in shapes])
+    alike = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u), memory) + 5e-6 + 30e-6
+    timed = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u) / np.where(off, 0.55, 1.0), memory) + 5e-6 + 30e-6
+    fit = fit_class(shapes, list(timed), memory, per_op=5e-6)
+    assert fit.off_tile == pytest.approx(0.55, rel=0.05) and fit.median_error < 0.03
+    assert fit_class(shapes, list(alike), memory, per_op=5e-6).off_tile == pytest.approx(1.0, abs=0.03)
 
 
 def test_a_conv1d_fit_finds_the_steps_per_sample_its_kernel_blocks() -> None:

@@ -229,7 +229,8 @@ def test_calibrate_writes_its_profile_through_the_schema() -> None:
     from costplan.hardware.calibrate import Calibration, calibrated_profile, profile_toml
     from costplan.hardware.fitting import ClassFit
 
-    fits = {k: ClassFit(5e10 + i * 1e9, (20.0 + i, 8.0, 1e-17), 1e-5 * (i + 1), 0.1, 0.8 if k == "conv" else 1.0)
+    fits = {k: ClassFit(5e10 + i * 1e9, (20.0 + i, 8.0, 1e-17), 1e-5 * (i + 1), 0.1, 0.8 if k == "conv" else 1.0,
+                        off_tile=0.55 if k == "depthwise" else 1.0)
             for i, k in enumerate(("gemm", "conv", "pointwise", "depthwise", "attention", "conv1d", "gru"))}
     c = Calibration(name="local", peak_macs=5.6e10, half_util_macs={"gemm": 3e6},
                     efficiency={k: f.rate / 5.6e10 for k, f in fits.items()}, fits=fits, bandwidth=2.5e10,
@@ -241,6 +242,7 @@ def test_calibrate_writes_its_profile_through_the_schema() -> None:
     read = parse_profile(tomllib.loads(text), "calibrated")
     _same_profile(calibrated_profile(c), read)
     assert read.half_util_dims["conv"] == (21.0, 8.0, 0.0) and read.strided == {"conv": 0.8}
+    assert read.off_tile == {"depthwise": 0.55}
     assert read.norm_plane_s == 0.0      # a fitted 0 is written: a profile without the figure predates it
     assert read.calibrated == (*fits, "transcendental", "sigmoid", "norm", "pooling", "gather", "elementwise")
     assert read.half_util_macs["gru"] == 0.0 and read.per_class_s["gru"] == pytest.approx(7e-5)

@@ -69,6 +69,33 @@ def test_a_strided_convolution_runs_at_its_factor_of_the_rate() -> None:
         parse_profile({**base, "efficiency": {**base["efficiency"], "strided": {"convs": 0.8}}}, "toy")
 
 
+def test_channels_off_the_tile_run_at_their_factor_of_the_rate() -> None:
+    """``[efficiency] off_tile = { depthwise = 0.5 }`` with a tile of 16: a depthwise convolution of 72
+    channels (MobileNet-v3's) takes twice its utilisation's compute time, one of 64 or 80 does not, nor one
+    pruned from 80 to 64; pruned from 80 to 72 it is off the tile again. A 1x1 convolution 72 wide is off the
+    tile too (it runs padded to 80), so the pointwise factor applies to it and not to one 64 wide."""
+    from torch.nn import Conv2d
+
+    base = {**TOY, "channel_multiple": 16,
+            "efficiency": {"conv": 0.5, "depthwise": 0.5, "pointwise": 0.5,
+                           "half_util_dims": {"depthwise": [0, 0, 0], "pointwise": [0, 0, 0]}}}
+    plain = parse_profile(base, "toy")
+    off = parse_profile({**base, "efficiency": {**base["efficiency"],
+                                                "off_tile": {"depthwise": 0.5, "pointwise": 0.8}}}, "toy")
+
+    def ratio(module: Conv2d, keep: float = 1.0) -> float:
+        layer = load_graph(module, input=f"1x{module.in_channels}x28x28").layers[0]
+        eff = Effective(layer.macs * keep, layer.params * keep, in_keep=keep, out_keep=keep)
+        return layer_latency(layer, eff, off, "float32").compute_s / layer_latency(layer, eff, plain, "float32").compute_s
+
+    assert ratio(Conv2d(72, 72, 3, padding=1, groups=72)) == pytest.approx(2.0)
+    assert ratio(Conv2d(64, 64, 3, padding=1, groups=64)) == ratio(Conv2d(80, 80, 3, padding=1, groups=80)) == 1.0
+    assert ratio(Conv2d(80, 80, 3, padding=1, groups=80), 64 / 80) == 1.0
+    assert ratio(Conv2d(80, 80, 3, padding=1, groups=80), 72 / 80) == pytest.approx(2.0)
+    assert ratio(Conv2d(72, 64, 1)) == pytest.approx(1 / 0.8) and ratio(Conv2d(64, 64, 1)) == 1.0
+    assert plain.off_tile == {} and off.off_tile == {"depthwise": 0.5, "pointwise": 0.8}
+
+
 def test_linear_layer_by_hand() -> None:
     """Linear 1024->1024 at batch 1: 1 MMAC in 2 us of compute, 4 MiB of weights in 42 us: memory-bound."""
     import torch

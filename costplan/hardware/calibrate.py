@@ -400,6 +400,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         per_call_s={k: f.call_s for k, f in c.fits.items() if k in RECURRENT},
         calibrated=(*c.fits, *c.rated_bandwidth, "elementwise"),
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
+        off_tile={k: f.off_tile for k, f in c.fits.items() if f.off_tile != 1.0},
         weights_overlap=False, pool_windows=True, rated_bandwidth=dict(c.rated_bandwidth),
         channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
@@ -450,6 +451,8 @@ def _notes(c: Calibration) -> dict[str, str]:
         "efficiency.half_util_dims": "per GEMM dimension (rows, outputs, reduction; conv1d: "
                                      "and steps per sample): half the class's rate",
         "efficiency.strided": "a stride > 1 convolution's rate over a stride-1 one's",
+        "efficiency.off_tile": "the rate of a convolution whose channels are off the kernels' tile (a depthwise one's "
+                               "channels, a padded width) over one on it",
         "overhead.per_op_us": "an nn.ReLU call on a tiny tensor: eager dispatch per layer",
         "overhead.norm_plane_ns": "fitted: a batch norm's cost per (sample, channel) plane beyond its bytes "
                                   "(batches of short sequences)",

@@ -19,7 +19,8 @@ class ClassFit:
     """One op class fitted to its sampled layers: seconds = max(MACs / (rate x utilisation), memory
     seconds) + per-op overhead + ``fixed_s``, utilisation = product of d / (d + half) over the GEMM
     dimensions (rows, outputs, reduction; and a direct 1-D convolution's steps per sample where its
-    shapes have them), times ``strided`` for a strided convolution."""
+    shapes have them), times ``strided`` for a strided convolution and ``off_tile`` for one whose
+    channels are off the kernels' tile (:func:`costplan.hardware.roofline.off_tile`)."""
 
     rate: float                            # MAC/s plateau
     half_dims: tuple[float, ...]           # rows, outputs, reduction[, 1-D steps per sample] at half the plateau
@@ -27,6 +28,7 @@ class ClassFit:
     median_error: float                    # median |predicted / measured - 1| over the samples
     strided: float = 1.0                   # rate of a stride > 1 layer over a stride-1 one's
     call_s: float = 0.0                    # recurrent cells: seconds per call beyond its steps (fit_recurrent)
+    off_tile: float = 1.0                  # rate of a layer with channels off the kernels' tile over one on it
 
 
 def saturating(macs: np.ndarray, peak: float, half: float) -> np.ndarray:
@@ -93,15 +95,19 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
          base_s: np.ndarray, repeats: np.ndarray, strided: np.ndarray, per_call: bool) -> ClassFit:
     """The one fit behind :func:`fit_class` and :func:`fit_recurrent`: ``seconds = base_s + call_s +
     repeats x (max(MACs / (rate x utilisation), memory_s) + fixed_s)``, utilisation the product of d / (d
-    + half) over the GEMM dimensions, times the strided factor where ``strided``; ``call_s`` is fitted
-    only with ``per_call``, the strided factor only where some shape is strided, and a half length only
-    where some shape is a direct 1-D convolution (its ``dims.length``)."""
+    + half) over the GEMM dimensions, times the strided factor where ``strided`` and the off-tile factor
+    where a shape's channels are off the kernels' tile (its ``dims.off_tile``); ``call_s`` is fitted
+    only with ``per_call``, each factor only where some shape has it, and a half length only where
+    some shape is a direct 1-D convolution (its ``dims.length``)."""
     # the MACs a kernel runs, widths padded to its channel tile, as the roofline prices them
     macs = np.array([s.macs * s.dims.padding for s in shapes], dtype=float)
     dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
     # oneDNN blocks a direct 1-D convolution's steps within each sample: 64 samples of 10 steps ran
     # 28% slower per MAC than one of 640 on a 2-core EPYC (of 40 steps, 1-10%), the same rows to a GEMM
     length = np.array([s.dims.length for s in shapes], dtype=float)
+    off = np.array([s.dims.off_tile for s in shapes], dtype=bool)
+    by_off = bool(off.any())
+    at_length = 7 + by_off       # the parameters: rate, 3 halves, fixed, strided, per call[, off tile][, length]
     by_length = bool((length > 0).any())
     measured = np.array(seconds, dtype=float)
     # the scale of the rate, from the rates the shapes attained beyond their fixed part: a shape timed
@@ -114,8 +120,10 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
 
     def predict(p: np.ndarray) -> np.ndarray:
         u = np.prod(dims / (dims + p[1:4]), axis=1) * np.where(strided, p[5], 1.0)
+        if by_off:
+            u = u * np.where(off, p[7], 1.0)
         if by_length:
-            u = u * np.where(length > 0, length / (length + p[7]), 1.0)
+            u = u * np.where(length > 0, length / (length + p[at_length]), 1.0)
         return base_s + p[6] * 1e-6 + repeats * (np.maximum(macs / (p[0] * top * u), memory_s) + p[4] * 1e-6)
 
     # long layers weigh more: a network's total is mostly its long layers, and a 30 us layer's
@@ -125,14 +133,17 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
     weight = np.sqrt(measured / np.median(measured))
     high = 1.5 if strided.any() else 1.0 + 1e-9
     fit = least_squares(lambda p: weight * np.log(predict(p) / measured),
-                        x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0, 50.0 if per_call else 0.0, *(4.0,) * by_length),
+                        x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0, 50.0 if per_call else 0.0, *(0.9,) * by_off,
+                            *(4.0,) * by_length),
                         loss="soft_l1", f_scale=0.1,
-                        bounds=([0.3, 0, 0, 0, 0, 0.3, 0, *(0.0,) * by_length],
-                                [5.0, 1e5, 1e4, 1e4, 1e3, high, 1e4 if per_call else 1e-9, *(1e3,) * by_length]))
+                        bounds=([0.3, 0, 0, 0, 0, 0.3, 0, *(0.2,) * by_off, *(0.0,) * by_length],
+                                [5.0, 1e5, 1e4, 1e4, 1e3, high, 1e4 if per_call else 1e-9, *(1.0,) * by_off,
+                                 *(1e3,) * by_length]))
     error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
-    halves = tuple(float(v) for v in fit.x[1:4]) + ((float(fit.x[7]),) if by_length else ())
+    halves = tuple(float(v) for v in fit.x[1:4]) + ((float(fit.x[at_length]),) if by_length else ())
     return ClassFit(float(fit.x[0]) * top, halves, float(fit.x[4]) * 1e-6, error,
-                    float(fit.x[5]) if strided.any() else 1.0, float(fit.x[6]) * 1e-6 if per_call else 0.0)
+                    float(fit.x[5]) if strided.any() else 1.0, float(fit.x[6]) * 1e-6 if per_call else 0.0,
+                    float(fit.x[7]) if by_off else 1.0)
 
 
 def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:

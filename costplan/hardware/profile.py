@@ -102,6 +102,9 @@ class HardwareProfile:
     per_call_s: Mapping[str, float] = field(default_factory=dict)
     # op class -> rate of a strided convolution over a stride-1 one's (calibrated CPUs; default 1)
     strided: Mapping[str, float] = field(default_factory=dict)
+    # op class -> rate of a layer whose channels are off the kernels' tile over one on it (roofline.off_tile;
+    # calibrated CPUs; default 1)
+    off_tile: Mapping[str, float] = field(default_factory=dict)
     # False: a layer's weight read from DRAM adds to its time instead of hiding under its math
     # (eager CPU kernels pack or reorder their weights before computing, and in a network the
     # weights arrive cold: read at DRAM bandwidth first)
@@ -386,9 +389,10 @@ def _half_util_dims(eff: Fields) -> dict[str, tuple[float, ...]]:
     return out
 
 
-def _strided(eff: Fields) -> dict[str, float]:
-    table = _class_table(eff, "strided")
-    return {key: table.number(key, positive=True, high=2.0) for key in table.data}
+def _factors(eff: Fields, key: str) -> dict[str, float]:
+    """A per-class table of rate factors (``efficiency.strided``, ``efficiency.off_tile``)."""
+    table = _class_table(eff, key)
+    return {k: table.number(k, positive=True, high=2.0) for k in table.data}
 
 
 def _fixed_costs(overhead: Fields, attr: str, allowed: tuple[str, ...]) -> dict[str, float]:
@@ -473,7 +477,8 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         sparsity=_sparsity(f.table("sparsity", required=False)),
         energy_pj_per_mac=energy.dtype_numbers("pj_per_mac", required=False) if energy.data else {},
         half_util_dims=half_util_dims,
-        strided=_strided(eff),
+        strided=_factors(eff, "strided"),
+        off_tile=_factors(eff, "off_tile"),
         per_class_s=_fixed_costs(overhead, "per_class_s", COST_KINDS),
         per_call_s=_fixed_costs(overhead, "per_call_s", RECURRENT),
         rated_bandwidth=rated, calibrated=_calibrated(f, half_util_dims, rated),

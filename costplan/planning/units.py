@@ -85,21 +85,24 @@ def levels_of(max_ratio: float, levels: int) -> list[float]:
 def aligned_ratios(width: int, ratios: Sequence[float], multiple: int, half_tile: bool = False) -> list[float]:
     """``ratios`` moved to the nearest ones that keep a multiple of ``multiple`` channels (at least
     one multiple), where ``width`` itself is a multiple: the widths a device's kernels tile without
-    padding. Other widths keep ``ratios``: a group built between multiples may feed convolutions, which
-    run padded to the multiple above, or GEMMs, which do not (:func:`costplan.hardware.roofline.gemm_dims`
-    prices each), so its unaligned levels stay options; a width of one multiple has nothing to remove in whole
-    tiles. With ``half_tile``, half a tile is a level too where the largest ratio reaches it: where
-    kernels read fewer input channels than one tile unpadded
+    padding. A width built between multiples keeps ``ratios`` and gains those multiples: it may feed
+    convolutions, which run padded to the multiple above, or GEMMs, which do not
+    (:func:`costplan.hardware.roofline.gemm_dims` prices each), so its unaligned levels stay options, and
+    a depthwise convolution off its tile runs slower than one on it (:func:`costplan.hardware.roofline.off_tile`),
+    so a multiple below may be worth more than its share of channels. A width of one multiple or less has
+    nothing to remove in whole tiles. With ``half_tile``, half a tile is a level too where the largest
+    ratio reaches it: where kernels read fewer input channels than one tile unpadded
     (:func:`costplan.hardware.roofline.reads_part_tiles`), a group kept at half a tile makes the
     layers reading it cheaper although its own outputs stay padded."""
-    if multiple <= 1 or width % multiple:
+    if multiple <= 1:
         return list(ratios)
     least = width * (1.0 - max(ratios, default=0.0)) - 1e-9  # never past the largest ratio asked for
     kept = {max(multiple, round(width * (1.0 - r) / multiple) * multiple) for r in ratios}
     kept = {k if k >= least else k + multiple for k in kept}
     if half_tile and multiple // 2 >= max(least, 1):
         kept.add(multiple // 2)
-    return [1.0 - k / width for k in sorted(kept, reverse=True) if k < width]
+    aligned = [1.0 - k / width for k in sorted(kept, reverse=True) if k < width]
+    return sorted({*ratios, *aligned}) if width % multiple else aligned
 
 
 def structured_options(group: PrunableGroup, ratios: Sequence[float], max_ratio: float, multiple: int = 1,
