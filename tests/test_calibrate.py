@@ -37,9 +37,23 @@ def test_a_calibration_file_states_what_was_measured(tmp_path, monkeypatch) -> N
     from costplan.hardware.calibrate import calibrate, profile_toml
 
     monkeypatch.setattr(calibration, "_measure", _timed_once)
+    fitted = []
+
+    def fit_class(shapes, seconds, memory, per_op, weights_first_s):   # noqa: ANN001, ANN202
+        fitted.append((shapes, memory, weights_first_s))
+        return real_fit(shapes, seconds, memory, per_op, weights_first_s=weights_first_s)
+    real_fit = calibration.fit_class
+    monkeypatch.setattr(calibration, "fit_class", fit_class)
     c = calibrate(quick=True, progress=False, strict=False)
     text = profile_toml(c)
     data = tomllib.loads(text)
+    # each convolution's fit takes its layout reorders out before the math, as the profile adds them
+    assert data["memory"]["layout_reorders"] is True and c.profile().layout_reorders
+    for shapes, memory, first in fitted:
+        kind = getattr(shapes[0], "kind", "attention")
+        reorders = 2 * memory if kind in ("conv", "pointwise", "depthwise", "conv1d", "conv3d") else 0 * memory
+        assert first == pytest.approx(calibration.weight_seconds(shapes, c.bandwidth) + reorders), kind
+    assert {getattr(s[0], "kind", "attention") for s, _, _ in fitted} >= {"gemm", "conv", "depthwise", "im2col"}
     assert data["peak_tflops"]["float32"] * 1e12 / 2 == pytest.approx(c.peak_macs, rel=1e-5)
     assert data["memory"]["bandwidth_gbs"] * 1e9 == pytest.approx(c.bandwidth, rel=1e-3)
     assert data["memory"]["onchip_bandwidth_gbs"] * 1e9 == pytest.approx(c.onchip_bandwidth, rel=1e-3)
@@ -435,6 +449,32 @@ def test_a_profile_calibrated_before_a_term_names_the_layers_it_prices_without_i
     # a layer the term does not price stays unnamed: a norm over (samples, features) has no planes
     flat = costplan.load_graph(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)), input="4x8")
     assert costplan.estimate_latency(flat, old.profile).warnings == ()
+
+
+def test_a_profile_calibrated_before_layout_reorders_names_the_convolutions_through_dram() -> None:
+    """A profile calibrated before costplan priced a convolution's layout reorders fitted them into
+    its rates and fixed costs, which holds for tensors in cache: a convolution whose input or output
+    goes through DRAM (over half the cache) is named with its share; one in cache is not, nor is
+    either on a profile that prices the reorders."""
+    import tomllib
+
+    import torch
+
+    import costplan
+    from costplan.hardware.profile import COST_KINDS
+
+    with open("tests/data/avx2-calibrated.toml", "rb") as f:
+        data = {**tomllib.load(f), "calibrated": list(COST_KINDS)}
+    old = parse_profile(data, "old")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(8),
+                                torch.nn.Conv2d(64, 64, 3, padding=1))
+    graph = costplan.load_graph(model, input="8x3x112x112")     # 8 x 64 x 112 x 112: 25.7 MB, over 16.8
+    (warning,) = costplan.estimate_latency(graph, old).warnings
+    assert f"layout reorders through DRAM (its input converted to oneDNN's blocked layout and its output back): " \
+           f"this model's 1 ('0') carry {costplan.estimate_latency(graph, old).share_of(['0']):.0%}" in warning
+    now = parse_profile({**data, "memory": {**data["memory"], "layout_reorders": True}}, "now")
+    assert costplan.estimate_latency(graph, now).warnings == ()
+    assert costplan.estimate_latency(graph, now).latency_s > costplan.estimate_latency(graph, old).latency_s
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step

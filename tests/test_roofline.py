@@ -96,6 +96,26 @@ def test_channels_off_the_tile_run_at_their_factor_of_the_rate() -> None:
     assert plain.off_tile == {} and off.off_tile == {"depthwise": 0.5, "pointwise": 0.8}
 
 
+def test_a_convolution_pays_its_layout_reorders_beside_its_math_where_the_profile_says() -> None:
+    """``memory.layout_reorders = true`` (calibrated CPUs): a convolution's input is converted to the
+    kernels' blocked layout and its output back, one more read and write of each, before and after the
+    kernel: 2 x (input + output) / bandwidth on top of the roofline, whether the layer is bound by its
+    math (a 3x3 conv) or its bytes (a depthwise one). Linear layers and profiles without the flag pay none."""
+    from torch.nn import Conv2d, Linear
+
+    plain = parse_profile({**TOY, "efficiency": {"gemm": 0.5, "conv": 0.5, "depthwise": 0.5}}, "toy")
+    reordering = replace(plain, layout_reorders=True)
+    for module, shape, reordered in ((Conv2d(64, 64, 3, padding=1), "1x64x32x32", True),
+                                     (Conv2d(16, 16, 3, padding=1, groups=16), "8x16x64x64", True),
+                                     (Linear(64, 64), "8x64", False)):
+        layer = load_graph(module, input=shape).layers[0]
+        eff = Effective(layer.macs, layer.params)
+        before, after = (layer_latency(layer, eff, p, "float32") for p in (plain, reordering))
+        moved = (layer.act_in_bytes + layer.act_out_bytes) / 1e11          # TOY: 100 GB/s, nothing on chip
+        assert after.latency_s - before.latency_s == pytest.approx(2 * moved if reordered else 0.0)
+        assert after.bound == before.bound
+
+
 def test_linear_layer_by_hand() -> None:
     """Linear 1024->1024 at batch 1: 1 MMAC in 2 us of compute, 4 MiB of weights in 42 us: memory-bound."""
     import torch

@@ -46,7 +46,7 @@ from costplan.hardware.probes import (
     recurrent_probes,
     sample_shapes,
 )
-from costplan.hardware.roofline import overflows_cache, recurrent_cost
+from costplan.hardware.roofline import overflows_cache, recurrent_cost, reorder_seconds
 from costplan.hardware.opclass import RECURRENT
 from costplan.hardware.profile import (OP_CLASSES, HardwareProfile, SparsitySupport, following_leaders, half_util_by_class,
                                        parse_profile)
@@ -263,10 +263,11 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     dram, onchip, fixed, rated, first_touch_bw, norm_plane = _memory_rates(samples, per_op, quick)
     fits = {}
     for kind, kind_shapes in {**shapes, "attention": attention_shapes(quick)}.items():
-        # the profile adds each layer's weight read before its math (weights_overlap = false): fitted so
+        # the profile adds each layer's weight read before its math (weights_overlap = false) and a
+        # convolution's layout reorders before and after it (layout_reorders = true): fitted so
         memory = _memory_seconds(kind_shapes, dram, onchip, onchip_bytes, weights=False)
         fits[kind] = fit_class(kind_shapes, [t for _, t in samples[kind]], memory, per_op,
-                               weights_first_s=weight_seconds(kind_shapes, dram))
+                               weights_first_s=weight_seconds(kind_shapes, dram) + reorder_seconds(kind, memory))
     _, half_gemm = fit_saturation([(m, m / t) for m, t in samples["gemm"]])
 
     def calibration_of(fits: dict[str, ClassFit]) -> Calibration:
@@ -401,7 +402,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         calibrated=(*c.fits, *c.rated_bandwidth, "elementwise"),
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
         off_tile={k: f.off_tile for k, f in c.fits.items() if f.off_tile != 1.0},
-        weights_overlap=False, pool_windows=True, rated_bandwidth=dict(c.rated_bandwidth),
+        weights_overlap=False, pool_windows=True, layout_reorders=True, rated_bandwidth=dict(c.rated_bandwidth),
         channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
         first_touch_bandwidth=c.first_touch_bandwidth, runtime="eager", reference_s=c.reference_s,
@@ -421,6 +422,8 @@ def _notes(c: Calibration) -> dict[str, str]:
         "memory.onchip_mb": "largest CPU cache (sysfs)",
         "memory.weights_overlap": "in a network each layer's weights arrive cold and are packed before its math: "
                                   "their DRAM read adds",
+        "memory.layout_reorders": "a convolution's input is converted to oneDNN's blocked layout and its output back, "
+                                  "each one more read and write",
         "memory.onchip_bandwidth_gbs": "ReLU chains on cache-sized activations",
         "memory.transcendental_gbs": "GELU/softmax chains: per-element math, not bandwidth, bounds them",
         "memory.sigmoid_gbs": "SiLU/sigmoid chains: one exponential per element",

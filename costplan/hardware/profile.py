@@ -112,6 +112,10 @@ class HardwareProfile:
     # True: a pool's rated bytes are its input plus its output once per window element (roofline.pool_bytes;
     # calibrations from 2026-12-03 on). False (older profiles): its input plus its output
     pool_windows: bool = False
+    # True: a convolution's plain input is converted to the kernels' blocked layout and its output back,
+    # each one more read and write before and after the math (roofline.reorder_seconds; calibrations
+    # from 2026-12-04 on). False: the layout reorders are in the fitted rates and fixed costs
+    layout_reorders: bool = False
     # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,
     # softmax), 'sigmoid' (sigmoid, SiLU), 'pooling' (max/avg windows), 'norm' (batch/layer/group
     # norm); see opclass.rated_kind

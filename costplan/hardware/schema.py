@@ -46,6 +46,7 @@ SCALARS: tuple[Field, ...] = (
     Field("memory.weights_on_chip", "weights_on_chip", "flag", default=False),
     Field("memory.weights_overlap", "weights_overlap", "flag", default=True),
     Field("memory.pool_windows", "pool_windows", "flag", default=False),
+    Field("memory.layout_reorders", "layout_reorders", "flag", default=False),
     Field("memory.fresh_output_mb", "fresh_output_bytes", "optional", 1e6),
     Field("memory.first_touch_gbs", "first_touch_bandwidth", "optional", 1e9),
     Field("efficiency.memory", "memory_efficiency", "number", default=1.0, high=1.0, positive=True),
