@@ -46,7 +46,7 @@ from costplan.hardware.probes import (
     recurrent_probes,
     sample_shapes,
 )
-from costplan.hardware.roofline import overflows_cache, recurrent_cost, reorder_seconds
+from costplan.hardware.roofline import overflows_cache, recurrent_cost, reorder_passes
 from costplan.hardware.opclass import RECURRENT
 from costplan.hardware.profile import (OP_CLASSES, HardwareProfile, SparsitySupport, following_leaders, half_util_by_class,
                                        parse_profile)
@@ -267,7 +267,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
         # convolution's layout reorders before and after it (layout_reorders = true): fitted so
         memory = _memory_seconds(kind_shapes, dram, onchip, onchip_bytes, weights=False)
         fits[kind] = fit_class(kind_shapes, [t for _, t in samples[kind]], memory, per_op,
-                               weights_first_s=weight_seconds(kind_shapes, dram) + reorder_seconds(kind, memory))
+                               weights_first_s=weight_seconds(kind_shapes, dram) + reorder_passes(kind) * memory)
     _, half_gemm = fit_saturation([(m, m / t) for m, t in samples["gemm"]])
 
     def calibration_of(fits: dict[str, ClassFit]) -> Calibration:

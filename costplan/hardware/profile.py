@@ -113,7 +113,7 @@ class HardwareProfile:
     # calibrations from 2026-12-03 on). False (older profiles): its input plus its output
     pool_windows: bool = False
     # True: a convolution's plain input is converted to the kernels' blocked layout and its output back,
-    # each one more read and write before and after the math (roofline.reorder_seconds; calibrations
+    # each one more read and write before and after the math (roofline.reorder_passes; calibrations
     # from 2026-12-04 on). False: the layout reorders are in the fitted rates and fixed costs
     layout_reorders: bool = False
     # bytes/s (read + written) of memory-only ops slower than bandwidth: 'transcendental' (GELU,

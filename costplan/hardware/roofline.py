@@ -410,14 +410,14 @@ def activation_seconds(nbytes: float, profile: HardwareProfile) -> tuple[float, 
 REORDERED = frozenset({"conv", "pointwise", "depthwise", "conv1d", "conv3d"})
 
 
-def reorder_seconds(klass: str | None, act_s: float) -> float:
-    """Seconds a convolution of ``klass`` spends on layout reorders, given ``act_s``, the seconds to
-    move its input and output once each: PyTorch converts a plain (NCHW) input to oneDNN's blocked
-    layout before the kernel and the blocked output back after it, each a read and a write of the
-    tensor, one after the other with the kernel (0 for other classes). On this 2-core EPYC a depthwise
-    convolution over 8 x 96 x 112 x 112 (38.5 MB) ran 2.6 ms reordering in, 2.9 ms in the kernel and 2.5 ms
-    reordering out; one pass of its input and output at DRAM bandwidth is 2.2 ms."""
-    return 2.0 * act_s if klass in REORDERED else 0.0
+def reorder_passes(klass: str | None) -> float:
+    """How many more times a convolution of ``klass`` moves its input and output, beside its kernel's
+    once: PyTorch converts a plain (NCHW) input to oneDNN's blocked layout before the kernel and the
+    blocked output back after it, each a read and a write of the tensor, one after the other with the
+    kernel: 2 (0 for other classes). On this 2-core EPYC a depthwise convolution over 8 x 96 x 112 x 112
+    (38.5 MB) ran 2.6 ms reordering in, 2.9 ms in the kernel and 2.5 ms reordering out; one pass of its
+    input and output at DRAM bandwidth is 2.2 ms."""
+    return 2.0 if klass in REORDERED else 0.0
 
 
 def first_touch_seconds(layer: Layer, out_bytes: float, profile: HardwareProfile) -> float:
@@ -442,7 +442,7 @@ def _roofline(macs: float, weight_bytes: float, act_s: float, klass: str | None,
               profile: HardwareProfile, precision: str, overhead: float,
               fewer: float = 1.0, share: float = 1.0, reorder_s: float = 0.0) -> tuple[float, float, float, str]:
     """(latency, compute, memory, bound) of a layer; ``reorder_s`` is memory traffic before and after
-    the kernel (:func:`reorder_seconds`), which nothing overlaps."""
+    the kernel (:func:`reorder_passes`), which nothing overlaps."""
     compute = compute_seconds(macs, klass, profile, precision, shape, share) / fewer
     weight_s = weight_bytes / (profile.bandwidth * profile.memory_efficiency)
     memory = weight_s + act_s + reorder_s
@@ -489,8 +489,8 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     act_in_s, act_in_dram = activation_seconds(in_bytes, profile)
     act_out_s, act_out_dram = activation_seconds(out_bytes, profile)
     act, act_dram = act_in_s + act_out_s, act_in_dram + act_out_dram
-    reorder = reorder_seconds(klass, act) if profile.layout_reorders else 0.0
-    act_dram += reorder_seconds(klass, act_dram) if profile.layout_reorders else 0.0
+    passes = reorder_passes(klass) if profile.layout_reorders else 0.0
+    reorder, act_dram = passes * act, act_dram * (1.0 + passes)
     act += first_touch_seconds(layer, out_bytes, profile)
     if layer.state_bytes:      # the KV cache lives in DRAM between passes, whatever its size
         state = layer.state_bytes * eff.in_keep * (byte_scale if state_scale is None else state_scale)
