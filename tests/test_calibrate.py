@@ -68,7 +68,7 @@ def test_a_calibration_file_states_what_was_measured(tmp_path, monkeypatch) -> N
     assert data["memory"]["weights_overlap"] is False and not c.profile().weights_overlap
     assert data["efficiency"]["strided"]["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
     assert c.profile().strided["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
-    assert data["efficiency"].get("off_tile", {}) == pytest.approx({k: f.off_tile for k, f in c.fits.items() if f.off_tile != 1})
+    assert data["efficiency"]["off_tile"] == pytest.approx({k: c.fits[k].off_tile for k in calibration.SAMPLED})
     assert "self-check (held-out networks" in text and "interleaved rounds" in text    # the header grades it
     assert set(c.quality.check) == {"resnet18", "mobilenet_v2", "transformer encoder"}
     # every kind the roofline prices apart was timed, and the profile says so
@@ -475,6 +475,34 @@ def test_a_profile_calibrated_before_layout_reorders_names_the_convolutions_thro
     now = parse_profile({**data, "memory": {**data["memory"], "layout_reorders": True}}, "now")
     assert costplan.estimate_latency(graph, now).warnings == ()
     assert costplan.estimate_latency(graph, now).latency_s > costplan.estimate_latency(graph, old).latency_s
+
+
+def test_a_profile_calibrated_before_the_off_tile_factor_names_the_layers_off_the_tile() -> None:
+    """A profile calibrated before costplan fitted ``efficiency.off_tile`` priced a depthwise convolution
+    of 72 channels (off a tile of 16) at the rate of one of 80, where it ran 2x as long: it is named with
+    its share; one of 80 is not, nor is the 72 on a profile with the class's factor (1 included)."""
+    import tomllib
+
+    import torch
+
+    import costplan
+    from costplan.hardware.profile import COST_KINDS
+
+    with open("tests/data/avx2-calibrated.toml", "rb") as f:
+        data = {**tomllib.load(f), "calibrated": list(COST_KINDS), "channel_multiple": 16}
+    data["memory"]["layout_reorders"] = True
+    old = parse_profile(data, "old")
+    model = torch.nn.Sequential(torch.nn.Conv2d(80, 80, 3, padding=1, groups=80), torch.nn.Conv2d(80, 72, 1),
+                                torch.nn.Conv2d(72, 72, 3, padding=1, groups=72))
+    graph = costplan.load_graph(model, input="1x80x14x14")
+    estimate = costplan.estimate_latency(graph, old)
+    (warning,) = estimate.warnings
+    assert f"off the kernels' tile (a depthwise one of 72 channels ran 2x one of 80): this model's 1 ('2') " \
+           f"carry {estimate.share_of(['2']):.0%}" in warning        # the 1x1 over 14 x 14 runs as im2col, a GEMM
+    # the depthwise class's factor is what counts, though the 3-D class still lacks one
+    factors = {"efficiency": {**data["efficiency"], "off_tile": {k: 1.0 for k in ("conv", "pointwise", "depthwise",
+                                                                                    "conv1d")}}}
+    assert costplan.estimate_latency(graph, parse_profile({**data, **factors}, "now")).warnings == ()
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step

@@ -242,7 +242,8 @@ def test_calibrate_writes_its_profile_through_the_schema() -> None:
     read = parse_profile(tomllib.loads(text), "calibrated")
     _same_profile(calibrated_profile(c), read)
     assert read.half_util_dims["conv"] == (21.0, 8.0, 0.0) and read.strided == {"conv": 0.8}
-    assert read.off_tile == {"depthwise": 0.55}
+    # every drawn class's factor is written, 1 included: a class without one is an older calibration's
+    assert read.off_tile == {"gemm": 1.0, "conv": 1.0, "pointwise": 1.0, "depthwise": 0.55, "conv1d": 1.0}
     assert read.norm_plane_s == 0.0      # a fitted 0 is written: a profile without the figure predates it
     assert read.calibrated == (*fits, "transcendental", "sigmoid", "norm", "pooling", "gather", "elementwise")
     assert read.half_util_macs["gru"] == 0.0 and read.per_class_s["gru"] == pytest.approx(7e-5)

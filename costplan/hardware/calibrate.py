@@ -401,7 +401,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         per_call_s={k: f.call_s for k, f in c.fits.items() if k in RECURRENT},
         calibrated=(*c.fits, *c.rated_bandwidth, "elementwise"),
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
-        off_tile={k: f.off_tile for k, f in c.fits.items() if f.off_tile != 1.0},
+        off_tile={k: f.off_tile for k, f in c.fits.items() if k in SAMPLED},   # 1 too: a fit, not an older file
         weights_overlap=False, pool_windows=True, layout_reorders=True, rated_bandwidth=dict(c.rated_bandwidth),
         channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),

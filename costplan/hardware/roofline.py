@@ -740,30 +740,39 @@ def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, precision: str
 PREDATED_TERMS = {"conv1d_steps": "a 1-D convolution's steps per sample",
                   "norm_planes": "a batch norm's cost per (sample, channel) plane",
                   "layout_reorders": "a convolution's layout reorders through DRAM (its input converted to "
-                                     "oneDNN's blocked layout and its output back)"}
+                                     "oneDNN's blocked layout and its output back)",
+                  "off_tile": "the rate of a convolution whose channels are off the kernels' tile (a depthwise "
+                              "one of 72 channels ran 2x one of 80)"}
 
 
 def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32") -> dict[str, tuple[str, ...]]:
     """Term (:data:`PREDATED_TERMS`) -> the layers it prices, for each term a calibrated ``profile``
     lacks though it timed the layers' kind: written before costplan fitted it, the profile prices them
     without it (a fourth 'conv1d' figure in ``half_util_dims``; ``norm_plane_s``, 0 where fitted so;
-    ``layout_reorders``, whose lack its fits absorbed for tensors in cache, not for those through DRAM)."""
+    ``layout_reorders``, whose lack its fits absorbed for tensors in cache, not for those through DRAM;
+    an ``off_tile`` factor for the layer's class, which calibration writes for every class it draws)."""
     if not profile.calibrated:
         return {}
     halves = profile.class_figure(profile.half_util_dims, "conv1d")
     lacks = {"conv1d_steps": "conv1d" in profile.calibrated and halves is not None and len(halves) < 4,
              "norm_planes": "norm" in profile.calibrated and profile.norm_plane_s is None,
-             "layout_reorders": bool(REORDERED & set(profile.calibrated)) and not profile.layout_reorders}
+             "layout_reorders": bool(REORDERED & set(profile.calibrated)) and not profile.layout_reorders,
+             "off_tile": bool(REORDERED & set(profile.calibrated) - set(profile.off_tile))}
     if not any(lacks.values()):     # every profile calibrated since: no walk over the layers per estimate
         return {}
     out: dict[str, list[str]] = {}
     for layer in graph.layers:
-        if lacks["conv1d_steps"] and cost_kind(layer, profile, precision) == "conv1d":
+        kind = cost_kind(layer, profile, precision)
+        if lacks["conv1d_steps"] and kind == "conv1d":
             out.setdefault("conv1d_steps", []).append(layer.name)
         if lacks["norm_planes"] and norm_planes(layer) > 0:
             out.setdefault("norm_planes", []).append(layer.name)
-        if (lacks["layout_reorders"] and cost_kind(layer, profile, precision) in REORDERED
+        if (lacks["layout_reorders"] and kind in REORDERED
                 and max(layer.act_in_bytes, layer.act_out_bytes) > profile.onchip_bytes / 2):
             out.setdefault("layout_reorders", []).append(layer.name)
+        if lacks["off_tile"] and kind in REORDERED and kind in profile.calibrated and kind not in profile.off_tile:
+            shape = dims(layer, Effective(layer.macs, layer.params), profile.channel_multiple, reads_part_tiles(profile))
+            if shape is not None and shape.off_tile:
+                out.setdefault("off_tile", []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
 
