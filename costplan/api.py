@@ -283,7 +283,7 @@ def importance_for(graph: LayerGraph, model: ModelLike | LayerGraph, importance:
 
 
 def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile | str, patterns: str = "auto",
-         dtype: str = "float32", levels: int = 20, max_ratio: float = 0.9, exclude: Sequence[str] = (),
+         dtype: str = "float32", levels: int = 20, max_ratio: float | None = None, exclude: Sequence[str] = (),
          keep_ends_dense: bool = True, bounds: dict[str, tuple[float, float]] | None = None,
          importance: object = None, data: object = None, loss_fn: object = None,
          time_limit: float = 10.0, runtime: str | None = None, weights_dtype: str | None = None,
@@ -312,7 +312,7 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
 
 
 def _plans(graph: LayerGraph, budgets: Sequence[object], *, hw: HardwareProfile | str, importance: object,
-           patterns: str = "auto", dtype: str = "float32", levels: int = 20, max_ratio: float = 0.9,
+           patterns: str = "auto", dtype: str = "float32", levels: int = 20, max_ratio: float | None = None,
            exclude: Sequence[str] = (), keep_ends_dense: bool = True,
            bounds: dict[str, tuple[float, float]] | None = None, time_limit: float = 10.0,
            runtime: str | None = None, weights_dtype: str | None = None, tf32: bool = False,

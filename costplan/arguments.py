@@ -106,7 +106,9 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
                     help="auto (every pattern the device exploits), or a comma list of channel, head, "
                          "unstructured, N:M (2:4), RxC (4x1)")
     pl.add_argument("--levels", type=_positive_int, default=20, help="ratio levels per group (default 20)")
-    pl.add_argument("--max-ratio", type=float, default=0.9, help="most of any layer to remove (default 0.9)")
+    pl.add_argument("--max-ratio", type=float, default=None,
+                    help="most of any group or layer to remove (default: 0.8 of a channel group or a "
+                         "layer's heads, 0.9 of a layer's weights element-wise)")
     pl.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layers to keep dense")
     pl.add_argument("--ratio", action="append", default=[], metavar="LAYER=MIN:MAX",
                     help="bound one layer's ratio, e.g. layer4.0.conv1=0:0.5 (repeatable)")

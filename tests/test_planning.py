@@ -336,6 +336,33 @@ def test_channel_levels_keep_multiples_of_the_device_tile() -> None:
     assert aligned_ratios(8, ratios, 8) == []        # one tile: nothing to remove in whole tiles
 
 
+def test_a_channel_group_keeps_a_fifth_of_its_channels_unless_told_otherwise() -> None:
+    """AMC's cap on a structured ratio (0.8) by default, element-wise patterns still to 0.9; a cap the
+    user gives serves both. At 0.9 the 1-D ResNet of benchmarks/planning_quality.py was planned near its
+    floor with 16 of its last stage's 128 channels and lost 12-18 points after fine-tuning."""
+    from costplan.sparsity import kept_count
+
+    graph = load_graph(SmallCNN(), input="1x3x16x16")
+    structure = structure_of(graph)
+    patterns = candidate_patterns("auto", TOY, "float32", structure)
+
+    def fewest(max_ratio):
+        """The fewest channels any option keeps, per group width; the largest element-wise ratio."""
+        units = build_units(graph, structure, patterns, levels=10, max_ratio=max_ratio, excluded=[], bounds={})
+        kept: dict[int, int] = {}
+        for u in units:
+            for o in u.options:
+                if o.structured:
+                    kept[u.group.width] = min(kept.get(u.group.width, u.group.width), o.kept)
+        return kept, max(o.sparsity for u in units for o in u.options if o.pattern and not o.structured)
+
+    for cap, elementwise in ((None, 0.9), (0.9, 0.9), (0.5, 0.5)):
+        kept, removed = fewest(cap)
+        assert set(kept) == {16, 32} and removed == pytest.approx(elementwise), cap
+        assert kept == {w: kept_count(w, 0.8 if cap is None else cap) for w in kept}, cap
+    assert fewest(None)[0][32] == 6 and fewest(0.9)[0][32] == 3
+
+
 def test_cpu_channel_levels_add_half_a_tile_where_the_largest_ratio_reaches_it() -> None:
     ratios = [0.1 * i for i in range(1, 10)]
     kept = lambda aligned, width: sorted(round(width * (1 - r)) for r in aligned)  # noqa: E731

@@ -204,7 +204,7 @@ def build_problem(graph: LayerGraph, structure: Structure, units: Sequence[Unit]
 # ---- the planner --------------------------------------------------------------------------------
 
 def make_plans(graph: LayerGraph, profile: HardwareProfile, budgets: Sequence[Budget | str], *,
-               patterns: str = "auto", dtype: str | None = None, levels: int = 20, max_ratio: float = 0.9,
+               patterns: str = "auto", dtype: str | None = None, levels: int = 20, max_ratio: float | None = None,
                exclude: Iterable[str] = (), keep_ends_dense: bool = True,
                bounds: Mapping[str, tuple[float, float]] | None = None, importance: Importance | None = None,
                time_limit: float = 10.0, weights_dtype: str | None = None,
@@ -216,7 +216,7 @@ def make_plans(graph: LayerGraph, profile: HardwareProfile, budgets: Sequence[Bu
     budgets = [parse_budget(b) if isinstance(b, str) else b for b in budgets]
     if not 2 <= levels <= 200:
         raise CostplanError(f"--levels must be between 2 and 200, got {levels}")
-    if not 0 < max_ratio < 1:
+    if max_ratio is not None and not 0 < max_ratio < 1:
         raise CostplanError(f"--max-ratio must be in (0, 1), got {max_ratio}")
     bounds = dict(bounds or {})
     unknown = [k for k in [*exclude, *bounds] if k not in graph.module_names and k not in graph.graph]
