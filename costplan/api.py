@@ -297,7 +297,9 @@ def plan(model: ModelLike | LayerGraph, *, budget: object, hw: HardwareProfile |
     pruned at each level; the default when ``data`` is given), 'magnitude' (normalised w^2 of real
     weights; the default without data), 'taylor' (|w * grad| over ``data``), 'gaussian' (no weights
     needed) or an ``Importance``. ``loss_fn(model, batch)`` defaults to cross entropy on (inputs,
-    targets) batches. Returns a PlanResult whose ``.plan`` serialises to the plan contract.
+    targets) batches. ``max_ratio`` caps every ratio; None: a channel group (or a layer's heads) keeps
+    at least a fifth, an element-wise pattern removes at most 0.9 (:func:`costplan.planning.units.max_ratios`).
+    Returns a PlanResult whose ``.plan`` serialises to the plan contract.
     """
     dtype = canonical_dtype(dtype)
     graph = model if isinstance(model, LayerGraph) else load_graph(model, dtype=traced_dtype(dtype), **kwargs)  # type: ignore[arg-type]
