@@ -151,6 +151,14 @@ def runs_im2col(input_shape: Sequence[int], kernel: tuple[int, ...], *, groups: 
     return not (groups > 1 or (width > 3 and height > 3) or dims[0] > 1 or math.prod(dims[:4]) > IM2COL_ELEMENTS)
 
 
+def kept_input(input_shape: Sequence[int], in_keep: float) -> tuple[int, ...]:
+    """A convolution's input shape (N, C, spatial...) with ``in_keep`` of its channels: what PyTorch sees
+    once a plan is compacted (a ResNet-18's 3x3 over 14 x 14 read 256 channels through oneDNN and, cut to
+    96, runs as im2col)."""
+    dims = tuple(int(d) for d in input_shape)
+    return dims if in_keep == 1.0 or len(dims) < 2 else (dims[0], round(dims[1] * in_keep), *dims[2:])
+
+
 # the classes of convolutions PyTorch may run as im2col and a GEMM (depthwise ones never do)
 IM2COL_CLASSES = ("conv", "pointwise", "conv1d", "conv3d")
 
@@ -160,17 +168,17 @@ DRAM_WEIGHTS = 0.5
 
 
 def priced_class(layer: Layer, profile: HardwareProfile, weight_bytes: float | None = None,
-                 precision: str = "float32") -> str | None:
+                 precision: str = "float32", in_keep: float = 1.0) -> str | None:
     """:func:`op_class`, except that on a calibrated CPU a linear layer whose weights (``weight_bytes``;
     by default all its float32 weights) overflow :data:`DRAM_WEIGHTS` of the cache is 'gemm_dram'
     (vocabulary heads, LLM projections, VGG's classifier), and a float32 convolution PyTorch runs as
-    im2col and a GEMM (:func:`runs_im2col`) is 'im2col', each priced by a fit of its own; a
-    profile calibrated without them prices them by their leaders' figures and says so
-    (:func:`unsampled_layers`)."""
+    im2col and a GEMM (:func:`runs_im2col`, on its input's channels ``in_keep`` of which a plan keeps)
+    is 'im2col', each priced by a fit of its own; a profile calibrated without them prices them by
+    their leaders' figures and says so (:func:`unsampled_layers`)."""
     klass = op_class(layer)
     if (klass in IM2COL_CLASSES and profile.kind == "cpu" and profile.calibrated and precision == "float32"
-            and layer.in_shapes and runs_im2col(layer.in_shapes[0], layer.kernel_size, groups=layer.groups,
-                                                transposed=layer.conv_transposed)):
+            and layer.in_shapes and runs_im2col(kept_input(layer.in_shapes[0], in_keep), layer.kernel_size,
+                                                groups=layer.groups, transposed=layer.conv_transposed)):
         return "im2col"
     if klass == "gemm" and profile.kind == "cpu" and profile.calibrated and overflows_cache(
             weights_touched(layer) * 4.0 if weight_bytes is None else weight_bytes, profile.onchip_bytes):
@@ -483,7 +491,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         return recurrent_latency(layer, rnn, eff, profile, precision, byte_scale=byte_scale,
                                  weights_cached=weights_cached)
     weights = 0.0 if weights_cached else weights_touched(layer) * eff.shape_scale
-    klass = priced_class(layer, profile, weights * element, precision)
+    klass = priced_class(layer, profile, weights * element, precision, eff.in_keep)
     in_bytes = layer.act_in_bytes * eff.in_keep * byte_scale
     out_bytes = layer.act_out_bytes * eff.out_keep * byte_scale
     act_in_s, act_in_dram = activation_seconds(in_bytes, profile)
