@@ -28,6 +28,23 @@ TOY = {
 
 
 @functools.cache
+@functools.cache
+def calibrated_cpu():
+    """The AVX2 calibration fixture as a profile that prices every kind it was calibrated on, with an
+    im2col class of its own (rate and cost per call apart from the oneDNN classes')."""
+    import tomllib
+    from pathlib import Path
+
+    from costplan.hardware.profile import COST_KINDS, parse_profile
+
+    with open(Path(__file__).parent / "data" / "avx2-calibrated.toml", "rb") as f:
+        data = tomllib.load(f)
+    data["calibrated"] = list(COST_KINDS)
+    data["efficiency"] = {**data["efficiency"], "im2col": 0.3}
+    data["overhead"] = {**data["overhead"], "per_class_us": {**data["overhead"]["per_class_us"], "im2col": 3.0}}
+    return parse_profile(data, "local")
+
+
 def graph_of(spec: str, **kwargs):
     """Trace a spec once per test session (graphs are read-only)."""
     return load_graph(spec, **kwargs)

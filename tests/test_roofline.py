@@ -121,20 +121,13 @@ def test_a_plan_is_priced_on_the_kernel_its_compacted_model_runs() -> None:
     reading 256 channels runs oneDNN (50,176 elements), cut to 96 it runs im2col (18,816, under 20,480).
     A plan is priced as its compacted model is, layer by layer: ResNet-18 planned at 1.50x had been
     priced 2.3% faster than its compacted model, its three such layers at the conv class's rate."""
-    import tomllib
-
     import torch
 
     import costplan
-    from costplan.hardware.profile import COST_KINDS
     from costplan.hardware.roofline import cost_kind
+    from tests.conftest import calibrated_cpu
 
-    with open(Path(__file__).parent / "data" / "avx2-calibrated.toml", "rb") as f:
-        data = tomllib.load(f)
-    data["calibrated"] = list(COST_KINDS)
-    data["efficiency"] = {**data["efficiency"], "im2col": 0.3}
-    data["overhead"] = {**data["overhead"], "per_class_us": {**data["overhead"]["per_class_us"], "im2col": 3.0}}
-    profile = parse_profile(data, "local")
+    profile = calibrated_cpu()
     model = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Conv2d(16, 256, 3, padding=1),
                                 torch.nn.ReLU(), torch.nn.Conv2d(256, 64, 3, padding=1)).eval()
     graph = load_graph(model, input="1x16x14x14")

@@ -216,6 +216,7 @@ class Pruned:
     macs: int                      # the compacted model's MACs (FlopCounterMode / 2), zeros counted out
     params: int                    # its parameters, zeros inside element-wise pruned weights counted out
     elements: tuple[str, ...]      # the weights pruned element-wise
+    model: nn.Module               # the compacted model
 
 
 def prune_and_compact(name: str, plan: object, model: nn.Module | None = None) -> Pruned:
@@ -232,4 +233,4 @@ def prune_and_compact(name: str, plan: object, model: nn.Module | None = None) -
     macs, compacted = counted_macs(small, inputs, sparse=list(pruner.elements))
     zeros = sum(int((small.get_parameter(p) == 0).sum()) for p in pruner.elements)
     params = sum(p.numel() for p in small.parameters()) - zeros
-    return Pruned(masked, compacted, macs, params, tuple(pruner.elements))
+    return Pruned(masked, compacted, macs, params, tuple(pruner.elements), small)
