@@ -28,7 +28,6 @@ TOY = {
 
 
 @functools.cache
-@functools.cache
 def calibrated_cpu():
     """The AVX2 calibration fixture as a profile that prices every kind it was calibrated on, with an
     im2col class of its own (rate and cost per call apart from the oneDNN classes')."""
@@ -45,6 +44,7 @@ def calibrated_cpu():
     return parse_profile(data, "local")
 
 
+@functools.cache
 def graph_of(spec: str, **kwargs):
     """Trace a spec once per test session (graphs are read-only)."""
     return load_graph(spec, **kwargs)

@@ -47,7 +47,7 @@ def check(name: str, plan: Plan, priced: bool = False) -> str:
         assert macs == predicted, (macs, predicted)
     assert done.params == report.totals["nonzero_params"], (done.params, report.totals["nonzero_params"])
     assert torch.allclose(done.compacted, done.masked, atol=1e-4, rtol=1e-3), (done.compacted - done.masked).abs().max()
-    if priced:   # within 0.1%: an embedding's or a recurrent layer's bytes differ by up to 0.05% (not chased)
+    if priced:   # within 0.1%: an embedding's, a GRU's or a classifier's price differs by up to 0.05% (not chased)
         small = trace(done.model, inputs, name=name)
         for profile in (calibrated_cpu(), "rtx3090"):
             planned, compacted = costplan.estimate_latency(graph, profile, plan), costplan.estimate_latency(small, profile)
