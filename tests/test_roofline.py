@@ -141,6 +141,12 @@ def test_a_plan_is_priced_on_the_kernel_its_compacted_model_runs() -> None:
     for name in ("1", "3"):
         assert planned.layers[name].latency_s == pytest.approx(compacted.layers[name].latency_s, rel=1e-9), name
     assert planned.latency_s == pytest.approx(compacted.latency_s, rel=1e-9)
+    # on a profile that never timed im2col, the plan's estimate names the layer it turned into one
+    untimed = replace(profile, calibrated=tuple(k for k in profile.calibrated if k != "im2col"))
+    said = "convolution of one small sample (PyTorch runs it as im2col and a GEMM): this model's "
+    assert any(said + "3 ('0', '1', '3')" in w for w in estimate_latency(graph, untimed, plan).warnings)
+    assert any(said + "3 ('0', '1', '3')" in w for w in estimate_latency(small, untimed).warnings)
+    assert any(said + "2 ('0', '1')" in w for w in estimate_latency(graph, untimed).warnings)   # dense: oneDNN
 
 
 def test_linear_layer_by_hand() -> None:

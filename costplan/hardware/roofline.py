@@ -192,11 +192,18 @@ def overflows_cache(weight_bytes: float, onchip_bytes: float) -> bool:
     return weight_bytes > DRAM_WEIGHTS * onchip_bytes
 
 
-def cost_kind(layer: Layer, profile: HardwareProfile | None = None, precision: str = "float32") -> str:
+def cost_kind(layer: Layer, profile: HardwareProfile | None = None, precision: str = "float32",
+              eff: Effective | None = None) -> str:
     """What ``layer`` is priced as (one of ``profile.COST_KINDS``): its op class (on ``profile`` at
-    ``precision``, see :func:`priced_class`), else the rated kind of its memory-only ops (pooling, norm,
-    gather, ...), else 'elementwise'."""
-    klass = op_class(layer) if profile is None else priced_class(layer, profile, precision=precision)
+    ``precision``, under its plan entry ``eff`` where given, see :func:`priced_class`), else the rated
+    kind of its memory-only ops (pooling, norm, gather, ...), else 'elementwise'."""
+    if profile is None:
+        klass = op_class(layer)
+    elif eff is None:
+        klass = priced_class(layer, profile, precision=precision)
+    else:   # the weights and input a plan leaves, as layer_latency prices them
+        klass = priced_class(layer, profile, weights_touched(layer) * eff.shape_scale * DTYPE_BYTES[precision],
+                             precision, eff.in_keep)
     if klass is not None:
         return klass
     return next(iter(sorted(rated_kinds(layer))), "elementwise")
@@ -715,8 +722,8 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
         f"--autocast prices a float32 model under AMP at 16-bit; this estimate runs at {ctx.precision}"
         f"{' with weights stored as ' + weights_dtype if weights_dtype else ''}, so it adds no cast kernels",)
     return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
-                    unsampled_layers(graph, profile, ctx.precision), ctx, notes,
-                    predated_layers(graph, profile, ctx.precision))
+                    unsampled_layers(graph, profile, ctx.precision, effective), ctx, notes,
+                    predated_layers(graph, profile, ctx.precision, effective))
 
 
 KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",
@@ -729,16 +736,18 @@ KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthw
               "im2col": "convolution of one small sample (PyTorch runs it as im2col and a GEMM)"}
 
 
-def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32") -> dict[str, tuple[str, ...]]:
+def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32",
+                     effective: Mapping[str, Effective] | None = None) -> dict[str, tuple[str, ...]]:
     """Cost kind (at ``precision``) -> the layers of that kind, for every kind a calibrated ``profile``
     (one that lists what it ``calibrated``) never timed: their price comes from other kinds' figures (a GRU priced as
     one big GEMM was 95% fast here; 1-D convolutions at short lengths 2x). Empty for profiles from
-    spec sheets, which are checked against published figures instead."""
+    spec sheets, which are checked against published figures instead.
+    ``effective``: each layer's plan entry (:func:`costplan.sparsity.apply_plan`), as it is priced."""
     if not profile.calibrated:
         return {}
     out: dict[str, list[str]] = {}
     for layer in graph.layers:
-        kind = cost_kind(layer, profile, precision)
+        kind = cost_kind(layer, profile, precision, (effective or {}).get(layer.name))
         if kind not in profile.calibrated:
             out.setdefault(kind, []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
@@ -753,12 +762,14 @@ PREDATED_TERMS = {"conv1d_steps": "a 1-D convolution's steps per sample",
                               "one of 72 channels ran 2x one of 80)"}
 
 
-def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32") -> dict[str, tuple[str, ...]]:
+def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32",
+                    effective: Mapping[str, Effective] | None = None) -> dict[str, tuple[str, ...]]:
     """Term (:data:`PREDATED_TERMS`) -> the layers it prices, for each term a calibrated ``profile``
     lacks though it timed the layers' kind: written before costplan fitted it, the profile prices them
     without it (a fourth 'conv1d' figure in ``half_util_dims``; ``norm_plane_s``, 0 where fitted so;
     ``layout_reorders``, whose lack its fits absorbed for tensors in cache, not for those through DRAM;
-    an ``off_tile`` factor for the layer's class, which calibration writes for every class it draws)."""
+    an ``off_tile`` factor for the layer's class, which calibration writes for every class it draws).
+    ``effective``: each layer's plan entry (:func:`costplan.sparsity.apply_plan`), as it is priced."""
     if not profile.calibrated:
         return {}
     halves = profile.class_figure(profile.half_util_dims, "conv1d")
@@ -770,16 +781,17 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str 
         return {}
     out: dict[str, list[str]] = {}
     for layer in graph.layers:
-        kind = cost_kind(layer, profile, precision)
+        eff = (effective or {}).get(layer.name) or Effective(layer.macs, layer.params)
+        kind = cost_kind(layer, profile, precision, eff)
         if lacks["conv1d_steps"] and kind == "conv1d":
             out.setdefault("conv1d_steps", []).append(layer.name)
         if lacks["norm_planes"] and norm_planes(layer) > 0:
             out.setdefault("norm_planes", []).append(layer.name)
         if (lacks["layout_reorders"] and kind in REORDERED
-                and max(layer.act_in_bytes, layer.act_out_bytes) > profile.onchip_bytes / 2):
+                and max(layer.act_in_bytes * eff.in_keep, layer.act_out_bytes * eff.out_keep) > profile.onchip_bytes / 2):
             out.setdefault("layout_reorders", []).append(layer.name)
         if lacks["off_tile"] and kind in REORDERED and kind in profile.calibrated and kind not in profile.off_tile:
-            shape = dims(layer, Effective(layer.macs, layer.params), profile.channel_multiple, reads_part_tiles(profile))
+            shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile))
             if shape is not None and shape.off_tile:
                 out.setdefault("off_tile", []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
