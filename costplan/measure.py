@@ -26,7 +26,7 @@ from costplan.coerce import QUANTISED, as_plan, as_profile, as_shapes, canonical
 from costplan.errors import CostplanError
 from costplan.hardware import HardwareProfile, estimate
 from costplan.hardware.probes import COPY_BYTES, bandwidth_workload, reference_workload
-from costplan.hardware.roofline import Estimate, cost_kind
+from costplan.hardware.roofline import Estimate
 from costplan.hardware.timing import block_calls, keep_freed_memory, minor_faults
 from costplan.trace.graph import LayerGraph
 from costplan.models import Instance, instantiate, resolve
@@ -41,7 +41,7 @@ class LayerTiming:
     predicted_ms: float
     measured_ms: float
     bound: str
-    kind: str = ""                 # what it is priced as (roofline.cost_kind): an op class or memory kind
+    kind: str = ""                 # what it was priced as (its LayerLatency.kind): an op class or memory kind
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], fault
     ``kept``: whether this process set glibc to keep freed memory (it may have failed to)."""
     reference, copies = machine.get("reference", []), machine.get("bandwidth", [])
     layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
-                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, cost_kind(l, profile))
+                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, p.estimate.layers[l.name].kind)
                    for l in p.graph.layers)
     return Comparison(model=p.name, hardware=profile.name, input_shapes=p.graph.inputs.shapes,
                       predicted_ms=p.estimate.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,

@@ -40,6 +40,7 @@ class LayerLatency:
     attained: float                # executed MAC rate as a share of the device's peak
     energy_j: float | None
     sparse_path: bool = False      # whether the device's sparse kernel beat its dense one
+    kind: str = "elementwise"      # what it was priced as (cost_kind: an op class or a rated memory kind)
 
 
 @dataclass(frozen=True)
@@ -192,21 +193,16 @@ def overflows_cache(weight_bytes: float, onchip_bytes: float) -> bool:
     return weight_bytes > DRAM_WEIGHTS * onchip_bytes
 
 
-def cost_kind(layer: Layer, profile: HardwareProfile | None = None, precision: str = "float32",
-              eff: Effective | None = None) -> str:
-    """What ``layer`` is priced as (one of ``profile.COST_KINDS``): its op class (on ``profile`` at
-    ``precision``, under its plan entry ``eff`` where given, see :func:`priced_class`), else the rated
-    kind of its memory-only ops (pooling, norm, gather, ...), else 'elementwise'."""
-    if profile is None:
-        klass = op_class(layer)
-    elif eff is None:
-        klass = priced_class(layer, profile, precision=precision)
-    else:   # the weights and input a plan leaves, as layer_latency prices them
-        klass = priced_class(layer, profile, weights_touched(layer) * eff.shape_scale * DTYPE_BYTES[precision],
-                             precision, eff.in_keep)
-    if klass is not None:
-        return klass
-    return next(iter(sorted(rated_kinds(layer))), "elementwise")
+def cost_kind(layer: Layer, profile: HardwareProfile | None = None, precision: str = "float32") -> str:
+    """What dense ``layer`` is priced as (one of ``profile.COST_KINDS``): its op class (on ``profile`` at
+    ``precision``, see :func:`priced_class`), else the rated kind of its memory-only ops (pooling, norm,
+    gather, ...), else 'elementwise'. Under a plan, the layer's ``LayerLatency.kind`` says it."""
+    return kind_of(layer, op_class(layer) if profile is None else priced_class(layer, profile, precision=precision))
+
+
+def kind_of(layer: Layer, klass: str | None) -> str:
+    """The cost kind of ``layer`` priced as op class ``klass`` (None: a memory-only op's rated kind)."""
+    return klass if klass is not None else next(iter(sorted(rated_kinds(layer))), "elementwise")
 
 
 def pool_bytes(in_bytes: float, out_bytes: float, window: int) -> float:
@@ -490,7 +486,8 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
     pays that part of the kernel's launch and floor."""
     peak = profile.peak_macs[precision]
     if profile.fuse_elementwise and layer.macs == 0 and layer.aten_ops and all(map(is_elementwise, layer.aten_ops)):
-        return LayerLatency(0.0, 0.0, 0.0, 0.0, "fused", 0.0, 0.0, 0.0, 0.0 if _has_energy(profile, precision) else None)
+        return LayerLatency(0.0, 0.0, 0.0, 0.0, "fused", 0.0, 0.0, 0.0, 0.0 if _has_energy(profile, precision) else None,
+                            kind=kind_of(layer, None))
     element = DTYPE_BYTES[precision] if weight_element is None else weight_element
     dequant = profile.weight_only_efficiency if weight_element is not None and layer.weights_read else 1.0
     rnn = layer.recurrent
@@ -554,7 +551,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         latency_s=latency, compute_s=compute, memory_s=memory, overhead_s=overhead, bound=bound,
         exec_macs=exec_macs, dram_bytes=dram,
         attained=exec_macs / (latency * peak) if latency > 0 else 0.0,
-        energy_j=_energy(profile, precision, exec_macs, dram), sparse_path=sparse,
+        energy_j=_energy(profile, precision, exec_macs, dram), sparse_path=sparse, kind=kind_of(layer, klass),
     )
 
 
@@ -621,7 +618,7 @@ def recurrent_latency(layer: Layer, rnn: Recurrent, eff: Effective, profile: Har
     return LayerLatency(latency_s=latency, compute_s=compute, memory_s=cost.memory_s, overhead_s=overhead, bound=bound,
                         exec_macs=cost.macs, dram_bytes=weights,
                         attained=cost.macs / (latency * peak) if latency > 0 else 0.0,
-                        energy_j=_energy(profile, precision, cost.macs, weights))
+                        energy_j=_energy(profile, precision, cost.macs, weights), kind=kind_of(layer, rnn.cell))
 
 
 def _has_energy(profile: HardwareProfile, precision: str) -> bool:
@@ -721,9 +718,10 @@ def estimate(graph: LayerGraph, profile: HardwareProfile, effective: Mapping[str
     notes = () if ctx.autocast or not autocast else (
         f"--autocast prices a float32 model under AMP at 16-bit; this estimate runs at {ctx.precision}"
         f"{' with weights stored as ' + weights_dtype if weights_dtype else ''}, so it adds no cast kernels",)
+    kinds = {name: lat.kind for name, lat in layers.items()}
     return Estimate(profile, ctx.precision, layers, dtype or traced_dtype_of(graph),
-                    unsampled_layers(graph, profile, ctx.precision, effective), ctx, notes,
-                    predated_layers(graph, profile, ctx.precision, effective))
+                    unsampled_layers(graph, profile, kinds), ctx, notes,
+                    predated_layers(graph, profile, kinds, effective))
 
 
 KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthwise": "depthwise convolution",
@@ -736,18 +734,16 @@ KIND_WORDS = {"conv": "3x3 convolution", "pointwise": "1x1 convolution", "depthw
               "im2col": "convolution of one small sample (PyTorch runs it as im2col and a GEMM)"}
 
 
-def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32",
-                     effective: Mapping[str, Effective] | None = None) -> dict[str, tuple[str, ...]]:
-    """Cost kind (at ``precision``) -> the layers of that kind, for every kind a calibrated ``profile``
+def unsampled_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Cost kind (``kinds``: each layer's, as its estimate priced it) -> the layers of that kind, for every kind a calibrated ``profile``
     (one that lists what it ``calibrated``) never timed: their price comes from other kinds' figures (a GRU priced as
     one big GEMM was 95% fast here; 1-D convolutions at short lengths 2x). Empty for profiles from
-    spec sheets, which are checked against published figures instead.
-    ``effective``: each layer's plan entry (:func:`costplan.sparsity.apply_plan`), as it is priced."""
+    spec sheets, which are checked against published figures instead."""
     if not profile.calibrated:
         return {}
     out: dict[str, list[str]] = {}
     for layer in graph.layers:
-        kind = cost_kind(layer, profile, precision, (effective or {}).get(layer.name))
+        kind = kinds[layer.name]
         if kind not in profile.calibrated:
             out.setdefault(kind, []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
@@ -762,14 +758,14 @@ PREDATED_TERMS = {"conv1d_steps": "a 1-D convolution's steps per sample",
                               "one of 72 channels ran 2x one of 80)"}
 
 
-def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str = "float32",
-                    effective: Mapping[str, Effective] | None = None) -> dict[str, tuple[str, ...]]:
+def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[str, str],
+                    effective: Mapping[str, Effective]) -> dict[str, tuple[str, ...]]:
     """Term (:data:`PREDATED_TERMS`) -> the layers it prices, for each term a calibrated ``profile``
     lacks though it timed the layers' kind: written before costplan fitted it, the profile prices them
     without it (a fourth 'conv1d' figure in ``half_util_dims``; ``norm_plane_s``, 0 where fitted so;
     ``layout_reorders``, whose lack its fits absorbed for tensors in cache, not for those through DRAM;
     an ``off_tile`` factor for the layer's class, which calibration writes for every class it draws).
-    ``effective``: each layer's plan entry (:func:`costplan.sparsity.apply_plan`), as it is priced."""
+    ``kinds``: each layer's cost kind as its estimate priced it; ``effective``: its plan entry."""
     if not profile.calibrated:
         return {}
     halves = profile.class_figure(profile.half_util_dims, "conv1d")
@@ -781,8 +777,7 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, precision: str 
         return {}
     out: dict[str, list[str]] = {}
     for layer in graph.layers:
-        eff = (effective or {}).get(layer.name) or Effective(layer.macs, layer.params)
-        kind = cost_kind(layer, profile, precision, eff)
+        eff, kind = effective[layer.name], kinds[layer.name]
         if lacks["conv1d_steps"] and kind == "conv1d":
             out.setdefault("conv1d_steps", []).append(layer.name)
         if lacks["norm_planes"] and norm_planes(layer) > 0:
