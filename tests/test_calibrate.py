@@ -503,6 +503,12 @@ def test_a_profile_calibrated_before_the_off_tile_factor_names_the_layers_off_th
     factors = {"efficiency": {**data["efficiency"], "off_tile": {k: 1.0 for k in ("conv", "pointwise", "depthwise",
                                                                                     "conv1d")}}}
     assert costplan.estimate_latency(graph, parse_profile({**data, **factors}, "now")).warnings == ()
+    # under a plan the widths are the plan's: cut to 64, that depthwise is on the tile and not named
+    model.append(torch.nn.Conv2d(72, 8, 1))
+    graph = costplan.load_graph(model, input="1x80x14x14")
+    assert "this model's 1 ('2')" in costplan.estimate_latency(graph, old).warnings[0]
+    plan = costplan.uniform_plan(graph, "channel", 0.11, keep_ends_dense=False)
+    assert plan.layers and costplan.estimate_latency(graph, old, plan).warnings == ()
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step
