@@ -141,6 +141,8 @@ def test_a_plan_is_priced_on_the_kernel_its_compacted_model_runs() -> None:
     for name in ("1", "3"):
         assert planned.layers[name].latency_s == pytest.approx(compacted.layers[name].latency_s, rel=1e-9), name
     assert planned.latency_s == pytest.approx(compacted.latency_s, rel=1e-9)
+    assert planned.layers["3"].kind == compacted.layers["3"].kind == "im2col"
+    assert estimate_latency(graph, profile).layers["3"].kind == "conv"
     # on a profile that never timed im2col, the plan's estimate names the layer it turned into one
     untimed = replace(profile, calibrated=tuple(k for k in profile.calibrated if k != "im2col"))
     said = "convolution of one small sample (PyTorch runs it as im2col and a GEMM): this model's "

@@ -39,8 +39,8 @@ class LayerLatency:
     dram_bytes: float
     attained: float                # executed MAC rate as a share of the device's peak
     energy_j: float | None
+    kind: str                      # what it was priced as (kind_of: an op class or a rated memory kind)
     sparse_path: bool = False      # whether the device's sparse kernel beat its dense one
-    kind: str = "elementwise"      # what it was priced as (cost_kind: an op class or a rated memory kind)
 
 
 @dataclass(frozen=True)
