@@ -69,6 +69,10 @@ def test_a_calibration_file_states_what_was_measured(tmp_path, monkeypatch) -> N
     assert data["efficiency"]["strided"]["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
     assert c.profile().strided["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
     assert data["efficiency"]["off_tile"] == pytest.approx({k: c.fits[k].off_tile for k in calibration.SAMPLED})
+    # on AVX-512's tile the conv class times its pairs and fits the one-tile-a-pass factor; no tile, no factor
+    one_pass = {k: f.one_tile_pass for k, f in c.fits.items() if f.one_tile_pass is not None}
+    assert data["efficiency"].get("one_tile_pass", {}) == pytest.approx(one_pass)
+    assert ("conv" in one_pass) == (c.channel_multiple == 16) and set(one_pass) <= {"conv", "conv1d", "conv3d"}
     assert "self-check (held-out networks" in text and "interleaved rounds" in text    # the header grades it
     assert set(c.quality.check) == {"resnet18", "mobilenet_v2", "transformer encoder"}
     # every kind the roofline prices apart was timed, and the profile says so
@@ -161,6 +165,30 @@ def test_a_depthwise_fit_finds_the_rate_of_channels_off_the_tile() -> None:
     fit = fit_class(shapes, list(timed), memory, per_op=5e-6)
     assert fit.off_tile == pytest.approx(0.55, rel=0.05) and fit.median_error < 0.03
     assert fit_class(shapes, list(alike), memory, per_op=5e-6).off_tile == pytest.approx(1.0, abs=0.03)
+
+
+def test_a_convolution_fit_finds_the_rate_of_one_output_tile_a_pass() -> None:
+    """2-D convolutions drawn on a tile of 16 with calibration's pairs (112 outputs beside 128, 176 and 208
+    beside 192), timed by the model itself, those oneDNN runs one tile a pass at 0.75 of the rate: the
+    fit finds 0.75; timings that treat them alike give 1. The draws alone hold none such, so without the
+    pairs the class fits no factor of its own (None: it takes its leader's)."""
+    import numpy as np
+
+    from costplan.hardware.fitting import _memory_seconds, fit_class
+    from costplan.hardware.probes import one_pass_pairs, sample_shapes
+
+    drawn = sample_shapes("conv", 48, seed=1, multiple=16)
+    shapes = drawn + one_pass_pairs("conv", 16)
+    flagged = np.array([s.dims.one_tile_pass for s in shapes])
+    assert flagged.sum() == 3 and not flagged[:len(drawn)].any() and not one_pass_pairs("conv", 8)
+    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
+    u = np.array([s.rows / (s.rows + 40) * s.outputs / (s.outputs + 8) * s.reduction / (s.reduction + 20) for s in shapes])
+    alike = np.maximum(np.array([s.macs for s in shapes]) / (100e9 * u), memory) + 5e-6 + 30e-6
+    timed = np.maximum(np.array([s.macs for s in shapes]) / (100e9 * u) / np.where(flagged, 0.75, 1.0), memory) + 5e-6 + 30e-6
+    fit = fit_class(shapes, list(timed), memory, per_op=5e-6)
+    assert fit.one_tile_pass == pytest.approx(0.75, rel=0.03) and fit.median_error < 0.05
+    assert fit_class(shapes, list(alike), memory, per_op=5e-6).one_tile_pass == pytest.approx(1.0, abs=0.03)
+    assert fit_class(drawn, list(alike[:len(drawn)]), memory[:len(drawn)], per_op=5e-6).one_tile_pass is None
 
 
 def test_a_conv1d_fit_finds_the_steps_per_sample_its_kernel_blocks() -> None:
@@ -509,6 +537,32 @@ def test_a_profile_calibrated_before_the_off_tile_factor_names_the_layers_off_th
     assert "this model's 1 ('2')" in costplan.estimate_latency(graph, old).warnings[0]
     plan = costplan.uniform_plan(graph, "channel", 0.11, keep_ends_dense=False)
     assert plan.layers and costplan.estimate_latency(graph, old, plan).warnings == ()
+
+
+def test_a_profile_calibrated_before_the_one_tile_pass_factor_names_the_convolutions_it_misprices() -> None:
+    """A profile calibrated before costplan fitted ``efficiency.one_tile_pass`` priced a 1-D convolution of
+    112 outputs over 198 steps at the rate of one of 128 (the text CNN's, 36% fast): it is named with its
+    share; the 128-wide one is not, nor is either on a profile with conv's factor, which conv1d follows."""
+    import tomllib
+
+    import torch
+
+    import costplan
+    from costplan.hardware.profile import COST_KINDS
+
+    with open("tests/data/avx2-calibrated.toml", "rb") as f:
+        data = {**tomllib.load(f), "calibrated": list(COST_KINDS), "channel_multiple": 16}
+    data["memory"]["layout_reorders"] = True
+    data["efficiency"]["off_tile"] = {k: 1.0 for k in ("conv", "pointwise", "depthwise", "conv1d", "conv3d")}
+    model = torch.nn.Sequential(torch.nn.Conv1d(128, 128, 3), torch.nn.Conv1d(128, 112, 3))
+    graph = costplan.load_graph(model, input="16x128x200")
+    estimate = costplan.estimate_latency(graph, parse_profile(data, "old"))
+    (warning,) = estimate.warnings
+    assert f"one output tile a pass (one of 112 outputs ran longer than one of 128): this model's 1 ('1') " \
+           f"carry {estimate.share_of(['1']):.0%}" in warning
+    data["efficiency"]["one_tile_pass"] = {"conv": 0.8}
+    data["efficiency"]["half_util_dims"]["conv1d"] = [20.0, 7.0, 5.0, 0.0]    # steps per sample, fitted too
+    assert costplan.estimate_latency(graph, parse_profile(data, "now")).warnings == ()
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step

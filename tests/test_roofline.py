@@ -96,6 +96,50 @@ def test_channels_off_the_tile_run_at_their_factor_of_the_rate() -> None:
     assert plain.off_tile == {} and off.off_tile == {"depthwise": 0.5, "pointwise": 0.8}
 
 
+def test_which_convolutions_onednn_runs_one_output_tile_a_pass() -> None:
+    """oneDNN's AVX-512 init_conf, by hand: its explicit-broadcast kernel (windows up to 3 wide over rows
+    longer than 28, or any 3-D window but for one sample over short rows) with a tile count of 7, 11 or
+    13 (112, 176, 208 outputs) computes one tile a pass; 96, 128 and 192 outputs (6, 8, 12 tiles) share
+    passes; a 5-wide window, 14 x 14 rows, a strided layer of at most 192 outputs over 28 rows and an
+    8-lane tile never take that path. All were timed so on a 2-core EPYC (0.74-0.80 of the rate)."""
+    from costplan.hardware.roofline import ConvGeometry, one_tile_a_pass
+
+    def one_pass(kw, ow, oh, batch, ndim, outputs, inputs=128, strided=False, multiple=16):
+        return one_tile_a_pass(ConvGeometry(kw, ow, oh, batch, ndim), outputs, inputs, strided, multiple)
+
+    assert [one_pass(3, 198, 1, 16, 1, w) for w in (96, 112, 128, 176, 192, 208)] == [False, True, False, True, False, True]
+    assert not one_pass(5, 196, 1, 16, 1, 112) and one_pass(2, 199, 1, 16, 1, 112)
+    assert one_pass(3, 56, 56, 1, 2, 112) and not one_pass(3, 14, 14, 8, 2, 112)
+    assert one_pass(3, 28, 28, 2, 2, 208, strided=True) and not one_pass(3, 28, 28, 2, 2, 176, strided=True)
+    assert one_pass(3, 8, 8, 2, 3, 112) and not one_pass(3, 8, 8, 1, 3, 112)
+    assert one_pass(3, 13, 13, 2, 2, 112, inputs=256) and not one_pass(3, 13, 13, 2, 2, 112, inputs=128)
+    assert not one_pass(3, 198, 1, 16, 1, 112, multiple=8) and not one_pass(3, 198, 1, 16, 1, 16)
+
+
+def test_a_convolution_run_one_tile_a_pass_is_priced_at_its_factor_even_pruned_to_it() -> None:
+    """``[efficiency] one_tile_pass = { conv = 0.75 }`` on a tile of 16: a 1-D convolution of 112 outputs
+    over 200 steps (the text CNN's shape, measured -36% before) takes 1/0.75 of its utilisation's time,
+    conv1d taking conv's factor; one of 128 does not. A plan cutting 128 outputs to 112 is priced as
+    the 112-wide layer is, slower than the 128 it pruned (as timed); to 96 it is faster again."""
+    from torch.nn import Conv1d
+
+    base = {**TOY, "channel_multiple": 16,
+            "efficiency": {"conv": 0.5, "conv1d": 0.5, "half_util_dims": {"conv": [0, 0, 0]}}}
+    plain = parse_profile(base, "toy")
+    factor = parse_profile({**base, "efficiency": {**base["efficiency"], "one_tile_pass": {"conv": 0.75}}}, "toy")
+
+    def compute_s(profile, cout: int, keep: float = 1.0) -> float:
+        layer = load_graph(Conv1d(128, cout, 3), input="16x128x200").layers[0]
+        eff = Effective(layer.macs * keep, layer.params * keep, out_keep=keep)
+        return layer_latency(layer, eff, profile, "float32").compute_s
+
+    assert compute_s(factor, 112) == pytest.approx(compute_s(plain, 112) / 0.75)
+    assert compute_s(factor, 128) == compute_s(plain, 128) and compute_s(factor, 96) == compute_s(plain, 96)
+    assert compute_s(factor, 128, 112 / 128) == pytest.approx(compute_s(factor, 112))
+    assert compute_s(factor, 128, 112 / 128) > compute_s(factor, 128) > compute_s(factor, 128, 96 / 128)
+    assert factor.one_tile_pass == {"conv": 0.75} and plain.one_tile_pass == {}
+
+
 def test_a_convolution_pays_its_layout_reorders_beside_its_math_where_the_profile_says() -> None:
     """``memory.layout_reorders = true`` (calibrated CPUs): a convolution's input is converted to the
     kernels' blocked layout and its output back, one more read and write of each, before and after the

@@ -44,6 +44,7 @@ from costplan.hardware.probes import (
     check_networks,
     check_probes,
     recurrent_probes,
+    one_pass_pairs,
     sample_shapes,
 )
 from costplan.hardware.roofline import overflows_cache, recurrent_cost, reorder_passes
@@ -247,7 +248,7 @@ def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping
     onchip_bytes = cache_bytes()
     tile = channel_multiple()   # widths are priced padded to it, on the traced layers as on these
     shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i, tile)
-              for i, kind in enumerate(SAMPLED)}
+                    + one_pass_pairs(kind, tile) for i, kind in enumerate(SAMPLED)}
     # linear layers are fitted as the roofline prices them: those whose weights overflow the cache apart
     drawn = shapes["gemm"] + dram_weight_shapes(8 if quick else 16, onchip_bytes, seed, tile)
     shapes["gemm"] = [s for s in drawn if not overflows_cache(s.weight_bytes, onchip_bytes)]
@@ -402,6 +403,7 @@ def calibrated_profile(c: Calibration) -> HardwareProfile:
         calibrated=(*c.fits, *c.rated_bandwidth, "elementwise"),
         strided={k: f.strided for k, f in c.fits.items() if f.strided != 1.0},
         off_tile={k: f.off_tile for k, f in c.fits.items() if k in SAMPLED},   # 1 too: a fit, not an older file
+        one_tile_pass={k: f.one_tile_pass for k, f in c.fits.items() if f.one_tile_pass is not None},
         weights_overlap=False, pool_windows=True, layout_reorders=True, rated_bandwidth=dict(c.rated_bandwidth),
         channel_multiple=c.channel_multiple,
         fresh_output_bytes=None if c.first_touch_bandwidth is None else float(FRESH_OUTPUT_BYTES),
@@ -456,6 +458,8 @@ def _notes(c: Calibration) -> dict[str, str]:
         "efficiency.strided": "a stride > 1 convolution's rate over a stride-1 one's",
         "efficiency.off_tile": "the rate of a convolution whose channels are off the kernels' tile (a depthwise one's "
                                "channels, a padded width) over one on it",
+        "efficiency.one_tile_pass": "the rate of a convolution oneDNN runs one output tile a pass (112, 176 or 208 "
+                                    "outputs) over one it runs several; a class without one takes conv's",
         "overhead.per_op_us": "an nn.ReLU call on a tiny tensor: eager dispatch per layer",
         "overhead.norm_plane_ns": "fitted: a batch norm's cost per (sample, channel) plane beyond its bytes "
                                   "(batches of short sequences)",

@@ -19,8 +19,9 @@ class ClassFit:
     """One op class fitted to its sampled layers: seconds = max(MACs / (rate x utilisation), memory
     seconds) + per-op overhead + ``fixed_s``, utilisation = product of d / (d + half) over the GEMM
     dimensions (rows, outputs, reduction; and a direct 1-D convolution's steps per sample where its
-    shapes have them), times ``strided`` for a strided convolution and ``off_tile`` for one whose
-    channels are off the kernels' tile (:func:`costplan.hardware.roofline.off_tile`)."""
+    shapes have them), times ``strided`` for a strided convolution, ``off_tile`` for one whose
+    channels are off the kernels' tile (:func:`costplan.hardware.roofline.off_tile`) and ``one_tile_pass``
+    for one run one output tile a pass (:func:`costplan.hardware.roofline.one_tile_a_pass`)."""
 
     rate: float                            # MAC/s plateau
     half_dims: tuple[float, ...]           # rows, outputs, reduction[, 1-D steps per sample] at half the plateau
@@ -29,6 +30,8 @@ class ClassFit:
     strided: float = 1.0                   # rate of a stride > 1 layer over a stride-1 one's
     call_s: float = 0.0                    # recurrent cells: seconds per call beyond its steps (fit_recurrent)
     off_tile: float = 1.0                  # rate of a layer with channels off the kernels' tile over one on it
+    one_tile_pass: float | None = None     # rate of a convolution run one output tile a pass over one run
+                                           # several; None where too few shapes ran so to fit it
 
 
 def saturating(macs: np.ndarray, peak: float, half: float) -> np.ndarray:
@@ -67,6 +70,10 @@ def weight_seconds(shapes: Sequence[Shape | AttentionShape], bandwidth: float) -
     return np.array([s.weight_bytes / bandwidth for s in shapes], dtype=float)
 
 
+# shapes run one output tile a pass that a class needs to fit its own factor (else it takes its leader's)
+LEAST_ONE_PASS = 3
+
+
 def fit_class(shapes: Sequence[Shape | AttentionShape], seconds: list[float], memory_s: np.ndarray, per_op: float,
               weights_first_s: np.ndarray | None = None) -> ClassFit:
     """Fit :class:`ClassFit` to timed shapes on log time, weighted by the square root of time, with a
@@ -96,9 +103,10 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
     """The one fit behind :func:`fit_class` and :func:`fit_recurrent`: ``seconds = base_s + call_s +
     repeats x (max(MACs / (rate x utilisation), memory_s) + fixed_s)``, utilisation the product of d / (d
     + half) over the GEMM dimensions, times the strided factor where ``strided`` and the off-tile factor
-    where a shape's channels are off the kernels' tile (its ``dims.off_tile``); ``call_s`` is fitted
-    only with ``per_call``, each factor only where some shape has it, and a half length only where
-    some shape is a direct 1-D convolution (its ``dims.length``)."""
+    where a shape's channels are off the kernels' tile (its ``dims.off_tile``) and the one-tile-a-pass
+    factor where it runs so (``dims.one_tile_pass``); ``call_s`` is fitted only with ``per_call``, each
+    factor only where some shape has it (one tile a pass: at least :data:`LEAST_ONE_PASS` shapes), and a
+    half length only where some shape is a direct 1-D convolution (its ``dims.length``)."""
     # the MACs a kernel runs, widths padded to its channel tile, as the roofline prices them
     macs = np.array([s.macs * s.dims.padding for s in shapes], dtype=float)
     dims = np.array([(s.rows, s.outputs, s.reduction) for s in shapes], dtype=float)
@@ -107,7 +115,11 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
     length = np.array([s.dims.length for s in shapes], dtype=float)
     off = np.array([s.dims.off_tile for s in shapes], dtype=bool)
     by_off = bool(off.any())
-    at_length = 7 + by_off       # the parameters: rate, 3 halves, fixed, strided, per call[, off tile][, length]
+    one_pass = np.array([getattr(s.dims, "one_tile_pass", False) for s in shapes], dtype=bool)
+    by_pass = int(one_pass.sum()) >= LEAST_ONE_PASS
+    # the parameters: rate, 3 halves, fixed, strided, per call[, off tile][, one tile a pass][, length]
+    at_pass = 7 + by_off
+    at_length = at_pass + by_pass
     by_length = bool((length > 0).any())
     measured = np.array(seconds, dtype=float)
     # the scale of the rate, from the rates the shapes attained beyond their fixed part: a shape timed
@@ -122,6 +134,8 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
         u = np.prod(dims / (dims + p[1:4]), axis=1) * np.where(strided, p[5], 1.0)
         if by_off:
             u = u * np.where(off, p[7], 1.0)
+        if by_pass:
+            u = u * np.where(one_pass, p[at_pass], 1.0)
         if by_length:
             u = u * np.where(length > 0, length / (length + p[at_length]), 1.0)
         return base_s + p[6] * 1e-6 + repeats * (np.maximum(macs / (p[0] * top * u), memory_s) + p[4] * 1e-6)
@@ -134,16 +148,16 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
     high = 1.5 if strided.any() else 1.0 + 1e-9
     fit = least_squares(lambda p: weight * np.log(predict(p) / measured),
                         x0=(1.0, 16.0, 16.0, 16.0, 5.0, 1.0, 50.0 if per_call else 0.0, *(0.9,) * by_off,
-                            *(4.0,) * by_length),
+                            *(0.9,) * by_pass, *(4.0,) * by_length),
                         loss="soft_l1", f_scale=0.1,
-                        bounds=([0.3, 0, 0, 0, 0, 0.3, 0, *(0.2,) * by_off, *(0.0,) * by_length],
+                        bounds=([0.3, 0, 0, 0, 0, 0.3, 0, *(0.2,) * by_off, *(0.3,) * by_pass, *(0.0,) * by_length],
                                 [5.0, 1e5, 1e4, 1e4, 1e3, high, 1e4 if per_call else 1e-9, *(1.0,) * by_off,
-                                 *(1e3,) * by_length]))
+                                 *(1.0,) * by_pass, *(1e3,) * by_length]))
     error = float(np.median(np.abs(predict(fit.x) / measured - 1)))
     halves = tuple(float(v) for v in fit.x[1:4]) + ((float(fit.x[at_length]),) if by_length else ())
     return ClassFit(float(fit.x[0]) * top, halves, float(fit.x[4]) * 1e-6, error,
                     float(fit.x[5]) if strided.any() else 1.0, float(fit.x[6]) * 1e-6 if per_call else 0.0,
-                    float(fit.x[7]) if by_off else 1.0)
+                    float(fit.x[7]) if by_off else 1.0, float(fit.x[at_pass]) if by_pass else None)
 
 
 def fit_linear(samples: list[tuple[float, float]], per_op: float) -> tuple[float, float]:

@@ -15,7 +15,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from costplan.hardware.roofline import Dims, attention_dims, gemm_dims, pool_bytes, runs_im2col
+from costplan.hardware.roofline import (
+    DIRECT_TILE,
+    ConvGeometry,
+    Dims,
+    attention_dims,
+    gemm_dims,
+    pool_bytes,
+    runs_im2col,
+)
 from costplan.trace.graph import GATES, Recurrent
 from costplan.hardware.timing import Probe, timed
 from costplan.models import Instance
@@ -84,7 +92,16 @@ class Shape:
         return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=self.window,
                          depthwise=self.kind == "depthwise", strided=self.stride > 1, multiple=self.multiple,
                          part_tile_inputs=True, linear=self.kernel == 0 or self.kind == "im2col",
-                         length=math.ceil(self.spatial / self.stride) if self.ndim == 1 and self.kernel else 0.0)
+                         length=math.ceil(self.spatial / self.stride) if self.ndim == 1 and self.kernel else 0.0,
+                         geometry=self.geometry)
+
+    @property
+    def geometry(self) -> ConvGeometry | None:
+        """A direct convolution's geometry (a 1x1 one, a depthwise one and a linear layer have none)."""
+        if self.kernel <= 1 or self.kind in ("gemm", "depthwise"):
+            return None
+        out = math.ceil(self.spatial / self.stride)
+        return ConvGeometry(self.kernel, out, out if self.ndim > 1 else 1, self.batch, self.ndim)
 
     rows = property(lambda self: self.dims.rows)
     outputs = property(lambda self: self.dims.outputs)
@@ -173,6 +190,24 @@ def sample_shapes(kind: str, count: int, seed: int = 0, multiple: int = 1) -> li
         if least <= shape.macs <= 4e8 * shape.batch ** 0.5 and max(inputs, outputs) <= 4 * MAX_ACTIVATION * min(batch, 3):
             out.append(shape)
     return [replace(drawn, multiple=multiple) for drawn in out]
+
+
+def one_pass_pairs(kind: str, multiple: int) -> list[Shape]:
+    """Convolutions oneDNN runs one output tile a pass (:func:`costplan.hardware.roofline.one_tile_a_pass`),
+    each beside a twin one tile wider that runs several, as calibration adds them to the drawn ``kind``
+    (conv, conv1d) on kernels of its tile: random widths give a class none to three such shapes, too few
+    to fit the factor (:data:`costplan.hardware.fitting.LEAST_ONE_PASS`), and a twin tells it from the
+    outputs' half. None on other tiles."""
+    if multiple != DIRECT_TILE:
+        return []
+    pairs = {"conv": [((64, 112, 56, 3, 1, 1), 128), ((32, 208, 56, 3, 2, 2), 192), ((64, 176, 112, 3, 2, 1), 192)],
+             "conv1d": [((128, 112, 200, 3, 1, 16), 128), ((64, 176, 400, 3, 1, 4), 192)]}.get(kind, [])
+    ndim = 1 if kind == "conv1d" else 2
+    out = []
+    for (cin, cout, spatial, kernel, stride, batch), twin in pairs:
+        out += [Shape(kind, cin, width, spatial, kernel, stride, batch, ndim=ndim, multiple=multiple)
+                for width in (cout, twin)]
+    return out
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,9 @@ class HardwareProfile:
     # op class -> rate of a layer whose channels are off the kernels' tile over one on it (roofline.off_tile;
     # calibrated CPUs; default 1)
     off_tile: Mapping[str, float] = field(default_factory=dict)
+    # op class -> rate of a convolution run one output tile a pass over its input over one run several
+    # (roofline.one_tile_a_pass; calibrated AVX-512 CPUs; a class without one takes its leader's, else 1)
+    one_tile_pass: Mapping[str, float] = field(default_factory=dict)
     # False: a layer's weight read from DRAM adds to its time instead of hiding under its math
     # (eager CPU kernels pack or reorder their weights before computing, and in a network the
     # weights arrive cold: read at DRAM bandwidth first)
@@ -394,7 +397,8 @@ def _half_util_dims(eff: Fields) -> dict[str, tuple[float, ...]]:
 
 
 def _factors(eff: Fields, key: str) -> dict[str, float]:
-    """A per-class table of rate factors (``efficiency.strided``, ``efficiency.off_tile``)."""
+    """A per-class table of rate factors (``efficiency.strided``, ``efficiency.off_tile``,
+    ``efficiency.one_tile_pass``)."""
     table = _class_table(eff, key)
     return {k: table.number(k, positive=True, high=2.0) for k in table.data}
 
@@ -483,6 +487,7 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
         half_util_dims=half_util_dims,
         strided=_factors(eff, "strided"),
         off_tile=_factors(eff, "off_tile"),
+        one_tile_pass=_factors(eff, "one_tile_pass"),
         per_class_s=_fixed_costs(overhead, "per_class_s", COST_KINDS),
         per_call_s=_fixed_costs(overhead, "per_call_s", RECURRENT),
         rated_bandwidth=rated, calibrated=_calibrated(f, half_util_dims, rated),

@@ -259,6 +259,7 @@ class Dims:
     strided: bool = False          # a convolution with a stride over 1
     length: float = 0.0            # 1-D convolutions: output steps per sample (rows = batch x length)
     off_tile: bool = False         # channels off the kernels' tile, run with a remainder (:func:`off_tile`)
+    one_tile_pass: bool = False    # outputs one tile a pass over the input (:func:`one_tile_a_pass`)
 
 
 def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, built: bool = True) -> float:
@@ -276,7 +277,8 @@ def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, bu
 
 def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int = 1, depthwise: bool = False,
               strided: bool = False, in_keep: float = 1.0, out_keep: float = 1.0, multiple: int = 1,
-              part_tile_inputs: bool = False, linear: bool = False, length: float = 0.0) -> Dims:
+              part_tile_inputs: bool = False, linear: bool = False, length: float = 0.0,
+              geometry: ConvGeometry | None = None) -> Dims:
     """The GEMM a convolution or linear layer of ``macs`` MACs runs: rows = MACs over (outputs x
     reduction) of the dense layer; a grouped convolution's outputs and reduction are one group's, a
     depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
@@ -286,7 +288,9 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     grouped convolution unless a plan pruned them off a multiple: a GEMM's reduction ran in proportion
     to its width, its outputs 20 and 24 wide as 32 but 28 slower than 32, and padding them made the
     linear fit worse on one of two calibrations' timings (8.7% to 10.7%). ``length``: a 1-D
-    convolution's output steps per sample, kept unless it runs as im2col and a GEMM (``linear``)."""
+    convolution's output steps per sample, kept unless it runs as im2col and a GEMM (``linear``).
+    ``geometry``: an ungrouped direct convolution's, to tell whether it runs one output tile a pass
+    (:func:`one_tile_a_pass`)."""
     length = 0.0 if linear else length
     if depthwise:
         channels = cout * in_keep
@@ -296,9 +300,11 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     built = groups == 1 and not linear
     padded_out = _padded(outputs, cout, multiple, built=built)
     padded_in = _padded(inputs, cin, multiple, part_tile_inputs, built=built)
+    one_pass = (geometry is not None and groups == 1 and not linear
+                and one_tile_a_pass(geometry, padded_out, padded_in, strided, multiple))
     return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
                 padded_out * padded_in / (outputs * inputs), strided=strided, length=length,
-                off_tile=padded_out - outputs > 1e-6 or padded_in - inputs > 1e-6)
+                off_tile=padded_out - outputs > 1e-6 or padded_in - inputs > 1e-6, one_tile_pass=one_pass)
 
 
 def off_tile(channels: float, multiple: int) -> bool:
@@ -309,6 +315,47 @@ def off_tile(channels: float, multiple: int) -> bool:
     1.95-2.14x the time of 80, of 136 1.64-2.4x that of 144; 1x1 convolutions 136 wide, in or out, ran
     1.19-1.22x those 144 wide, where padding says 1.06x."""
     return multiple > 1 and abs(channels / multiple - round(channels / multiple)) > 1e-6
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What oneDNN's direct convolution picks its kernel by: the window's width (its last dimension),
+    the output's width and height (1 for a 1-D convolution), the batch and the spatial dimensions."""
+
+    window_w: int
+    out_w: int
+    out_h: int
+    batch: int
+    ndim: int
+
+
+# oneDNN's direct AVX-512 float32 convolution computes up to this many output tiles in one pass over
+# its input (jit_avx512_common_conv_kernel.cpp, init_conf: max_nb_oc = 5, nb_oc_blocking a divisor)
+MOST_TILES_A_PASS = 5
+DIRECT_TILE = 16     # the float32 lanes of that kernel's tile; no other ISA's rule was seen
+
+
+def one_tile_a_pass(geometry: ConvGeometry, outputs: float, inputs: float, strided: bool, multiple: int) -> bool:
+    """Whether oneDNN's direct AVX-512 convolution (tile ``multiple`` = 16) runs this layer one output
+    tile a pass over its input: its explicit-broadcast kernel, the one init_conf takes unless the window
+    is wider than 3 or a 3-wide one writes rows of at most 28 (its L1 test fails for 3-D windows; a
+    strided one also needs at most 16 samples and 192 outputs or 10 rows; one sample takes it at rows
+    of at most 28, a first layer's part-tile input, or rows of at most 147 and 96 outputs), over a tile
+    count (``outputs`` / 16, padded) with no divisor from 2 to 5. On an AVX-512 EPYC such layers (112,
+    176, 208 or 272 outputs) ran at 0.74-0.80 of their neighbours' rate, in 1-D, 2-D and 3-D, so that
+    112 outputs took longer than 128; with the other kernel, or at 96, 128, 144 or 224, no step."""
+    if multiple != DIRECT_TILE:
+        return False
+    tiles = round(outputs / multiple)
+    if tiles < 2 or any(tiles % d == 0 for d in range(2, MOST_TILES_A_PASS + 1)):
+        return False
+    g = geometry
+    fits_l1 = (g.window_w == 3 and g.out_w <= 28 and g.ndim < 3 and not (g.out_w == 13 and inputs >= 192)
+               and not (g.out_w == 28 and inputs >= 512))
+    broadcast_weights = (g.window_w > 3 or (not strided and fits_l1)
+                         or (strided and g.batch <= 16 and (outputs <= 192 or g.out_h <= 10) and fits_l1)
+                         or (g.batch == 1 and (g.out_w <= 28 or inputs < multiple or (g.out_w <= 147 and outputs <= 96))))
+    return not broadcast_weights
 
 
 def attention_dims(macs: float, keys: int, qk_width: int, v_width: int, in_keep: float = 1.0) -> Dims:
@@ -346,7 +393,7 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool
                          depthwise=layer.depthwise, strided=any(v > 1 for v in layer.stride),
                          in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
                          part_tile_inputs=part_tile_inputs, linear=im2col,
-                         length=float(layer.out_shapes[0][-1]) if one_d else 0.0)
+                         length=float(layer.out_shapes[0][-1]) if one_d else 0.0, geometry=conv_geometry(layer))
     if layer.linear_features:
         cin, cout = layer.linear_features
         return gemm_dims(layer.macs, cin, cout, in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
@@ -354,16 +401,30 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool
     return None
 
 
+def conv_geometry(layer: Layer) -> ConvGeometry | None:
+    """A direct convolution's :class:`ConvGeometry`; None for a 1x1 (oneDNN runs those with a kernel
+    of its own) or transposed one, or one without a traced output shape."""
+    kernel = layer.kernel_size
+    out = layer.out_shapes[0] if layer.out_shapes else ()
+    if not kernel or all(k == 1 for k in kernel) or layer.conv_transposed or len(out) != len(kernel) + 2:
+        return None
+    return ConvGeometry(int(kernel[-1]), int(out[-1]), int(out[-2]) if len(kernel) > 1 else 1, int(out[0]),
+                        len(kernel))
+
+
 def utilisation(macs: float, shape: Dims | None, klass: str, profile: HardwareProfile) -> float:
     """Share of the class's plateau rate an op attains: per GEMM dimension where the profile
     gives ``half_util_dims`` and the layer has a shape (times its ``strided`` factor for a strided
-    convolution, its ``off_tile`` factor for channels off the kernels' tile, and, where the class
+    convolution, its ``off_tile`` factor for channels off the kernels' tile, its ``one_tile_pass``
+    factor for a convolution run one output tile a pass (:func:`one_tile_a_pass`), and, where the class
     has a fourth figure, a 1-D convolution's by its steps per sample), else by its MAC count."""
     halves = profile.class_figure(profile.half_util_dims, klass)
     if halves is not None and shape is not None:
         u = profile.class_figure(profile.strided, klass, 1.0) if shape.strided else 1.0
         if shape.off_tile:
             u *= profile.class_figure(profile.off_tile, klass, 1.0)
+        if shape.one_tile_pass:
+            u *= profile.class_figure(profile.one_tile_pass, klass, 1.0)
         for size, half in zip((shape.rows, shape.outputs, shape.reduction), halves):
             u *= size / (size + half) if size > 0 else 0.0
         if len(halves) > 3 and shape.length > 0:
@@ -755,7 +816,11 @@ PREDATED_TERMS = {"conv1d_steps": "a 1-D convolution's steps per sample",
                   "layout_reorders": "a convolution's layout reorders through DRAM (its input converted to "
                                      "oneDNN's blocked layout and its output back)",
                   "off_tile": "the rate of a convolution whose channels are off the kernels' tile (a depthwise "
-                              "one of 72 channels ran 2x one of 80)"}
+                              "one of 72 channels ran 2x one of 80)",
+                  "one_tile_pass": "the rate of a convolution run one output tile a pass (one of 112 outputs "
+                                   "ran longer than one of 128)"}
+# the classes of convolutions oneDNN runs with its direct kernel, which may run one output tile a pass
+DIRECT_CLASSES = frozenset({"conv", "conv1d", "conv3d"})
 
 
 def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[str, str],
@@ -764,7 +829,8 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
     lacks though it timed the layers' kind: written before costplan fitted it, the profile prices them
     without it (a fourth 'conv1d' figure in ``half_util_dims``; ``norm_plane_s``, 0 where fitted so;
     ``layout_reorders``, whose lack its fits absorbed for tensors in cache, not for those through DRAM;
-    an ``off_tile`` factor for the layer's class, which calibration writes for every class it draws).
+    an ``off_tile`` factor for the layer's class, which calibration writes for every class it draws; a
+    ``one_tile_pass`` factor for its class or the class it follows, written where calibration timed such layers).
     ``kinds``: each layer's cost kind as its estimate priced it; ``effective``: its plan entry."""
     if not profile.calibrated:
         return {}
@@ -772,7 +838,9 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
     lacks = {"conv1d_steps": "conv1d" in profile.calibrated and halves is not None and len(halves) < 4,
              "norm_planes": "norm" in profile.calibrated and profile.norm_plane_s is None,
              "layout_reorders": bool(REORDERED & set(profile.calibrated)) and not profile.layout_reorders,
-             "off_tile": bool(REORDERED & set(profile.calibrated) - set(profile.off_tile))}
+             "off_tile": bool(REORDERED & set(profile.calibrated) - set(profile.off_tile)),
+             "one_tile_pass": any(k in profile.calibrated and profile.class_figure(profile.one_tile_pass, k) is None
+                                  for k in DIRECT_CLASSES)}
     if not any(lacks.values()):     # every profile calibrated since: no walk over the layers per estimate
         return {}
     out: dict[str, list[str]] = {}
@@ -789,5 +857,10 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
             shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile))
             if shape is not None and shape.off_tile:
                 out.setdefault("off_tile", []).append(layer.name)
+        if (lacks["one_tile_pass"] and kind in DIRECT_CLASSES and kind in profile.calibrated
+                and profile.class_figure(profile.one_tile_pass, kind) is None):
+            shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile))
+            if shape is not None and shape.one_tile_pass:
+                out.setdefault("one_tile_pass", []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
 

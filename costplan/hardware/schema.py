@@ -63,7 +63,8 @@ SCALARS: tuple[Field, ...] = (
 
 # figures kept per op class (or rated kind) in an inline table: (key, profile attribute, scale)
 CLASS_TABLES = (("overhead.per_class_us", "per_class_s", 1e-6), ("overhead.per_call_us", "per_call_s", 1e-6),
-                ("efficiency.strided", "strided", 1.0), ("efficiency.off_tile", "off_tile", 1.0))
+                ("efficiency.strided", "strided", 1.0), ("efficiency.off_tile", "off_tile", 1.0),
+                ("efficiency.one_tile_pass", "one_tile_pass", 1.0))
 PEAK_SCALE = 1e12 / 2      # file: TFLOPS (vendors quote FLOPS = 2 x MACs); profile: MAC/s
 RATED_SCALE = 1e9          # memory.<kind>_gbs -> bytes/s
 
