@@ -237,6 +237,43 @@ def test_loading_a_file_built_model_needs_trust(tmp_path) -> None:
     assert isinstance(costplan.load(tmp_path / "m.pt", trust_code=True), torch.nn.Linear)
 
 
+def test_a_saved_text_model_runs_on_its_factorys_token_ids(tmp_path) -> None:
+    """A file saved from a factory whose example is token ids is rebuilt with that example (ids in its
+    vocabulary, int64), not with floats of the recorded shape, which an embedding refuses: `measure A B`
+    of the text CNN against its pruned file raised an internal error. Given another shape at pruning,
+    the recorded shape serves."""
+    from costplan.models import load_saved_instance, resolve
+
+    (tmp_path / "net.py").write_text(
+        "import torch\n"
+        "def build():\n    torch.manual_seed(0)\n"
+        "    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Flatten(), torch.nn.Linear(24, 2))\n"
+        "    return model, torch.randint(0, 50, (4, 3))\n")
+    spec = f"{tmp_path / 'net.py'}:build"
+    factory = resolve(spec).build("cpu")
+    model, ids = factory.module, factory.args[0]
+    costplan.save(costplan.prune(model, Plan.from_dict({"layers": {}}), example_inputs=(ids,), source=spec), tmp_path / "m.pt")
+    built = load_saved_instance(tmp_path / "m.pt", trust_code=True)
+    assert built.args[0].dtype == torch.int64 and torch.equal(built.args[0], ids)
+    instance = resolve(str(tmp_path / "m.pt"), trust=True).build("cpu")
+    with torch.no_grad():
+        assert torch.equal(instance.module(*instance.args), model(ids))
+    costplan.save(costplan.prune(model, Plan.from_dict({"layers": {}}), example_inputs=(ids[:2],), source=spec), tmp_path / "m2.pt")
+    assert load_saved_instance(tmp_path / "m2.pt", trust_code=True).args[0].shape == (2, 3)
+
+
+@pytest.mark.slow   # builds DistilBERT twice
+def test_a_saved_hf_model_runs_on_token_ids(tmp_path) -> None:
+    """A pruned HF model saved to a file is rebuilt with token ids of its recorded shape (int64), as its
+    resolver builds them: before, the file's inputs were floats of that shape, which its embedding refused,
+    so neither `measure` nor `analyze` could run the file."""
+    from costplan.models import load_saved_instance
+
+    costplan.save(costplan.prune("hf:distilbert", Plan.from_dict({"layers": {}})), tmp_path / "db.pt")
+    ids = load_saved_instance(tmp_path / "db.pt").kwargs["input_ids"]
+    assert ids.dtype == torch.int64 and ids.shape == (1, 128)
+
+
 # ---- bad input, before any weight is touched -----------------------------------------------------
 
 @pytest.mark.parametrize("layers, message", [

@@ -120,7 +120,7 @@ def _resolve(spec: str, input_shapes: Sequence[Shape] | None, batch: int | None,
              seq_len: int | None, trust: bool) -> ModelSource:
     if files.looks_like_file(spec):
         shapes = _with_batch(input_shapes, batch) if input_shapes else None
-        return files.source(spec, input_shapes=shapes, batch=batch, trust=trust, load_saved=load_saved)
+        return files.source(spec, input_shapes=shapes, batch=batch, trust=trust, load_saved=load_saved_instance)
     if spec in vision.names():
         shapes = input_shapes or vision.default_inputs(spec)
         return vision.source(spec, _with_batch(shapes, batch if batch is not None else
@@ -170,8 +170,30 @@ def _weights_on_meta() -> Iterator[None]:
 
 def load_saved(path: str | os.PathLike[str], *, trust_code: bool = False) -> torch.nn.Module:
     """Rebuild a model ``costplan.save`` wrote (:func:`costplan.models.saved.load`), its spec built here."""
-    return saved.load(path, trust_code=trust_code,
-                      build=lambda spec, shapes: instantiate(resolve(spec, input_shapes=shapes), "cpu").module)
+    return load_saved_instance(path, trust_code=trust_code).module
 
 
-__all__ = ["load_saved", "Instance", "ModelSource", "instantiate", "parse_shapes", "resolve"]
+def load_saved_instance(path: str | os.PathLike[str], *, trust_code: bool = False) -> Instance:
+    """A model ``costplan.save`` wrote, rebuilt, with the input its source runs on (:func:`rebuild`)."""
+    return saved.load(path, trust_code=trust_code, build=rebuild)
+
+
+def rebuild(spec: str, shapes: Sequence[Shape] | None) -> Instance:
+    """``spec``'s architecture on the CPU, with the input a file costplan saved from it runs on: a
+    factory's own example where its tensors have the recorded ``shapes`` (its dtypes and values: a
+    text model's token ids stay ids in its vocabulary, where inputs built from the shapes alone are
+    floats it cannot embed), else inputs of those shapes as ``spec``'s resolver builds them (an HF
+    model's token ids among them)."""
+    if ".py:" in spec:
+        try:
+            own = instantiate(resolve(spec), "cpu")
+        except CostplanError:     # a factory without an example input: the recorded shapes serve
+            own = None
+        if own is not None and (not shapes or [tuple(t.shape) for t in own.args if isinstance(t, torch.Tensor)]
+                                == [tuple(s) for s in shapes]):
+            return own
+    return instantiate(resolve(spec, input_shapes=shapes), "cpu")
+
+
+__all__ = ["load_saved", "load_saved_instance", "Instance", "ModelSource", "instantiate", "parse_shapes", "rebuild",
+           "resolve"]

@@ -22,7 +22,7 @@ from costplan.models.source import Instance, ModelSource, example_input
 from costplan.models.vision import heads_as_given
 
 Shape = tuple[int, ...]
-LoadSaved = Callable[..., torch.nn.Module]   # models.load_saved: rebuilds a file costplan.save wrote
+LoadSaved = Callable[..., Instance]   # models.load_saved_instance: rebuilds a file costplan.save wrote
 SAVED_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".jit", ".bin", ".pkl")
 
 
@@ -100,9 +100,8 @@ def _load_saved(path: str, trust: bool, load_saved: LoadSaved) -> tuple[torch.nn
     if isinstance(obj, torch.nn.Module):
         return obj, None
     if isinstance(obj, dict) and str(obj.get("costplan", "")).startswith("costplan-model/"):
-        model = load_saved(path, trust_code=trust)    # a model costplan pruned: rebuilt, no pickle
-        shapes = provenance(model).input  # type: ignore[union-attr]
-        return model, _inputs(shapes, "cpu") or None
+        built = load_saved(path, trust_code=trust)    # a model costplan pruned: rebuilt, no pickle
+        return built.module, (built.args, built.kwargs)
     if isinstance(obj, dict):
         raise CostplanError(f"{path} holds weights only (a state_dict), not an architecture; give the "
                             "architecture as file.py:factory")

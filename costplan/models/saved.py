@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from costplan.errors import CostplanError
+from costplan.models.source import Instance
 from costplan.modules import apply_edits
 
 FORMAT = "costplan-model/2"
@@ -50,11 +51,12 @@ def provenance(model: nn.Module) -> Provenance | None:
     return found if isinstance(found, Provenance) else None
 
 
-def load(path: str | os.PathLike[str], *, build: Callable[[str, Sequence[Sequence[int]] | None], nn.Module],
-         trust_code: bool = False) -> nn.Module:
-    """Rebuild a model ``costplan.save`` wrote, ``build(spec, input_shapes)`` building its original
-    architecture (:func:`costplan.models.load_saved` gives the resolver). A model built by a user's
-    ``file.py:factory`` runs that file: pass ``trust_code=True`` to allow it."""
+def load(path: str | os.PathLike[str], *, build: Callable[[str, Sequence[Sequence[int]] | None], Instance],
+         trust_code: bool = False) -> Instance:
+    """Rebuild a model ``costplan.save`` wrote and the input its source runs on, ``build(spec,
+    input_shapes)`` building its original architecture and input (:func:`costplan.models.load_saved_instance`
+    gives the resolver). A model built by a user's ``file.py:factory`` runs that file: pass
+    ``trust_code=True`` to allow it."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -69,7 +71,8 @@ def load(path: str | os.PathLike[str], *, build: Callable[[str, Sequence[Sequenc
         raise CostplanError(f"{path} is rebuilt by running {spec.split(':')[0]}; pass trust_code=True "
                             "(--trust-code on the command line) if you trust that file")
     shapes = tuple(tuple(s) for s in description.get("input") or []) if ".py:" in spec else None
-    model = build(spec, shapes or None)
+    built = build(spec, shapes or None)
+    model = built.module
     apply_edits(model, description["edits"], payload["state_dict"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
@@ -77,4 +80,4 @@ def load(path: str | os.PathLike[str], *, build: Callable[[str, Sequence[Sequenc
         raise CostplanError(f"{path}: weights do not fit the rebuilt {spec}: {str(exc).splitlines()[0]}") from None
     Provenance(spec, description["edits"], tuple(tuple(s) for s in description.get("input") or ()),
                description.get("plan"), bool(description.get("compacted"))).attach(model)
-    return model.eval()
+    return replace(built, module=model.eval())
