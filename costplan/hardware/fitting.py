@@ -115,7 +115,7 @@ def _fit(shapes: Sequence[Shape | AttentionShape | RecurrentShape], seconds: Seq
     length = np.array([s.dims.length for s in shapes], dtype=float)
     off = np.array([s.dims.off_tile for s in shapes], dtype=bool)
     by_off = bool(off.any())
-    one_pass = np.array([getattr(s.dims, "one_tile_pass", False) for s in shapes], dtype=bool)
+    one_pass = np.array([s.dims.one_tile_pass for s in shapes], dtype=bool)
     by_pass = int(one_pass.sum()) >= LEAST_ONE_PASS
     # the parameters: rate, 3 halves, fixed, strided, per call[, off tile][, one tile a pass][, length]
     at_pass = 7 + by_off
