@@ -145,6 +145,22 @@ def test_calibration_fit_recovers_known_parameters() -> None:
     assert fit_class(shapes, list(timed), memory, per_op=5e-6).strided == pytest.approx(0.8, rel=0.05)
 
 
+def timed_by_the_model(shapes, rate: float, halves: tuple[float, float, float], slow, factor: float):  # noqa: ANN001, ANN201
+    """Shapes timed by the class model itself (5 us per op, 30 us fixed, memory at 20 GB/s in DRAM and
+    40 in a 32 MB cache): (memory seconds, seconds all at ``rate``, seconds with the ``slow`` ones at
+    ``factor`` of it)."""
+    import numpy as np
+
+    from costplan.hardware.fitting import _memory_seconds
+
+    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
+    u = np.array([s.rows / (s.rows + halves[0]) * s.outputs / (s.outputs + halves[1])
+                  * s.reduction / (s.reduction + halves[2]) for s in shapes])
+    math_s = np.array([s.macs for s in shapes]) / (rate * u)
+    return (memory, np.maximum(math_s, memory) + 5e-6 + 30e-6,
+            np.maximum(math_s / np.where(slow, factor, 1.0), memory) + 5e-6 + 30e-6)
+
+
 def test_a_depthwise_fit_finds_the_rate_of_channels_off_the_tile() -> None:
     """Depthwise convolutions drawn on a tile of 16 (both kinds among the draws), timed by the model
     itself, those off the tile at 0.55 of the rate (72 against 80 channels ran 2x here): the fit finds
@@ -152,16 +168,13 @@ def test_a_depthwise_fit_finds_the_rate_of_channels_off_the_tile() -> None:
     those off it fast. Timings that treat them alike give a factor of 1."""
     import numpy as np
 
-    from costplan.hardware.fitting import _memory_seconds, fit_class
+    from costplan.hardware.fitting import fit_class
     from costplan.hardware.probes import sample_shapes
 
     shapes = sample_shapes("depthwise", 48, seed=3, multiple=16)
     off = np.array([s.dims.off_tile for s in shapes])
     assert 10 <= off.sum() <= 38 and all(s.dims.off_tile == bool(s.cout % 16) for s in shapes)
-    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
-    u = np.array([s.rows / (s.rows + 40) * s.outputs / (s.outputs + 4) * s.reduction / (s.reduction + 60) for s in shapes])
-    alike = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u), memory) + 5e-6 + 30e-6
-    timed = np.maximum(np.array([s.macs for s in shapes]) / (50e9 * u) / np.where(off, 0.55, 1.0), memory) + 5e-6 + 30e-6
+    memory, alike, timed = timed_by_the_model(shapes, 50e9, (40, 4, 60), off, 0.55)
     fit = fit_class(shapes, list(timed), memory, per_op=5e-6)
     assert fit.off_tile == pytest.approx(0.55, rel=0.05) and fit.median_error < 0.03
     assert fit_class(shapes, list(alike), memory, per_op=5e-6).off_tile == pytest.approx(1.0, abs=0.03)
@@ -174,17 +187,14 @@ def test_a_convolution_fit_finds_the_rate_of_one_output_tile_a_pass() -> None:
     pairs the class fits no factor of its own (None: it takes its leader's)."""
     import numpy as np
 
-    from costplan.hardware.fitting import _memory_seconds, fit_class
+    from costplan.hardware.fitting import fit_class
     from costplan.hardware.probes import one_pass_pairs, sample_shapes
 
     drawn = sample_shapes("conv", 48, seed=1, multiple=16)
     shapes = drawn + one_pass_pairs("conv", 16)
     flagged = np.array([s.dims.one_tile_pass for s in shapes])
     assert flagged.sum() == 3 and not flagged[:len(drawn)].any() and not one_pass_pairs("conv", 8)
-    memory = _memory_seconds(shapes, 20e9, 40e9, 32e6)
-    u = np.array([s.rows / (s.rows + 40) * s.outputs / (s.outputs + 8) * s.reduction / (s.reduction + 20) for s in shapes])
-    alike = np.maximum(np.array([s.macs for s in shapes]) / (100e9 * u), memory) + 5e-6 + 30e-6
-    timed = np.maximum(np.array([s.macs for s in shapes]) / (100e9 * u) / np.where(flagged, 0.75, 1.0), memory) + 5e-6 + 30e-6
+    memory, alike, timed = timed_by_the_model(shapes, 100e9, (40, 8, 20), flagged, 0.75)
     fit = fit_class(shapes, list(timed), memory, per_op=5e-6)
     assert fit.one_tile_pass == pytest.approx(0.75, rel=0.03) and fit.median_error < 0.05
     assert fit_class(shapes, list(alike), memory, per_op=5e-6).one_tile_pass == pytest.approx(1.0, abs=0.03)
