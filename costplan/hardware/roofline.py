@@ -839,8 +839,9 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
              "norm_planes": "norm" in profile.calibrated and profile.norm_plane_s is None,
              "layout_reorders": bool(REORDERED & set(profile.calibrated)) and not profile.layout_reorders,
              "off_tile": bool(REORDERED & set(profile.calibrated) - set(profile.off_tile)),
-             "one_tile_pass": any(k in profile.calibrated and profile.class_figure(profile.one_tile_pass, k) is None
-                                  for k in DIRECT_CLASSES)}
+             # only on the direct kernel's tile can a layer run one tile a pass, or a profile lack its factor
+             "one_tile_pass": profile.channel_multiple == DIRECT_TILE and any(
+                 k in profile.calibrated and profile.class_figure(profile.one_tile_pass, k) is None for k in DIRECT_CLASSES)}
     if not any(lacks.values()):     # every profile calibrated since: no walk over the layers per estimate
         return {}
     out: dict[str, list[str]] = {}
