@@ -96,6 +96,28 @@ def test_channels_off_the_tile_run_at_their_factor_of_the_rate() -> None:
     assert plain.off_tile == {} and off.off_tile == {"depthwise": 0.5, "pointwise": 0.8}
 
 
+def test_a_1x1_convolution_runs_channels_under_one_tile_as_a_whole_tile() -> None:
+    """On a CPU of tile 16 a 3x3 convolution reads 8 input channels unpadded (half the math of 16), but
+    oneDNN's 1x1 kernel reads and writes whole tiles: 8 to 8 channels over 8 x 28 x 28 ran 137 us against
+    88 us for 16 to 16, 64 to 8 as 64 to 16. So a 1x1 of 8 to 8, built so or cut from 16 by a plan, is
+    priced as 16 to 16, and a plan halving a 1x1's 16 inputs saves it nothing."""
+    from torch.nn import Conv2d
+
+    cpu = parse_profile({**TOY, "kind": "cpu", "channel_multiple": 16,
+                         "efficiency": {"conv": 0.5, "pointwise": 0.5,
+                                        "half_util_dims": {"conv": [0, 0, 0], "pointwise": [0, 0, 0]}}}, "toy")
+
+    def compute_s(module: Conv2d, in_keep: float = 1.0) -> float:
+        layer = load_graph(module, input=f"8x{module.in_channels}x28x28").layers[0]
+        eff = Effective(layer.macs * in_keep, layer.params * in_keep, in_keep=in_keep)
+        return layer_latency(layer, eff, cpu, "float32").compute_s
+
+    assert compute_s(Conv2d(8, 8, 1)) == pytest.approx(compute_s(Conv2d(16, 16, 1)))
+    assert compute_s(Conv2d(64, 8, 1)) == pytest.approx(compute_s(Conv2d(64, 16, 1)))
+    assert compute_s(Conv2d(16, 16, 1), in_keep=0.5) == pytest.approx(compute_s(Conv2d(16, 16, 1)))
+    assert compute_s(Conv2d(8, 16, 3, padding=1)) == pytest.approx(compute_s(Conv2d(16, 16, 3, padding=1)) / 2)
+
+
 def test_which_convolutions_onednn_runs_one_output_tile_a_pass() -> None:
     """oneDNN's AVX-512 init_conf, by hand: its explicit-broadcast kernel (windows up to 3 wide over rows
     longer than 28, or any 3-D window but for one sample over short rows) with a tile count of 7, 11 or

@@ -262,14 +262,18 @@ class Dims:
     one_tile_pass: bool = False    # outputs one tile a pass over the input (:func:`one_tile_a_pass`)
 
 
-def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, built: bool = True) -> float:
+def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, built: bool = True,
+            whole: bool = False) -> float:
     """Kernels tile channels by ``multiple``: a width of at least one tile runs as the next multiple
     up, whether a plan pruned it there or the layer was built so (oneDNN on AVX-512 ran 1-D and 2-D
     convolutions of 20, 24 and 28 channels as slowly as of 32, and of 40 as of 48). With ``built``
     False only a width pruned off a multiple is padded. Under one tile, a dense width that never was
-    a multiple (an RGB input) keeps its own kernel, as, with ``part_tile``, does any."""
+    a multiple (an RGB input) keeps its own kernel, as, with ``part_tile``, does any; with ``whole``
+    (oneDNN's 1x1 kernel) none does."""
     if multiple <= 1:
         return width
+    if whole and width < multiple:
+        return float(multiple)
     if (width < multiple and (part_tile or dense % multiple)) or (not built and dense % multiple):
         return width
     return math.ceil(round(width, 6) / multiple) * multiple
@@ -290,7 +294,8 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     linear fit worse on one of two calibrations' timings (8.7% to 10.7%). ``length``: a 1-D
     convolution's output steps per sample, kept unless it runs as im2col and a GEMM (``linear``).
     ``geometry``: an ungrouped direct convolution's, to tell whether it runs one output tile a pass
-    (:func:`one_tile_a_pass`)."""
+    (:func:`one_tile_a_pass`). An ungrouped 1x1 convolution on kernels that read part tiles runs widths
+    under one tile as a whole one, in and out (:func:`reads_part_tiles`)."""
     length = 0.0 if linear else length
     if depthwise:
         channels = cout * in_keep
@@ -298,8 +303,9 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
                     off_tile=off_tile(channels, multiple))
     outputs, inputs = cout * out_keep, cin * in_keep
     built = groups == 1 and not linear
-    padded_out = _padded(outputs, cout, multiple, built=built)
-    padded_in = _padded(inputs, cin, multiple, part_tile_inputs, built=built)
+    whole = part_tile_inputs and built and window == 1    # oneDNN's 1x1 kernel reads and writes whole tiles
+    padded_out = _padded(outputs, cout, multiple, built=built, whole=whole)
+    padded_in = _padded(inputs, cin, multiple, part_tile_inputs and not whole, built=built, whole=whole)
     one_pass = (geometry is not None and groups == 1 and not linear
                 and one_tile_a_pass(geometry, padded_out, padded_in, strided, multiple))
     return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
@@ -368,8 +374,11 @@ def reads_part_tiles(profile: HardwareProfile) -> bool:
     """Whether ``profile``'s kernels read fewer input channels than one tile unpadded: CPUs' do
     (oneDNN reads them plain, as an RGB stem's; on an AVX-512 EPYC 1-D convolutions reading 8 of 32
     channels ran in 83 us against 108 us for 16, 2-D ones 8 to 8 channels in 53 us against 103 us
-    for 16 to 16, while 8 of 32 outputs ran as 16). GPUs' tensor cores want whole tiles on both
-    sides of a GEMM. The roofline prices such inputs so, and the planner offers half a tile on them."""
+    for 16 to 16, while 8 of 32 outputs ran as 16). Not a 1x1 convolution's: oneDNN's 1x1 kernel
+    reads and writes whole tiles, and over 8 x 28 x 28 ran 8 to 8 channels in 137 us against 88 us for
+    16 to 16, 8 to 64 in 204 us against 167 us, 64 to 8 as 64 to 16 (:func:`gemm_dims`). GPUs' tensor
+    cores want whole tiles on both sides of a GEMM. The roofline prices such inputs so, and the planner
+    offers half a tile on them."""
     return profile.kind == "cpu"
 
 
