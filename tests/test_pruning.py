@@ -260,6 +260,17 @@ def test_a_saved_text_model_runs_on_its_factorys_token_ids(tmp_path) -> None:
         assert torch.equal(instance.module(*instance.args), model(ids))
     costplan.save(costplan.prune(model, Plan.from_dict({"layers": {}}), example_inputs=(ids[:2],), source=spec), tmp_path / "m2.pt")
     assert load_saved_instance(tmp_path / "m2.pt", trust_code=True).args[0].shape == (2, 3)
+    # a factory whose example is keyword inputs: its ids are found there too
+    (tmp_path / "kw.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.e = torch.nn.Embedding(50, 8)\n"
+        "    def forward(self, input_ids):\n        return self.e(input_ids)\n"
+        "def build():\n    torch.manual_seed(0)\n    return Net(), {'input_ids': torch.randint(0, 50, (4, 3))}\n")
+    kw = f"{tmp_path / 'kw.py'}:build"
+    net = resolve(kw).build("cpu")
+    costplan.save(costplan.prune(kw, Plan.from_dict({"layers": {}})), tmp_path / "kw.pt")
+    assert torch.equal(load_saved_instance(tmp_path / "kw.pt", trust_code=True).kwargs["input_ids"], net.kwargs["input_ids"])
 
 
 @pytest.mark.slow   # builds DistilBERT twice

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from costplan.spellings import parse_shapes, torch_dtype
 from costplan.errors import CostplanError, close_names
@@ -189,8 +190,9 @@ def rebuild(spec: str, shapes: Sequence[Shape] | None) -> Instance:
             own = instantiate(resolve(spec), "cpu")
         except CostplanError:     # a factory without an example input: the recorded shapes serve
             own = None
-        if own is not None and (not shapes or [tuple(t.shape) for t in own.args if isinstance(t, torch.Tensor)]
-                                == [tuple(s) for s in shapes]):
+        # the shapes were recorded from the trace's inputs, positional and keyword, flattened alike
+        tensors = [t for t in tree_leaves((own.args, own.kwargs)) if isinstance(t, torch.Tensor)] if own else []
+        if own is not None and (not shapes or [tuple(t.shape) for t in tensors] == [tuple(s) for s in shapes]):
             return own
     return instantiate(resolve(spec, input_shapes=shapes), "cpu")
 
