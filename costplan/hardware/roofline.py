@@ -42,6 +42,12 @@ class LayerLatency:
     kind: str                      # what it was priced as (kind_of: an op class or a rated memory kind)
     sparse_path: bool = False      # whether the device's sparse kernel beat its dense one
 
+    @property
+    def fixed_s(self) -> float:
+        """Seconds of the latency that pruning cannot remove: the layer's fixed costs (dispatch, launch,
+        a kernel's setup), all of it where they set it."""
+        return min(self.overhead_s, self.latency_s)
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -96,6 +102,14 @@ class Estimate:
         """The share of the latency in layers bound by per-op overhead (dispatch and launch)."""
         total = self.latency_s
         return sum(l.latency_s for l in self.layers.values() if l.bound == "overhead") / total if total > 0 else 0.0
+
+    @property
+    def fixed_share(self) -> float:
+        """The share of the latency that pruning cannot remove (:attr:`LayerLatency.fixed_s`). Not
+        :attr:`overhead_share`: on a CPU a convolution's setup adds to its math, and a layer bound by it
+        still shrinks when pruned."""
+        total = self.latency_s
+        return sum(l.fixed_s for l in self.layers.values()) / total if total > 0 else 0.0
 
     @property
     def energy_j(self) -> float | None:

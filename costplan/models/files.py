@@ -66,6 +66,10 @@ def load_callable(path: str, name: str):  # noqa: ANN202
         raise CostplanError(f"cannot import {path} as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    # as `python FILE.py` does, so that the file imports modules beside it (a benchmark its helpers)
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code: report it, whatever it raised

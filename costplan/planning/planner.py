@@ -383,8 +383,8 @@ def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choi
     cap where structured groups sit at it with time pruning can shrink (N:M is fixed at its own
     share), patterns the device exploits that were left out, the layers kept dense, and, where per-op
     overhead dominates, a runtime with less of it."""
-    def shrinkable(names: Sequence[str]) -> float:   # share of the time that is compute- or memory-bound
-        return sum(est.layers[n].latency_s for n in names if est.layers[n].bound in ("compute", "memory")) / est.latency_s
+    def shrinkable(names: Sequence[str]) -> float:   # share of the time that pruning these layers can remove
+        return sum(est.layers[n].latency_s - est.layers[n].fixed_s for n in names) / est.latency_s
 
     levers = ["raise the budget"]
     capped = [u for u, k in zip(units, choice) if u.options[k].structured
@@ -397,10 +397,11 @@ def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choi
     if shrinkable(dense_layers) > 0.1:
         levers.append(f"prune the layers kept dense ({shrinkable(dense_layers):.0%} of the time; --prune-ends, "
                       "fewer --exclude)")
-    overhead = est.overhead_share
+    overhead = est.fixed_share
     if overhead > 0.3:
         lighter = [name for name, runtime in profile.runtimes.items() if runtime.per_op_s < profile.per_op_s]
-        levers.append(f"{overhead:.0%} of the time is per-op overhead, which pruning does not remove: "
+        levers.append(f"{overhead:.0%} of the time is per-op overhead (dispatch, launch, a kernel's setup), which "
+                      "pruning does not remove: "
                       + (f"a runtime with less of it (--runtime {', '.join(lighter)}) or " if lighter else "")
                       + "a larger batch")
     return levers[0][0].upper() + "; ".join(levers)[1:] + "."
