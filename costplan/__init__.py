@@ -39,6 +39,7 @@ _EXPORTS = {
     "save_plan": "costplan.planfile",
     "parse_pattern": "costplan.planfile",
     "CostplanError": "costplan.errors",
+    "BudgetOutOfReach": "costplan.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

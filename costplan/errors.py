@@ -14,6 +14,16 @@ class CostplanError(Exception):
     """
 
 
+class BudgetOutOfReach(CostplanError):
+    """A budget below the lowest latency the allowed pruning reaches: ``floor_s``, that latency, and
+    ``dense_s``, the dense model's (seconds, as the planner predicts them), so that a script can ask
+    for what can be reached."""
+
+    def __init__(self, message: str, floor_s: float, dense_s: float) -> None:
+        super().__init__(message)
+        self.floor_s, self.dense_s = floor_s, dense_s
+
+
 def close_names(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """' Did you mean a, b?' for the candidates closest to ``name``, or '' when none is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)

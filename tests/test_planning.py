@@ -268,8 +268,13 @@ def test_spends_sparsity_only_where_the_device_turns_it_into_time(resnet50_graph
 
 
 def test_unreachable_budget_says_what_is_reachable(resnet50_graph) -> None:
-    with pytest.raises(CostplanError, match=r"lowest latency reachable .* is \d+\.\d+ ms"):
+    """The refusal names the floor, in words and as a figure a script can ask for, and it is reached."""
+    with pytest.raises(costplan.BudgetOutOfReach, match=r"lowest latency reachable .* is \d+\.\d+ ms") as refused:
         costplan.plan(resnet50_graph, budget="0.05ms", hw="rtx3090", importance="gaussian")
+    floor = refused.value.floor_s
+    assert f"is {floor * 1e3:.3f} ms (dense {refused.value.dense_s * 1e3:.3f} ms)" in str(refused.value)
+    at_floor = costplan.plan(resnet50_graph, budget=f"{floor * 1e3 * 1.0001:.6f}ms", hw="rtx3090", importance="gaussian")
+    assert at_floor.latency_s == pytest.approx(floor, rel=2e-4)
 
 
 def test_exclusions_and_bounds_are_kept() -> None:
@@ -415,9 +420,9 @@ def test_the_plan_table_lists_every_layer_whose_time_it_changes(resnet50_graph) 
 
 def test_a_budget_just_above_the_floor_warns_that_importance_no_longer_chooses() -> None:
     def floor_ms(graph) -> float:  # noqa: ANN001
-        with pytest.raises(CostplanError) as unreachable:
+        with pytest.raises(costplan.BudgetOutOfReach) as unreachable:
             costplan.plan(graph, budget="0.01ms", hw="rtx3090", patterns="channel", importance="gaussian")
-        return float(re.search(r"lowest latency reachable .* is (\d+\.\d+) ms", str(unreachable.value)).group(1))
+        return unreachable.value.floor_s * 1e3
 
     def near_floor(graph, ms: float) -> list[str]:  # noqa: ANN001
         result = costplan.plan(graph, budget=f"{ms:.4f}ms", hw="rtx3090", patterns="channel", importance="gaussian")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from costplan.errors import CostplanError
+from costplan.errors import BudgetOutOfReach, CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate
 from costplan.hardware.roofline import context, latency_in, reads_part_tiles
 from costplan.planfile import LayerPlan, Plan, PlanInput
@@ -262,8 +262,8 @@ def _solve_for(graph: LayerGraph, profile: HardwareProfile, budget: Budget, prob
             solution = solve(problem, goal, time_limit=time_limit)
         except Infeasible:
             usable = candidate_patterns("auto", profile, precision, structure)
-            raise CostplanError(_unreachable(graph, profile, precision, units, budget, target,
-                                             dense.latency_s, pattern_list, fastest, usable)) from None
+            raise _unreachable(graph, profile, precision, units, budget, target, dense.latency_s, pattern_list,
+                               fastest, usable) from None
         plan = plan_from_choice(graph, units, solution.choice, **meta)
         exact = price(apply_plan(graph, plan)).latency_s
         if exact <= target * (1 + 1e-9):
@@ -360,7 +360,7 @@ def _near_floor(units: Sequence[Unit], choice: Sequence[int], target: float, fas
 
 def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, units: Sequence[Unit],
                  budget: Budget, target: float, dense_s: float, patterns: Sequence[Pattern], fastest: Fastest,
-                 usable: Sequence[Pattern]) -> str:
+                 usable: Sequence[Pattern]) -> BudgetOutOfReach:
     """Why the budget cannot be met, with only the levers that would help in this case."""
     quickest, est = fastest()
     by_bound: dict[str, float] = {}
@@ -369,12 +369,12 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, un
     top = max(by_bound, key=by_bound.get)
     dense_layers = [l.name for l in graph.layers if not any(l.name in u.layers for u in units) and l.has_weights]
     fixed = sum(est.layers[n].latency_s for n in dense_layers)
-    return (f"the budget {budget} ({target * 1e3:.3f} ms) cannot be met on {profile.name} "
+    return BudgetOutOfReach(f"the budget {budget} ({target * 1e3:.3f} ms) cannot be met on {profile.name} "
             f"at {precision} ({profile.runtime} runtime): the "
             f"lowest latency reachable with {', '.join(map(str, patterns))} pruning (up to the maximum ratio) is "
             f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point {by_bound[top] / est.latency_s:.0%} "
             f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. "
-            + _levers(profile, est, units, quickest, patterns, usable, dense_layers))
+            + _levers(profile, est, units, quickest, patterns, usable, dense_layers), est.latency_s, dense_s)
 
 
 def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choice: Sequence[int],
