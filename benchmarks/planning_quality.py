@@ -29,7 +29,10 @@ model's measured latency:
 uniform, tp-magnitude and tp-taylor are bisected to costplan's *measured* latency (timed round-robin
 against costplan's pruned model, as a ratio). Every model is pruned in one shot from the same dense
 weights, then fine-tuned identically for each of 3 seeds (SGD, same epochs, cosine learning rate,
-distillation from the dense model). Then:
+distillation from the dense model). The table times every model in 31 rounds, each turn a block of
+10 calls, and gives each method's latency over costplan's as the median of per-round ratios, beside
+what a copy of costplan's model reads against it (on this VM 0.93-1.03x: no closer than that is a
+latency "equal"). Then:
 
 - the cross-device table: a plan made for a GPU profile at the same speedup (at the smallest batch
   where the GPU can reach it), fine-tuned the same way, measured on this CPU beside the CPU's plan;
@@ -252,6 +255,7 @@ def main() -> None:
     runs, table, planning_s = [], [], {}
     budgets = [float(b) for b in args.budgets.split(",")]
     structures: dict[float, dict[str, nn.Module]] = {}
+    resolution: dict[float, float] = {}
     asked_for: dict[float, float] = {}
     for fraction in budgets:
         # the budget is measured: plan at the speedup, measure the pruned model, and re-plan with the
@@ -349,8 +353,10 @@ def main() -> None:
             print(f"  seed {seed} fine-tuned {clock()}", flush=True)
         # copies of one model read 0.96-1.02x one another in 9 rounds on a quiet machine, 0.87-1.0x in a
         # drifting spell; the table's rounds are cheap (7 models of a few ms)
-        runs_by = rounds_of({"dense": dense, **pruned}, rounds=31)
+        # and a copy of costplan's model as a control: what it reads against the original is the table's resolution
+        runs_by = rounds_of({"dense": dense, **pruned, "copy": copy.deepcopy(pruned["costplan"])}, rounds=31)
         measured = {k: statistics.median(v) * 1e3 for k, v in runs_by.items()}
+        resolution[fraction] = paired(runs_by, "copy", "costplan")
         for method in METHODS:
             g = costplan.load_graph(pruned[method], input=INPUT)
             table.append({"budget": fraction, "method": method, "measured_ms": measured[method],
@@ -369,7 +375,9 @@ def main() -> None:
         print(f"{r['budget']:>6.0%} {r['method']:>19s} {r['measured_ms']:11.2f} {r['speedup']:6.2f}x "
               f"{r['vs_costplan']:8.3f}x {summary(r['accuracy']):>30s} {r['macs'] / 1e6:7.1f} {r['params'] / 1e3:7.1f}k "
               f"{r['predicted_ms']:12.2f}")
-    print("  /costplan: the method's measured latency over costplan's, the median of per-round ratios")
+    print("  /costplan: the method's measured latency over costplan's, the median of per-round ratios; a copy of "
+          "costplan's model read " + ", ".join(f"{resolution[f]:.3f}x at {f:.0%}" for f in budgets)
+          + " (the timing's resolution: identical models, identical weights)")
     for fraction in budgets:
         rows = {r["method"]: r for r in table if r["budget"] == fraction}
         acc = {m: statistics.mean(r["accuracy"]) for m, r in rows.items()}
