@@ -30,10 +30,10 @@ uniform, tp-magnitude and tp-taylor are matched to costplan's *measured* latency
 model runs closest to costplan's, on a grid of ratios 0.05 apart and then 0.01 apart around the
 closest, each grid timed round-robin with costplan's model in 15 rounds (per-round ratios). Every
 model is pruned in one shot from the same dense weights, then fine-tuned identically for each of 3
-seeds (SGD, same epochs, cosine learning rate, distillation from the dense model). The table times every model in 31 rounds, each turn a block of
-10 calls, and gives each method's latency over costplan's as the median of per-round ratios, beside
-what a copy of costplan's model reads against it (on this VM 0.93-1.03x: no closer than that is a
-latency "equal"). Then:
+seeds (SGD, same epochs, cosine learning rate, distillation from the dense model). The table times
+every model in 31 rounds, each turn a block of 10 calls, and gives each method's latency over
+costplan's as the median of per-round ratios, beside what a copy of costplan's model reads against it
+(on this VM 0.93-1.07x: no closer than that is a latency "equal"). Then:
 
 - the cross-device table: a plan made for a GPU profile at the same speedup (at the smallest batch
   where the GPU can reach it), fine-tuned the same way, measured on this CPU beside the CPU's plan;

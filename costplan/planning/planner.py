@@ -369,12 +369,13 @@ def _unreachable(graph: LayerGraph, profile: HardwareProfile, precision: str, un
     top = max(by_bound, key=by_bound.get)
     dense_layers = [l.name for l in graph.layers if not any(l.name in u.layers for u in units) and l.has_weights]
     fixed = sum(est.layers[n].latency_s for n in dense_layers)
-    return BudgetOutOfReach(f"the budget {budget} ({target * 1e3:.3f} ms) cannot be met on {profile.name} "
-            f"at {precision} ({profile.runtime} runtime): the "
-            f"lowest latency reachable with {', '.join(map(str, patterns))} pruning (up to the maximum ratio) is "
-            f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point {by_bound[top] / est.latency_s:.0%} "
-            f"of the time is {top}-bound and layers kept dense take {fixed * 1e3:.3f} ms. "
-            + _levers(profile, est, units, quickest, patterns, usable, dense_layers), est.latency_s, dense_s)
+    message = (f"the budget {budget} ({target * 1e3:.3f} ms) cannot be met on {profile.name} "
+               f"at {precision} ({profile.runtime} runtime): the "
+               f"lowest latency reachable with {', '.join(map(str, patterns))} pruning (up to the maximum ratio) is "
+               f"{est.latency_s * 1e3:.3f} ms (dense {dense_s * 1e3:.3f} ms); at that point "
+               f"{by_bound[top] / est.latency_s:.0%} of the time is in {top}-bound layers, and the layers kept dense "
+               f"take {fixed * 1e3:.3f} ms. " + _levers(profile, est, units, quickest, patterns, usable, dense_layers))
+    return BudgetOutOfReach(message, est.latency_s, dense_s)
 
 
 def _levers(profile: HardwareProfile, est: Estimate, units: Sequence[Unit], choice: Sequence[int],
