@@ -67,6 +67,8 @@ def test_a_calibration_file_states_what_was_measured(tmp_path, monkeypatch) -> N
     assert data["threads"] == c.threads and data["channel_multiple"] == c.channel_multiple
     assert data["memory"]["weights_overlap"] is False and not c.profile().weights_overlap
     assert data["efficiency"]["strided"]["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
+    # strided 1x1s (ResNet shortcuts) are drawn and fitted apart, not priced by a 3x3's factor
+    assert data["efficiency"]["strided"]["pointwise"] == pytest.approx(c.fits["pointwise"].strided, rel=1e-3)
     assert c.profile().strided["conv"] == pytest.approx(c.fits["conv"].strided, rel=1e-3)
     assert data["efficiency"]["off_tile"] == pytest.approx({k: c.fits[k].off_tile for k in calibration.SAMPLED})
     # on AVX-512's tile the conv class times its pairs and fits the one-tile-a-pass factor; no tile, no factor
@@ -573,6 +575,30 @@ def test_a_profile_calibrated_before_the_one_tile_pass_factor_names_the_convolut
     data["efficiency"]["one_tile_pass"] = {"conv": 0.8}
     data["efficiency"]["half_util_dims"]["conv1d"] = [20.0, 7.0, 5.0, 0.0]    # steps per sample, fitted too
     assert costplan.estimate_latency(graph, parse_profile(data, "now")).warnings == ()
+
+
+def test_a_profile_calibrated_before_strided_1x1_probes_names_the_strided_shortcuts(resnet50_graph) -> None:
+    """A profile calibrated before calibration drew strided 1x1 convolutions prices them at conv's strided
+    factor (its shortcuts 41-44% fast where their own read 28-33%): ResNet-50's three strided shortcuts
+    are named with their share, its unstrided 1x1s (the first stage's shortcut among them) are not, and a
+    profile with pointwise's own factor names none."""
+    import tomllib
+
+    import costplan
+    from costplan.hardware.profile import COST_KINDS
+
+    with open("tests/data/avx2-calibrated.toml", "rb") as f:
+        data = {**tomllib.load(f), "calibrated": list(COST_KINDS)}
+    data["efficiency"]["strided"] = {"conv": 0.88}
+    graph = resnet50_graph
+    estimate = costplan.estimate_latency(graph, parse_profile(data, "old"))
+    named = estimate.predated["strided_pointwise"]
+    assert named == ("layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0")
+    assert any(f"a strided 1x1 convolution's rate (without it, a strided 3x3's: ResNet-50's strided shortcuts " \
+               f"read 41-44% fast, 28-33% with it): this model's 3 " in w and f"{estimate.share_of(named):.0%}" in w
+               for w in estimate.warnings)
+    data["efficiency"]["strided"] = {"conv": 0.88, "pointwise": 0.7}
+    assert "strided_pointwise" not in costplan.estimate_latency(graph, parse_profile(data, "now")).predated
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step

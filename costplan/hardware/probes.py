@@ -133,7 +133,7 @@ def sample_shapes(kind: str, count: int, seed: int = 0, multiple: int = 1) -> li
     """``count`` layers of one op class drawn as networks have them (seeded). Convolutions:
     a 7x7 to 112x112 map, a width about 64 x 56 / side (channels grow as maps shrink) scaled by
     1/4 to 3 for pruned and wide layers, the output width 1/4 to 4 times the input's (bottlenecks,
-    expansions), multiples of 8 from 8 to 2048, stride 1 or 2 (1x1: stride 1), batch 1 (half the
+    expansions), multiples of 8 from 8 to 2048, stride 1 or 2, batch 1 (half the
     draws) to 8; a quarter of the 3x3 ones grouped, 8 to 64 channels a group, as RegNets and ResNeXts
     have them. GEMMs: 1 to 8192 rows (tokens, or the pixels of channels-last linears in ConvNeXt),
     independent widths from 8 to 3072. 1-D convolutions: 10 to 4000 steps, windows of 3 to 7, batch 1
@@ -181,8 +181,8 @@ def sample_shapes(kind: str, count: int, seed: int = 0, multiple: int = 1) -> li
             shape = Shape(kind, width, width, spatial, 3, stride, batch, width // group)
         elif kind == "conv":
             shape = Shape(kind, cin, cout, spatial, 3, stride, batch)
-        else:  # stride-2 1x1 convolutions (ResNet shortcuts) run another kernel, ~30% slower than this fit
-            shape = Shape(kind, cin, cout, spatial, 1, 1, batch)
+        else:  # a third strided (ResNet shortcuts, 1-D downsampling), fitted with a factor of their own
+            shape = Shape(kind, cin, cout, spatial, 1, stride, batch)
         if shape.im2col != (kind == "im2col"):   # each convolution is fitted as the path PyTorch runs it on
             continue
         inputs, outputs = shape.activation_bytes

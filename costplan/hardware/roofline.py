@@ -843,7 +843,9 @@ PREDATED_TERMS = {"conv1d_steps": "a 1-D convolution's steps per sample",
                   "off_tile": "the rate of a convolution whose channels are off the kernels' tile (a depthwise "
                               "one of 72 channels ran 2x one of 80)",
                   "one_tile_pass": "the rate of a convolution run one output tile a pass (one of 112 outputs "
-                                   "ran longer than one of 128)"}
+                                   "ran longer than one of 128)",
+                  "strided_pointwise": "a strided 1x1 convolution's rate (without it, a strided 3x3's: "
+                                       "ResNet-50's strided shortcuts read 41-44% fast, 28-33% with it)"}
 # the classes of convolutions oneDNN runs with its direct kernel, which may run one output tile a pass
 DIRECT_CLASSES = frozenset({"conv", "conv1d", "conv3d"})
 
@@ -855,7 +857,8 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
     without it (a fourth 'conv1d' figure in ``half_util_dims``; ``norm_plane_s``, 0 where fitted so;
     ``layout_reorders``, whose lack its fits absorbed for tensors in cache, not for those through DRAM;
     an ``off_tile`` factor for the layer's class, which calibration writes for every class it draws; a
-    ``one_tile_pass`` factor for its class or the class it follows, written where calibration timed such layers).
+    ``one_tile_pass`` factor for its class or the class it follows, written where calibration timed such layers;
+    a ``strided`` factor for 'pointwise', which follows conv's without one).
     ``kinds``: each layer's cost kind as its estimate priced it; ``effective``: its plan entry."""
     if not profile.calibrated:
         return {}
@@ -866,7 +869,8 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
              "off_tile": bool(REORDERED & set(profile.calibrated) - set(profile.off_tile)),
              # only on the direct kernel's tile can a layer run one tile a pass, or a profile lack its factor
              "one_tile_pass": profile.channel_multiple == DIRECT_TILE and any(
-                 k in profile.calibrated and profile.class_figure(profile.one_tile_pass, k) is None for k in DIRECT_CLASSES)}
+                 k in profile.calibrated and profile.class_figure(profile.one_tile_pass, k) is None for k in DIRECT_CLASSES),
+             "strided_pointwise": "pointwise" in profile.calibrated and "pointwise" not in profile.strided}
     if not any(lacks.values()):     # every profile calibrated since: no walk over the layers per estimate
         return {}
     out: dict[str, list[str]] = {}
@@ -888,5 +892,7 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
             shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile))
             if shape is not None and shape.one_tile_pass:
                 out.setdefault("one_tile_pass", []).append(layer.name)
+        if lacks["strided_pointwise"] and kind == "pointwise" and any(v > 1 for v in layer.stride):
+            out.setdefault("strided_pointwise", []).append(layer.name)
     return {k: tuple(v) for k, v in out.items()}
 
