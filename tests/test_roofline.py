@@ -299,14 +299,14 @@ def test_a_width_built_between_tiles_runs_as_the_tile_above() -> None:
 
     built = load_graph(torch.nn.Conv1d(24, 40, 3, padding=1), input="64x24x20").layers[0]
     pruned = load_graph(torch.nn.Conv1d(32, 48, 3, padding=1), input="64x32x20").layers[0]
-    shape = dims(built, Effective(0, 0), multiple=16, part_tile_inputs=True)
+    shape = dims(built, Effective(0, 0), multiple=16, onednn_tiling=True)
     assert (shape.outputs, shape.reduction) == (48, 32 * 3) and shape.padding == pytest.approx(48 * 32 / (40 * 24))
-    cut = dims(pruned, Effective(0, 0, in_keep=24 / 32, out_keep=40 / 48), multiple=16, part_tile_inputs=True)
+    cut = dims(pruned, Effective(0, 0, in_keep=24 / 32, out_keep=40 / 48), multiple=16, onednn_tiling=True)
     assert (cut.rows, cut.outputs, cut.reduction, cut.padding) == pytest.approx(
         (shape.rows, shape.outputs, shape.reduction, shape.padding))
     linear = dims(load_graph(torch.nn.Linear(24, 40), input="64x24").layers[0], Effective(0, 0), multiple=16)
     assert (linear.outputs, linear.reduction, linear.padding) == (40, 24, 1.0)
-    assert dims(built, Effective(0, 0), multiple=16, part_tile_inputs=True, im2col=True).padding == 1.0
+    assert dims(built, Effective(0, 0), multiple=16, onednn_tiling=True, im2col=True).padding == 1.0
     grouped = load_graph(torch.nn.Conv2d(24, 40, 3, padding=1, groups=8), input="1x24x8x8").layers[0]
     assert dims(grouped, Effective(0, 0), multiple=16).padding == 1.0
 
@@ -316,7 +316,7 @@ def test_on_a_cpu_inputs_pruned_under_one_tile_run_unpadded() -> None:
     reads so few channels plain), padded to 8 x 9 elsewhere; outputs under a tile stay padded."""
     layer = _conv_layer()
     eff = Effective(layer.macs / 16 / 2, 0, in_keep=4 / 64, out_keep=4 / 128)
-    cpu = dims(layer, eff, multiple=8, part_tile_inputs=True)
+    cpu = dims(layer, eff, multiple=8, onednn_tiling=True)
     assert (cpu.reduction, cpu.outputs) == (4 * 9, 8) and cpu.padding == pytest.approx(2.0)
     assert dims(layer, eff, multiple=8).reduction == 8 * 9
     profile = load_profile(str(Path(__file__).parent / "data" / "avx2-calibrated.toml"))

@@ -91,7 +91,7 @@ class Shape:
         """The GEMM the roofline gives this layer (:func:`costplan.hardware.roofline.gemm_dims`)."""
         return gemm_dims(self.macs, self.cin, self.cout, groups=self.groups, window=self.window,
                          depthwise=self.kind == "depthwise", strided=self.stride > 1, multiple=self.multiple,
-                         part_tile_inputs=True, linear=self.kernel == 0 or self.kind == "im2col",
+                         onednn_tiling=True, linear=self.kernel == 0 or self.kind == "im2col",
                          length=math.ceil(self.spatial / self.stride) if self.ndim == 1 and self.kernel else 0.0,
                          geometry=self.geometry)
 

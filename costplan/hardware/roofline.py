@@ -295,21 +295,20 @@ def _padded(width: float, dense: int, multiple: int, part_tile: bool = False, bu
 
 def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int = 1, depthwise: bool = False,
               strided: bool = False, in_keep: float = 1.0, out_keep: float = 1.0, multiple: int = 1,
-              part_tile_inputs: bool = False, linear: bool = False, length: float = 0.0,
+              onednn_tiling: bool = False, linear: bool = False, length: float = 0.0,
               geometry: ConvGeometry | None = None) -> Dims:
     """The GEMM a convolution or linear layer of ``macs`` MACs runs: rows = MACs over (outputs x
     reduction) of the dense layer; a grouped convolution's outputs and reduction are one group's, a
     depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
     are the shares of input/output channels a plan keeps; widths run padded to ``multiple``
-    (:func:`_padded`), except, with ``part_tile_inputs`` (:func:`reads_part_tiles`), inputs under one
-    tile, and the widths of a ``linear`` layer (or a convolution run as im2col and a GEMM) or of a
+    (:func:`_padded`), except, with ``onednn_tiling`` (:func:`onednn_tiling`), a direct convolution's
+    inputs under one tile, and the widths of a ``linear`` layer (or a convolution run as im2col and a GEMM) or of a
     grouped convolution unless a plan pruned them off a multiple: a GEMM's reduction ran in proportion
     to its width, its outputs 20 and 24 wide as 32 but 28 slower than 32, and padding them made the
     linear fit worse on one of two calibrations' timings (8.7% to 10.7%). ``length``: a 1-D
     convolution's output steps per sample, kept unless it runs as im2col and a GEMM (``linear``).
     ``geometry``: an ungrouped direct convolution's, to tell whether it runs one output tile a pass
-    (:func:`one_tile_a_pass`). On kernels that read part tiles (:func:`reads_part_tiles`) an ungrouped
-    convolution writes outputs under one tile as a whole one, built so or pruned (a 1-D one of 32 to 8
+    (:func:`one_tile_a_pass`). With ``onednn_tiling`` an ungrouped convolution writes outputs under one tile as a whole one, built so or pruned (a 1-D one of 32 to 8
     channels over 64 x 40 steps ran 197 us, of 32 to 16 199 us), and a 1x1 one reads them so too."""
     length = 0.0 if linear else length
     if depthwise:
@@ -318,10 +317,10 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
                     off_tile=off_tile(channels, multiple))
     outputs, inputs = cout * out_keep, cin * in_keep
     built = groups == 1 and not linear
-    whole = part_tile_inputs and built and window == 1    # oneDNN's 1x1 kernel reads and writes whole tiles
+    whole = onednn_tiling and built and window == 1    # oneDNN's 1x1 kernel reads and writes whole tiles
     # its other kernels write whole tiles too, however the layer was built: 32 to 8 channels ran as 32 to 16
-    padded_out = _padded(outputs, cout, multiple, built=built, whole=part_tile_inputs and built)
-    padded_in = _padded(inputs, cin, multiple, part_tile_inputs and not whole, built=built, whole=whole)
+    padded_out = _padded(outputs, cout, multiple, built=built, whole=onednn_tiling and built)
+    padded_in = _padded(inputs, cin, multiple, onednn_tiling and not whole, built=built, whole=whole)
     one_pass = (geometry is not None and groups == 1 and not linear
                 and one_tile_a_pass(geometry, padded_out, padded_in, strided, multiple))
     return Dims(macs / (cout * cin // groups * window), padded_out / groups, padded_in / groups * window,
@@ -386,9 +385,10 @@ def attention_dims(macs: float, keys: int, qk_width: int, v_width: int, in_keep:
     return Dims(macs / (keys * (qk_width + v_width)) * in_keep, v_width, keys)
 
 
-def reads_part_tiles(profile: HardwareProfile) -> bool:
-    """Whether ``profile``'s kernels read fewer input channels than one tile unpadded: CPUs' do
-    (oneDNN reads them plain, as an RGB stem's; on an AVX-512 EPYC 1-D convolutions reading 8 of 32
+def onednn_tiling(profile: HardwareProfile) -> bool:
+    """Whether ``profile``'s kernels tile channels as oneDNN's CPU kernels do (:func:`gemm_dims`): a
+    direct convolution reads fewer input channels than one tile unpadded, and writes outputs under one
+    tile as a whole tile; a 1x1 one runs both as whole tiles. CPUs' do (oneDNN reads them plain, as an RGB stem's; on an AVX-512 EPYC 1-D convolutions reading 8 of 32
     channels ran in 83 us against 108 us for 16, 2-D ones 8 to 8 channels in 53 us against 103 us
     for 16 to 16, while 8 of 32 outputs ran as 16). Not a 1x1 convolution's: oneDNN's 1x1 kernel
     reads and writes whole tiles, and over 8 x 28 x 28 ran 8 to 8 channels in 137 us against 88 us for
@@ -398,7 +398,7 @@ def reads_part_tiles(profile: HardwareProfile) -> bool:
     return profile.kind == "cpu"
 
 
-def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool = False,
+def dims(layer: Layer, eff: Effective, multiple: int = 1, onednn_tiling: bool = False,
          im2col: bool = False) -> Dims | None:
     """The GEMM shape of a convolution, linear layer or fused attention under its plan (channels
     padded to ``multiple``: :func:`gemm_dims`; a convolution run as ``im2col`` and a GEMM pads as a
@@ -417,12 +417,12 @@ def dims(layer: Layer, eff: Effective, multiple: int = 1, part_tile_inputs: bool
         return gemm_dims(layer.macs, cin, cout, groups=groups, window=math.prod(layer.kernel_size or (1,)),
                          depthwise=layer.depthwise, strided=any(v > 1 for v in layer.stride),
                          in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
-                         part_tile_inputs=part_tile_inputs, linear=im2col,
+                         onednn_tiling=onednn_tiling, linear=im2col,
                          length=float(layer.out_shapes[0][-1]) if one_d else 0.0, geometry=conv_geometry(layer))
     if layer.linear_features:
         cin, cout = layer.linear_features
         return gemm_dims(layer.macs, cin, cout, in_keep=eff.in_keep, out_keep=eff.out_keep, multiple=multiple,
-                         part_tile_inputs=part_tile_inputs, linear=True)
+                         onednn_tiling=onednn_tiling, linear=True)
     return None
 
 
@@ -599,7 +599,7 @@ def layer_latency(layer: Layer, eff: Effective, profile: HardwareProfile, precis
         pooled = profile.pool_windows and bool(rated & POOL_KINDS)
         act = max(act, pool_bytes(in_bytes, out_bytes, math.prod(layer.kernel_size) if pooled else 1) / min(rates))
     shape_macs = eff.shape_macs if eff.shape_macs is not None else eff.macs / eff.density if eff.density else 0.0
-    shape = (dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile), im2col=klass == "im2col")
+    shape = (dims(layer, eff, profile.channel_multiple, onednn_tiling(profile), im2col=klass == "im2col")
              if klass is not None else None)
     kinds = ({klass} | rated) - {None} or {"elementwise"}
     overhead = (profile.per_op_s + sum(profile.class_figure(profile.per_class_s, k, 0.0) for k in kinds)) * share
@@ -884,12 +884,12 @@ def predated_layers(graph: LayerGraph, profile: HardwareProfile, kinds: Mapping[
                 and max(layer.act_in_bytes * eff.in_keep, layer.act_out_bytes * eff.out_keep) > profile.onchip_bytes / 2):
             out.setdefault("layout_reorders", []).append(layer.name)
         if lacks["off_tile"] and kind in REORDERED and kind in profile.calibrated and kind not in profile.off_tile:
-            shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile))
+            shape = dims(layer, eff, profile.channel_multiple, onednn_tiling(profile))
             if shape is not None and shape.off_tile:
                 out.setdefault("off_tile", []).append(layer.name)
         if (lacks["one_tile_pass"] and kind in DIRECT_CLASSES and kind in profile.calibrated
                 and profile.class_figure(profile.one_tile_pass, kind) is None):
-            shape = dims(layer, eff, profile.channel_multiple, reads_part_tiles(profile))
+            shape = dims(layer, eff, profile.channel_multiple, onednn_tiling(profile))
             if shape is not None and shape.one_tile_pass:
                 out.setdefault("one_tile_pass", []).append(layer.name)
         if lacks["strided_pointwise"] and kind == "pointwise" and any(v > 1 for v in layer.stride):

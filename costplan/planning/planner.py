@@ -22,7 +22,7 @@ import numpy as np
 
 from costplan.errors import BudgetOutOfReach, CostplanError
 from costplan.hardware import Estimate, HardwareProfile, estimate
-from costplan.hardware.roofline import context, latency_in, reads_part_tiles
+from costplan.hardware.roofline import context, latency_in, onednn_tiling
 from costplan.planfile import LayerPlan, Plan, PlanInput
 from costplan.patterns import Pattern
 from costplan.planning.importance import Importance
@@ -230,7 +230,7 @@ def make_plans(graph: LayerGraph, profile: HardwareProfile, budgets: Sequence[Bu
     pattern_list = candidate_patterns(patterns, profile, precision, structure)
     units = build_units(graph, structure, pattern_list, levels=levels, max_ratio=max_ratio, excluded=excluded,
                         bounds=bounds, channel_multiple=profile.channel_multiple,
-                        half_tile=reads_part_tiles(profile))
+                        half_tile=onednn_tiling(profile))
     importance = importance or Importance(graph)
     problem, approximated = build_problem(graph, structure, units, tables, importance)
     dense = price(apply_plan(graph, None))

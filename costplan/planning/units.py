@@ -109,7 +109,7 @@ def aligned_ratios(width: int, ratios: Sequence[float], multiple: int, half_tile
     so a multiple below may be worth more than its share of channels. A width of one multiple or less has
     nothing to remove in whole tiles. With ``half_tile``, half a tile is a level too where the largest
     ratio reaches it: where kernels read fewer input channels than one tile unpadded
-    (:func:`costplan.hardware.roofline.reads_part_tiles`), a group kept at half a tile makes the
+    (:func:`costplan.hardware.roofline.onednn_tiling`), a group kept at half a tile makes the
     layers reading it cheaper although its own outputs stay padded."""
     if multiple <= 1:
         return list(ratios)
