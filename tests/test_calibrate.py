@@ -590,15 +590,14 @@ def test_a_profile_calibrated_before_strided_1x1_probes_names_the_strided_shortc
     with open("tests/data/avx2-calibrated.toml", "rb") as f:
         data = {**tomllib.load(f), "calibrated": list(COST_KINDS)}
     data["efficiency"]["strided"] = {"conv": 0.88}
-    graph = resnet50_graph
-    estimate = costplan.estimate_latency(graph, parse_profile(data, "old"))
+    estimate = costplan.estimate_latency(resnet50_graph, parse_profile(data, "old"))
     named = estimate.predated["strided_pointwise"]
     assert named == ("layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0")
     assert any(f"a strided 1x1 convolution's rate (without it, a strided 3x3's: ResNet-50's strided shortcuts " \
                f"read 41-44% fast, 28-33% with it): this model's 3 " in w and f"{estimate.share_of(named):.0%}" in w
                for w in estimate.warnings)
     data["efficiency"]["strided"] = {"conv": 0.88, "pointwise": 0.7}
-    assert "strided_pointwise" not in costplan.estimate_latency(graph, parse_profile(data, "now")).predated
+    assert "strided_pointwise" not in costplan.estimate_latency(resnet50_graph, parse_profile(data, "now")).predated
 
 
 @pytest.mark.slow   # real timing, a real calibration or a 7B graph: CI runs it in its own step

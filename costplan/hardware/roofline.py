@@ -302,14 +302,15 @@ def gemm_dims(macs: float, cin: int, cout: int, *, groups: int = 1, window: int 
     depthwise one's outputs are its channels and its reduction the window. ``in_keep``/``out_keep``
     are the shares of input/output channels a plan keeps; widths run padded to ``multiple``
     (:func:`_padded`), except, with ``onednn_tiling`` (:func:`onednn_tiling`), a direct convolution's
-    inputs under one tile, and the widths of a ``linear`` layer (or a convolution run as im2col and a GEMM) or of a
-    grouped convolution unless a plan pruned them off a multiple: a GEMM's reduction ran in proportion
-    to its width, its outputs 20 and 24 wide as 32 but 28 slower than 32, and padding them made the
-    linear fit worse on one of two calibrations' timings (8.7% to 10.7%). ``length``: a 1-D
+    inputs under one tile, and the widths of a ``linear`` layer (or a convolution run as im2col and a
+    GEMM) or of a grouped convolution unless a plan pruned them off a multiple: a GEMM's reduction ran
+    in proportion to its width, its outputs 20 and 24 wide as 32 but 28 slower than 32, and padding
+    them made the linear fit worse on one of two calibrations' timings (8.7% to 10.7%). ``length``: a 1-D
     convolution's output steps per sample, kept unless it runs as im2col and a GEMM (``linear``).
     ``geometry``: an ungrouped direct convolution's, to tell whether it runs one output tile a pass
-    (:func:`one_tile_a_pass`). With ``onednn_tiling`` an ungrouped convolution writes outputs under one tile as a whole one, built so or pruned (a 1-D one of 32 to 8
-    channels over 64 x 40 steps ran 197 us, of 32 to 16 199 us), and a 1x1 one reads them so too."""
+    (:func:`one_tile_a_pass`). With ``onednn_tiling`` an ungrouped convolution writes outputs under
+    one tile as a whole one, built so or pruned (a 1-D one of 32 to 8 channels over 64 x 40 steps ran
+    197 us, of 32 to 16 199 us), and a 1x1 one reads them so too."""
     length = 0.0 if linear else length
     if depthwise:
         channels = cout * in_keep
@@ -386,15 +387,14 @@ def attention_dims(macs: float, keys: int, qk_width: int, v_width: int, in_keep:
 
 
 def onednn_tiling(profile: HardwareProfile) -> bool:
-    """Whether ``profile``'s kernels tile channels as oneDNN's CPU kernels do (:func:`gemm_dims`): a
-    direct convolution reads fewer input channels than one tile unpadded, and writes outputs under one
-    tile as a whole tile; a 1x1 one runs both as whole tiles. CPUs' do (oneDNN reads them plain, as an RGB stem's; on an AVX-512 EPYC 1-D convolutions reading 8 of 32
-    channels ran in 83 us against 108 us for 16, 2-D ones 8 to 8 channels in 53 us against 103 us
-    for 16 to 16, while 8 of 32 outputs ran as 16). Not a 1x1 convolution's: oneDNN's 1x1 kernel
-    reads and writes whole tiles, and over 8 x 28 x 28 ran 8 to 8 channels in 137 us against 88 us for
-    16 to 16, 8 to 64 in 204 us against 167 us, 64 to 8 as 64 to 16 (:func:`gemm_dims`). GPUs' tensor
-    cores want whole tiles on both sides of a GEMM. The roofline prices such inputs so, and the planner
-    offers half a tile on them."""
+    """Whether ``profile``'s kernels tile channels as oneDNN's CPU kernels do (:func:`gemm_dims`): CPUs'
+    do. A direct convolution reads fewer input channels than one tile plain, as an RGB stem's (on an
+    AVX-512 EPYC 1-D convolutions reading 8 of 32 channels ran in 83 us against 108 us for 16, 2-D ones
+    8 to 8 channels in 53 us against 103 us for 16 to 16), and writes outputs under one tile as a whole
+    tile (8 of 32 outputs ran as 16). oneDNN's 1x1 kernel reads and writes whole tiles: over 8 x 28 x 28
+    it ran 8 to 8 channels in 137 us against 88 us for 16 to 16, 8 to 64 in 204 us against 167 us, 64 to
+    8 as 64 to 16. GPUs' tensor cores want whole tiles on both sides of a GEMM. The roofline prices
+    widths so, and the planner offers half a tile where inputs are read plain."""
     return profile.kind == "cpu"
 
 
