@@ -148,3 +148,46 @@ def test_a_sensitivity_plan_avoids_the_group_whose_loss_it_measured() -> None:
     ratio = {name: entry.sparsity for name, entry in result.plan.layers.items()}
     assert ratio.get("b1", 0.0) >= ratio.get("a1", 0.0) + 0.5   # magnitude: 0.625 and 0.5
     assert result.importance == "sensitivity" and result.importance_from.startswith("sensitivity")
+
+
+def test_the_scan_takes_batches_up_to_its_sample_count_in_passes_it_can_hold() -> None:
+    """12 batches of 100: the scan takes 11 (1,100 samples, the first count past 1,024), runs them in 6
+    passes of at most 256 samples, and its base loss is the loss over all 11, not the first 4 (the old
+    cap); 20 batches of 8 stop at 16 batches."""
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    graph = load_graph(model, input=INPUT)
+    scores = collect_scores(model, scored_params(graph))
+    with torch.no_grad():
+        # the model's own answers for the first 4 and random labels after, so that which batches are taken
+        # shows in the loss (inputs alike, so that the BatchNorm statistics of a pass are those of all)
+        batches = [(x, model(x).argmax(1) if i < 4 else torch.randint(0, 10, (100,)))
+                   for i, x in enumerate(torch.randn(100, 3, 8, 8) for _ in range(12))]
+    sens = Sensitivity(graph, model, batches, cross_entropy, scores, progress=False)
+    assert len(sens.batches) == 11 and [n for _, n in sens._stacks] == [2, 2, 2, 2, 2, 1]
+    assert sens.base == pytest.approx(_loss(model, batches[:11]), rel=1e-3)
+    assert sens.base != pytest.approx(_loss(model, batches[:4]), rel=1e-3)
+    small = [(torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))) for _ in range(20)]
+    assert len(Sensitivity(graph, model, small, cross_entropy, scores, progress=False).batches) == 16
+
+
+def test_the_batchnorm_re_estimate_weighs_each_pass_by_its_samples() -> None:
+    """A batch of 300 images around +1 and one of 100 around -1 run as two passes: the re-estimated
+    BatchNorm mean is that of all 400 at once (a per-pass average would weigh the 100 as the 300)."""
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    graph = load_graph(model, input=INPUT)
+    batches = [(torch.randn(n, 3, 8, 8) + shift, torch.randint(0, 10, (n,))) for n, shift in ((300, 1.0), (100, -1.0))]
+    sens = Sensitivity(graph, model, batches, cross_entropy, collect_scores(model, scored_params(graph)),
+                       progress=False)
+    assert len(sens._stacks) == 2
+    whole = copy.deepcopy(model)
+    for bn in (whole.bn1, whole.bn2):
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    with torch.no_grad():
+        whole(torch.cat([x for x, _ in batches]))
+        sens._adapt_norms()
+    # the first BatchNorm's: what the second sees depends on the first's statistics of each pass
+    assert torch.allclose(model.bn1.running_mean, whole.bn1.running_mean, rtol=1e-4, atol=1e-5)
