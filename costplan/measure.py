@@ -216,13 +216,17 @@ def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int
     rounds after ``warmup`` untimed runs of each: a machine whose speed drifts weighs on all alike.
     The instances named in ``blocks`` are timed as calibration times its probes: at each turn one
     untimed call (a second call in a row, its weights in cache), then that many calls whose mean is
-    the round's one entry (a millisecond's single call scatters by 30% here, a block's mean by half that)."""
+    the round's one entry (a millisecond's single call scatters by 30% here, a block's mean by half that).
+    Each round starts one instance further on (round r times them from the r-th): an instance always
+    timed after the same one, or first, would carry what that place costs into every round's ratio."""
     blocks = blocks or {}
     for instance in instances.values():
         time_forward(instance, repeat=0, warmup=warmup)
     runs: dict[str, list[float]] = {name: [] for name in instances}
-    for _ in range(rounds):
-        for name, instance in instances.items():
+    names = list(instances)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            instance = instances[name]
             if name in blocks:
                 block = time_forward(instance, repeat=blocks[name], warmup=1)
                 runs[name].append(sum(block) / len(block))

@@ -371,3 +371,27 @@ def test_calibration_interleaves_its_layer_probes_and_retimes_them_in_full_group
     assert {"conv 0", "relu 0"} <= again and len(again_mixed) == MIXED_GROUP and "relu 0" not in again_mixed
     assert timings["conv 0"].noise == 0.0 and set(timings) == set(probes)
     assert len(timings["conv 0"].blocks) == 8 and all(len(timings[k].blocks) == 4 for k in probes if k[-1] != "0")
+
+
+def test_round_robin_starts_each_round_one_instance_further_on() -> None:
+    """Three instances over three rounds: each is timed first once (counterbalanced order), and each
+    round's entry is its own instance's."""
+    import torch
+
+    from costplan.measure import time_round_robin
+    from costplan.models.source import Instance
+
+    order: list[str] = []
+
+    class Logged(torch.nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            order.append(self.name)
+            return x + 1
+
+    runs = time_round_robin({n: Instance(Logged(n), (torch.ones(2),)) for n in "abc"}, rounds=3, warmup=0)
+    assert order == list("abc" "bca" "cab")
+    assert all(len(v) == 3 for v in runs.values())
