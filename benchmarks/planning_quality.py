@@ -359,8 +359,8 @@ def main() -> None:
                 accs[method].append(accuracy(tuned, xte, yte))
             print(f"  seed {seed} fine-tuned {clock()}", flush=True)
         # copies of one model read 0.96-1.02x one another in 9 rounds on a quiet machine, 0.87-1.0x in a
-        # drifting spell; the table's rounds are cheap (7 models of a few ms)
-        # and a copy of costplan's model as a control: what it reads against the original is the table's resolution
+        # drifting spell, so the table takes 31 rounds (cheap: 8 models of a few ms) and times a copy of
+        # costplan's model as a control: what it reads against the original is the table's resolution
         runs_by = rounds_of({"dense": dense, **pruned, "copy": copy.deepcopy(pruned["costplan"])}, rounds=31)
         measured = {k: statistics.median(v) * 1e3 for k, v in runs_by.items()}
         resolution[fraction] = paired(runs_by, "copy", "costplan")

@@ -225,5 +225,5 @@ def _stacks(batches: Sequence[object], most: int = STACK) -> list[tuple[object, 
     if not alike or len(batches) == 1:
         return [(b, 1) for b in batches]
     per = max(1, most // max(1, _batch_size(first)))
-    return [(type(first)(torch.cat(parts) for parts in zip(*batches[i:i + per])), len(batches[i:i + per]))
-            for i in range(0, len(batches), per)]
+    runs = [batches[i:i + per] for i in range(0, len(batches), per)]
+    return [(type(first)(torch.cat(parts) for parts in zip(*run)), len(run)) for run in runs]
