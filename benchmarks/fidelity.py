@@ -227,6 +227,8 @@ def main() -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--save", metavar="FILE", help="pickle the calibration (its samples and the zoo's "
                         "timings) to FILE, to refit other cost models against the same timings")
+    parser.add_argument("--rows", metavar="FILE", help="write what `costplan measure` said of each model, "
+                        "per layer, as JSON to FILE (table 1b's rows)")
     args = parser.parse_args()
     start = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -251,7 +253,11 @@ def main() -> int:
         path = os.path.join(tempfile.mkdtemp(), "local.toml")
         with open(path, "w") as f:
             f.write(profile_toml(result))
-    separate_table(separate_processes(path, batches, args.repeat * 2))
+    rows = separate_processes(path, batches, args.repeat * 2)
+    if args.rows:
+        with open(args.rows, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    separate_table(rows)
     ranking(profile, max(args.repeat, 7))
     bert_gpu_sanity()
     print(f"\n({time.perf_counter() - start:.0f} s)")

@@ -1,7 +1,7 @@
 """Are costplan's plans better models than a uniform ratio or Torch-Pruning at the same measured latency?
 
     pip install -e '.[bench]'        # torch-pruning, mnist1d
-    python benchmarks/planning_quality.py --json planning_quality.json     # about 13 minutes on 2 cores
+    python benchmarks/planning_quality.py --json planning_quality.json     # about 15 minutes on 2 cores
 
 MNIST-1D (``mnist1d.data.make_dataset``: 60,000 one-dimensional digit signals generated locally, with
 more noise than the default; 12,000 to train, 48,000 to test, so that a test accuracy's sampling error
