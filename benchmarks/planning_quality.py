@@ -83,10 +83,7 @@ CALIBRATION = 16         # calibration batches of 64 for the sensitivity scan an
 # capped at 0.8 stopped at 1.84x, so that the 40% budget was compared at 1.5x
 UNIFORM_MOST, TP_MOST = 0.95, 0.9
 METHODS = ("costplan", "costplan-magnitude", "costplan-taylor", "uniform", "tp-magnitude", "tp-taylor")
-# uniform is also fine-tuned this far either side of its matched ratio, and read at costplan's measured
-# latency off the line through the three (:func:`at_latency`): a match made before fine-tuning read
-# 0.89-0.93x costplan's latency in the table after it, in a drifting spell, which no single match survives
-NEIGHBOUR = 0.05
+NEIGHBOUR = 0.05   # uniform's ratios either side of its match, for the line :func:`at_latency` reads
 
 
 # ---- data and model ------------------------------------------------------------------------------
@@ -384,17 +381,17 @@ def main() -> None:
         runs_by = rounds_of({"dense": dense, **pruned, "copy": copy.deepcopy(pruned["costplan"])}, rounds=31)
         measured = {k: statistics.median(v) * 1e3 for k, v in runs_by.items()}
         resolution[fraction] = paired(runs_by, "copy", "costplan")
-        uniform_line[fraction] = [(paired(runs_by, m, "costplan"), statistics.mean(accs[m]))
-                                  for m in pruned if m.startswith("uniform")]
         for method in pruned:
             g = costplan.load_graph(pruned[method], input=INPUT)
-            table.append({"budget": fraction, "method": method, "measured_ms": measured[method],
-                          "vs_costplan": paired(runs_by, method, "costplan"),
+            vs = paired(runs_by, method, "costplan")
+            table.append({"budget": fraction, "method": method, "measured_ms": measured[method], "vs_costplan": vs,
                           "speedup": paired(runs_by, "dense", method), "predicted_ms": predicted[method],
                           "macs": g.total_macs, "params": g.total_params, "accuracy": accs[method]})
             runs += [{"budget": fraction, "method": method, "seed": s, "accuracy": a,
-                      "measured_ms": measured[method], "predicted_ms": predicted[method],
+                      "measured_ms": measured[method], "vs_costplan": vs, "predicted_ms": predicted[method],
                       "macs": g.total_macs, "params": g.total_params} for s, a in enumerate(accs[method])]
+        uniform_line[fraction] = [(r["vs_costplan"], statistics.mean(r["accuracy"])) for r in table
+                                  if r["budget"] == fraction and r["method"].startswith("uniform")]
 
     print(f"\n1. equal measured latency, {args.seeds} seeds of fine-tuning ({args.ft_epochs} epochs); "
           f"dense {dense_acc:.2%}")
