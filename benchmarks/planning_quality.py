@@ -34,8 +34,9 @@ model is pruned in one shot from the same dense weights, then fine-tuned identic
 seeds (SGD, same epochs, cosine learning rate, distillation from the dense model). The table times
 every model in 31 rounds, each turn a block of 10 calls, and gives each method's latency over
 costplan's as the median of per-round ratios, beside what a copy of costplan's model reads against it
-(on this VM 0.93-1.07x: no closer than that is a latency "equal"). uniform is also pruned 0.05 either
-side of its matched ratio and fine-tuned the same way, and the verdict reads costplan against uniform's
+(on this VM 0.93-1.07x: no closer than that is a latency "equal"). uniform is also pruned at the ratios
+its matching read nearest costplan's latency beyond 3% either side (slower and faster) and fine-tuned
+the same way, and the verdict reads costplan against uniform's
 accuracy at costplan's measured latency: the least-squares line, in log latency, through the three
 models' accuracies at their latencies in the table's rounds (a match made before fine-tuning read
 0.89-0.93x costplan's latency in the table of one drifting run). Then:
@@ -83,7 +84,7 @@ CALIBRATION = 16         # calibration batches of 64 for the sensitivity scan an
 # capped at 0.8 stopped at 1.84x, so that the 40% budget was compared at 1.5x
 UNIFORM_MOST, TP_MOST = 0.95, 0.9
 METHODS = ("costplan", "costplan-magnitude", "costplan-taylor", "uniform", "tp-magnitude", "tp-taylor")
-NEIGHBOUR = 0.05   # uniform's ratios either side of its match, for the line :func:`at_latency` reads
+MARGIN = 0.03   # how far from costplan's latency a reading must be to count as a side of it (:func:`neighbours`)
 
 
 # ---- data and model ------------------------------------------------------------------------------
@@ -182,19 +183,33 @@ def at_latency(points: list[tuple[float, float]]) -> tuple[float, bool]:
 
 
 def match_latency(build, reference: nn.Module, hi: float, coarse: float = 0.05,
-                  fine: float = 0.01) -> tuple[float, nn.Module]:
+                  fine: float = 0.01) -> tuple[float, nn.Module, dict[float, float]]:
     """The ratio in [0, hi] whose model ``build(r)`` runs closest to ``reference``: a grid of ratios
     timed together with the reference in one round-robin, then a finer grid around the closest. A
     bisection on one noisy reading per step kept the least-pruned model that happened to read no
-    slower: uniform's read 1.076x costplan's in the table of one run, where a copy of costplan's read 0.990x."""
+    slower: uniform's read 1.076x costplan's in the table of one run, where a copy of costplan's read 0.990x.
+    Also every ratio timed -> its model's latency over the reference's."""
+    readings: dict[float, float] = {}
+
     def closest(ratios: np.ndarray) -> tuple[float, nn.Module]:
-        models = {f"{r:.4f}": build(float(r)) for r in ratios}
-        runs = rounds_of({"reference": reference, **models}, rounds=15)
-        best = min(models, key=lambda k: abs(math.log(paired(runs, k, "reference"))))
-        return float(best), models[best]
+        models = {round(float(r), 4): build(float(r)) for r in ratios}
+        runs = rounds_of({"reference": reference, **{str(r): m for r, m in models.items()}}, rounds=15)
+        readings.update({r: paired(runs, str(r), "reference") for r in models})
+        best = min(models, key=lambda r: abs(math.log(readings[r])))
+        return best, models[best]
 
     r, _ = closest(np.arange(0.0, hi + 1e-9, coarse))
-    return closest(np.arange(max(0.0, r - coarse + fine), min(hi, r + coarse - fine) + 1e-9, fine))
+    return (*closest(np.arange(max(0.0, r - coarse + fine), min(hi, r + coarse - fine) + 1e-9, fine)), readings)
+
+
+def neighbours(readings: dict[float, float], margin: float = MARGIN) -> list[float]:
+    """The ratios whose readings (latency over costplan's) lie nearest 1 beyond ``margin`` on either side:
+    the slower and the faster model the line :func:`at_latency` reads is drawn through, beside the match,
+    so that it brackets costplan's latency (0.05 either side of the match left all three faster in one run).
+    A side no ratio reaches is left out."""
+    slower = [r for r, v in readings.items() if v >= 1 + margin]
+    faster = [r for r, v in readings.items() if v <= 1 - margin]
+    return ([min(slower, key=readings.get)] if slower else []) + ([max(faster, key=readings.get)] if faster else [])
 
 
 # ---- pruning -------------------------------------------------------------------------------------
@@ -355,14 +370,13 @@ def main() -> None:
             pruned[method] = prune_plan(dense, result.plan, graph)
             predicted[method] = result.latency_s * 1e3
         reference = pruned["costplan"]
-        r_uni, pruned["uniform"] = match_latency(
+        r_uni, pruned["uniform"], readings = match_latency(
             lambda r: prune_plan(dense, costplan.uniform_plan(graph, "channel", r), graph), reference, UNIFORM_MOST)
         for kind in ("magnitude", "taylor"):
-            _, pruned[f"tp-{kind}"] = match_latency(lambda r, k=kind: tp_prune(dense, r, k, calib), reference,
+            _, pruned[f"tp-{kind}"], _ = match_latency(lambda r, k=kind: tp_prune(dense, r, k, calib), reference,
                                                     TP_MOST)
-        for r in (r_uni - NEIGHBOUR, r_uni + NEIGHBOUR):
-            if 0.0 <= r <= UNIFORM_MOST:
-                pruned[f"uniform {r:.2f}"] = prune_plan(dense, costplan.uniform_plan(graph, "channel", r), graph)
+        for r in [r for r in neighbours(readings) if r != r_uni]:
+            pruned[f"uniform {r:.2f}"] = prune_plan(dense, costplan.uniform_plan(graph, "channel", r), graph)
         for method in [m for m in pruned if m.startswith(("uniform", "tp-"))]:
             predicted[method] = costplan.estimate_latency(costplan.load_graph(pruned[method], input=INPUT),
                                                           profile).latency_s * 1e3
