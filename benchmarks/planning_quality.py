@@ -292,7 +292,6 @@ def main() -> None:
     structures: dict[float, dict[str, nn.Module]] = {}
     resolution: dict[float, float] = {}
     asked_for: dict[float, float] = {}
-    uniform_line: dict[float, list[tuple[float, float]]] = {}
     for fraction in budgets:
         # the budget is measured: plan at the speedup, measure the pruned model, and re-plan with the
         # cost model's miss divided out (at most twice), as a user checking with `costplan measure` would
@@ -404,8 +403,6 @@ def main() -> None:
             runs += [{"budget": fraction, "method": method, "seed": s, "accuracy": a,
                       "measured_ms": measured[method], "vs_costplan": vs, "predicted_ms": predicted[method],
                       "macs": g.total_macs, "params": g.total_params} for s, a in enumerate(accs[method])]
-        uniform_line[fraction] = [(r["vs_costplan"], statistics.mean(r["accuracy"])) for r in table
-                                  if r["budget"] == fraction and r["method"].startswith("uniform")]
 
     print(f"\n1. equal measured latency, {args.seeds} seeds of fine-tuning ({args.ft_epochs} epochs); "
           f"dense {dense_acc:.2%}")
@@ -427,10 +424,11 @@ def main() -> None:
               f"{rows[best]['vs_costplan']:.3f}x costplan's latency); against uniform "
               f"{acc['costplan'] - acc['uniform']:+.2%} ({rows['uniform']['vs_costplan']:.3f}x); "
               f"best importance: {best_importance}")
-        level, inside = at_latency(uniform_line[fraction])
+        line = sorted((r["vs_costplan"], acc[m]) for m, r in rows.items() if m.startswith("uniform"))
+        level, inside = at_latency(line)
         print(f"  {fraction:.0%}: against uniform at costplan's measured latency, "
               f"{'interpolated' if inside else 'extrapolated'} over "
-              + ", ".join(f"{a:.2%} at {v:.3f}x" for v, a in sorted(uniform_line[fraction]))
+              + ", ".join(f"{a:.2%} at {v:.3f}x" for v, a in line)
               + f": {level:.2%}, costplan {acc['costplan'] - level:+.2%}")
 
     # ---- the cross-device table: a plan for the GPU, measured on this CPU beside the CPU's plan ----
