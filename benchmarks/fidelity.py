@@ -105,6 +105,14 @@ def _machine(d: dict, bound: str) -> float:
     return machine_ratio(bound, d["reference_ratio"], d.get("bandwidth_ratio"))
 
 
+def _units(d: dict) -> list[dict]:
+    """What runs as one, of a `measure` JSON: its layers, except that a module run by a fused path
+    (its "blocks") stands for the layers inside it, which the forward pass does not run apart."""
+    fused = {name for b in d.get("blocks", []) for name in b["layers"]}
+    return [l for l in d["layers"] if l["name"] not in fused] + [
+        {**b, "name": b["name"] or "(whole model)", "kind": "fused", "bound": "compute"} for b in d.get("blocks", [])]
+
+
 def separate_table(rows: dict[str, dict]) -> None:
     print("\n1b. as a user times: `costplan measure` in a process of its own per model (ms)")
     print(f"  {'model':22s} {'batch':>5s} {'predicted':>10s} {'measured':>10s} {'error':>8s} {'speed/DRAM':>10s} "
@@ -119,7 +127,7 @@ def separate_table(rows: dict[str, dict]) -> None:
             steady.append(abs(d["error"]))
         total = sum(l["measured_ms"] for l in d["layers"]) or 1.0
         worst: dict[str, tuple[float, str]] = {}
-        for l in d["layers"]:
+        for l in _units(d):
             if l["measured_ms"] >= 0.05 * total:
                 e = l["predicted_ms"] / l["measured_ms"] - 1
                 if abs(e) > abs(worst.get(l["kind"], (0.0, ""))[0]):
@@ -142,12 +150,12 @@ def separate_table(rows: dict[str, dict]) -> None:
                   f"{sum(e <= 0.25 for e in values) / len(values):.0%} of {len(values)}")
     layers = [(l["predicted_ms"] / l["measured_ms"], _machine(d, l["bound"]), d["predicted_ms"] / d["measured_ms"])
               for d in rows.values()
-              for l in d["layers"] if l["measured_ms"] >= 0.05 * (sum(x["measured_ms"] for x in d["layers"]) or 1)]
+              for l in _units(d) if l["measured_ms"] >= 0.05 * (sum(x["measured_ms"] for x in d["layers"]) or 1)]
     if layers:
         # a layer against its own model's error: its share of the model's time, predicted against
         # measured, which the machine's speed (the same for the whole model) leaves alone
         print(f"  layers over 5% of their model's time (a leaf module timed around its call in plain forward "
-              f"passes, other layers under the tracer): {sum(abs(r - 1) <= 0.3 for r, _, _ in layers)} of "
+              f"passes, a module run by a fused path likewise, whole, other layers under the tracer): {sum(abs(r - 1) <= 0.3 for r, _, _ in layers)} of "
               f"{len(layers)} within 30% as measured, {sum(abs(r * s - 1) <= 0.3 for r, s, _ in layers)} scaled by "
               f"the machine's speed, {sum(abs(r / m - 1) <= 0.3 for r, _, m in layers)} against their model's own "
               "error (goal: all)")

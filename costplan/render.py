@@ -223,6 +223,9 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
     for r in rows:
         error = f"{r.predicted_ms / r.measured_ms - 1:+.0%}" if r.measured_ms > 0 else "-"
         table.add_row(r.name, r.op, r.bound, f"{r.predicted_ms:.4f}", f"{r.measured_ms:.4f}", error)
+    for b in c.blocks:
+        table.add_row(f"{b.name or '(whole model)'} ({len(b.layers)} layers, fused)", "block", "-",
+                      f"{b.predicted_ms:.4f}", f"{b.measured_ms:.4f}", f"{b.error:+.0%}", style="cyan")
     text = Text()
     text.append("total  ", style="bold")
     text.append(f"predicted {c.predicted_ms:.3f} ms, measured {c.measured_ms:.3f} ms ({c.runs_said}), "
@@ -233,6 +236,10 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                     "framework time is not known: layers between modules are taken under the tracer, whose "
                     "bookkeeping between kernels leaves short kernels to start cold (read their measured times "
                     "as high), and the machine's speed may have changed between them"))
+    if c.blocks:
+        text.append(f"\nfused: {', '.join(b.name or 'the whole model' for b in c.blocks)} ran by a fused path, "
+                    "timed whole around its call; the measured times of the layers inside are the tracer's, "
+                    "of the unfused path the forward pass does not run")
     if c.allocator:
         text.append(f"\nmemory: {c.allocator}")
     if c.reference_ratio is not None:

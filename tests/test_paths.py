@@ -92,10 +92,17 @@ def test_measure_says_what_the_trace_said_of_a_model_it_times(tmp_path, capsys, 
     factory.write_text("import torch\ndef build():\n    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)\n"
                        "    return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), torch.randn(1, 8, 32)\n")
     assert main(["measure", f"{factory}:build", "--hw", "cpu-xeon", "--repeat", "1", "--warmup", "1", "--json"]) == 0
-    said = json.loads(capsys.readouterr().out)["warnings"]
+    measured = json.loads(capsys.readouterr().out)
+    said = measured["warnings"]
     (note,) = [w for w in said if "fast path" in w]
     assert "what the build said" in said
     assert "this model's 2 encoder layers or attention modules ('layers.0', 'layers.1') fused" in note
+    # and each fused attention is timed whole, against its layers' prices summed
+    predicted = {l["name"]: l["predicted_ms"] for l in measured["layers"]}
+    assert [b["name"] for b in measured["blocks"]] == ["layers.0.self_attn", "layers.1.self_attn"]
+    for block in measured["blocks"]:
+        assert f"{block['name']}.attention" in block["layers"] and f"{block['name']}.out_proj" in block["layers"]
+        assert block["predicted_ms"] == pytest.approx(sum(predicted[n] for n in block["layers"])) and block["measured_ms"] > 0
 
 
 def test_a_padding_mask_does_not_break_the_trace() -> None:
