@@ -32,6 +32,7 @@ from costplan.hardware.fitting import (
 )
 from costplan.hardware.probes import (
     CHAIN,
+    Shape,
     FRESH_OUTPUT_BYTES,
     _cpu_name,
     _probes,
@@ -45,6 +46,7 @@ from costplan.hardware.probes import (
     check_probes,
     recurrent_probes,
     one_pass_pairs,
+    large_map_shapes,
     sample_shapes,
 )
 from costplan.hardware.roofline import overflows_cache, recurrent_cost, reorder_passes
@@ -242,17 +244,25 @@ def calibrate(name: str = "local", quick: bool = False, progress: bool = True, s
         torch.set_num_threads(before)
 
 
+def layer_shapes(quick: bool, seed: int, tile: int, onchip_bytes: int) -> dict[str, list[Shape]]:
+    """The layers calibration times, by class: drawn (:func:`sample_shapes`), with the pairs that
+    fit one tile a pass and the convolutions over maps larger than a cache; linear layers whose
+    weights overflow the cache (``onchip_bytes``) as a class of their own, ``gemm_dram``."""
+    shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i, tile)
+                    + one_pass_pairs(kind, tile) + large_map_shapes(kind, tile) for i, kind in enumerate(SAMPLED)}
+    # linear layers are fitted as the roofline prices them: those whose weights overflow the cache apart
+    drawn = shapes["gemm"] + dram_weight_shapes(8 if quick else 16, onchip_bytes, seed, tile)
+    shapes["gemm"] = [s for s in drawn if not overflows_cache(s.weight_bytes, onchip_bytes)]
+    shapes["gemm_dram"] = [s for s in drawn if overflows_cache(s.weight_bytes, onchip_bytes)]
+    return shapes
+
+
 def _calibrate(name: str, quick: bool, progress: bool, seed: int, check: Mapping[str, Instance],
                load_limit: float, strict: bool) -> Calibration:
     kept = keep_freed_memory()   # outputs reuse freed memory instead of faulting fresh pages in
     onchip_bytes = cache_bytes()
     tile = channel_multiple()   # widths are priced padded to it, on the traced layers as on these
-    shapes = {kind: sample_shapes(kind, (16 if quick else 48) // (2 if kind in MINOR else 1), seed + i, tile)
-                    + one_pass_pairs(kind, tile) for i, kind in enumerate(SAMPLED)}
-    # linear layers are fitted as the roofline prices them: those whose weights overflow the cache apart
-    drawn = shapes["gemm"] + dram_weight_shapes(8 if quick else 16, onchip_bytes, seed, tile)
-    shapes["gemm"] = [s for s in drawn if not overflows_cache(s.weight_bytes, onchip_bytes)]
-    shapes["gemm_dram"] = [s for s in drawn if overflows_cache(s.weight_bytes, onchip_bytes)]
+    shapes = layer_shapes(quick, seed, tile, onchip_bytes)
     rnns = recurrent_probes(quick, seed)
     with torch.inference_mode():
         probes = {**_probes(shapes, quick, kept, rnns), **check_probes(check)}
