@@ -366,7 +366,8 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
     # and batch statistics are work inference does not do (a transformer encoder ran 2x as long)
     instance.module.eval()
     # per-layer kernel times come from the tracer's clock around each op, which CUDA's queue makes meaningless
-    layer_seconds = time_layers(instance, repeat=max(1, min(3, repeat))) if device == "cpu" else {}
+    per_layer = max(1, min(3, repeat))
+    layer_seconds = time_layers(instance, repeat=per_layer) if device == "cpu" else {}
     graph = trace(instance.module, instance.args, instance.kwargs, name=source.name, notes=instance.notes)
     if source.pruned is not None:   # a file costplan.save wrote: measured under what was done to it
         graph.applied = source.pruned.applied()  # type: ignore[attr-defined]
@@ -374,7 +375,7 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
     blocks = {}
     if device == "cpu":
         inside = fused_blocks(graph, module_calls(instance))
-        blocks = {b: (inside[b], spent) for b, spent in time_modules(instance, inside, max(1, min(3, repeat))).items()}
+        blocks = {b: (inside[b], spent) for b, spent in time_modules(instance, inside, per_layer).items()}
     return _Prepared(source.name, instance, graph, est, layer_seconds, blocks)
 
 
