@@ -148,17 +148,30 @@ def separate_table(rows: dict[str, dict]) -> None:
             print(f"  {label}: median |error| {statistics.median(values):.1%} (goal <= 10%); within 20%: "
                   f"{sum(e <= 0.2 for e in values) / len(values):.0%}, within 25%: "
                   f"{sum(e <= 0.25 for e in values) / len(values):.0%} of {len(values)}")
+    big = [(key, d, l) for key, d in rows.items()
+           for l in _units(d) if l["measured_ms"] >= 0.05 * (sum(x["measured_ms"] for x in d["layers"]) or 1)]
     layers = [(l["predicted_ms"] / l["measured_ms"], _machine(d, l["bound"]), d["predicted_ms"] / d["measured_ms"])
-              for d in rows.values()
-              for l in _units(d) if l["measured_ms"] >= 0.05 * (sum(x["measured_ms"] for x in d["layers"]) or 1)]
+              for _, d, l in big]
     if layers:
         # a layer against its own model's error: its share of the model's time, predicted against
         # measured, which the machine's speed (the same for the whole model) leaves alone
-        print(f"  layers over 5% of their model's time (a leaf module timed around its call in plain forward "
-              f"passes, a module run by a fused path likewise, whole, other layers under the tracer): {sum(abs(r - 1) <= 0.3 for r, _, _ in layers)} of "
+        print(f"  layers over 5% of their model's time (a leaf module timed around its call in a pass of its own "
+              f"in each round, a module run by a fused path likewise, whole, other layers under the tracer): "
+              f"{sum(abs(r - 1) <= 0.3 for r, _, _ in layers)} of "
               f"{len(layers)} within 30% as measured, {sum(abs(r * s - 1) <= 0.3 for r, s, _ in layers)} scaled by "
               f"the machine's speed, {sum(abs(r / m - 1) <= 0.3 for r, _, m in layers)} against their model's own "
               "error (goal: all)")
+        misses = [(key, d, l) for key, d, l in big if abs(l["predicted_ms"] / l["measured_ms"] - 1) > 0.3]
+        read = [(key, d, l) for key, d, l in misses if l.get("quickest_ms") is not None]
+        inside = [m for m in read if m[2]["quickest_ms"] * 0.9 <= m[2]["predicted_ms"] <= m[2]["slowest_ms"] * 1.1]
+        if misses:
+            print(f"  the {len(misses)} outside 30%: {len(read)} read in every round, of which {len(inside)} had their "
+                  "price within 10% of the range of their own readings (quickest to slowest round)")
+            for key, d, l in misses:
+                span = "-" if l.get("quickest_ms") is None else f"{l['quickest_ms']:.2f}-{l['slowest_ms']:.2f}"
+                print(f"    {_short(key.rsplit(' b', 1)[0]):20s} b{key.rsplit(' b', 1)[1]:<3s} {l['name']:34s} "
+                      f"{l['kind']:10s} predicted {l['predicted_ms']:7.2f} measured {l['measured_ms']:7.2f} "
+                      f"(range {span}) {l['predicted_ms'] / l['measured_ms'] - 1:+.0%}; model {d['error']:+.0%}")
 
 
 def zoo_table(profile, rows: dict[str, tuple[float, float]]) -> None:

@@ -2,9 +2,10 @@
 
 The total is the median over rounds of plain forward passes' wall time (warm-up first), each round's
 figure the mean of a block of passes after an untimed one (as calibrate times), between turns of the
-calibration's reference workload and DRAM copy. Per layer, a leaf
-module's one call is timed around it by forward hooks in plain forward passes, and other layers run
-under the tracer, which times each layer's aten kernels; what the totals leave over is framework time
+calibration's reference workload and DRAM copy. Per layer, a leaf module's one call is timed around it
+by forward hooks, in one more plain forward pass in each of those rounds (:class:`LayerClock`), so a
+layer's reading and the total come from the same moments; other layers run under the tracer, which
+times each layer's aten kernels; what the totals leave over is framework time
 between kernels (Python, dispatch), reported as unattributed. The tracer's own bookkeeping between
 kernels lets threads and caches cool, so short kernels read slow per layer: in a 4-layer transformer
 encoder at batch 1 the per-layer times added up to 13.5 ms against 9.0 ms for the whole forward pass.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -42,6 +43,10 @@ class LayerTiming:
     measured_ms: float
     bound: str
     kind: str = ""                 # what it was priced as (its LayerLatency.kind): an op class or memory kind
+    # a leaf module's quickest and slowest reading over measure's rounds (measured_ms is their median);
+    # None for a layer the tracer's clock read once a pass, outside the rounds
+    quickest_ms: float | None = None
+    slowest_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class BlockTiming:
     layers: tuple[str, ...]        # the graph's layers inside it
     predicted_ms: float
     measured_ms: float
+    quickest_ms: float | None = None   # its quickest and slowest reading over measure's rounds
+    slowest_ms: float | None = None
 
     @property
     def error(self) -> float:
@@ -229,15 +236,21 @@ def _warm_turns(timed: Mapping[str, Instance], models: Iterable[str], warmup: in
 
 
 def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int = 1,
-                     warmup: int = 1, blocks: Mapping[str, int] | None = None) -> dict[str, list[float]]:
+                     warmup: int = 1, blocks: Mapping[str, int] | None = None,
+                     clocks: Mapping[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
     """Seconds of each forward pass of each instance, ``repeat`` runs of each in turn for ``rounds``
     rounds after ``warmup`` untimed runs of each: a machine whose speed drifts weighs on all alike.
     The instances named in ``blocks`` are timed as calibration times its probes: at each turn one
     untimed call (a second call in a row, its weights in cache), then that many calls whose mean is
     the round's one entry (a millisecond's single call scatters by 30% here, a block's mean by half that).
-    Each round starts one instance further on (round r times them from the r-th): an instance always
-    timed after the same one, or first, would carry what that place costs into every round's ratio."""
-    blocks = blocks or {}
+    An instance named in ``clocks`` (one of ``blocks``) also runs its clock once a turn, between the
+    untimed call and the block: a pass whose layers are timed (:class:`LayerClock`), warm, and outside
+    the timed block. Each round starts one instance further on (round r times them from the r-th): an
+    instance always timed after the same one, or first, would carry what that place costs into every
+    round's ratio."""
+    blocks, clocks = blocks or {}, clocks or {}
+    if set(clocks) - set(blocks):
+        raise ValueError(f"clocked instances must be timed in blocks: {sorted(set(clocks) - set(blocks))}")
     for instance in instances.values():
         time_forward(instance, repeat=0, warmup=warmup)
     runs: dict[str, list[float]] = {name: [] for name in instances}
@@ -246,22 +259,22 @@ def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int
         for name in names[r % len(names):] + names[:r % len(names)]:
             instance = instances[name]
             if name in blocks:
-                block = time_forward(instance, repeat=blocks[name], warmup=1)
+                time_forward(instance, repeat=0, warmup=1)
+                if name in clocks:
+                    clocks[name]()
+                block = time_forward(instance, repeat=blocks[name], warmup=0)
                 runs[name].append(sum(block) / len(block))
             else:
                 runs[name] += time_forward(instance, repeat=repeat, warmup=0)
     return runs
 
 
-def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
-    """Median seconds per layer over ``repeat`` runs after an untimed one (a first call pays for
-    first-time setup), under the inference mode the forward passes are timed in. A layer that is one
-    leaf module's one call is timed around that call in plain forward passes (:func:`time_modules`);
-    the rest by the tracer's clock around each op. The tracer's clock alone read a GRU of 100 steps
-    at 2.0x its time in the forward pass (34 ms against 17 ms; the whole model ran 27 ms): under its
-    dispatch mode the recurrent op runs as its hundreds of per-step ops, each through Python. Traced
-    under no_grad, a dispatch mode sends composite ops down their tensor-subclass paths, which are not
-    what the forward pass runs: a text CNN's MaxPool1d read 2.3 ms so against 0.18 ms."""
+def traced_seconds(instance: Instance, repeat: int = 3) -> tuple[dict[str, float], LayerGraph]:
+    """Median seconds per layer by the tracer's clock around each op, over ``repeat`` traces after an
+    untimed one (a first call pays for first-time setup), under the inference mode the forward passes
+    are timed in; and the graph traced. Traced under no_grad, a dispatch mode sends composite ops down
+    their tensor-subclass paths, which are not what the forward pass runs: a text CNN's MaxPool1d read
+    2.3 ms so against 0.18 ms."""
     runs: list[dict[str, float]] = []
     for i in range(repeat + 1):
         timings: dict[str, float] = {}
@@ -269,12 +282,28 @@ def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
             graph = trace(instance.module, instance.args, instance.kwargs, timings=timings, channels=False)
         if i:
             runs.append(timings)
-    seconds = {name: statistics.median(run.get(name, 0.0) for run in runs) for name in runs[0]}
+    return {name: statistics.median(run.get(name, 0.0) for run in runs) for name in runs[0]}, graph
+
+
+def single_calls(graph: LayerGraph) -> dict[str, str]:
+    """Module path -> its layer, for each module that is one layer of ``graph`` (called once a pass):
+    the layers a forward hook can time around their call."""
     calls: dict[str, list[str]] = {}
     for layer in graph.layers:
         if layer.kind == "module" and layer.module:
             calls.setdefault(layer.module, []).append(layer.name)
-    alone = {module: names[0] for module, names in calls.items() if len(names) == 1}
+    return {module: names[0] for module, names in calls.items() if len(names) == 1}
+
+
+def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
+    """Median seconds per layer over ``repeat`` runs after an untimed one. A layer that is one leaf
+    module's one call is timed around that call in plain forward passes (:func:`time_modules`); the
+    rest by the tracer's clock around each op (:func:`traced_seconds`). The tracer's clock alone read
+    a GRU of 100 steps at 2.0x its time in the forward pass (34 ms against 17 ms; the whole model ran
+    27 ms): under its dispatch mode the recurrent op runs as its hundreds of per-step ops, each
+    through Python."""
+    seconds, graph = traced_seconds(instance, repeat)
+    alone = single_calls(graph)
     for module, spent in time_modules(instance, alone, repeat).items():
         seconds[alone[module]] = spent
     return seconds
@@ -313,25 +342,64 @@ def fused_blocks(graph: LayerGraph, calls: Mapping[str, int]) -> dict[str, tuple
     return {b: tuple(l.name for l in graph.layers if b == "" or l.name.startswith(b + ".")) for b in sorted(outermost)}
 
 
+@dataclass(frozen=True)
+class Readings:
+    """One module's seconds over a clock's passes: the median, the quickest and the slowest."""
+
+    median: float
+    quickest: float
+    slowest: float
+
+
+class LayerClock:
+    """Forward hooks around named modules of a model, on for one plain forward pass at a time: each
+    module's seconds in each pass the clock runs. measure runs it once in each of its rounds, so a
+    layer's reading comes from the same moments as the model's total and the machine's references;
+    read once before the rounds, mobilenet_v2's 112x112-stage convolutions at batch 1 read 3x their
+    price in one process and within 10% of it in the next. A module called other than once in a
+    pass (a module a fused path skips, as PyTorch's TransformerEncoderLayer skips its children at
+    inference) has no reading."""
+
+    def __init__(self, instance: Instance, names: Iterable[str]) -> None:
+        wanted = set(names)
+        self.instance = instance
+        self.modules = {name: m for name, m in instance.module.named_modules() if name in wanted}
+        self.spans: dict[str, list[float]] = {name: [] for name in self.modules}
+        self.passes = 0
+
+    def __call__(self) -> None:
+        """One forward pass (untimed as a whole) with every named module's call timed."""
+        started: dict[str, float] = {}
+        seen: dict[str, list[float]] = {name: [] for name in self.modules}
+        hooks = []
+        for name, module in self.modules.items():
+            hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: started.__setitem__(name, time.perf_counter())))
+            hooks.append(module.register_forward_hook(lambda m, a, o, name=name: seen[name].append(time.perf_counter() - started[name])))
+        try:
+            with torch.inference_mode():
+                self.instance.call()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self.passes += 1
+        for name, spans in seen.items():
+            self.spans[name].append(spans[0] if len(spans) == 1 else float("nan"))
+
+    def readings(self) -> dict[str, Readings]:
+        """Each module called once in every pass the clock ran: its seconds' median, quickest, slowest."""
+        return {name: Readings(statistics.median(s), min(s), max(s)) for name, s in self.spans.items()
+                if s and len(s) == self.passes and not any(x != x for x in s)}
+
+
 def time_modules(instance: Instance, names: Iterable[str], repeat: int = 3) -> dict[str, float]:
     """Median seconds of each named module's call over ``repeat`` plain forward passes (no tracer)
-    after an untimed one, clocked by forward hooks; only modules called once in every pass (a
-    module a fused path skips, as PyTorch's TransformerEncoderLayer skips its children at inference,
-    is left out)."""
-    wanted = set(names)
-    modules = {name: m for name, m in instance.module.named_modules() if name in wanted}
-    spans: dict[str, list[float]] = {name: [] for name in modules}
-    started: dict[str, float] = {}
-    hooks = []
-    for name, module in modules.items():
-        hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: started.__setitem__(name, time.perf_counter())))
-        hooks.append(module.register_forward_hook(lambda m, a, o, name=name: spans[name].append(time.perf_counter() - started[name])))
-    try:
-        time_forward(instance, repeat=repeat, warmup=1)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {name: statistics.median(s[-repeat:]) for name, s in spans.items() if len(s) == repeat + 1}
+    after an untimed one, clocked by forward hooks (:class:`LayerClock`); only modules called once
+    in every pass."""
+    clock = LayerClock(instance, names)
+    time_forward(instance, repeat=0, warmup=1)
+    for _ in range(repeat):
+        clock()
+    return {name: r.median for name, r in clock.readings().items()}
 
 
 def device_for(profile: HardwareProfile) -> str:
@@ -354,8 +422,10 @@ class _Prepared:
     instance: Instance
     graph: LayerGraph
     estimate: Estimate
-    layer_seconds: dict[str, float]
-    blocks: dict[str, tuple[tuple[str, ...], float]]   # fused module -> (its layers, seconds of its call)
+    traced_seconds: dict[str, float]       # layer -> seconds by the tracer's clock (CPU only)
+    alone: dict[str, str]                  # module -> its layer, for modules timed by the clock
+    blocks: dict[str, tuple[str, ...]]     # fused module -> its layers (fused_blocks)
+    clock: LayerClock | None               # run once a round: the alone modules' and blocks' readings
 
 
 def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None, dtype: str, repeat: int,
@@ -366,17 +436,16 @@ def _prepare(model: str, profile: HardwareProfile, device: str, plan: str | None
     # and batch statistics are work inference does not do (a transformer encoder ran 2x as long)
     instance.module.eval()
     # per-layer kernel times come from the tracer's clock around each op, which CUDA's queue makes meaningless
-    per_layer = max(1, min(3, repeat))
-    layer_seconds = time_layers(instance, repeat=per_layer) if device == "cpu" else {}
+    traced = traced_seconds(instance, repeat=max(1, min(3, repeat)))[0] if device == "cpu" else {}
     graph = trace(instance.module, instance.args, instance.kwargs, name=source.name, notes=instance.notes)
     if source.pruned is not None:   # a file costplan.save wrote: measured under what was done to it
         graph.applied = source.pruned.applied()  # type: ignore[attr-defined]
     est = estimate(graph, profile, apply_plan(graph, plan_in_force(graph, as_plan(plan))), dtype)
-    blocks = {}
+    alone, blocks, clock = {}, {}, None
     if device == "cpu":
-        inside = fused_blocks(graph, module_calls(instance))
-        blocks = {b: (inside[b], spent) for b, spent in time_modules(instance, inside, per_layer).items()}
-    return _Prepared(source.name, instance, graph, est, layer_seconds, blocks)
+        alone, blocks = single_calls(graph), fused_blocks(graph, module_calls(instance))
+        clock = LayerClock(instance, [*alone, *blocks])
+    return _Prepared(source.name, instance, graph, est, traced, alone, blocks, clock)
 
 
 def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], faults: float | None,
@@ -384,19 +453,26 @@ def _comparison(p: _Prepared, profile: HardwareProfile, runs: list[float], fault
     """``machine``: the reference workload's and the DRAM copy's runs, where timed (:func:`_reference`);
     ``kept``: whether this process set glibc to keep freed memory (it may have failed to)."""
     reference, copies = machine.get("reference", []), machine.get("bandwidth", [])
-    layers = tuple(LayerTiming(l.name, l.op, p.estimate.layers[l.name].latency_s * 1e3,
-                               p.layer_seconds.get(l.name, 0.0) * 1e3, p.estimate.layers[l.name].bound, p.estimate.layers[l.name].kind)
-                   for l in p.graph.layers)
+    read = p.clock.readings() if p.clock is not None else {}
+    by_layer = {layer: read[module] for module, layer in p.alone.items() if module in read}
+    layers = []
+    for l in p.graph.layers:
+        priced = p.estimate.layers[l.name]
+        r = by_layer.get(l.name)
+        layers.append(LayerTiming(l.name, l.op, priced.latency_s * 1e3,
+                                  (r.median if r else p.traced_seconds.get(l.name, 0.0)) * 1e3, priced.bound, priced.kind,
+                                  r.quickest * 1e3 if r else None, r.slowest * 1e3 if r else None))
     return Comparison(model=p.name, hardware=profile.name, input_shapes=p.graph.inputs.shapes,
                       predicted_ms=p.estimate.latency_s * 1e3, measured_ms=statistics.median(runs) * 1e3,
-                      measured_runs_ms=tuple(t * 1e3 for t in runs), layers=layers, page_faults_per_run=faults,
+                      measured_runs_ms=tuple(t * 1e3 for t in runs), layers=tuple(layers), page_faults_per_run=faults,
                       device=device, estimate_warnings=p.estimate.warnings + p.graph.notes,
                       reference_ratio=statistics.median(reference) / profile.reference_s
                       if reference and profile.reference_s else None, allocator=allocator(kept),
                       bandwidth_ratio=copy_ratio(statistics.median(copies), profile) if copies else None,
                       passes_per_round=passes,
                       blocks=tuple(BlockTiming(b, names, sum(p.estimate.layers[n].latency_s for n in names) * 1e3,
-                                               spent * 1e3) for b, (names, spent) in p.blocks.items()))
+                                               read[b].median * 1e3, read[b].quickest * 1e3, read[b].slowest * 1e3)
+                                   for b, names in p.blocks.items() if b in read))
 
 
 def copy_ratio(seconds: float, profile: HardwareProfile) -> float:
@@ -420,10 +496,12 @@ def measure(model: str, *, hw: HardwareProfile | str, plan: str | None = None, d
         # the calibration's reference workload in turn with the model: how the machine's speed moved since
         timed = {"model": prepared.instance, **_reference(profile, device)}
         blocks = _warm_turns(timed, ["model"], warmup)
+        clocks = {"model": prepared.clock} if prepared.clock is not None else {}
         before_faults = minor_faults()
-        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks})
+        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks}, clocks=clocks)
         after_faults = minor_faults()
-    passes = max(1, repeat * (blocks["model"] + 1))   # the model's passes in the rounds, untimed ones too
+    # the model's passes in the rounds, the untimed and the clocked ones too
+    passes = max(1, repeat * (blocks["model"] + 1 + len(clocks)))
     faults = None if before_faults is None or after_faults is None else (after_faults - before_faults) / passes
     return _comparison(prepared, profile, runs["model"], faults, device, runs, kept, blocks["model"])
 
@@ -486,7 +564,8 @@ def measure_pair(first: str, second: str, *, hw: HardwareProfile | str, plan: st
         b = _prepare(second, profile, device, None, dtype, repeat, **shared)
         timed = {"a": a.instance, "b": b.instance, **_reference(profile, device)}
         blocks = _warm_turns(timed, ["a", "b"], warmup)
-        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks})
+        clocks = {k: p.clock for k, p in (("a", a), ("b", b)) if p.clock is not None}
+        runs = time_round_robin(timed, rounds=repeat, warmup=0, blocks={**REFERENCE_BLOCK, **blocks}, clocks=clocks)
     ratios = tuple(x / y for x, y in zip(runs["a"], runs["b"]))
     return PairComparison(_comparison(a, profile, runs["a"], None, device, runs, kept, blocks["a"]),
                           _comparison(b, profile, runs["b"], None, device, runs, kept, blocks["b"]), ratios)

@@ -214,18 +214,21 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
     shape = ", ".join("x".join(map(str, s)) for s in c.input_shapes)
     table = Table(title=f"{c.model}  input {shape}: predicted ({c.hardware}) vs measured on this machine",
                   title_justify="left", header_style="bold")
-    for col in ("layer", "op", "bound", "predicted ms", "measured ms", "error"):
+    for col in ("layer", "op", "bound", "predicted ms", "measured ms", "range ms", "error"):
         table.add_column(col, justify="right" if col.endswith(("ms", "error")) else "left")
+
+    def spread(r) -> str:  # LayerTiming | BlockTiming
+        return "-" if r.quickest_ms is None else f"{r.quickest_ms:.4f}-{r.slowest_ms:.4f}"
     rows = list(c.layers)
     if top:
         keep = {id(r) for r in sorted(rows, key=lambda r: r.measured_ms, reverse=True)[:top]}
         rows = [r for r in rows if id(r) in keep]
     for r in rows:
         error = f"{r.predicted_ms / r.measured_ms - 1:+.0%}" if r.measured_ms > 0 else "-"
-        table.add_row(r.name, r.op, r.bound, f"{r.predicted_ms:.4f}", f"{r.measured_ms:.4f}", error)
+        table.add_row(r.name, r.op, r.bound, f"{r.predicted_ms:.4f}", f"{r.measured_ms:.4f}", spread(r), error)
     for b in c.blocks:
         table.add_row(f"{b.name or '(whole model)'} ({len(b.layers)} layers, fused)", "block", "-",
-                      f"{b.predicted_ms:.4f}", f"{b.measured_ms:.4f}", f"{b.error:+.0%}", style="cyan")
+                      f"{b.predicted_ms:.4f}", f"{b.measured_ms:.4f}", spread(b), f"{b.error:+.0%}", style="cyan")
     text = Text()
     text.append("total  ", style="bold")
     text.append(f"predicted {c.predicted_ms:.3f} ms, measured {c.measured_ms:.3f} ms ({c.runs_said}), "
@@ -236,6 +239,11 @@ def measure_table(comparison, top: int | None = None) -> tuple[Table, Text]:  # 
                     "framework time is not known: layers between modules are taken under the tracer, whose "
                     "bookkeeping between kernels leaves short kernels to start cold (read their measured times "
                     "as high), and the machine's speed may have changed between them"))
+    rounds = len(c.measured_runs_ms)
+    if any(l.quickest_ms is not None for l in c.layers):
+        text.append(f"\nper layer: a module called once a pass is read in a pass of its own in each of the {rounds} "
+                    "rounds (measured: the median; range: the quickest and slowest reading); other layers by the "
+                    "tracer's clock, outside the rounds")
     if c.blocks:
         text.append(f"\nfused: {', '.join(b.name or 'the whole model' for b in c.blocks)} ran by a fused path, "
                     "timed whole around its call; the measured times of the layers inside are the tracer's, "

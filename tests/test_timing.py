@@ -463,3 +463,56 @@ def test_a_module_run_by_a_fused_path_is_timed_whole_against_its_layers_prices()
     assert list(blocks) == ["encoder"] and "encoder.linear1" in blocks["encoder"] and "encoder_in" not in blocks["encoder"]
     # a module called twice a pass is no block of one call: the one around it is
     assert list(fused_blocks(graph, {**calls, "encoder.self_attn": 2})) == ["encoder"]
+
+
+def test_each_layer_is_read_in_every_round_between_the_machines_references_outside_the_timed_passes(monkeypatch) -> None:
+    """A layer read once before measure's rounds can catch a spell the total never sees (mobilenet_v2's
+    112x112-stage convolutions read 3x their price in one process, within 10% in the next): measure
+    reads each leaf module in a pass of its own in every round, after the model's untimed call and
+    before its timed ones, between the references' turns. Its reading is the median over the rounds,
+    beside the quickest and slowest; the hooks' pass is never one of the model's timed passes."""
+    import torch
+
+    import costplan.measure as measure
+    from costplan.hardware.profile import parse_profile
+    from costplan.models.source import Instance, ModelSource
+    from tests.conftest import TOY
+
+    log: list[str] = []
+    waits = iter([0.002, 0.004, 0.020] * 3)    # seconds a clocked pass of `slow` sleeps, round by round
+
+    class Slow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self._forward_pre_hooks:        # the clock's pass: started by its pre-hook
+                log.append("clocked")
+                time.sleep(next(waits))
+            else:
+                log.append("model")
+            return x + 1
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slow, self.fc = Slow(), torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.slow(x))
+
+    class Reference(torch.nn.Module):
+        def forward(self) -> torch.Tensor:
+            log.append("reference")
+            return torch.ones(1)
+
+    monkeypatch.setattr(measure, "resolve", lambda *a, **k: ModelSource(
+        "net", "file", lambda device: Instance(Net(), (torch.ones(2, 4),)), meta=False))
+    monkeypatch.setattr(measure, "_reference", lambda profile, device: {"reference": Instance(Reference(), ())})
+    profile = parse_profile({**TOY, "kind": "cpu", "calibration": {"reference_ms": 1.0}}, "toy")
+    c = measure.measure("net", hw=profile, repeat=3, warmup=1)
+    clocked = [i for i, event in enumerate(log) if event == "clocked"]
+    assert len(clocked) == 3                                        # one pass a round
+    assert all(log[i - 1] == "model" and log[i + 1] == "model" for i in clocked)   # after the untimed call, before the block
+    assert "reference" in log[clocked[0]:clocked[-1]]              # in the rounds, not all before them
+    slow = next(l for l in c.layers if l.name == "slow")
+    assert 4.0 <= slow.measured_ms < 7.0 and 2.0 <= slow.quickest_ms < 4.0 and slow.slowest_ms >= 20.0
+    assert c.measured_ms < 2.0                                      # the timed passes never slept
+    assert {l["name"]: l["slowest_ms"] for l in c.to_dict()["layers"]}["slow"] == slow.slowest_ms
