@@ -383,12 +383,13 @@ class LayerClock:
                 hook.remove()
         self.passes += 1
         for name, spans in seen.items():
-            self.spans[name].append(spans[0] if len(spans) == 1 else float("nan"))
+            if len(spans) == 1:
+                self.spans[name].append(spans[0])
 
     def readings(self) -> dict[str, Readings]:
         """Each module called once in every pass the clock ran: its seconds' median, quickest, slowest."""
         return {name: Readings(statistics.median(s), min(s), max(s)) for name, s in self.spans.items()
-                if s and len(s) == self.passes and not any(x != x for x in s)}
+                if s and len(s) == self.passes}
 
 
 def time_modules(instance: Instance, names: Iterable[str], repeat: int = 3) -> dict[str, float]:
