@@ -272,7 +272,10 @@ def time_round_robin(instances: Mapping[str, Instance], rounds: int, repeat: int
 def traced_seconds(instance: Instance, repeat: int = 3) -> tuple[dict[str, float], LayerGraph]:
     """Median seconds per layer by the tracer's clock around each op, over ``repeat`` traces after an
     untimed one (a first call pays for first-time setup), under the inference mode the forward passes
-    are timed in; and the graph traced. Traced under no_grad, a dispatch mode sends composite ops down
+    are timed in; and the graph traced. measure takes a leaf module's one call from :class:`LayerClock`
+    instead: the tracer's clock read a GRU of 100 steps at 2.0x its time in the forward pass (34 ms
+    against 17 ms; the whole model ran 27 ms), as under its dispatch mode the recurrent op runs as its
+    hundreds of per-step ops, each through Python. Traced under no_grad, a dispatch mode sends composite ops down
     their tensor-subclass paths, which are not what the forward pass runs: a text CNN's MaxPool1d read
     2.3 ms so against 0.18 ms."""
     runs: list[dict[str, float]] = []
@@ -293,20 +296,6 @@ def single_calls(graph: LayerGraph) -> dict[str, str]:
         if layer.kind == "module" and layer.module:
             calls.setdefault(layer.module, []).append(layer.name)
     return {module: names[0] for module, names in calls.items() if len(names) == 1}
-
-
-def time_layers(instance: Instance, repeat: int = 3) -> dict[str, float]:
-    """Median seconds per layer over ``repeat`` runs after an untimed one. A layer that is one leaf
-    module's one call is timed around that call in plain forward passes (:func:`time_modules`); the
-    rest by the tracer's clock around each op (:func:`traced_seconds`). The tracer's clock alone read
-    a GRU of 100 steps at 2.0x its time in the forward pass (34 ms against 17 ms; the whole model ran
-    27 ms): under its dispatch mode the recurrent op runs as its hundreds of per-step ops, each
-    through Python."""
-    seconds, graph = traced_seconds(instance, repeat)
-    alone = single_calls(graph)
-    for module, spent in time_modules(instance, alone, repeat).items():
-        seconds[alone[module]] = spent
-    return seconds
 
 
 def module_calls(instance: Instance) -> dict[str, int]:
@@ -390,17 +379,6 @@ class LayerClock:
         """Each module called once in every pass the clock ran: its seconds' median, quickest, slowest."""
         return {name: Readings(statistics.median(s), min(s), max(s)) for name, s in self.spans.items()
                 if s and len(s) == self.passes}
-
-
-def time_modules(instance: Instance, names: Iterable[str], repeat: int = 3) -> dict[str, float]:
-    """Median seconds of each named module's call over ``repeat`` plain forward passes (no tracer)
-    after an untimed one, clocked by forward hooks (:class:`LayerClock`); only modules called once
-    in every pass."""
-    clock = LayerClock(instance, names)
-    time_forward(instance, repeat=0, warmup=1)
-    for _ in range(repeat):
-        clock()
-    return {name: r.median for name, r in clock.readings().items()}
 
 
 def device_for(profile: HardwareProfile) -> str:

@@ -191,7 +191,7 @@ def test_layers_are_timed_on_the_kernels_the_forward_pass_runs() -> None:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from costplan.measure import time_layers
+    from costplan.measure import traced_seconds
     from costplan.models import Instance
 
     class Ops(TorchDispatchMode):
@@ -205,7 +205,7 @@ def test_layers_are_timed_on_the_kernels_the_forward_pass_runs() -> None:
 
     model = torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3), torch.nn.MaxPool1d(2))
     with Ops() as ops:
-        seconds = time_layers(Instance(model, (torch.randn(2, 4, 32),)), repeat=1)
+        seconds, _ = traced_seconds(Instance(model, (torch.randn(2, 4, 32),)), repeat=1)
     assert "aten.max_pool1d" in ops.seen and "aten.max_pool2d_with_indices" not in ops.seen
     assert set(seconds) == {"0", "1"} and all(s > 0 for s in seconds.values())
 
@@ -219,7 +219,9 @@ def test_a_leaf_modules_layer_is_timed_around_its_call_in_a_plain_forward(monkey
     import torch
 
     from costplan import measure
-    from costplan.models import Instance
+    from costplan.hardware.profile import parse_profile
+    from costplan.models.source import Instance, ModelSource
+    from tests.conftest import TOY
 
     class Slow(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,14 +237,20 @@ def test_a_leaf_modules_layer_is_timed_around_its_call_in_a_plain_forward(monkey
             return self.twice(self.fc(self.twice(self.slow(x))) + 1)
 
     instance = Instance(Net(), (torch.randn(2, 8),))
-    spans = measure.time_modules(instance, ["slow", "fc", "twice"], repeat=2)
-    assert set(spans) == {"slow", "fc"} and 0.02 <= spans["slow"] < 0.2    # 'twice' runs twice a pass
-    seconds = measure.time_layers(instance, repeat=1)
-    assert seconds["slow"] >= 0.02 and seconds["fc"] < 0.02
-    monkeypatch.setattr(measure, "time_modules", lambda instance, names, repeat: {n: 7.0 for n in names})
-    seconds = measure.time_layers(instance, repeat=1)
-    assert seconds["slow"] == seconds["fc"] == 7.0
-    assert all(t < 1.0 for name, t in seconds.items() if name not in ("slow", "fc")) and len(seconds) > 2
+    clock = measure.LayerClock(instance, ["slow", "fc", "twice"])
+    for _ in range(2):
+        clock()
+    spans = clock.readings()
+    assert set(spans) == {"slow", "fc"} and 0.02 <= spans["slow"].median < 0.2    # 'twice' runs twice a pass
+    monkeypatch.setattr(measure, "resolve", lambda *a, **k: ModelSource(
+        "net", "file", lambda device: Instance(Net(), (torch.randn(2, 8),)), meta=False))
+    c = measure.measure("net", hw=parse_profile({**TOY, "kind": "cpu"}, "toy"), repeat=2, warmup=1)
+    layers = {l.name: l for l in c.layers}
+    assert layers["slow"].measured_ms >= 20.0 and layers["fc"].measured_ms < 20.0
+    # the two leaf modules called once are the clock's (a range of readings), the rest the tracer's
+    assert layers["slow"].quickest_ms is not None and layers["fc"].quickest_ms is not None
+    others = [l for name, l in layers.items() if name not in ("slow", "fc")]
+    assert all(l.quickest_ms is None and l.measured_ms < 1000.0 for l in others) and len(others) >= 2
 
 
 def test_a_prediction_is_scaled_by_the_machines_compute_and_its_dram_apart() -> None:
