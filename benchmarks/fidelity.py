@@ -113,6 +113,13 @@ def _units(d: dict) -> list[dict]:
         {**b, "name": b["name"] or "(whole model)", "kind": "fused", "bound": "compute"} for b in d.get("blocks", [])]
 
 
+def _large_units(d: dict, share: float = 0.05) -> list[dict]:
+    """The units (:func:`_units`) of a `measure` JSON that took at least ``share`` of the time its
+    layers were measured at: the layers the per-layer goal is about."""
+    total = sum(l["measured_ms"] for l in d["layers"]) or 1.0
+    return [l for l in _units(d) if l["measured_ms"] >= share * total]
+
+
 def separate_table(rows: dict[str, dict]) -> None:
     print("\n1b. as a user times: `costplan measure` in a process of its own per model (ms)")
     print(f"  {'model':22s} {'batch':>5s} {'predicted':>10s} {'measured':>10s} {'error':>8s} {'speed/DRAM':>10s} "
@@ -125,13 +132,11 @@ def separate_table(rows: dict[str, dict]) -> None:
             adjusted.append(abs(d["adjusted_error"]))
         if _steady(d):
             steady.append(abs(d["error"]))
-        total = sum(l["measured_ms"] for l in d["layers"]) or 1.0
         worst: dict[str, tuple[float, str]] = {}
-        for l in _units(d):
-            if l["measured_ms"] >= 0.05 * total:
-                e = l["predicted_ms"] / l["measured_ms"] - 1
-                if abs(e) > abs(worst.get(l["kind"], (0.0, ""))[0]):
-                    worst[l["kind"]] = (e, l["name"])
+        for l in _large_units(d):
+            e = l["predicted_ms"] / l["measured_ms"] - 1
+            if abs(e) > abs(worst.get(l["kind"], (0.0, ""))[0]):
+                worst[l["kind"]] = (e, l["name"])
         worst_text = ", ".join(f"{k} {e:+.0%}" for k, (e, _) in sorted(worst.items(), key=lambda kv: -abs(kv[1][0])))
         speed = "-" if d["reference_ratio"] is None else f"{d['reference_ratio']:.2f}" + (
             f"/{d['bandwidth_ratio']:.2f}" if d.get("bandwidth_ratio") is not None else "") + ("" if _steady(d) else "*")
@@ -148,8 +153,7 @@ def separate_table(rows: dict[str, dict]) -> None:
             print(f"  {label}: median |error| {statistics.median(values):.1%} (goal <= 10%); within 20%: "
                   f"{sum(e <= 0.2 for e in values) / len(values):.0%}, within 25%: "
                   f"{sum(e <= 0.25 for e in values) / len(values):.0%} of {len(values)}")
-    big = [(key, d, l) for key, d in rows.items()
-           for l in _units(d) if l["measured_ms"] >= 0.05 * (sum(x["measured_ms"] for x in d["layers"]) or 1)]
+    big = [(key, d, l) for key, d in rows.items() for l in _large_units(d)]
     layers = [(l["predicted_ms"] / l["measured_ms"], _machine(d, l["bound"]), d["predicted_ms"] / d["measured_ms"])
               for _, d, l in big]
     if layers:
